@@ -1,0 +1,29 @@
+import { Hono } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { ApiError, notFound, onError } from "./errors";
+import { ErrorCode, MAX_BODY_BYTES } from "./protocol";
+import { agentRoutes } from "./routes/agents";
+import { commandRoutes } from "./routes/commands";
+import { healthRoutes } from "./routes/health";
+
+const v1 = new Hono<{ Bindings: Env }>()
+	.use(
+		bodyLimit({
+			maxSize: MAX_BODY_BYTES,
+			onError: () => {
+				throw new ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, `request body is over ${MAX_BODY_BYTES} bytes`);
+			},
+		}),
+	)
+	.route("/", commandRoutes)
+	.route("/", agentRoutes);
+
+export const app = new Hono<{ Bindings: Env }>()
+	.route("/", healthRoutes)
+	.route("/v1", v1);
+
+app.onError(onError);
+app.notFound(notFound);
+
+/** The API's type, from which a typed client (`hono/client`) is derived instead of written twice. */
+export type AppType = typeof app;

@@ -1,0 +1,45 @@
+import { createMiddleware } from "hono/factory";
+import { ApiError } from "../errors";
+import { ErrorCode } from "../protocol";
+
+/** `Authorization: Bearer <token>` → token, or undefined. */
+export function bearerToken(header: string | undefined): string | undefined {
+	const m = /^Bearer[ ]+([^\s]+)\s*$/i.exec(header ?? "");
+	return m?.[1];
+}
+
+const encoder = new TextEncoder();
+
+async function digest(s: string): Promise<ArrayBuffer> {
+	return crypto.subtle.digest("SHA-256", encoder.encode(s));
+}
+
+/**
+ * Compares against every configured key in constant time: hashing first
+ * makes the lengths equal, and no early exit reveals which key was closest.
+ */
+export async function isValidApiKey(presented: string, configured: string | undefined): Promise<boolean> {
+	const keys = (configured ?? "")
+		.split(",")
+		.map((k) => k.trim())
+		.filter(Boolean);
+	if (keys.length === 0) return false;
+	const p = await digest(presented);
+	let ok = false;
+	for (const k of keys) {
+		if (crypto.subtle.timingSafeEqual(p, await digest(k))) ok = true;
+	}
+	return ok;
+}
+
+/** Operator authentication for every `/v1` route except the agent socket. */
+export const requireApiKey = createMiddleware<{ Bindings: Env }>(async (c, next) => {
+	const token = bearerToken(c.req.header("authorization"));
+	if (!token) {
+		throw new ApiError(401, ErrorCode.UNAUTHORIZED, "missing API key: send Authorization: Bearer <key>");
+	}
+	if (!(await isValidApiKey(token, c.env.API_KEYS))) {
+		throw new ApiError(401, ErrorCode.UNAUTHORIZED, "invalid API key");
+	}
+	await next();
+});

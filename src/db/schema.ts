@@ -1,0 +1,88 @@
+import { sql } from "drizzle-orm";
+import {
+	bigint,
+	boolean,
+	check,
+	index,
+	integer,
+	jsonb,
+	pgTable,
+	smallint,
+	text,
+	timestamp,
+	uniqueIndex,
+	uuid,
+} from "drizzle-orm/pg-core";
+
+const ts = (name: string) => timestamp(name, { withTimezone: true, mode: "date" });
+
+export const agents = pgTable("agents", {
+	id: text("id").primaryKey(),
+	createdAt: ts("created_at").notNull().defaultNow(),
+	connected: boolean("connected").notNull().default(false),
+	lastConnectedAt: ts("last_connected_at"),
+	lastSeenAt: ts("last_seen_at"),
+});
+
+/**
+ * No foreign key to `agents`: operators may insert commands with plain SQL for
+ * an agent that has never connected (the Durable Object picks them up on the
+ * next connect or reconcile), and that insert must not fail.
+ */
+export const agentCommands = pgTable(
+	"agent_commands",
+	{
+		id: uuid("id").primaryKey().defaultRandom(),
+		// Total enqueue order: created_at alone ties within a microsecond and in batches.
+		seq: bigint("seq", { mode: "number" }).generatedAlwaysAsIdentity().notNull(),
+		agentId: text("agent_id").notNull(),
+		sessionId: text("session_id"),
+		action: text("action").notNull(),
+		payload: jsonb("payload").notNull().default({}),
+		status: text("status").notNull().default("pending"),
+		priority: smallint("priority").notNull().default(5),
+		attempts: integer("attempts").notNull().default(0),
+		idempotencyKey: text("idempotency_key"),
+		result: jsonb("result"),
+		error: text("error"),
+		createdAt: ts("created_at").notNull().defaultNow(),
+		updatedAt: ts("updated_at").notNull().defaultNow(),
+		dispatchedAt: ts("dispatched_at"),
+		acknowledgedAt: ts("acknowledged_at"),
+		completedAt: ts("completed_at"),
+	},
+	(t) => [
+		check(
+			"agent_commands_status_check",
+			sql`${t.status} in ('pending','dispatched','acknowledged','completed','failed','cancelled','expired')`,
+		),
+		check("agent_commands_priority_check", sql`${t.priority} between 0 and 9`),
+		// Listing an agent's commands newest first, paged by seq.
+		index("agent_commands_agent_seq_idx").on(t.agentId, t.seq.desc()),
+		// The Durable Object's catch-up scan: only open rows, in delivery order.
+		index("agent_commands_open_idx")
+			.on(t.agentId, t.priority.desc(), t.seq)
+			.where(sql`${t.status} in ('pending','dispatched','acknowledged')`),
+		uniqueIndex("agent_commands_idempotency_idx")
+			.on(t.agentId, t.idempotencyKey)
+			.where(sql`${t.idempotencyKey} is not null`),
+	],
+);
+
+export const commandEvents = pgTable(
+	"command_events",
+	{
+		id: bigint("id", { mode: "number" }).generatedAlwaysAsIdentity().primaryKey(),
+		commandId: uuid("command_id")
+			.notNull()
+			.references(() => agentCommands.id, { onDelete: "cascade" }),
+		fromStatus: text("from_status"),
+		toStatus: text("to_status").notNull(),
+		at: ts("at").notNull().defaultNow(),
+		detail: jsonb("detail"),
+	},
+	(t) => [index("command_events_command_idx").on(t.commandId, t.id)],
+);
+
+export type CommandRow = typeof agentCommands.$inferSelect;
+export type AgentRow = typeof agents.$inferSelect;

@@ -1,0 +1,99 @@
+/**
+ * WebSocket-to-TCP relay: lets `@neondatabase/serverless`, which only speaks
+ * Postgres over a WebSocket, reach a plain Postgres exactly as it reaches Neon
+ * in production. One TCP connection per WebSocket, bytes piped both ways.
+ *
+ * It only ever dials the targets `allow` accepts, so it cannot be used as an
+ * open proxy even by something else on this machine.
+ */
+import net from "node:net";
+import type { AddressInfo } from "node:net";
+import { WebSocketServer, type WebSocket } from "ws";
+
+export interface Relay {
+	port: number;
+	/** Value for NEON_WS_PROXY. */
+	proxy: string;
+	/** Open client connections, for tests and diagnostics. */
+	connections(): number;
+	/** Drop every open connection (simulates a Postgres outage for in-flight clients). */
+	dropAll(): void;
+	close(): Promise<void>;
+}
+
+export interface RelayOptions {
+	port?: number;
+	host?: string;
+	allow: (host: string, port: number) => boolean;
+}
+
+export function loopbackOnly(host: string): boolean {
+	return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+export async function startRelay(opts: RelayOptions): Promise<Relay> {
+	const host = opts.host ?? "127.0.0.1";
+	const wss = new WebSocketServer({ host, port: opts.port ?? 0, perMessageDeflate: false });
+	const open = new Set<{ ws: WebSocket; tcp: net.Socket }>();
+
+	wss.on("connection", (ws, req) => {
+		const target = parseTarget(req.url ?? "");
+		if (!target || !opts.allow(target.host, target.port)) {
+			ws.close(1008, "target not allowed");
+			return;
+		}
+		const tcp = net.connect({ host: target.host, port: target.port });
+		tcp.setNoDelay(true);
+		const pair = { ws, tcp };
+		open.add(pair);
+		const teardown = () => {
+			open.delete(pair);
+			tcp.destroy();
+			if (ws.readyState === ws.OPEN || ws.readyState === ws.CONNECTING) ws.close();
+		};
+		ws.on("message", (data: Buffer | ArrayBuffer | Buffer[]) => {
+			const chunk = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
+			tcp.write(chunk);
+		});
+		tcp.on("data", (chunk) => ws.send(chunk, { binary: true }));
+		ws.on("close", teardown);
+		ws.on("error", teardown);
+		tcp.on("close", teardown);
+		tcp.on("error", teardown);
+	});
+
+	await new Promise<void>((resolve, reject) => {
+		wss.once("listening", resolve);
+		wss.once("error", reject);
+	});
+	const port = (wss.address() as AddressInfo).port;
+	return {
+		port,
+		proxy: `${host}:${port}/v1`,
+		connections: () => open.size,
+		dropAll: () => {
+			for (const p of open) {
+				p.tcp.destroy();
+				p.ws.terminate();
+			}
+			open.clear();
+		},
+		close: () =>
+			new Promise<void>((resolve) => {
+				for (const p of open) {
+					p.tcp.destroy();
+					p.ws.terminate();
+				}
+				open.clear();
+				wss.close(() => resolve());
+			}),
+	};
+}
+
+function parseTarget(url: string): { host: string; port: number } | undefined {
+	const address = new URL(url, "http://relay").searchParams.get("address");
+	const m = address ? /^(.+):(\d{1,5})$/.exec(address) : null;
+	if (!m?.[1] || !m[2]) return undefined;
+	const port = Number(m[2]);
+	return port > 0 && port < 65536 ? { host: m[1].replace(/^\[|\]$/g, ""), port } : undefined;
+}

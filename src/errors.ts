@@ -1,0 +1,54 @@
+import type { Context, ErrorHandler, NotFoundHandler } from "hono";
+import { HTTPException } from "hono/http-exception";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
+import { DbUnavailableError } from "./db/client";
+import { errorFields, log } from "./log";
+import { type ErrorBody, ErrorCode } from "./protocol";
+
+/** An error the client caused or should know about, with a stable machine code. */
+export class ApiError extends Error {
+	constructor(
+		readonly status: ContentfulStatusCode,
+		readonly code: ErrorCode,
+		message: string,
+		readonly issues?: unknown[],
+	) {
+		super(message);
+		this.name = "ApiError";
+	}
+}
+
+function body(code: string, message: string, issues?: unknown[]): ErrorBody {
+	return { error: { code, message, ...(issues ? { issues } : {}) } };
+}
+
+const HTTP_EXCEPTION_CODES: Partial<Record<number, ErrorCode>> = {
+	400: ErrorCode.BAD_REQUEST,
+	401: ErrorCode.UNAUTHORIZED,
+	404: ErrorCode.NOT_FOUND,
+	405: ErrorCode.METHOD_NOT_ALLOWED,
+	413: ErrorCode.PAYLOAD_TOO_LARGE,
+};
+
+/** The one place an error becomes a response. Nothing internal (stack, SQL, driver text) leaves here. */
+export const onError: ErrorHandler = (err, c) => {
+	if (err instanceof ApiError) return c.json(body(err.code, err.message, err.issues), err.status);
+	if (err instanceof DbUnavailableError) {
+		log("warn", "http.db_unavailable", { path: c.req.path, ...errorFields(err) });
+		c.header("Retry-After", "5");
+		return c.json(body(ErrorCode.DB_UNAVAILABLE, "the database is unavailable; retry shortly"), 503);
+	}
+	if (err instanceof HTTPException && err.status < 500) {
+		const code = HTTP_EXCEPTION_CODES[err.status] ?? ErrorCode.BAD_REQUEST;
+		const message = /JSON/i.test(err.message) ? "request body is not valid JSON" : err.message;
+		return c.json(
+			body(/JSON/i.test(err.message) ? ErrorCode.INVALID_JSON : code, message),
+			err.status as ContentfulStatusCode,
+		);
+	}
+	log("error", "http.unhandled", { method: c.req.method, path: c.req.path, ...errorFields(err) });
+	return c.json(body(ErrorCode.INTERNAL, "internal error"), 500);
+};
+
+export const notFound: NotFoundHandler = (c: Context) =>
+	c.json(body(ErrorCode.NOT_FOUND, `no route for ${c.req.method} ${c.req.path}`), 404);

@@ -1,0 +1,14 @@
+import { sql } from "drizzle-orm";
+import { Hono } from "hono";
+import { withDb } from "../db/client";
+import { errorFields, log } from "../log";
+
+export const healthRoutes = new Hono<{ Bindings: Env }>().get("/healthz", async (c) => {
+	try {
+		await withDb(c.env, (db) => db.execute(sql`select 1`));
+		return c.json({ ok: true, db: "ok" as const });
+	} catch (err) {
+		log("warn", "health.db_unreachable", errorFields(err));
+		return c.json({ ok: false, db: "unreachable" as const }, 503);
+	}
+});

@@ -1,0 +1,43 @@
+/**
+ * The database the suites run against: the embedded one by default, or a real
+ * PostgreSQL server when SWITCHYARD_TEST_PG_URL names one (CI does both). On a
+ * real server the suite recreates its own database, `switchyard_test`, and
+ * touches nothing else.
+ */
+import net from "node:net";
+import { startEmbeddedPostgres } from "../../../src/dev/embedded-postgres.ts";
+import { runMigrations, withNodePool } from "../../../src/dev/migrate.ts";
+
+export interface TestDatabase {
+	url: string;
+	kind: "embedded" | "postgres";
+	stop(): Promise<void>;
+}
+
+const TEST_DB = "switchyard_test";
+
+export async function startTestDatabase(): Promise<TestDatabase> {
+	const server = process.env.SWITCHYARD_TEST_PG_URL;
+	if (!server) {
+		const pg = await startEmbeddedPostgres({});
+		await runMigrations(pg.url);
+		return { url: pg.url, kind: "embedded", stop: pg.stop };
+	}
+	await withNodePool(server, async (pool) => {
+		await pool.query(`drop database if exists ${TEST_DB} with (force)`);
+		await pool.query(`create database ${TEST_DB}`);
+	});
+	const url = new URL(server);
+	url.pathname = `/${TEST_DB}`;
+	await runMigrations(url.toString());
+	return { url: url.toString(), kind: "postgres", stop: async () => {} };
+}
+
+/** A loopback port with nothing listening: a database that is down. */
+export async function deadPort(): Promise<number> {
+	const srv = net.createServer();
+	await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
+	const port = (srv.address() as net.AddressInfo).port;
+	await new Promise<void>((r) => srv.close(() => r()));
+	return port;
+}

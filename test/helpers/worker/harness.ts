@@ -1,0 +1,150 @@
+/**
+ * Test harness inside workerd: real HTTP through the worker's fetch, real
+ * WebSocket upgrades to the agent objects, real Postgres through the driver.
+ */
+import { env, exports } from "cloudflare:workers";
+import { sql, type SQL } from "drizzle-orm";
+import { signAgentToken } from "../../../src/auth/agent-token";
+import { type Db, withDb } from "../../../src/db/client";
+import { type ServerFrame, ServerFrame as ServerFrameSchema } from "../../../src/protocol";
+
+export const BASE = "http://switchyard.test";
+export const API_KEY = "test-operator-key";
+
+export function uniqueAgentId(label = "agent"): string {
+	return `${label}-${crypto.randomUUID().slice(0, 8)}`;
+}
+
+export function api(path: string, init: RequestInit & { json?: unknown; key?: string | null } = {}): Promise<Response> {
+	const headers = new Headers(init.headers);
+	if (init.key !== null) headers.set("authorization", `Bearer ${init.key ?? API_KEY}`);
+	let body = init.body;
+	if (init.json !== undefined) {
+		headers.set("content-type", "application/json");
+		body = JSON.stringify(init.json);
+	}
+	return exports.default.fetch(`${BASE}${path}`, { ...init, headers, body });
+}
+
+export async function enqueue(
+	agentId: string,
+	body: Record<string, unknown>,
+): Promise<{ id: string; status: string; [k: string]: unknown }> {
+	const res = await api(`/v1/agents/${agentId}/commands`, { method: "POST", json: body });
+	if (res.status !== 201) throw new Error(`enqueue: ${res.status} ${await res.text()}`);
+	return res.json();
+}
+
+export function db<T>(fn: (db: Db) => Promise<T>): Promise<T> {
+	return withDb(env, fn);
+}
+
+export async function query<T = Record<string, unknown>>(q: SQL): Promise<T[]> {
+	return db(async (d) => (await d.execute(q)).rows as T[]);
+}
+
+export { sql };
+
+export async function tokenFor(agentId: string, ttlSeconds = 3600): Promise<string> {
+	return (await signAgentToken(agentId, env.AGENT_TOKEN_SECRET, ttlSeconds)).token;
+}
+
+/** Polls until `check` returns a value other than undefined/false, or fails after `timeoutMs`. */
+export async function waitFor<T>(
+	check: () => Promise<T | undefined | false> | T | undefined | false,
+	what: string,
+	timeoutMs = 10_000,
+): Promise<T> {
+	const deadline = Date.now() + timeoutMs;
+	let last: unknown;
+	while (Date.now() < deadline) {
+		try {
+			const v = await check();
+			if (v !== undefined && v !== false) return v;
+		} catch (err) {
+			last = err;
+		}
+		await new Promise((r) => setTimeout(r, 25));
+	}
+	throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
+}
+
+type FrameOf<T extends ServerFrame["type"]> = Extract<ServerFrame, { type: T }>;
+
+/** An agent's end of a real WebSocket to the worker. Frames are validated against the protocol. */
+export class AgentSocket {
+	readonly frames: ServerFrame[] = [];
+	readonly closed: Promise<{ code: number; reason: string }>;
+	private wake: (() => void) | null = null;
+
+	private constructor(
+		readonly agentId: string,
+		readonly ws: WebSocket,
+	) {
+		this.closed = new Promise((resolve) => {
+			ws.addEventListener("close", (e) => {
+				resolve({ code: e.code, reason: e.reason });
+				this.wake?.();
+			});
+		});
+		ws.addEventListener("message", (e) => {
+			const frame = ServerFrameSchema.parse(JSON.parse(String(e.data)));
+			this.frames.push(frame);
+			this.wake?.();
+		});
+	}
+
+	static async connect(agentId: string, opts: { token?: string } = {}): Promise<AgentSocket> {
+		const token = opts.token ?? (await tokenFor(agentId));
+		const res = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/connect`, {
+			headers: { upgrade: "websocket", authorization: `Bearer ${token}` },
+		});
+		if (res.status !== 101 || !res.webSocket) {
+			throw new Error(`connect ${agentId}: ${res.status} ${await res.text()}`);
+		}
+		res.webSocket.accept();
+		const socket = new AgentSocket(agentId, res.webSocket);
+		await socket.next("welcome");
+		return socket;
+	}
+
+	/** Takes the oldest unread frame of `type`, waiting for it if needed. */
+	async next<T extends ServerFrame["type"]>(type: T, timeoutMs = 5_000): Promise<FrameOf<T>> {
+		const deadline = Date.now() + timeoutMs;
+		for (;;) {
+			const i = this.frames.findIndex((f) => f.type === type);
+			if (i >= 0) return this.frames.splice(i, 1)[0] as FrameOf<T>;
+			const left = deadline - Date.now();
+			if (left <= 0) {
+				throw new Error(`${this.agentId}: no ${type} frame within ${timeoutMs} ms (have: ${JSON.stringify(this.frames)})`);
+			}
+			await new Promise<void>((resolve) => {
+				const t = setTimeout(resolve, left);
+				this.wake = () => {
+					clearTimeout(t);
+					resolve();
+				};
+			});
+			this.wake = null;
+		}
+	}
+
+	/** Takes `n` command frames in arrival order. */
+	async commands(n: number, timeoutMs = 5_000): Promise<FrameOf<"command">[]> {
+		const out: FrameOf<"command">[] = [];
+		while (out.length < n) out.push(await this.next("command", timeoutMs));
+		return out;
+	}
+
+	send(frame: unknown): void {
+		this.ws.send(typeof frame === "string" ? frame : JSON.stringify(frame));
+	}
+
+	close(): void {
+		try {
+			this.ws.close(1000, "test done");
+		} catch {
+			// already closed
+		}
+	}
+}

@@ -1,0 +1,44 @@
+import { cloudflareTest } from "@cloudflare/vitest-plugin";
+import { defineConfig } from "vitest/config";
+
+export const TEST_API_KEYS = "test-operator-key,test-second-key";
+export const TEST_TOKEN_SECRET = "test-agent-token-secret-0123456789abcdef";
+
+export default defineConfig({
+	test: {
+		projects: [
+			{
+				plugins: [
+					cloudflareTest(({ inject }) => ({
+						wrangler: { configPath: "./wrangler.toml" },
+						miniflare: {
+							bindings: {
+								DATABASE_URL: inject("databaseUrl"),
+								NEON_WS_PROXY: inject("relayProxy"),
+								API_KEYS: TEST_API_KEYS,
+								AGENT_TOKEN_SECRET: TEST_TOKEN_SECRET,
+								TEST_DEAD_DATABASE_URL: inject("deadDatabaseUrl"),
+							},
+						},
+					})),
+				],
+				test: {
+					name: "worker",
+					include: ["test/worker/**/*.test.ts"],
+					globalSetup: ["test/helpers/node/global-setup.ts"],
+					testTimeout: 30_000,
+					hookTimeout: 60_000,
+				},
+			},
+			{
+				test: {
+					name: "node",
+					include: ["test/node/**/*.test.ts"],
+					environment: "node",
+					testTimeout: 120_000,
+					hookTimeout: 180_000,
+				},
+			},
+		],
+	},
+});
