@@ -1,3 +1,4 @@
+import type { Env, MiddlewareHandler } from "hono";
 import { validator } from "hono/validator";
 import { z } from "zod";
 import { ApiError } from "./errors";
@@ -27,12 +28,28 @@ export const jsonBody = <T extends z.ZodType>(schema: T) =>
 		return r.success ? r.data : fail("request body", r.error);
 	});
 
-/** For bodies that may be absent: an empty body validates as `{}`. */
-export const optionalJsonBody = <T extends z.ZodType>(schema: T) =>
-	validator("json", (value): z.output<T> => {
-		const r = schema.safeParse(value ?? {});
-		return r.success ? r.data : fail("request body", r.error);
-	});
+/**
+ * For bodies that may be absent: no body at all (whatever the Content-Type
+ * says) validates as `{}`, so `curl -X POST` with or without a JSON header works.
+ */
+export const optionalJsonBody = <T extends z.ZodType>(
+	schema: T,
+): MiddlewareHandler<Env, string, { in: { json?: z.input<T> }; out: { json: z.output<T> } }> =>
+	async (c, next) => {
+		const text = await c.req.text();
+		let value: unknown = {};
+		if (text.trim() !== "") {
+			try {
+				value = JSON.parse(text);
+			} catch {
+				throw new ApiError(400, ErrorCode.INVALID_JSON, "request body is not valid JSON");
+			}
+		}
+		const r = schema.safeParse(value);
+		if (!r.success) fail("request body", r.error);
+		c.req.addValidatedData("json", r.data as object);
+		await next();
+	};
 
 export const query = <T extends z.ZodType>(schema: T) =>
 	validator("query", (value): z.output<T> => {

@@ -114,7 +114,7 @@ export function classifyDbError(caught: unknown): unknown {
 	// drizzle's wrapper message carries the statement's parameters (payloads):
 	// keep only the driver's error underneath, so logs never see them.
 	const wrapped = err instanceof DrizzleQueryError;
-	if (wrapped) err = err.cause ?? new Error("query failed");
+	if (err instanceof DrizzleQueryError) err = err.cause ?? new Error("query failed");
 	if (!wrapped && !isDriverError(err)) return err;
 	const state = sqlStateOf(err);
 	if (state && !UNAVAILABLE_CLASSES.includes(state.slice(0, 2))) return new DbQueryError(state, err);

@@ -2,7 +2,9 @@
  * The core dispatch path, end to end: HTTP enqueue -> Postgres -> the agent's
  * Durable Object -> a real WebSocket -> ack/result -> Postgres.
  */
+import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
+import type { AgentHub } from "../../src/agent/agent-hub";
 import { describe, expect, it } from "vitest";
 import { agentHub } from "../../src/routes/commands";
 import { AgentSocket, api, enqueue, query, sql, uniqueAgentId, waitFor } from "../helpers/worker/harness";
@@ -190,17 +192,22 @@ describe("connections", () => {
 		await first.next("command");
 		const second = await AgentSocket.connect(agentId);
 		await first.closed;
-		// The late result cannot land: the old socket is closed, and even a frame
-		// that raced the close is checked against the current generation.
-		try {
-			first.send({ type: "result", id: cmd.id, status: "completed" });
-		} catch {
-			// sending on a closed socket may throw; either way it must not count
-		}
+
+		// A frame that raced the close still reaches the object on the old
+		// socket; the object must judge it by that socket's generation.
+		const stub = agentHub(env, agentId);
+		await runInDurableObject(stub, async (instance: AgentHub) => {
+			const pair = new WebSocketPair();
+			pair[1].accept();
+			pair[1].serializeAttachment({ agentId, generation: 1, connectedAt: Date.now() });
+			await instance.webSocketMessage(pair[1], JSON.stringify({ type: "result", id: cmd.id, status: "completed" }));
+		});
 		const again = await second.next("command");
 		expect(again).toMatchObject({ id: cmd.id, attempt: 2 });
-		const stub = agentHub(env, agentId);
-		expect((await stub.inspect()).buffered).toMatchObject({ dispatched: 1 });
+		expect((await stub.inspect()).buffered).toEqual({ dispatched: 1 });
+
+		second.send({ type: "result", id: cmd.id, status: "completed" });
+		await waitFor(async () => (await stub.inspect()).buffered.completed === 1, "current socket's result taken");
 		second.close();
 	});
 

@@ -1,0 +1,157 @@
+/**
+ * The README's quick start, as a user runs it: the launcher starts embedded
+ * Postgres, the relay and wrangler dev; an agent written only from
+ * docs/protocol.md (raw `ws`, no SDK) receives, acks and completes a command;
+ * SIGTERM stops every process, workerd included.
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import WebSocket from "ws";
+
+let launcher: ChildProcess;
+let base = "";
+let apiKey = "";
+let output = "";
+const stateDir = mkdtempSync(join(tmpdir(), "switchyard-e2e-"));
+
+async function freePort(): Promise<number> {
+	const srv = net.createServer();
+	await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
+	const port = (srv.address() as net.AddressInfo).port;
+	await new Promise<void>((r) => srv.close(() => r()));
+	return port;
+}
+
+/** Every pid in the launcher's tree, found through /proc (no ps dependency). */
+function descendants(root: number): number[] {
+	const children = new Map<number, number[]>();
+	for (const pid of execFileSync("ls", ["/proc"]).toString().split("\n").filter((s) => /^\d+$/.test(s))) {
+		try {
+			const stat = execFileSync("cat", [`/proc/${pid}/stat`]).toString();
+			const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+			children.set(ppid, [...(children.get(ppid) ?? []), Number(pid)]);
+		} catch {
+			// process ended while we looked
+		}
+	}
+	const out: number[] = [];
+	const walk = (p: number) => {
+		for (const c of children.get(p) ?? []) {
+			out.push(c);
+			walk(c);
+		}
+	};
+	walk(root);
+	return out;
+}
+
+function alive(pid: number): boolean {
+	try {
+		process.kill(pid, 0);
+		return true;
+	} catch {
+		return false;
+	}
+}
+
+async function api(path: string, init: RequestInit = {}): Promise<Response> {
+	return fetch(`${base}${path}`, {
+		...init,
+		headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json", ...init.headers },
+	});
+}
+
+beforeAll(async () => {
+	const port = await freePort();
+	// The launcher itself, as `npm run dev` runs it (tsx on this Node).
+	launcher = spawn(process.execPath, ["node_modules/tsx/dist/cli.mjs", "src/dev/launcher.ts"], {
+		env: { ...process.env, PORT: String(port), SWITCHYARD_STATE_DIR: stateDir, DATABASE_URL: "" },
+		stdio: ["ignore", "pipe", "pipe"],
+	});
+	launcher.stdout?.on("data", (d: Buffer) => {
+		output += d.toString();
+	});
+	launcher.stderr?.on("data", (d: Buffer) => {
+		output += d.toString();
+	});
+	const deadline = Date.now() + 150_000;
+	while (!/\[switchyard\] ready at (\S+)/.test(output)) {
+		if (Date.now() > deadline || launcher.exitCode !== null) throw new Error(`launcher did not start:\n${output}`);
+		await new Promise((r) => setTimeout(r, 200));
+	}
+	base = /\[switchyard\] ready at (\S+)/.exec(output)?.[1] ?? "";
+	apiKey = /\[switchyard\] API key: (\S+)/.exec(output)?.[1] ?? "";
+});
+
+afterAll(() => {
+	if (launcher && launcher.exitCode === null) launcher.kill("SIGKILL");
+	rmSync(stateDir, { recursive: true, force: true });
+});
+
+describe("local stack (npm run dev)", () => {
+	it("prints a working API key and enqueue line", () => {
+		expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+		expect(apiKey).toMatch(/\S{16,}/);
+		expect(output).toContain(`curl -s -X POST ${base}/v1/agents/demo/commands`);
+	});
+
+	it("runs the whole loop for an agent written from the protocol document alone", async () => {
+		const agentId = `e2e-${Date.now()}`;
+		const queued = await (await api(`/v1/agents/${agentId}/commands`, { method: "POST", body: JSON.stringify({ action: "echo", payload: { text: "queued" }, priority: 1 }) })).json();
+		const tokenRes = await api(`/v1/agents/${agentId}/token`, { method: "POST" });
+		expect(tokenRes.status).toBe(201);
+		const { token } = (await tokenRes.json()) as { token: string };
+
+		const ws = new WebSocket(`${base.replace("http", "ws")}/v1/agents/${agentId}/connect`, {
+			headers: { authorization: `Bearer ${token}` },
+			perMessageDeflate: false,
+		});
+		const frames: Record<string, unknown>[] = [];
+		ws.on("message", (data) => {
+			const frame = JSON.parse(String(data)) as Record<string, unknown>;
+			frames.push(frame);
+			if (frame.type === "command") {
+				ws.send(JSON.stringify({ type: "ack", id: frame.id }));
+				ws.send(JSON.stringify({ type: "result", id: frame.id, status: "completed", result: { echoed: frame.payload } }));
+			}
+		});
+		await new Promise<void>((resolve, reject) => {
+			ws.once("open", () => resolve());
+			ws.once("error", reject);
+		});
+		const live = (await (await api(`/v1/agents/${agentId}/commands`, { method: "POST", body: JSON.stringify({ action: "echo", payload: { text: "live" }, priority: 9 }) })).json()) as { id: string };
+
+		for (const id of [(queued as { id: string }).id, live.id]) {
+			const deadline = Date.now() + 15_000;
+			let cmd: Record<string, unknown> = {};
+			while (Date.now() < deadline) {
+				cmd = (await (await api(`/v1/commands/${id}`)).json()) as Record<string, unknown>;
+				if (cmd.status === "completed") break;
+				await new Promise((r) => setTimeout(r, 100));
+			}
+			expect(cmd.status).toBe("completed");
+			expect(cmd.acknowledgedAt).not.toBeNull();
+		}
+		expect(frames[0]).toMatchObject({ type: "welcome", protocol: 1, agentId });
+		ws.send('{"type":"ping"}');
+		await new Promise((r) => setTimeout(r, 200));
+		expect(frames.some((f) => f.type === "pong")).toBe(true);
+		ws.close();
+	});
+
+	it("SIGTERM stops every process it started, workerd included", async () => {
+		const tree = descendants(launcher.pid ?? -1);
+		expect(tree.length).toBeGreaterThan(0);
+		const exited = new Promise<number | null>((r) => launcher.once("exit", (code) => r(code)));
+		launcher.kill("SIGTERM");
+		expect(await exited).toBe(0);
+		const deadline = Date.now() + 10_000;
+		while (tree.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+		expect(tree.filter(alive)).toEqual([]);
+		expect(output).toContain("[switchyard] stopped");
+	});
+});

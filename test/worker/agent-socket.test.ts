@@ -1,0 +1,168 @@
+/**
+ * The agent's side of the wire: who may connect, what happens to frames the
+ * server cannot accept, and that a hibernated object still delivers.
+ */
+import { evictDurableObject } from "cloudflare:test";
+import { env, exports } from "cloudflare:workers";
+import { sign } from "hono/jwt";
+import { describe, expect, it } from "vitest";
+import { signAgentToken } from "../../src/auth/agent-token";
+import { agentHub } from "../../src/routes/commands";
+import { AgentSocket, BASE, enqueue, query, sql, tokenFor, uniqueAgentId, waitFor } from "../helpers/worker/harness";
+
+function connectRaw(agentId: string, headers: Record<string, string>): Promise<Response> {
+	return exports.default.fetch(`${BASE}/v1/agents/${agentId}/connect`, { headers });
+}
+
+async function expectRefused(res: Response, status: number, code: string): Promise<string> {
+	expect(res.status).toBe(status);
+	expect(res.webSocket).toBeNull();
+	const body = await res.json<{ error: { code: string; message: string } }>();
+	expect(body.error.code).toBe(code);
+	return body.error.message;
+}
+
+describe("who may connect", () => {
+	it("refuses a token issued for agent A when connecting as agent B", async () => {
+		const tokenForA = await tokenFor(uniqueAgentId("a"));
+		const b = uniqueAgentId("b");
+		const message = await expectRefused(
+			await connectRaw(b, { upgrade: "websocket", authorization: `Bearer ${tokenForA}` }),
+			401,
+			"unauthorized",
+		);
+		expect(message).toMatch(/another agent/);
+		expect((await agentHub(env, b).inspect()).generation).toBe(0);
+	});
+
+	it("refuses missing, garbage, expired, wrongly signed and alg=none tokens", async () => {
+		const agentId = uniqueAgentId();
+		const now = Math.floor(Date.now() / 1000);
+		const expired = await signAgentToken(agentId, env.AGENT_TOKEN_SECRET, 60, Date.now() - 3_600_000);
+		const wrongSecret = await signAgentToken(agentId, "another-secret-that-is-long-enough-000", 600);
+		const b64 = (o: object) => btoa(JSON.stringify(o)).replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
+		const algNone = `${b64({ alg: "none", typ: "JWT" })}.${b64({ sub: agentId, aud: "switchyard-agent", iat: now, exp: now + 600 })}.`;
+		const noAudience = await sign({ sub: agentId, iat: now, exp: now + 600 }, env.AGENT_TOKEN_SECRET, "HS256");
+
+		await expectRefused(await connectRaw(agentId, { upgrade: "websocket" }), 401, "unauthorized");
+		for (const token of ["garbage", expired.token, wrongSecret.token, algNone, noAudience]) {
+			await expectRefused(
+				await connectRaw(agentId, { upgrade: "websocket", authorization: `Bearer ${token}` }),
+				401,
+				"unauthorized",
+			);
+		}
+		expect(
+			await expectRefused(await connectRaw(agentId, { upgrade: "websocket", authorization: `Bearer ${expired.token}` }), 401, "unauthorized"),
+		).toMatch(/expired/);
+		expect((await agentHub(env, agentId).inspect()).generation).toBe(0);
+	});
+
+	it("refuses a plain GET on the socket endpoint with 426", async () => {
+		const agentId = uniqueAgentId();
+		await expectRefused(await connectRaw(agentId, { authorization: `Bearer ${await tokenFor(agentId)}` }), 426, "upgrade_required");
+	});
+
+	it("an operator API key is not an agent token", async () => {
+		const agentId = uniqueAgentId();
+		await expectRefused(await connectRaw(agentId, { upgrade: "websocket", authorization: "Bearer test-operator-key" }), 401, "unauthorized");
+	});
+});
+
+describe("frames the server cannot accept", () => {
+	it("answers each with an error frame and keeps the socket working", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const unknownId = crypto.randomUUID();
+
+		const cases: [unknown, string, string | undefined][] = [
+			["this is not json", "invalid_json", undefined],
+			["", "invalid_json", undefined],
+			["[1,2,3]", "invalid_frame", undefined],
+			['{"type":"explode"}', "invalid_frame", undefined],
+			['{"no":"type"}', "invalid_frame", undefined],
+			[{ type: "ack" }, "invalid_frame", undefined],
+			[{ type: "ack", id: "not-a-uuid" }, "invalid_frame", "not-a-uuid"],
+			[{ type: "result", id: unknownId, status: "exploded" }, "invalid_frame", unknownId],
+			[{ type: "ack", id: unknownId }, "unknown_command", unknownId],
+			[{ type: "result", id: unknownId, status: "completed" }, "unknown_command", unknownId],
+		];
+		for (const [frame, code, id] of cases) {
+			agent.send(frame);
+			const err = await agent.next("error");
+			expect(err.code, JSON.stringify(frame)).toBe(code);
+			expect(err.message.length).toBeGreaterThan(0);
+			expect(err.id).toBe(id);
+		}
+		agent.ws.send(new Uint8Array([1, 2, 3]));
+		expect((await agent.next("error")).code).toBe("invalid_frame");
+
+		// Still alive and still delivering.
+		const cmd = await enqueue(agentId, { action: "after_garbage" });
+		const frame = await agent.next("command");
+		expect(frame.id).toBe(cmd.id);
+		agent.send({ type: "result", id: frame.id, status: "completed" });
+		await waitFor(async () => {
+			const [row] = await query<{ status: string }>(sql`select status from agent_commands where id = ${cmd.id}`);
+			return row?.status === "completed";
+		}, "completed after garbage");
+		agent.close();
+	});
+
+	it("refuses an ack for another agent's command without touching it", async () => {
+		const owner = uniqueAgentId("owner");
+		const other = uniqueAgentId("other");
+		const ownerSocket = await AgentSocket.connect(owner);
+		const cmd = await enqueue(owner, { action: "private" });
+		await ownerSocket.next("command");
+		const intruder = await AgentSocket.connect(other);
+		intruder.send({ type: "result", id: cmd.id, status: "completed", result: "stolen" });
+		expect(await intruder.next("error")).toMatchObject({ code: "unknown_command", id: cmd.id });
+		expect((await agentHub(env, owner).inspect()).buffered).toEqual({ dispatched: 1 });
+		ownerSocket.close();
+		intruder.close();
+	});
+
+	it("ignores a duplicate result: the first one stands", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "once" });
+		await agent.next("command");
+		agent.send({ type: "result", id: cmd.id, status: "completed", result: 1 });
+		agent.send({ type: "result", id: cmd.id, status: "failed", error: "late duplicate" });
+		agent.send({ type: "ping" });
+		await agent.next("pong");
+		const row = await waitFor(async () => {
+			const [r] = await query<{ status: string; result: unknown; error: string | null }>(
+				sql`select status, result, error from agent_commands where id = ${cmd.id}`,
+			);
+			return r?.status === "completed" ? r : undefined;
+		}, "completed");
+		expect(row).toEqual({ status: "completed", result: 1, error: null });
+		expect(agent.frames.filter((f) => f.type === "error")).toEqual([]);
+		agent.close();
+	});
+});
+
+describe("hibernation", () => {
+	it("delivers to a socket whose object was evicted, and takes its results", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		await evictDurableObject(agentHub(env, agentId));
+
+		agent.send('{"type":"ping"}');
+		await agent.next("pong");
+		const cmd = await enqueue(agentId, { action: "after_sleep" });
+		const frame = await agent.next("command");
+		expect(frame.id).toBe(cmd.id);
+
+		await evictDurableObject(agentHub(env, agentId));
+		agent.send({ type: "ack", id: cmd.id });
+		agent.send({ type: "result", id: cmd.id, status: "completed", result: { woke: true } });
+		await waitFor(async () => {
+			const [r] = await query<{ status: string }>(sql`select status from agent_commands where id = ${cmd.id}`);
+			return r?.status === "completed";
+		}, "completed after eviction");
+		agent.close();
+	});
+});
