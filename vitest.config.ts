@@ -24,6 +24,8 @@ export default defineConfig({
 				],
 				test: {
 					name: "worker",
+					// Every test logs structured lines; show them only where a test failed.
+					silent: "passed-only",
 					include: ["test/worker/**/*.test.ts"],
 					globalSetup: ["test/helpers/node/global-setup.ts"],
 					testTimeout: 30_000,
@@ -33,6 +35,7 @@ export default defineConfig({
 			{
 				test: {
 					name: "node",
+					silent: "passed-only",
 					include: ["test/node/**/*.test.ts"],
 					environment: "node",
 					testTimeout: 120_000,
