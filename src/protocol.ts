@@ -35,6 +35,19 @@ export const SessionId = z.string().min(1).max(256);
 export const Priority = z.number().int().min(0).max(9);
 export const DEFAULT_PRIORITY = 5;
 
+export const IdempotencyKey = z
+	.string()
+	.regex(/^[A-Za-z0-9._:-]{1,128}$/, "idempotency key: 1-128 characters from A-Z a-z 0-9 . _ : -");
+
+/** Delivery defaults; each can be set per command at enqueue. */
+export const DEFAULT_MAX_ATTEMPTS = 5;
+export const DEFAULT_ACK_TIMEOUT_SECONDS = 10;
+/** The agent pings this often; a socket silent for HEARTBEAT_MISSES intervals is closed. */
+export const HEARTBEAT_INTERVAL_SECONDS = 30;
+export const HEARTBEAT_MISSES = 3;
+/** How long an agent has to confirm a cancel before the command is cancelled without it. */
+export const CANCEL_GRACE_SECONDS = 30;
+
 // ------------------------------------------------------------------- statuses
 
 export const COMMAND_STATUSES = [
@@ -60,12 +73,39 @@ export const TERMINAL_STATUSES: ReadonlySet<CommandStatus> = new Set([
 	"expired",
 ]);
 
+/** Why the system (not the agent) ended a command; stored as `errorCode`. */
+export const FailureCode = {
+	/** Sent maxAttempts times, never acknowledged. */
+	UNDELIVERABLE: "undeliverable",
+	/** Acknowledged, then missing from the agent's `hello.running` with no attempts left. */
+	LOST: "lost",
+	/** Not finished within timeoutSeconds after it was first dispatched. */
+	TIMEOUT: "timeout",
+	/** Not dispatched within ttlSeconds. */
+	EXPIRED: "expired",
+	/** Cancel requested; the agent did not confirm within CANCEL_GRACE_SECONDS. */
+	CANCEL_UNCONFIRMED: "cancel_unconfirmed",
+} as const;
+export type FailureCode = (typeof FailureCode)[keyof typeof FailureCode];
+
+/** Why a non-terminal command is not moving, in the API's command JSON. */
+export const BlockedReason = z.enum([
+	"agent_offline",
+	"concurrency_full",
+	"awaiting_ack",
+	"running",
+	"cancel_requested",
+]);
+export type BlockedReason = z.infer<typeof BlockedReason>;
+
 // ------------------------------------------------------------- codes (shared)
 
 /** Close codes the server uses on agent sockets. The SDK must not reconnect after a terminal one. */
 export const CloseCode = {
 	/** Another connection for the same agent id took over. Terminal: reconnecting would fight the newer one. */
 	REPLACED: 4001,
+	/** Nothing heard (not even a ping) for HEARTBEAT_MISSES intervals. Reconnect. */
+	HEARTBEAT_TIMEOUT: 4002,
 } as const;
 export const TERMINAL_CLOSE_CODES: ReadonlySet<number> = new Set([CloseCode.REPLACED]);
 
@@ -80,6 +120,8 @@ export const ErrorCode = {
 	PAYLOAD_TOO_LARGE: "payload_too_large",
 	UNSUPPORTED_MEDIA_TYPE: "unsupported_media_type",
 	UPGRADE_REQUIRED: "upgrade_required",
+	ALREADY_FINISHED: "already_finished",
+	IDEMPOTENCY_CONFLICT: "idempotency_conflict",
 	DB_UNAVAILABLE: "db_unavailable",
 	INTERNAL: "internal",
 	// frame-only
@@ -102,13 +144,32 @@ export type ErrorBody = z.infer<typeof ErrorBody>;
 
 export const MAX_BODY_BYTES = 1024 * 1024;
 
-export const EnqueueRequest = z.strictObject({
+const enqueueFields = {
 	action: Action,
 	payload: z.json().default({}),
 	sessionId: SessionId.nullable().default(null),
 	priority: Priority.default(DEFAULT_PRIORITY),
-});
+	/** Same key for the same agent returns the existing command instead of creating another. */
+	idempotencyKey: IdempotencyKey.optional(),
+	/** Not dispatched within this many seconds: `expired`. */
+	ttlSeconds: z.number().int().min(1).max(30 * 24 * 3600).optional(),
+	/** Not finished this many seconds after first dispatch: `failed` with errorCode `timeout`. */
+	timeoutSeconds: z.number().int().min(1).max(7 * 24 * 3600).optional(),
+	maxAttempts: z.number().int().min(1).max(100).default(DEFAULT_MAX_ATTEMPTS),
+	ackTimeoutSeconds: z.number().int().min(1).max(3600).default(DEFAULT_ACK_TIMEOUT_SECONDS),
+};
+
+export const EnqueueRequest = z.strictObject(enqueueFields);
 export type EnqueueRequest = z.infer<typeof EnqueueRequest>;
+
+export const MAX_BATCH = 1000;
+export const BatchEnqueueRequest = z.strictObject({
+	commands: z
+		.array(z.strictObject({ agentId: AgentId, ...enqueueFields }))
+		.min(1)
+		.max(MAX_BATCH),
+});
+export type BatchEnqueueRequest = z.infer<typeof BatchEnqueueRequest>;
 
 export const ListCommandsQuery = z.strictObject({
 	status: CommandStatus.optional(),
@@ -145,6 +206,17 @@ export const Command = z.object({
 	attempts: z.number().int(),
 	result: z.json().nullable(),
 	error: z.string().nullable(),
+	errorCode: z.string().nullable(),
+	idempotencyKey: z.string().nullable(),
+	maxAttempts: z.number().int(),
+	ackTimeoutSeconds: z.number().int(),
+	timeoutSeconds: z.number().int().nullable(),
+	expiresAt: Timestamp.nullable(),
+	cancelRequestedAt: Timestamp.nullable(),
+	/** Why it is waiting, for any non-terminal command; null once terminal. */
+	blockedReason: BlockedReason.nullable(),
+	/** When it will be sent again if still unacknowledged. */
+	nextAttemptAt: Timestamp.nullable(),
 	createdAt: Timestamp,
 	updatedAt: Timestamp,
 	dispatchedAt: Timestamp.nullable(),
@@ -183,6 +255,12 @@ export const CommandFrame = z.object({
 });
 export type CommandFrame = z.infer<typeof CommandFrame>;
 export const PongFrame = z.object({ type: z.literal("pong") });
+/** Stop working on this command and answer with a `result` of status `cancelled`. */
+export const CancelFrame = z.object({
+	type: z.literal("cancel"),
+	id: CommandId,
+	reason: z.enum(["requested", "timeout"]),
+});
 export const ErrorFrame = z.object({
 	type: z.literal("error"),
 	code: z.string(),
@@ -194,6 +272,7 @@ export type ErrorFrame = z.infer<typeof ErrorFrame>;
 export const ServerFrame = z.discriminatedUnion("type", [
 	WelcomeFrame,
 	CommandFrame,
+	CancelFrame,
 	PongFrame,
 	ErrorFrame,
 ]);
@@ -203,14 +282,26 @@ export const AckFrame = z.object({ type: z.literal("ack"), id: CommandId });
 export const ResultFrame = z.object({
 	type: z.literal("result"),
 	id: CommandId,
-	status: z.enum(["completed", "failed"]),
+	status: z.enum(["completed", "failed", "cancelled"]),
 	result: z.json().optional(),
 	error: z.string().max(64 * 1024).optional(),
 });
 export type ResultFrame = z.infer<typeof ResultFrame>;
 export const PingFrame = z.object({ type: z.literal("ping") });
+export const MAX_CONCURRENCY = 1000;
+/**
+ * Sent by the agent right after `welcome`: how many commands it runs at once,
+ * and which ones it is running now (so acknowledged commands it lost in a
+ * restart are found and sent again).
+ */
+export const HelloFrame = z.object({
+	type: z.literal("hello"),
+	concurrency: z.number().int().min(1).max(MAX_CONCURRENCY),
+	running: z.array(CommandId).max(10_000).default([]),
+});
+export type HelloFrame = z.infer<typeof HelloFrame>;
 
-export const AgentFrame = z.discriminatedUnion("type", [AckFrame, ResultFrame, PingFrame]);
+export const AgentFrame = z.discriminatedUnion("type", [HelloFrame, AckFrame, ResultFrame, PingFrame]);
 export type AgentFrame = z.infer<typeof AgentFrame>;
 
 /**

@@ -1,14 +1,16 @@
 import { DurableObject } from "cloudflare:workers";
 import { z } from "zod";
-import { listOpenCommands } from "../db/commands";
 import { DbUnavailableError, withDb } from "../db/client";
-import { writeStatus, type Presence } from "../db/status-writes";
+import { type CommandRecord, listOpenCommands } from "../db/commands";
+import { type Presence, writeStatus } from "../db/status-writes";
 import { errorFields, log } from "../log";
 import {
 	AgentId,
 	CloseCode,
 	ErrorCode,
 	type ErrorFrame,
+	HEARTBEAT_INTERVAL_SECONDS,
+	HEARTBEAT_MISSES,
 	PING_TEXT,
 	PONG_TEXT,
 	PROTOCOL_VERSION,
@@ -27,6 +29,9 @@ const OUTBOX_BATCH = 500;
 const SAFETY_NET_MS = 5_000;
 const RETRY_BASE_MS = 1_000;
 const RETRY_MAX_MS = 60_000;
+const SILENCE_LIMIT_MS = HEARTBEAT_INTERVAL_SECONDS * HEARTBEAT_MISSES * 1000;
+/** An agent that sends no hello gets this window, which keeps its commands strictly in order. */
+const DEFAULT_CONCURRENCY = 1;
 
 const Attachment = z.object({
 	agentId: AgentId,
@@ -37,10 +42,32 @@ type Attachment = z.infer<typeof Attachment>;
 
 export type EnqueueInput = buffer.BufferInput & { agentId: string };
 
+/** What the worker hands the object: the committed Postgres row, in the object's terms. */
+export function toBufferInput(r: CommandRecord): EnqueueInput {
+	return {
+		agentId: r.agentId,
+		id: r.id,
+		seq: r.seq,
+		action: r.action,
+		payload: r.payload,
+		sessionId: r.sessionId,
+		priority: r.priority,
+		status: r.status === "dispatched" || r.status === "acknowledged" ? r.status : "pending",
+		attempts: r.attempts,
+		maxAttempts: r.maxAttempts,
+		ackTimeoutSeconds: r.ackTimeoutSeconds,
+		timeoutSeconds: r.timeoutSeconds,
+		expiresAt: r.expiresAt?.getTime() ?? null,
+		dispatchedAt: r.dispatchedAt?.getTime() ?? null,
+		cancelRequested: r.cancelRequestedAt !== null,
+	};
+}
+
 /**
  * One object per agent id: holds the agent's hibernatable socket, buffers its
- * commands in SQLite, and writes every status change back to Postgres through
- * an outbox, so a Postgres outage delays the write but never loses it.
+ * commands in SQLite, applies the delivery rules in ./buffer.ts, and writes
+ * every status change back to Postgres through an outbox, so a Postgres
+ * outage delays the write but never loses it.
  */
 export class AgentHub extends DurableObject<Env> {
 	private readonly sql: SqlStorage;
@@ -62,17 +89,28 @@ export class AgentHub extends DurableObject<Env> {
 	// ---------------------------------------------------------------- RPC
 
 	/**
-	 * Takes a command the worker has already committed to Postgres and pushes
-	 * it to the agent if one is connected. Idempotent per command id.
+	 * Takes commands the worker has already committed to Postgres and pushes
+	 * them to the agent as its window allows. Idempotent per command id.
 	 */
-	async enqueue(input: EnqueueInput): Promise<{ status: string }> {
-		const agentId = this.bindAgent(input.agentId);
-		const command = buffer.BufferInput.parse(input);
-		const added = buffer.addCommand(this.sql, command);
-		if (added) this.deliverPending();
-		const status = buffer.getCommand(this.sql, command.id)?.status ?? "unknown";
-		log("info", "command.buffered", { agentId, commandId: command.id, added, status });
-		return { status };
+	async enqueue(inputs: EnqueueInput[]): Promise<{ statuses: Record<string, string> }> {
+		const agentId = inputs[0]?.agentId;
+		if (!agentId) return { statuses: {} };
+		this.bindAgent(agentId);
+		const commands = inputs.map((i) => {
+			if (i.agentId !== agentId) throw new Error("one enqueue call carries one agent's commands");
+			return buffer.BufferInput.parse(i);
+		});
+		const now = Date.now();
+		const added = this.ctx.storage.transactionSync(
+			() => commands.filter((c) => buffer.addCommand(this.sql, c, now)).length,
+		);
+		this.pump();
+		this.scheduleFlush();
+		await this.armAlarm();
+		const statuses: Record<string, string> = {};
+		for (const c of commands) statuses[c.id] = buffer.getCommand(this.sql, c.id)?.status ?? "unknown";
+		log("info", "command.buffered", { agentId, count: commands.length, added });
+		return { statuses };
 	}
 
 	/** Reads Postgres for commands this object has not seen and delivers them. */
@@ -81,11 +119,33 @@ export class AgentHub extends DurableObject<Env> {
 		return this.catchUp();
 	}
 
+	/**
+	 * Cancels a command: at once if it was never sent (it never will be), or by
+	 * asking the agent. A command the object has not seen yet is looked up in
+	 * Postgres first, so a cancel cannot race a delivery.
+	 */
+	async cancel(agentId: string, id: string): Promise<{ outcome: buffer.CancelOutcome }> {
+		this.bindAgent(agentId);
+		if (!buffer.getCommand(this.sql, id)) await this.catchUp();
+		const now = Date.now();
+		const outcome = this.ctx.storage.transactionSync(() => buffer.requestCancel(this.sql, id, now));
+		if (outcome === "cancel_requested") {
+			const ws = this.currentSocket();
+			if (ws) this.send(ws, { type: "cancel", id, reason: "requested" });
+		}
+		if (outcome === "cancelled") this.pump();
+		log("info", "command.cancel", { agentId, commandId: id, outcome });
+		this.scheduleFlush();
+		await this.armAlarm();
+		return { outcome };
+	}
+
 	/** The object's own view, for tests and diagnostics. */
 	async inspect(): Promise<{
 		agentId: string | undefined;
 		generation: number;
 		connected: boolean;
+		concurrency: number;
 		buffered: Partial<Record<string, number>>;
 		outbox: number;
 	}> {
@@ -93,6 +153,7 @@ export class AgentHub extends DurableObject<Env> {
 			agentId: this.meta.get("agent_id"),
 			generation: this.meta.getNumber("generation") ?? 0,
 			connected: this.currentSocket() !== undefined,
+			concurrency: this.concurrency(),
 			buffered: buffer.statusCounts(this.sql),
 			outbox: buffer.outboxSize(this.sql),
 		};
@@ -122,24 +183,28 @@ export class AgentHub extends DurableObject<Env> {
 		const [client, server] = [pair[0], pair[1]];
 		this.ctx.acceptWebSocket(server, [AGENT_TAG]);
 		const now = Date.now();
-		server.serializeAttachment({
-			agentId: agentId.data,
-			generation,
-			connectedAt: now,
-		} satisfies Attachment);
-		this.meta.set("connected", true);
-		this.meta.set("last_connected_at", now);
-		this.meta.set("last_seen_at", now);
-		this.meta.set("presence_dirty", true);
+		server.serializeAttachment({ agentId: agentId.data, generation, connectedAt: now } satisfies Attachment);
+		// Whatever the previous socket was sent and never acknowledged goes out
+		// again on this one; a close event for it may never have come (a crash).
+		const requeued = this.ctx.storage.transactionSync(() => {
+			this.meta.set("connected", true);
+			this.meta.set("last_connected_at", now);
+			this.meta.set("last_seen_at", now);
+			this.meta.set("presence_dirty", true);
+			this.meta.set("concurrency", DEFAULT_CONCURRENCY);
+			return buffer.requeueDispatched(this.sql, now, "reconnect");
+		});
 
 		this.send(server, { type: "welcome", protocol: PROTOCOL_VERSION, agentId: agentId.data, generation });
-		const sent = this.deliverOnConnect(server);
-		log("info", "agent.connected", { agentId: agentId.data, generation, redelivered: sent });
+		for (const id of buffer.awaitingCancel(this.sql)) this.send(server, { type: "cancel", id, reason: "requested" });
+		const sent = this.pump();
+		log("info", "agent.connected", { agentId: agentId.data, generation, requeued, sent });
 
 		// Rows that reached Postgres but never this object (a failed forward,
 		// an INSERT by hand, a reset object) are picked up here on every connect.
 		this.ctx.waitUntil(this.catchUp().catch(() => {}));
 		this.scheduleFlush();
+		await this.armAlarm();
 		return new Response(null, { status: 101, webSocket: client });
 	}
 
@@ -165,27 +230,44 @@ export class AgentHub extends DurableObject<Env> {
 				return;
 			}
 			const frame = parsed.frame;
-			const now = new Date();
-			this.meta.set("last_seen_at", now.getTime());
+			const now = Date.now();
+			this.meta.set("last_seen_at", now);
 			if (frame.type === "ping") {
 				this.send(ws, { type: "pong" });
 				return;
 			}
-			const outcome = this.ctx.storage.transactionSync(() =>
-				frame.type === "ack"
-					? buffer.acknowledge(this.sql, frame.id, now)
-					: buffer.finish(this.sql, frame.id, frame, now),
-			);
-			const refusal = refusalFor(outcome, frame.id);
-			if (refusal) this.send(ws, refusal);
-			if (outcome === "applied") {
+			if (frame.type === "hello") {
+				const changed = this.ctx.storage.transactionSync(() => {
+					this.meta.set("concurrency", frame.concurrency);
+					return buffer.applyHello(this.sql, new Set(frame.running), now);
+				});
+				const sent = this.pump();
+				log("info", "agent.hello", {
+					agentId: att.agentId,
+					generation: att.generation,
+					concurrency: frame.concurrency,
+					running: frame.running.length,
+					changed,
+					sent,
+				});
+			} else {
+				const outcome = this.ctx.storage.transactionSync(() =>
+					frame.type === "ack"
+						? buffer.acknowledge(this.sql, frame.id, now)
+						: buffer.finish(this.sql, frame.id, frame, now),
+				);
+				const refusal = refusalFor(outcome, frame.id);
+				if (refusal) this.send(ws, refusal);
+				if (outcome !== "applied") return;
 				log("info", `command.${frame.type === "ack" ? "acknowledged" : frame.status}`, {
 					agentId: att.agentId,
 					commandId: frame.id,
 					generation: att.generation,
 				});
-				this.scheduleFlush();
+				if (frame.type === "result") this.pump();
 			}
+			this.scheduleFlush();
+			await this.armAlarm();
 		} catch (err) {
 			log("error", "agent.message_failed", { agentId: this.meta.get("agent_id"), ...errorFields(err) });
 			this.send(ws, { type: "error", code: ErrorCode.INTERNAL, message: "internal error handling frame" });
@@ -193,7 +275,7 @@ export class AgentHub extends DurableObject<Env> {
 	}
 
 	override async webSocketClose(ws: WebSocket, code: number, reason: string): Promise<void> {
-		this.onSocketGone(ws, "closed", { code, reason: reason.slice(0, 200) });
+		await this.onSocketGone(ws, "closed", { code, reason: reason.slice(0, 200) });
 		try {
 			// Complete the closing handshake; 1005/1006 are reserved and cannot be sent back.
 			ws.close(code === 1005 || code === 1006 ? 1000 : code, "closing");
@@ -203,10 +285,11 @@ export class AgentHub extends DurableObject<Env> {
 	}
 
 	override async webSocketError(ws: WebSocket, error: unknown): Promise<void> {
-		this.onSocketGone(ws, "errored", errorFields(error));
+		await this.onSocketGone(ws, "errored", errorFields(error));
 	}
 
 	override async alarm(): Promise<void> {
+		const agentId = this.meta.get("agent_id");
 		try {
 			const now = Date.now();
 			for (const [name, at] of this.meta.timers()) {
@@ -215,9 +298,15 @@ export class AgentHub extends DurableObject<Env> {
 				if (name === "flush") this.scheduleFlush();
 				else if (name === "catch_up") await this.catchUp().catch(() => {});
 			}
+			const { stop } = this.ctx.storage.transactionSync(() => buffer.runDueTimers(this.sql, now));
+			const ws = this.currentSocket();
+			if (ws) for (const id of stop) this.send(ws, { type: "cancel", id, reason: "timeout" });
+			await this.checkHeartbeat(now);
+			this.pump();
+			this.scheduleFlush();
 			if (this.flushing) await this.flushing;
 		} catch (err) {
-			log("error", "agent.alarm_failed", { agentId: this.meta.get("agent_id"), ...errorFields(err) });
+			log("error", "agent.alarm_failed", { agentId, ...errorFields(err) });
 		} finally {
 			await this.armAlarm();
 		}
@@ -225,45 +314,67 @@ export class AgentHub extends DurableObject<Env> {
 
 	// ------------------------------------------------------------- delivery
 
-	private deliverOnConnect(ws: WebSocket): number {
-		const rows = buffer.toDeliverOnConnect(this.sql);
-		return this.dispatch(ws, rows);
+	private concurrency(): number {
+		return this.meta.getNumber("concurrency") ?? DEFAULT_CONCURRENCY;
 	}
 
-	private deliverPending(): number {
+	/** Sends as many pending commands as the agent's window has room for. */
+	private pump(): number {
 		const ws = this.currentSocket();
 		if (!ws) return 0;
-		return this.dispatch(ws, buffer.pendingInOrder(this.sql));
-	}
-
-	private dispatch(ws: WebSocket, rows: buffer.BufferedRow[]): number {
-		if (rows.length === 0) return 0;
-		const now = new Date();
-		// State first, then the wire: if the send is lost, the row is
-		// `dispatched` and goes out again on the next connect.
+		const generation = this.meta.getNumber("generation") ?? 0;
+		const now = Date.now();
+		// State first, then the wire: if a send is lost with its socket, the
+		// command is `dispatched` and goes out again on the next connect.
 		const frames = this.ctx.storage.transactionSync(() =>
-			rows.map((r) =>
-				buffer.markDispatched(this.sql, r, now, r.status === "pending" ? "delivery" : "redelivery"),
-			),
+			buffer.fillWindow(this.sql, this.concurrency(), generation, now),
 		);
 		for (const f of frames) this.send(ws, f);
-		this.scheduleFlush();
+		if (frames.length > 0) this.scheduleFlush();
 		return frames.length;
+	}
+
+	/** Liveness without waking the object on every ping: judged here, on the alarm. */
+	private async checkHeartbeat(now: number): Promise<void> {
+		const ws = this.currentSocket();
+		if (!ws) return;
+		const silentFor = now - this.lastActivity(ws);
+		if (silentFor < SILENCE_LIMIT_MS) return;
+		try {
+			ws.close(CloseCode.HEARTBEAT_TIMEOUT, `no ping for ${Math.round(silentFor / 1000)} s`);
+		} catch {
+			// already closing
+		}
+		// A dead peer never completes the close handshake: do not wait for webSocketClose.
+		await this.onSocketGone(ws, "timed_out", { silentMs: silentFor });
+	}
+
+	private lastActivity(ws: WebSocket): number {
+		const seen = this.meta.getNumber("last_seen_at") ?? 0;
+		// Pings answered at the edge never reach the object; their time still counts.
+		const auto = this.ctx.getWebSocketAutoResponseTimestamp(ws)?.getTime() ?? 0;
+		return Math.max(seen, auto);
 	}
 
 	private async catchUp(): Promise<{ added: number }> {
 		const agentId = this.meta.get("agent_id");
 		if (!agentId) return { added: 0 };
 		try {
-			const rows = await withDb(this.env, (db) => listOpenCommands(db, agentId));
-			let added = 0;
-			this.ctx.storage.transactionSync(() => {
-				for (const r of rows) if (buffer.addCommand(this.sql, buffer.BufferInput.parse(r))) added++;
+			const open = await withDb(this.env, (db) => listOpenCommands(db, agentId));
+			const now = Date.now();
+			const added = this.ctx.storage.transactionSync(() => {
+				let n = 0;
+				for (const r of open) if (buffer.addCommand(this.sql, buffer.BufferInput.parse(toBufferInput(r)), now)) n++;
+				this.meta.clearTimer("catch_up");
+				this.meta.delete("catch_up_failures");
+				return n;
 			});
-			this.meta.clearTimer("catch_up");
-			this.meta.delete("catch_up_failures");
-			const sent = added ? this.deliverPending() : 0;
-			if (added) log("info", "agent.caught_up", { agentId, added, sent });
+			const sent = added ? this.pump() : 0;
+			if (added) {
+				log("info", "agent.caught_up", { agentId, added, sent });
+				this.scheduleFlush();
+			}
+			await this.armAlarm();
 			return { added };
 		} catch (err) {
 			const failures = (this.meta.getNumber("catch_up_failures") ?? 0) + 1;
@@ -296,16 +407,17 @@ export class AgentHub extends DurableObject<Env> {
 	private async flushLoop(): Promise<void> {
 		const agentId = this.meta.get("agent_id");
 		if (!agentId) return;
+		if (buffer.outboxSize(this.sql) === 0 && this.meta.get("presence_dirty") !== "1") return;
 		this.meta.setTimer("flush", Date.now() + SAFETY_NET_MS);
 		await this.armAlarm();
 		do {
 			this.flushAgain = false;
-			const { lastSeq, transitions } = buffer.peekOutbox(this.sql, OUTBOX_BATCH);
+			const { lastSeq, entries } = buffer.peekOutbox(this.sql, OUTBOX_BATCH);
 			const presenceDirty = this.meta.get("presence_dirty") === "1";
-			if (transitions.length === 0 && !presenceDirty) break;
+			if (entries.length === 0 && !presenceDirty) break;
 			const presence = this.presence(agentId);
 			try {
-				await withDb(this.env, (db) => writeStatus(db, transitions, presence));
+				await withDb(this.env, (db) => writeStatus(db, entries, presence));
 			} catch (err) {
 				const failures = (this.meta.getNumber("flush_failures") ?? 0) + 1;
 				this.meta.set("flush_failures", failures);
@@ -322,7 +434,10 @@ export class AgentHub extends DurableObject<Env> {
 			this.ctx.storage.transactionSync(() => {
 				buffer.dropOutbox(this.sql, lastSeq);
 				// Presence written above is stale if it changed during the await.
-				if (this.presence(agentId).lastSeenAt === presence.lastSeenAt) this.meta.delete("presence_dirty");
+				const now = this.presence(agentId);
+				if (now.lastSeenAt === presence.lastSeenAt && now.connected === presence.connected) {
+					this.meta.delete("presence_dirty");
+				}
 				this.meta.delete("flush_failures");
 			});
 		} while (this.flushAgain || buffer.outboxSize(this.sql) > 0);
@@ -333,11 +448,8 @@ export class AgentHub extends DurableObject<Env> {
 
 	private presence(agentId: string): Presence {
 		const lastConnected = this.meta.getNumber("last_connected_at");
-		let lastSeen = this.meta.getNumber("last_seen_at") ?? Date.now();
 		const ws = this.currentSocket();
-		// Pings answered at the edge never reach the object; their time still counts.
-		const auto = ws ? this.ctx.getWebSocketAutoResponseTimestamp(ws) : null;
-		if (auto && auto.getTime() > lastSeen) lastSeen = auto.getTime();
+		const lastSeen = ws ? this.lastActivity(ws) : (this.meta.getNumber("last_seen_at") ?? Date.now());
 		return {
 			agentId,
 			connected: this.meta.get("connected") === "1",
@@ -346,15 +458,20 @@ export class AgentHub extends DurableObject<Env> {
 		};
 	}
 
+	/** One alarm slot serves every timer: named ones in meta, command deadlines, the heartbeat check. */
 	private async armAlarm(): Promise<void> {
 		const deadlines = [...this.meta.timers().values()];
+		const commandDeadline = buffer.nextDeadline(this.sql);
+		if (commandDeadline !== null) deadlines.push(commandDeadline);
+		const ws = this.currentSocket();
+		if (ws) deadlines.push(this.lastActivity(ws) + SILENCE_LIMIT_MS);
+		const current = await this.ctx.storage.getAlarm();
 		if (deadlines.length === 0) {
-			await this.ctx.storage.deleteAlarm();
+			if (current !== null) await this.ctx.storage.deleteAlarm();
 			return;
 		}
 		const next = Math.min(...deadlines);
-		const current = await this.ctx.storage.getAlarm();
-		if (current === null || current !== next) await this.ctx.storage.setAlarm(next);
+		if (current !== next) await this.ctx.storage.setAlarm(next);
 	}
 
 	// --------------------------------------------------------------- helpers
@@ -379,21 +496,23 @@ export class AgentHub extends DurableObject<Env> {
 			.find((ws) => ws.readyState === WebSocket.OPEN && this.attachmentOf(ws)?.generation === generation);
 	}
 
-	private onSocketGone(ws: WebSocket, how: string, detail: Record<string, unknown>): void {
+	private async onSocketGone(ws: WebSocket, how: string, detail: Record<string, unknown>): Promise<void> {
 		try {
 			const att = this.attachmentOf(ws);
-			const current = att !== undefined && att.generation === this.meta.getNumber("generation");
-			log("info", `agent.socket_${how}`, {
-				agentId: att?.agentId,
-				generation: att?.generation,
-				current,
-				...detail,
-			});
+			const current =
+				att !== undefined && att.generation === this.meta.getNumber("generation") && this.meta.get("connected") === "1";
+			log("info", `agent.socket_${how}`, { agentId: att?.agentId, generation: att?.generation, current, ...detail });
 			if (!current) return;
-			this.meta.set("connected", false);
-			this.meta.set("last_seen_at", Date.now());
-			this.meta.set("presence_dirty", true);
+			const now = Date.now();
+			const requeued = this.ctx.storage.transactionSync(() => {
+				this.meta.set("connected", false);
+				this.meta.set("last_seen_at", now);
+				this.meta.set("presence_dirty", true);
+				return buffer.requeueDispatched(this.sql, now, "disconnected");
+			});
+			if (requeued) log("info", "agent.requeued", { agentId: att.agentId, requeued });
 			this.scheduleFlush();
+			await this.armAlarm();
 		} catch (err) {
 			log("error", "agent.close_failed", { agentId: this.meta.get("agent_id"), ...errorFields(err) });
 		}

@@ -1,45 +1,68 @@
 /**
- * The agent's pending-command buffer and status outbox, in the Durable
- * Object's SQLite storage. Plain functions over `SqlStorage`: no socket, no
- * network, so the delivery rules can be tested on their own.
+ * The agent's command buffer and status outbox, in the Durable Object's
+ * SQLite storage, and every delivery rule that acts on them. Plain functions
+ * over `SqlStorage`: no socket and no network, so the rules can be tested on
+ * their own and the object class only wires events to them.
  *
- * Invariant: a buffer row is removed only after its terminal status has been
- * written to Postgres (the outbox is drained) and a grace period has passed,
- * so a catch-up read of Postgres that started earlier can never resurrect a
- * finished command.
+ * Each function that changes a command also queues the change in the outbox,
+ * in the same synchronous run (callers wrap them in `transactionSync`), so
+ * Postgres later gets exactly the transitions the buffer went through.
+ *
+ * A buffer row is removed only after its terminal status reached Postgres
+ * and a grace period passed, so a catch-up read of Postgres that started
+ * earlier can never resurrect a finished command.
  */
 import { z } from "zod";
-import type { Transition } from "../db/status-writes";
-import type { CommandFrame, CommandStatus } from "../protocol";
+import type { OutboxEntry, Transition } from "../db/status-writes";
+import {
+	CANCEL_GRACE_SECONDS,
+	type CommandFrame,
+	type CommandStatus,
+	FailureCode,
+	TERMINAL_STATUSES,
+} from "../protocol";
 
 export const PRUNE_AFTER_MS = 10 * 60 * 1000;
 
-const SCHEMA = `
-create table if not exists commands (
-	id text primary key,
-	seq integer not null,
-	action text not null,
-	payload text not null,
-	session_id text,
-	priority integer not null,
-	status text not null,
-	attempts integer not null default 0,
-	finished_at integer
-);
-create index if not exists commands_by_delivery on commands (status, priority desc, seq);
-create table if not exists outbox (
-	seq integer primary key autoincrement,
-	body text not null
-);
-create table if not exists meta (
-	key text primary key,
-	value text not null
-);
-`;
+/** Applied in order; the index of the last one applied is kept in `meta`. */
+const MIGRATIONS = [
+	`create table if not exists commands (
+		id text primary key,
+		seq integer not null,
+		action text not null,
+		payload text not null,
+		session_id text,
+		priority integer not null,
+		status text not null,
+		attempts integer not null default 0,
+		finished_at integer
+	);
+	create index if not exists commands_by_delivery on commands (status, priority desc, seq);
+	create table if not exists outbox (seq integer primary key autoincrement, body text not null);`,
+	`alter table commands add column max_attempts integer not null default 5;
+	alter table commands add column ack_timeout_ms integer not null default 10000;
+	alter table commands add column timeout_ms integer;
+	alter table commands add column expires_at integer;
+	alter table commands add column generation integer;
+	alter table commands add column ack_deadline integer;
+	alter table commands add column run_deadline integer;
+	alter table commands add column cancel_requested_at integer;
+	alter table commands add column cancel_deadline integer;`,
+];
 
 export function migrate(sql: SqlStorage): void {
-	sql.exec(SCHEMA);
+	sql.exec("create table if not exists meta (key text primary key, value text not null)");
+	const row = sql.exec<{ value: string }>("select value from meta where key = 'schema_version'").toArray()[0];
+	for (let v = Number(row?.value ?? 0); v < MIGRATIONS.length; v++) {
+		sql.exec(MIGRATIONS[v] ?? "");
+		sql.exec(
+			"insert into meta (key, value) values ('schema_version', ?) on conflict (key) do update set value = excluded.value",
+			String(v + 1),
+		);
+	}
 }
+
+const OPEN = "('pending','dispatched','acknowledged')";
 
 const BufferedRow = z.object({
 	id: z.string(),
@@ -48,159 +71,46 @@ const BufferedRow = z.object({
 	payload: z.string(),
 	session_id: z.string().nullable(),
 	priority: z.number(),
-	status: z.enum(["pending", "dispatched", "acknowledged", "completed", "failed"]),
+	status: z.enum(["pending", "dispatched", "acknowledged", "completed", "failed", "cancelled", "expired"]),
 	attempts: z.number(),
+	max_attempts: z.number(),
+	ack_timeout_ms: z.number(),
+	timeout_ms: z.number().nullable(),
+	expires_at: z.number().nullable(),
+	generation: z.number().nullable(),
+	ack_deadline: z.number().nullable(),
+	run_deadline: z.number().nullable(),
+	cancel_requested_at: z.number().nullable(),
+	cancel_deadline: z.number().nullable(),
 	finished_at: z.number().nullable(),
 });
 export type BufferedRow = z.infer<typeof BufferedRow>;
 
-/** What the object needs to buffer a command: the Postgres row's delivery fields. */
-export const BufferInput = z.object({
-	id: z.uuid(),
-	seq: z.number().int(),
-	action: z.string(),
-	payload: z.json(),
-	sessionId: z.string().nullable(),
-	priority: z.number().int(),
-	status: z.enum(["pending", "dispatched", "acknowledged"]),
-	attempts: z.number().int().min(0),
-});
-export type BufferInput = z.infer<typeof BufferInput>;
-
-/** Adds a command unless the buffer already knows its id (in any status). Returns whether it was new. */
-export function addCommand(sql: SqlStorage, c: BufferInput): boolean {
-	const cursor = sql.exec(
-		`insert into commands (id, seq, action, payload, session_id, priority, status, attempts)
-		 values (?, ?, ?, ?, ?, ?, ?, ?) on conflict (id) do nothing`,
-		c.id,
-		c.seq,
-		c.action,
-		JSON.stringify(c.payload),
-		c.sessionId,
-		c.priority,
-		c.status,
-		c.attempts,
-	);
-	return cursor.rowsWritten > 0;
+function rows(sql: SqlStorage, query: string, ...params: SqlStorageValue[]): BufferedRow[] {
+	return sql
+		.exec(query, ...params)
+		.toArray()
+		.map((r) => BufferedRow.parse(r));
 }
 
 export function getCommand(sql: SqlStorage, id: string): BufferedRow | undefined {
-	const row = sql.exec("select * from commands where id = ?", id).toArray()[0];
-	return row ? BufferedRow.parse(row) : undefined;
+	return rows(sql, "select * from commands where id = ?", id)[0];
 }
 
-/**
- * Commands to put on the wire for a fresh connection: everything pending, and
- * everything dispatched but never acknowledged (the old socket may have lost
- * it), in priority then enqueue order.
- */
-export function toDeliverOnConnect(sql: SqlStorage): BufferedRow[] {
-	return sql
-		.exec(
-			"select * from commands where status in ('pending','dispatched') order by priority desc, seq asc",
-		)
-		.toArray()
-		.map((r) => BufferedRow.parse(r));
+// ------------------------------------------------------------------ outbox
+
+function push(sql: SqlStorage, entry: OutboxEntry): void {
+	sql.exec("insert into outbox (body) values (?)", JSON.stringify(entry));
 }
 
-export function pendingInOrder(sql: SqlStorage): BufferedRow[] {
-	return sql
-		.exec("select * from commands where status = 'pending' order by priority desc, seq asc")
-		.toArray()
-		.map((r) => BufferedRow.parse(r));
-}
-
-/** Marks a command dispatched (again) and returns the frame to send. Call inside a transaction. */
-export function markDispatched(
-	sql: SqlStorage,
-	row: BufferedRow,
-	now: Date,
-	reason: "delivery" | "redelivery",
-): CommandFrame {
-	const attempt = row.attempts + 1;
-	sql.exec("update commands set status = 'dispatched', attempts = ? where id = ?", attempt, row.id);
-	pushTransition(sql, {
-		commandId: row.id,
-		from: row.status,
-		to: "dispatched",
-		at: now.toISOString(),
-		attempts: attempt,
-		detail: { reason, attempt },
-	});
-	return {
-		type: "command",
-		id: row.id,
-		action: row.action,
-		payload: JSON.parse(row.payload),
-		sessionId: row.session_id,
-		priority: row.priority,
-		attempt,
-	};
-}
-
-export type FrameOutcome = "applied" | "duplicate" | "unknown" | "not_dispatched";
-
-export function acknowledge(sql: SqlStorage, id: string, now: Date): FrameOutcome {
-	const row = getCommand(sql, id);
-	if (!row) return "unknown";
-	if (row.status === "pending") return "not_dispatched";
-	if (row.status !== "dispatched") return "duplicate";
-	sql.exec("update commands set status = 'acknowledged' where id = ?", id);
-	pushTransition(sql, {
-		commandId: id,
-		from: "dispatched",
-		to: "acknowledged",
-		at: now.toISOString(),
-		attempts: row.attempts,
-	});
-	return "applied";
-}
-
-export function finish(
-	sql: SqlStorage,
-	id: string,
-	outcome: { status: "completed" | "failed"; result?: unknown; error?: string },
-	now: Date,
-): FrameOutcome {
-	const row = getCommand(sql, id);
-	if (!row) return "unknown";
-	if (row.status === "pending") return "not_dispatched";
-	if (row.status === "completed" || row.status === "failed") return "duplicate";
-	sql.exec(
-		"update commands set status = ?, finished_at = ? where id = ?",
-		outcome.status,
-		now.getTime(),
-		id,
-	);
-	pushTransition(sql, {
-		commandId: id,
-		from: row.status,
-		to: outcome.status,
-		at: now.toISOString(),
-		attempts: row.attempts,
-		result: outcome.result ?? null,
-		error: outcome.status === "failed" ? (outcome.error ?? "failed") : null,
-	});
-	return "applied";
-}
-
-// --------------------------------------------------------------------- outbox
-
-export function pushTransition(sql: SqlStorage, t: Transition): void {
-	sql.exec("insert into outbox (body) values (?)", JSON.stringify(t));
-}
-
-export function peekOutbox(
-	sql: SqlStorage,
-	limit: number,
-): { lastSeq: number; transitions: Transition[] } {
-	const rows = sql
+export function peekOutbox(sql: SqlStorage, limit: number): { lastSeq: number; entries: OutboxEntry[] } {
+	const batch = sql
 		.exec<{ seq: number; body: string }>("select seq, body from outbox order by seq limit ?", limit)
 		.toArray();
 	return {
-		lastSeq: rows.at(-1)?.seq ?? 0,
-		// SAFETY: only pushTransition writes this table, from a typed Transition.
-		transitions: rows.map((r) => JSON.parse(r.body) as Transition),
+		lastSeq: batch.at(-1)?.seq ?? 0,
+		// SAFETY: only push() writes this table, from a typed OutboxEntry.
+		entries: batch.map((r) => JSON.parse(r.body) as OutboxEntry),
 	};
 }
 
@@ -214,18 +124,358 @@ export function outboxSize(sql: SqlStorage): number {
 
 /** Forgets finished commands once Postgres has them. Only call with an empty outbox. */
 export function prune(sql: SqlStorage, now: number): number {
-	return sql.exec(
-		"delete from commands where finished_at is not null and finished_at < ?",
-		now - PRUNE_AFTER_MS,
+	return sql.exec("delete from commands where finished_at is not null and finished_at < ?", now - PRUNE_AFTER_MS)
+		.rowsWritten;
+}
+
+// ------------------------------------------------------------- transitions
+
+type Extra = Pick<Transition, "result" | "error" | "errorCode" | "detail">;
+
+/** Moves a row to `to`, clears timers that no longer apply, and queues the transition. */
+function moveTo(sql: SqlStorage, row: BufferedRow, to: CommandStatus, now: number, extra: Extra = {}): void {
+	const terminal = TERMINAL_STATUSES.has(to);
+	sql.exec(
+		`update commands set status = ?, finished_at = ?,
+			ack_deadline = case when ? = 'dispatched' then ack_deadline else null end,
+			generation = case when ? in ('dispatched','acknowledged') then generation else null end
+		 where id = ?`,
+		to,
+		terminal ? now : null,
+		to,
+		to,
+		row.id,
+	);
+	push(sql, {
+		kind: "transition",
+		commandId: row.id,
+		from: row.status,
+		to,
+		at: new Date(now).toISOString(),
+		attempts: row.attempts,
+		...extra,
+	});
+}
+
+function fail(sql: SqlStorage, row: BufferedRow, now: number, code: FailureCode, error: string): void {
+	moveTo(sql, row, code === FailureCode.EXPIRED ? "expired" : code === FailureCode.CANCEL_UNCONFIRMED ? "cancelled" : "failed", now, {
+		error,
+		errorCode: code,
+		result: null,
+	});
+}
+
+// ------------------------------------------------------------------ intake
+
+/** What the object needs to buffer a command: the Postgres row's delivery fields. */
+export const BufferInput = z.object({
+	id: z.uuid(),
+	seq: z.number().int(),
+	action: z.string(),
+	payload: z.json(),
+	sessionId: z.string().nullable(),
+	priority: z.number().int(),
+	status: z.enum(["pending", "dispatched", "acknowledged"]),
+	attempts: z.number().int().min(0),
+	maxAttempts: z.number().int().min(1),
+	ackTimeoutSeconds: z.number().int().min(1),
+	timeoutSeconds: z.number().int().nullable(),
+	/** ms since epoch */
+	expiresAt: z.number().nullable(),
+	/** ms since epoch of the latest dispatch, if any */
+	dispatchedAt: z.number().nullable(),
+	cancelRequested: z.boolean(),
+});
+export type BufferInput = z.infer<typeof BufferInput>;
+
+/**
+ * Adds a command unless the buffer already knows its id (in any status).
+ * A row that Postgres says is `dispatched` comes in as `pending`: no socket
+ * of this object is waiting for its ack, so it must be sent again.
+ */
+export function addCommand(sql: SqlStorage, c: BufferInput, now: number): boolean {
+	const status = c.status === "dispatched" ? "pending" : c.status;
+	const runDeadline = c.timeoutSeconds && c.dispatchedAt ? c.dispatchedAt + c.timeoutSeconds * 1000 : null;
+	const cancelAt = c.cancelRequested && c.status !== "pending" ? now : null;
+	const written = sql.exec(
+		`insert into commands (id, seq, action, payload, session_id, priority, status, attempts, max_attempts,
+			ack_timeout_ms, timeout_ms, expires_at, run_deadline, cancel_requested_at, cancel_deadline)
+		 values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (id) do nothing`,
+		c.id,
+		c.seq,
+		c.action,
+		JSON.stringify(c.payload),
+		c.sessionId,
+		c.priority,
+		status,
+		c.attempts,
+		c.maxAttempts,
+		c.ackTimeoutSeconds * 1000,
+		c.timeoutSeconds ? c.timeoutSeconds * 1000 : null,
+		c.expiresAt,
+		runDeadline,
+		cancelAt,
+		cancelAt === null ? null : cancelAt + CANCEL_GRACE_SECONDS * 1000,
 	).rowsWritten;
+	if (written === 0) return false;
+	push(sql, { kind: "taken", commandId: c.id, at: new Date(now).toISOString() });
+	if (status !== c.status) {
+		push(sql, {
+			kind: "transition",
+			commandId: c.id,
+			from: c.status,
+			to: status,
+			at: new Date(now).toISOString(),
+			attempts: c.attempts,
+			detail: { reason: "recovered" },
+		});
+	}
+	return true;
+}
+
+// ---------------------------------------------------------------- delivery
+
+export function inFlight(sql: SqlStorage): number {
+	return sql.exec<{ n: number }>("select count(*) as n from commands where status in ('dispatched','acknowledged')").one()
+		.n;
+}
+
+function commandFrame(row: BufferedRow, attempt: number): CommandFrame {
+	return {
+		type: "command",
+		id: row.id,
+		action: row.action,
+		payload: JSON.parse(row.payload),
+		sessionId: row.session_id,
+		priority: row.priority,
+		attempt,
+	};
+}
+
+/**
+ * Fills the agent's window: dispatches pending commands in priority, then
+ * enqueue, order until `concurrency` are in flight. Commands whose ttl, run
+ * deadline or attempts ran out on the way are finished instead of sent.
+ * Returns the frames to send, in order.
+ */
+export function fillWindow(sql: SqlStorage, concurrency: number, generation: number, now: number): CommandFrame[] {
+	const frames: CommandFrame[] = [];
+	let free = concurrency - inFlight(sql);
+	while (free > 0) {
+		const batch = rows(
+			sql,
+			"select * from commands where status = 'pending' order by priority desc, seq asc limit ?",
+			free + 16,
+		);
+		if (batch.length === 0) break;
+		for (const row of batch) {
+			if (free <= 0) break;
+			if (row.expires_at !== null && row.expires_at <= now) {
+				fail(sql, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
+			} else if (row.run_deadline !== null && row.run_deadline <= now) {
+				fail(sql, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
+			} else if (row.attempts >= row.max_attempts) {
+				fail(sql, row, now, FailureCode.UNDELIVERABLE, `not acknowledged after ${row.attempts} attempts`);
+			} else {
+				const attempt = row.attempts + 1;
+				sql.exec(
+					`update commands set status = 'dispatched', attempts = ?, generation = ?, ack_deadline = ?,
+						run_deadline = coalesce(run_deadline, case when timeout_ms is null then null else ? + timeout_ms end)
+					 where id = ?`,
+					attempt,
+					generation,
+					now + row.ack_timeout_ms,
+					now,
+					row.id,
+				);
+				push(sql, {
+					kind: "transition",
+					commandId: row.id,
+					from: "pending",
+					to: "dispatched",
+					at: new Date(now).toISOString(),
+					attempts: attempt,
+					detail: { attempt, generation, reason: row.attempts === 0 ? "delivery" : "redelivery" },
+				});
+				frames.push(commandFrame(row, attempt));
+				free--;
+			}
+		}
+	}
+	return frames;
+}
+
+/**
+ * Puts dispatched-but-unacknowledged commands back in the queue: their socket
+ * is gone (`disconnected`, `reconnect`) or their ack deadline passed
+ * (`ack_timeout`). They go out again, attempt + 1, when the window allows.
+ * One whose cancel was requested is cancelled instead: it is never resent.
+ */
+export function requeueDispatched(
+	sql: SqlStorage,
+	now: number,
+	reason: "disconnected" | "reconnect" | "ack_timeout",
+): number {
+	const due =
+		reason === "ack_timeout"
+			? rows(sql, "select * from commands where status = 'dispatched' and ack_deadline <= ?", now)
+			: rows(sql, "select * from commands where status = 'dispatched'");
+	for (const row of due) {
+		if (row.cancel_requested_at !== null) {
+			fail(sql, row, now, FailureCode.CANCEL_UNCONFIRMED, "cancelled before the agent acknowledged it");
+		} else {
+			moveTo(sql, row, "pending", now, { detail: { reason, attempt: row.attempts } });
+		}
+	}
+	return due.length;
+}
+
+export type FrameOutcome = "applied" | "duplicate" | "unknown" | "not_dispatched";
+
+/** A command the agent may legitimately know: sent at least once and not finished. */
+function sentAndOpen(row: BufferedRow): boolean {
+	return row.status === "dispatched" || row.status === "acknowledged" || (row.status === "pending" && row.attempts > 0);
+}
+
+export function acknowledge(sql: SqlStorage, id: string, now: number): FrameOutcome {
+	const row = getCommand(sql, id);
+	if (!row) return "unknown";
+	if (row.status === "pending" && row.attempts === 0) return "not_dispatched";
+	if (row.status === "acknowledged" || !sentAndOpen(row)) return "duplicate";
+	// Also from `pending`: a command requeued after a disconnect that the agent
+	// had in fact received. It is running; do not send it again.
+	moveTo(sql, row, "acknowledged", now);
+	return "applied";
+}
+
+export function finish(
+	sql: SqlStorage,
+	id: string,
+	outcome: { status: "completed" | "failed" | "cancelled"; result?: unknown; error?: string },
+	now: number,
+): FrameOutcome {
+	const row = getCommand(sql, id);
+	if (!row) return "unknown";
+	if (row.status === "pending" && row.attempts === 0) return "not_dispatched";
+	if (!sentAndOpen(row)) return "duplicate";
+	moveTo(sql, row, outcome.status, now, {
+		result: outcome.result ?? null,
+		error: outcome.status === "failed" ? (outcome.error ?? "failed") : (outcome.error ?? null),
+		errorCode: null,
+	});
+	return "applied";
+}
+
+/**
+ * Reconciles with the agent's own list of running commands. Acknowledged
+ * commands it does not list were lost (the agent restarted): they are sent
+ * again, or failed with `lost` once their attempts are spent. Sent commands
+ * it does list are running, whatever the buffer thought.
+ */
+export function applyHello(sql: SqlStorage, running: ReadonlySet<string>, now: number): number {
+	let changed = 0;
+	for (const row of rows(sql, `select * from commands where status in ${OPEN}`)) {
+		const listed = running.has(row.id);
+		if (row.status === "acknowledged" && !listed) {
+			changed++;
+			if (row.cancel_requested_at !== null) moveTo(sql, row, "cancelled", now, { detail: { reason: "lost" } });
+			else if (row.attempts >= row.max_attempts)
+				fail(sql, row, now, FailureCode.LOST, "the agent lost it and no attempts are left");
+			else moveTo(sql, row, "pending", now, { detail: { reason: "lost", attempt: row.attempts } });
+		} else if (listed && row.status !== "acknowledged" && sentAndOpen(row)) {
+			changed++;
+			moveTo(sql, row, "acknowledged", now, { detail: { reason: "reported_running" } });
+		}
+	}
+	return changed;
+}
+
+export type CancelOutcome = "cancelled" | "cancel_requested" | "already_finished" | "unknown";
+
+/**
+ * Pending: cancelled at once and never sent again. Sent: the agent is asked
+ * (the caller sends the `cancel` frame) and has CANCEL_GRACE_SECONDS to answer.
+ */
+export function requestCancel(sql: SqlStorage, id: string, now: number): CancelOutcome {
+	const row = getCommand(sql, id);
+	if (!row) return "unknown";
+	if (TERMINAL_STATUSES.has(row.status)) return "already_finished";
+	if (row.status === "pending") {
+		moveTo(sql, row, "cancelled", now, { detail: { reason: "requested" }, result: null, error: null });
+		return "cancelled";
+	}
+	if (row.cancel_requested_at === null) {
+		sql.exec(
+			"update commands set cancel_requested_at = ?, cancel_deadline = ? where id = ?",
+			now,
+			now + CANCEL_GRACE_SECONDS * 1000,
+			id,
+		);
+		push(sql, { kind: "cancel_requested", commandId: id, at: new Date(now).toISOString() });
+	}
+	return "cancel_requested";
+}
+
+/** Open commands whose cancel is waiting for the agent's answer (to resend the frame after a reconnect). */
+export function awaitingCancel(sql: SqlStorage): string[] {
+	return sql
+		.exec<{ id: string }>(
+			"select id from commands where status in ('dispatched','acknowledged') and cancel_requested_at is not null",
+		)
+		.toArray()
+		.map((r) => r.id);
+}
+
+/**
+ * Runs every timer that is due. Returns the ids of commands the agent must
+ * be told to stop (execution timeout while it holds them).
+ */
+export function runDueTimers(sql: SqlStorage, now: number): { stop: string[] } {
+	const stop: string[] = [];
+	for (const row of rows(
+		sql,
+		`select * from commands where status in ${OPEN} and cancel_deadline is not null and cancel_deadline <= ?`,
+		now,
+	)) {
+		fail(sql, row, now, FailureCode.CANCEL_UNCONFIRMED, "the agent did not confirm the cancel in time");
+	}
+	for (const row of rows(
+		sql,
+		`select * from commands where status in ${OPEN} and run_deadline is not null and run_deadline <= ?`,
+		now,
+	)) {
+		if (row.status !== "pending") stop.push(row.id);
+		fail(sql, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
+	}
+	for (const row of rows(
+		sql,
+		"select * from commands where status = 'pending' and expires_at is not null and expires_at <= ?",
+		now,
+	)) {
+		fail(sql, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
+	}
+	requeueDispatched(sql, now, "ack_timeout");
+	return { stop };
+}
+
+/** The earliest moment any command timer is due, or null. */
+export function nextDeadline(sql: SqlStorage): number | null {
+	return sql
+		.exec<{ at: number | null }>(
+			`select min(at) as at from (
+				select min(ack_deadline) as at from commands where status = 'dispatched'
+				union all select min(expires_at) from commands where status = 'pending'
+				union all select min(run_deadline) from commands where status in ${OPEN}
+				union all select min(cancel_deadline) from commands where status in ${OPEN}
+			)`,
+		)
+		.one().at;
 }
 
 export function statusCounts(sql: SqlStorage): Partial<Record<CommandStatus, number>> {
 	const out: Partial<Record<CommandStatus, number>> = {};
 	for (const r of sql
-		.exec<{ status: CommandStatus; n: number }>(
-			"select status, count(*) as n from commands group by status",
-		)
+		.exec<{ status: CommandStatus; n: number }>("select status, count(*) as n from commands group by status")
 		.toArray())
 		out[r.status] = r.n;
 	return out;

@@ -45,6 +45,17 @@ export const agentCommands = pgTable(
 		idempotencyKey: text("idempotency_key"),
 		result: jsonb("result"),
 		error: text("error"),
+		// Machine-readable reason for a failure the system decided
+		// (undeliverable, lost, timeout, expired, cancel_unconfirmed); null when the agent reported it.
+		errorCode: text("error_code"),
+		maxAttempts: integer("max_attempts").notNull().default(5),
+		ackTimeoutSeconds: integer("ack_timeout_seconds").notNull().default(10),
+		timeoutSeconds: integer("timeout_seconds"),
+		expiresAt: ts("expires_at"),
+		// Set once the agent's object has the command in its buffer; the
+		// recovery cron looks for pending rows where it is still null.
+		takenAt: ts("taken_at"),
+		cancelRequestedAt: ts("cancel_requested_at"),
 		createdAt: ts("created_at").notNull().defaultNow(),
 		updatedAt: ts("updated_at").notNull().defaultNow(),
 		dispatchedAt: ts("dispatched_at"),
@@ -63,6 +74,10 @@ export const agentCommands = pgTable(
 		index("agent_commands_open_idx")
 			.on(t.agentId, t.priority.desc(), t.seq)
 			.where(sql`${t.status} in ('pending','dispatched','acknowledged')`),
+		// The recovery cron: pending rows no object has taken.
+		index("agent_commands_untaken_idx")
+			.on(t.createdAt)
+			.where(sql`${t.status} = 'pending' and ${t.takenAt} is null`),
 		uniqueIndex("agent_commands_idempotency_idx")
 			.on(t.agentId, t.idempotencyKey)
 			.where(sql`${t.idempotencyKey} is not null`),

@@ -1,9 +1,10 @@
 import { sql } from "drizzle-orm";
-import type { CommandStatus } from "../protocol";
+import { type CommandStatus, TERMINAL_STATUSES } from "../protocol";
 import type { Db } from "./client";
 
 /** One status change of one command, as the agent's Durable Object saw it. */
 export interface Transition {
+	kind: "transition";
 	commandId: string;
 	from: CommandStatus | null;
 	to: CommandStatus;
@@ -12,8 +13,25 @@ export interface Transition {
 	attempts: number;
 	result?: unknown;
 	error?: string | null;
+	errorCode?: string | null;
 	detail?: Record<string, unknown>;
 }
+
+/** Facts about a command that are not status changes. */
+interface MarkBase {
+	commandId: string;
+	at: string;
+}
+/** The agent's object has the command in its buffer. */
+export interface TakenMark extends MarkBase {
+	kind: "taken";
+}
+export interface CancelRequestedMark extends MarkBase {
+	kind: "cancel_requested";
+}
+export type Mark = TakenMark | CancelRequestedMark;
+
+export type OutboxEntry = Transition | Mark;
 
 /** The agent's connection state, written as a whole: the newest one wins. */
 export interface Presence {
@@ -23,30 +41,94 @@ export interface Presence {
 	lastSeenAt: string;
 }
 
+/** What one batch changes on one command row, folded from all its entries in order. */
+export interface CommandUpdate {
+	command_id: string;
+	status: CommandStatus | null;
+	attempts: number;
+	updated_at: string;
+	dispatched_at: string | null;
+	acknowledged_at: string | null;
+	completed_at: string | null;
+	has_result: boolean;
+	result: unknown;
+	has_error: boolean;
+	error: string | null;
+	error_code: string | null;
+	taken_at: string | null;
+	cancel_requested_at: string | null;
+}
+
 /**
- * Writes a batch of transitions (in order) and the agent's presence in one
- * statement, so a flush is all-or-nothing and costs one round trip however
- * many frames it carries. Transitions for commands Postgres does not know
- * are skipped rather than failing the batch: one bad row must not wedge the
- * whole outbox behind it.
+ * Folds entries into one update per command. A row must be updated once per
+ * statement: Postgres applies only one of two CTEs updating the same row.
+ */
+export function foldEntries(entries: readonly OutboxEntry[]): CommandUpdate[] {
+	const byId = new Map<string, CommandUpdate>();
+	for (const e of entries) {
+		let u = byId.get(e.commandId);
+		if (!u) {
+			u = {
+				command_id: e.commandId,
+				status: null,
+				attempts: 0,
+				updated_at: e.at,
+				dispatched_at: null,
+				acknowledged_at: null,
+				completed_at: null,
+				has_result: false,
+				result: null,
+				has_error: false,
+				error: null,
+				error_code: null,
+				taken_at: null,
+				cancel_requested_at: null,
+			};
+			byId.set(e.commandId, u);
+		}
+		if (e.at > u.updated_at) u.updated_at = e.at;
+		if (e.kind === "taken") u.taken_at ??= e.at;
+		else if (e.kind === "cancel_requested") u.cancel_requested_at ??= e.at;
+		else {
+			u.status = e.to;
+			u.attempts = Math.max(u.attempts, e.attempts);
+			if (e.to === "dispatched") u.dispatched_at = e.at;
+			if (e.to === "acknowledged") u.acknowledged_at = e.at;
+			if (TERMINAL_STATUSES.has(e.to)) {
+				u.completed_at = e.at;
+				u.has_result = e.result !== undefined;
+				u.result = e.result ?? null;
+				u.has_error = true;
+				u.error = e.error ?? null;
+				u.error_code = e.errorCode ?? null;
+			}
+		}
+	}
+	return [...byId.values()];
+}
+
+/**
+ * Writes a batch of outbox entries and the agent's presence in one statement,
+ * so a flush is all-or-nothing and costs one round trip however many frames
+ * it carries. Entries for commands Postgres does not know are skipped rather
+ * than failing the batch: one bad row must not wedge the outbox behind it.
  */
 export async function writeStatus(
 	db: Db,
-	transitions: readonly Transition[],
+	entries: readonly OutboxEntry[],
 	presence: Presence | null,
 ): Promise<void> {
-	const rows = transitions.map((t, ord) => ({
-		ord,
-		command_id: t.commandId,
-		from_status: t.from,
-		to_status: t.to,
-		at: t.at,
-		attempts: t.attempts,
-		has_result: t.result !== undefined,
-		result: t.result === undefined ? null : t.result,
-		error: t.error ?? null,
-		detail: t.detail ?? null,
-	}));
+	const updates = foldEntries(entries);
+	const events = entries
+		.filter((e): e is Transition => e.kind === "transition")
+		.map((t, ord) => ({
+			ord,
+			command_id: t.commandId,
+			from_status: t.from,
+			to_status: t.to,
+			at: t.at,
+			detail: { ...t.detail, ...(t.errorCode ? { errorCode: t.errorCode } : {}) },
+		}));
 	const presenceCte = presence
 		? sql`, agent as (
 			insert into agents (id, connected, last_connected_at, last_seen_at)
@@ -58,33 +140,33 @@ export async function writeStatus(
 		)`
 		: sql``;
 	await db.execute(sql`
-		with t as (
-			select * from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) as t(
-				ord int, command_id uuid, from_status text, to_status text, at timestamptz,
-				attempts int, has_result boolean, result jsonb, error text, detail jsonb)
-			where exists (select 1 from agent_commands c where c.id = t.command_id)
-		), latest as (
-			select distinct on (command_id) * from t order by command_id, ord desc
+		with u as (
+			select * from jsonb_to_recordset(${JSON.stringify(updates)}::jsonb) as u(
+				command_id uuid, status text, attempts int, updated_at timestamptz,
+				dispatched_at timestamptz, acknowledged_at timestamptz, completed_at timestamptz,
+				has_result boolean, result jsonb, has_error boolean, error text, error_code text,
+				taken_at timestamptz, cancel_requested_at timestamptz)
 		), upd as (
 			update agent_commands c set
-				status = l.to_status,
-				attempts = greatest(c.attempts, l.attempts),
-				updated_at = l.at,
-				dispatched_at = coalesce(
-					(select max(x.at) from t x where x.command_id = c.id and x.to_status = 'dispatched'),
-					c.dispatched_at),
-				acknowledged_at = coalesce(
-					(select max(x.at) from t x where x.command_id = c.id and x.to_status = 'acknowledged'),
-					c.acknowledged_at),
-				completed_at = case
-					when l.to_status in ('completed','failed','cancelled','expired') then l.at
-					else c.completed_at end,
-				result = case when l.has_result then l.result else c.result end,
-				error = coalesce(l.error, c.error)
-			from latest l where c.id = l.command_id
+				status = coalesce(u.status, c.status),
+				attempts = greatest(c.attempts, u.attempts),
+				updated_at = greatest(c.updated_at, u.updated_at),
+				dispatched_at = coalesce(u.dispatched_at, c.dispatched_at),
+				acknowledged_at = coalesce(u.acknowledged_at, c.acknowledged_at),
+				completed_at = coalesce(u.completed_at, c.completed_at),
+				result = case when u.has_result then u.result else c.result end,
+				error = case when u.has_error then u.error else c.error end,
+				error_code = case when u.has_error then u.error_code else c.error_code end,
+				taken_at = coalesce(c.taken_at, u.taken_at),
+				cancel_requested_at = coalesce(c.cancel_requested_at, u.cancel_requested_at)
+			from u where c.id = u.command_id
 		), events as (
 			insert into command_events (command_id, from_status, to_status, at, detail)
-			select command_id, from_status, to_status, at, detail from t order by ord
+			select e.command_id, e.from_status, e.to_status, e.at, e.detail
+			from jsonb_to_recordset(${JSON.stringify(events)}::jsonb) as e(
+				ord int, command_id uuid, from_status text, to_status text, at timestamptz, detail jsonb)
+			where exists (select 1 from agent_commands x where x.id = e.command_id)
+			order by e.ord
 		)${presenceCte}
 		select 1
 	`);

@@ -1,19 +1,28 @@
 import { Hono } from "hono";
 import { z } from "zod";
-import type { AgentHub } from "../agent/agent-hub";
+import { type AgentHub, toBufferInput } from "../agent/agent-hub";
 import { requireApiKey } from "../auth/api-key";
-import { type DbConfig, withDb } from "../db/client";
+import { withDb } from "../db/client";
 import {
 	type CommandRecord,
 	decodeCursor,
 	getCommand,
+	insertBatch,
 	insertCommand,
 	listCommands,
 	toApiCommand,
 } from "../db/commands";
 import { ApiError } from "../errors";
 import { errorFields, log } from "../log";
-import { AgentId, CommandId, EnqueueRequest, ErrorCode, ListCommandsQuery } from "../protocol";
+import {
+	AgentId,
+	BatchEnqueueRequest,
+	CommandId,
+	EnqueueRequest,
+	ErrorCode,
+	ListCommandsQuery,
+	TERMINAL_STATUSES,
+} from "../protocol";
 import { jsonBody, params, query } from "../validation";
 
 export function agentHub(env: Env, agentId: string): DurableObjectStub<AgentHub> {
@@ -21,26 +30,23 @@ export function agentHub(env: Env, agentId: string): DurableObjectStub<AgentHub>
 }
 
 /**
- * Hands a committed command to its agent's object. A failure here is logged,
- * not raised: the row is already durable and `pending`, and the object reads
- * it from Postgres on the agent's next connect.
+ * Hands committed commands to their agents' objects, one call per agent. A
+ * failure is logged, not raised: the rows are durable and `pending`, and the
+ * object reads them from Postgres on the agent's next connect, or the
+ * recovery cron hands them over within a minute.
  */
-async function forward(env: Env, cmd: CommandRecord): Promise<void> {
-	try {
-		await agentHub(env, cmd.agentId).enqueue({
-			agentId: cmd.agentId,
-			id: cmd.id,
-			seq: cmd.seq,
-			action: cmd.action,
-			payload: cmd.payload,
-			sessionId: cmd.sessionId,
-			priority: cmd.priority,
-			status: "pending",
-			attempts: 0,
-		});
-	} catch (err) {
-		log("warn", "command.forward_failed", { agentId: cmd.agentId, commandId: cmd.id, ...errorFields(err) });
-	}
+export async function forward(env: Env, commands: CommandRecord[]): Promise<void> {
+	const byAgent = new Map<string, CommandRecord[]>();
+	for (const c of commands) byAgent.set(c.agentId, [...(byAgent.get(c.agentId) ?? []), c]);
+	await Promise.all(
+		[...byAgent].map(async ([agentId, list]) => {
+			try {
+				await agentHub(env, agentId).enqueue(list.map(toBufferInput));
+			} catch (err) {
+				log("warn", "command.forward_failed", { agentId, count: list.length, ...errorFields(err) });
+			}
+		}),
+	);
 }
 
 export const commandRoutes = new Hono<{ Bindings: Env }>()
@@ -52,12 +58,33 @@ export const commandRoutes = new Hono<{ Bindings: Env }>()
 		async (c) => {
 			const { agentId } = c.req.valid("param");
 			const body = c.req.valid("json");
-			const cmd = await withDb(c.env satisfies DbConfig, (db) => insertCommand(db, agentId, body));
-			log("info", "command.enqueued", { agentId, commandId: cmd.id, action: cmd.action, priority: cmd.priority });
-			await forward(c.env, cmd);
-			return c.json(toApiCommand(cmd), 201);
+			const { command, created } = await withDb(c.env, (db) => insertCommand(db, agentId, body));
+			log("info", created ? "command.enqueued" : "command.enqueue_replayed", {
+				agentId,
+				commandId: command.id,
+				action: command.action,
+				priority: command.priority,
+			});
+			// A replay forwards again: harmless for the object, and it heals a first forward that failed.
+			if (!TERMINAL_STATUSES.has(command.status)) await forward(c.env, [command]);
+			return c.json(toApiCommand(command), created ? 201 : 200);
 		},
 	)
+	.post("/commands/batch", requireApiKey, jsonBody(BatchEnqueueRequest), async (c) => {
+		const body = c.req.valid("json");
+		const results = await withDb(c.env, (db) => insertBatch(db, body));
+		const fresh = results.filter((r) => !TERMINAL_STATUSES.has(r.command.status)).map((r) => r.command);
+		log("info", "command.batch_enqueued", {
+			count: results.length,
+			created: results.filter((r) => r.created).length,
+			agents: new Set(fresh.map((f) => f.agentId)).size,
+		});
+		await forward(c.env, fresh);
+		return c.json(
+			{ items: results.map((r) => ({ created: r.created, command: toApiCommand(r.command) })) },
+			201,
+		);
+	})
 	.get(
 		"/agents/:agentId/commands",
 		requireApiKey,
@@ -81,4 +108,33 @@ export const commandRoutes = new Hono<{ Bindings: Env }>()
 		const cmd = await withDb(c.env, (db) => getCommand(db, id));
 		if (!cmd) throw new ApiError(404, ErrorCode.NOT_FOUND, `no command with id ${id}`);
 		return c.json(toApiCommand(cmd));
+	})
+	/**
+	 * 200 `cancelled`: it had not been sent and never will be. 202
+	 * `cancel_requested`: the agent has it and was asked to stop. 409: already finished.
+	 */
+	.post("/commands/:id/cancel", requireApiKey, params(z.object({ id: CommandId })), async (c) => {
+		const { id } = c.req.valid("param");
+		const before = await withDb(c.env, (db) => getCommand(db, id));
+		if (!before) throw new ApiError(404, ErrorCode.NOT_FOUND, `no command with id ${id}`);
+		if (TERMINAL_STATUSES.has(before.status)) {
+			throw new ApiError(409, ErrorCode.ALREADY_FINISHED, `command is already ${before.status}`);
+		}
+		const { outcome } = await agentHub(c.env, before.agentId).cancel(before.agentId, id);
+		if (outcome === "already_finished" || outcome === "unknown") {
+			// The object finished it before Postgres heard (or it just ended).
+			throw new ApiError(409, ErrorCode.ALREADY_FINISHED, "command already finished");
+		}
+		const after = await withDb(c.env, (db) => getCommand(db, id));
+		const command = toApiCommand(after ?? before);
+		// Postgres trails the object by one flush; report the object's verdict.
+		if (outcome === "cancelled") {
+			return c.json({ outcome, command: { ...command, status: "cancelled" as const, blockedReason: null } }, 200);
+		}
+		return c.json({ outcome, command: { ...command, blockedReason: "cancel_requested" as const } }, 202);
+	})
+	.post("/agents/:agentId/reconcile", requireApiKey, params(z.object({ agentId: AgentId })), async (c) => {
+		const { agentId } = c.req.valid("param");
+		const { added } = await agentHub(c.env, agentId).reconcile(agentId);
+		return c.json({ agentId, added });
 	});

@@ -122,7 +122,8 @@ describe("delivery", () => {
 		first.close();
 		await first.closed;
 
-		const second = await AgentSocket.connect(agentId);
+		// The agent is still running the acknowledged one and says so.
+		const second = await AgentSocket.connect(agentId, { hello: { concurrency: 10, running: [acked.id] } });
 		const again = await second.next("command");
 		expect(again).toMatchObject({ id: unacked.id, attempt: 2 });
 		second.send({ type: "result", id: acked.id, status: "completed" });

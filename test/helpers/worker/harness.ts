@@ -94,7 +94,14 @@ export class AgentSocket {
 		});
 	}
 
-	static async connect(agentId: string, opts: { token?: string } = {}): Promise<AgentSocket> {
+	/**
+	 * Connects as `agentId` and, like a real agent, announces its window with
+	 * `hello` (concurrency 100 unless given; `hello: false` sends none).
+	 */
+	static async connect(
+		agentId: string,
+		opts: { token?: string; hello?: false | { concurrency: number; running?: string[] } } = {},
+	): Promise<AgentSocket> {
 		const token = opts.token ?? (await tokenFor(agentId));
 		const res = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/connect`, {
 			headers: { upgrade: "websocket", authorization: `Bearer ${token}` },
@@ -105,6 +112,8 @@ export class AgentSocket {
 		res.webSocket.accept();
 		const socket = new AgentSocket(agentId, res.webSocket);
 		await socket.next("welcome");
+		const hello = opts.hello ?? { concurrency: 100 };
+		if (hello) socket.send({ type: "hello", concurrency: hello.concurrency, running: hello.running ?? [] });
 		return socket;
 	}
 
