@@ -6,6 +6,8 @@ export const TEST_TOKEN_SECRET = "test-agent-token-secret-0123456789abcdef";
 
 export default defineConfig({
 	test: {
+		// Every test logs structured lines; show them only where a test failed.
+		silent: "passed-only",
 		projects: [
 			{
 				plugins: [
@@ -18,15 +20,16 @@ export default defineConfig({
 								API_KEYS: TEST_API_KEYS,
 								AGENT_TOKEN_SECRET: TEST_TOKEN_SECRET,
 								TEST_DEAD_DATABASE_URL: inject("deadDatabaseUrl"),
+								TEST_RELAY_CONTROL: inject("relayControl"),
 							},
 						},
 					})),
 				],
 				test: {
 					name: "worker",
-					// Every test logs structured lines; show them only where a test failed.
-					silent: "passed-only",
 					include: ["test/worker/**/*.test.ts"],
+					// One database for all files, and one test takes it away: no overlap.
+					fileParallelism: false,
 					globalSetup: ["test/helpers/node/global-setup.ts"],
 					testTimeout: 30_000,
 					hookTimeout: 60_000,
@@ -35,7 +38,6 @@ export default defineConfig({
 			{
 				test: {
 					name: "node",
-					silent: "passed-only",
 					include: ["test/node/**/*.test.ts"],
 					environment: "node",
 					testTimeout: 120_000,

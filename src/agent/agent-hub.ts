@@ -295,7 +295,7 @@ export class AgentHub extends DurableObject<Env> {
 			for (const [name, at] of this.meta.timers()) {
 				if (at > now) continue;
 				this.meta.clearTimer(name);
-				if (name === "flush") this.scheduleFlush();
+				if (name === "flush") this.scheduleFlush(true);
 				else if (name === "catch_up") await this.catchUp().catch(() => {});
 			}
 			const { stop } = this.ctx.storage.transactionSync(() => buffer.runDueTimers(this.sql, now));
@@ -392,8 +392,16 @@ export class AgentHub extends DurableObject<Env> {
 
 	// ---------------------------------------------------------------- outbox
 
-	/** Single-flight: a flush already running picks up whatever arrived meanwhile. */
-	private scheduleFlush(): void {
+	/**
+	 * Single-flight: a flush already running picks up whatever arrived
+	 * meanwhile. After a failure, new frames wait for the backoff timer (the
+	 * alarm passes `retry`) instead of hammering a database that is down.
+	 */
+	private scheduleFlush(retry = false): void {
+		if (!retry && (this.meta.getNumber("flush_failures") ?? 0) > 0) {
+			const due = this.meta.timers().get("flush");
+			if (due !== undefined && due > Date.now()) return;
+		}
 		if (this.flushing) {
 			this.flushAgain = true;
 			return;

@@ -16,8 +16,11 @@ export interface Relay {
 	proxy: string;
 	/** Open client connections, for tests and diagnostics. */
 	connections(): number;
-	/** Drop every open connection (simulates a Postgres outage for in-flight clients). */
-	dropAll(): void;
+	/**
+	 * Simulates a database outage (tests): while down, every open connection is
+	 * dropped and new ones are refused.
+	 */
+	setDown(down: boolean): void;
 	close(): Promise<void>;
 }
 
@@ -35,8 +38,20 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
 	const host = opts.host ?? "127.0.0.1";
 	const wss = new WebSocketServer({ host, port: opts.port ?? 0, perMessageDeflate: false });
 	const open = new Set<{ ws: WebSocket; tcp: net.Socket }>();
+	let down = false;
+	const dropAll = () => {
+		for (const p of open) {
+			p.tcp.destroy();
+			p.ws.terminate();
+		}
+		open.clear();
+	};
 
 	wss.on("connection", (ws, req) => {
+		if (down) {
+			ws.terminate();
+			return;
+		}
 		const target = parseTarget(req.url ?? "");
 		if (!target || !opts.allow(target.host, target.port)) {
 			ws.close(1008, "target not allowed");
@@ -71,20 +86,13 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
 		port,
 		proxy: `${host}:${port}/v1`,
 		connections: () => open.size,
-		dropAll: () => {
-			for (const p of open) {
-				p.tcp.destroy();
-				p.ws.terminate();
-			}
-			open.clear();
+		setDown: (value) => {
+			down = value;
+			if (down) dropAll();
 		},
 		close: () =>
 			new Promise<void>((resolve) => {
-				for (const p of open) {
-					p.tcp.destroy();
-					p.ws.terminate();
-				}
-				open.clear();
+				dropAll();
 				wss.close(() => resolve());
 			}),
 	};

@@ -1,3 +1,5 @@
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import type { TestProject } from "vitest/node";
 import { loopbackOnly, startRelay } from "../../../src/dev/relay.ts";
 import { deadPort, startTestDatabase } from "./test-database.ts";
@@ -8,6 +10,7 @@ declare module "vitest" {
 		relayProxy: string;
 		deadDatabaseUrl: string;
 		databaseKind: string;
+		relayControl: string;
 	}
 }
 
@@ -19,7 +22,22 @@ export default async function setup(project: TestProject) {
 	project.provide("relayProxy", relay.proxy);
 	project.provide("databaseKind", db.kind);
 	project.provide("deadDatabaseUrl", `postgres://postgres@127.0.0.1:${await deadPort()}/postgres`);
+
+	// Lets a test inside workerd take the database away and bring it back.
+	const control = http.createServer((req, res) => {
+		if (req.url === "/down" || req.url === "/up") {
+			relay.setDown(req.url === "/down");
+			res.end("ok");
+		} else {
+			res.statusCode = 404;
+			res.end();
+		}
+	});
+	await new Promise<void>((r) => control.listen(0, "127.0.0.1", () => r()));
+	project.provide("relayControl", `http://127.0.0.1:${(control.address() as AddressInfo).port}`);
+
 	return async () => {
+		control.close();
 		await relay.close();
 		await db.stop();
 	};

@@ -157,3 +157,18 @@ export class AgentSocket {
 		}
 	}
 }
+
+/** The command as the API returns it. */
+export async function apiCommand(id: string): Promise<Record<string, unknown> & { status: string }> {
+	const res = await api(`/v1/commands/${id}`);
+	if (res.status !== 200) throw new Error(`GET command ${id}: ${res.status}`);
+	return res.json();
+}
+
+/** Waits until the API shows the command in `status`, and returns it. */
+export function waitForStatus(id: string, status: string, timeoutMs = 10_000) {
+	return waitFor(async () => {
+		const c = await apiCommand(id);
+		return c.status === status ? c : undefined;
+	}, `command ${id} to be ${status}`, timeoutMs);
+}
