@@ -4,59 +4,19 @@
  * docs/protocol.md (raw `ws`, no SDK) receives, acks and completes a command;
  * SIGTERM stops every process, workerd included.
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
+import { alive, descendants, freePort } from "../helpers/node/processes.ts";
 
 let launcher: ChildProcess;
 let base = "";
 let apiKey = "";
 let output = "";
 const stateDir = mkdtempSync(join(tmpdir(), "switchyard-e2e-"));
-
-async function freePort(): Promise<number> {
-	const srv = net.createServer();
-	await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
-	const port = (srv.address() as net.AddressInfo).port;
-	await new Promise<void>((r) => srv.close(() => r()));
-	return port;
-}
-
-/** Every pid in the launcher's tree, found through /proc (no ps dependency). */
-function descendants(root: number): number[] {
-	const children = new Map<number, number[]>();
-	for (const pid of execFileSync("ls", ["/proc"]).toString().split("\n").filter((s) => /^\d+$/.test(s))) {
-		try {
-			const stat = execFileSync("cat", [`/proc/${pid}/stat`]).toString();
-			const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-			children.set(ppid, [...(children.get(ppid) ?? []), Number(pid)]);
-		} catch {
-			// process ended while we looked
-		}
-	}
-	const out: number[] = [];
-	const walk = (p: number) => {
-		for (const c of children.get(p) ?? []) {
-			out.push(c);
-			walk(c);
-		}
-	};
-	walk(root);
-	return out;
-}
-
-function alive(pid: number): boolean {
-	try {
-		process.kill(pid, 0);
-		return true;
-	} catch {
-		return false;
-	}
-}
 
 async function api(path: string, init: RequestInit = {}): Promise<Response> {
 	return fetch(`${base}${path}`, {
