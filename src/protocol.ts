@@ -123,6 +123,7 @@ export const ErrorCode = {
 	ALREADY_FINISHED: "already_finished",
 	IDEMPOTENCY_CONFLICT: "idempotency_conflict",
 	DB_UNAVAILABLE: "db_unavailable",
+	AGENT_UNAVAILABLE: "agent_unavailable",
 	INTERNAL: "internal",
 	// frame-only
 	INVALID_FRAME: "invalid_frame",

@@ -124,9 +124,16 @@ export class AgentHub extends DurableObject<Env> {
 	 * asking the agent. A command the object has not seen yet is looked up in
 	 * Postgres first, so a cancel cannot race a delivery.
 	 */
-	async cancel(agentId: string, id: string): Promise<{ outcome: buffer.CancelOutcome }> {
+	async cancel(agentId: string, id: string): Promise<{ outcome: buffer.CancelOutcome | "unavailable" }> {
 		this.bindAgent(agentId);
-		if (!buffer.getCommand(this.sql, id)) await this.catchUp();
+		if (!buffer.getCommand(this.sql, id)) {
+			// Without Postgres the object cannot know whether it is about to deliver this one.
+			const read = await this.catchUp().then(
+				() => true,
+				() => false,
+			);
+			if (!read) return { outcome: "unavailable" };
+		}
 		const now = Date.now();
 		const outcome = this.ctx.storage.transactionSync(() => buffer.requestCancel(this.sql, id, now));
 		if (outcome === "cancel_requested") {
@@ -478,8 +485,11 @@ export class AgentHub extends DurableObject<Env> {
 			if (current !== null) await this.ctx.storage.deleteAlarm();
 			return;
 		}
+		// Only ever move the alarm earlier: the heartbeat deadline shifts with
+		// every frame, and rewriting the alarm each time would cost a storage
+		// write per frame. An alarm that fires early finds nothing due and re-arms.
 		const next = Math.min(...deadlines);
-		if (current !== next) await this.ctx.storage.setAlarm(next);
+		if (current === null || next < current) await this.ctx.storage.setAlarm(next);
 	}
 
 	// --------------------------------------------------------------- helpers

@@ -38,15 +38,31 @@ export function agentHub(env: Env, agentId: string): DurableObjectStub<AgentHub>
 export async function forward(env: Env, commands: CommandRecord[]): Promise<void> {
 	const byAgent = new Map<string, CommandRecord[]>();
 	for (const c of commands) byAgent.set(c.agentId, [...(byAgent.get(c.agentId) ?? []), c]);
-	await Promise.all(
-		[...byAgent].map(async ([agentId, list]) => {
-			try {
-				await agentHub(env, agentId).enqueue(list.map(toBufferInput));
-			} catch (err) {
-				log("warn", "command.forward_failed", { agentId, count: list.length, ...errorFields(err) });
-			}
-		}),
-	);
+	const calls = [...byAgent];
+	// Bounded fan-out: a batch may name up to 1,000 agents.
+	for (let i = 0; i < calls.length; i += FORWARD_PARALLEL) {
+		await Promise.all(
+			calls.slice(i, i + FORWARD_PARALLEL).map(async ([agentId, list]) => {
+				try {
+					await agentHub(env, agentId).enqueue(list.map(toBufferInput));
+				} catch (err) {
+					log("warn", "command.forward_failed", { agentId, count: list.length, ...errorFields(err) });
+				}
+			}),
+		);
+	}
+}
+
+const FORWARD_PARALLEL = 50;
+
+/** An agent object that cannot be reached is a transient condition, like a database outage. */
+async function callHub<T>(agentId: string, call: () => Promise<T>): Promise<T> {
+	try {
+		return await call();
+	} catch (err) {
+		log("warn", "agent.unreachable", { agentId, ...errorFields(err) });
+		throw new ApiError(503, ErrorCode.AGENT_UNAVAILABLE, "the agent's object is unavailable; retry shortly");
+	}
 }
 
 export const commandRoutes = new Hono<{ Bindings: Env }>()
@@ -120,7 +136,10 @@ export const commandRoutes = new Hono<{ Bindings: Env }>()
 		if (TERMINAL_STATUSES.has(before.status)) {
 			throw new ApiError(409, ErrorCode.ALREADY_FINISHED, `command is already ${before.status}`);
 		}
-		const { outcome } = await agentHub(c.env, before.agentId).cancel(before.agentId, id);
+		const { outcome } = await callHub(before.agentId, () => agentHub(c.env, before.agentId).cancel(before.agentId, id));
+		if (outcome === "unavailable") {
+			throw new ApiError(503, ErrorCode.DB_UNAVAILABLE, "the database is unavailable; retry shortly");
+		}
 		if (outcome === "already_finished" || outcome === "unknown") {
 			// The object finished it before Postgres heard (or it just ended).
 			throw new ApiError(409, ErrorCode.ALREADY_FINISHED, "command already finished");
@@ -135,6 +154,6 @@ export const commandRoutes = new Hono<{ Bindings: Env }>()
 	})
 	.post("/agents/:agentId/reconcile", requireApiKey, params(z.object({ agentId: AgentId })), async (c) => {
 		const { agentId } = c.req.valid("param");
-		const { added } = await agentHub(c.env, agentId).reconcile(agentId);
+		const { added } = await callHub(agentId, () => agentHub(c.env, agentId).reconcile(agentId));
 		return c.json({ agentId, added });
 	});
