@@ -6,6 +6,7 @@
  * docs/protocol.md is the prose form of this file; keep them in step.
  */
 import { z } from "zod";
+import { jsonProblem } from "./json-safety";
 
 export const PROTOCOL_VERSION = 1;
 
@@ -121,7 +122,6 @@ export const ErrorCode = {
 	UNSUPPORTED_MEDIA_TYPE: "unsupported_media_type",
 	UPGRADE_REQUIRED: "upgrade_required",
 	ALREADY_FINISHED: "already_finished",
-	IDEMPOTENCY_CONFLICT: "idempotency_conflict",
 	DB_UNAVAILABLE: "db_unavailable",
 	AGENT_UNAVAILABLE: "agent_unavailable",
 	INTERNAL: "internal",
@@ -325,6 +325,10 @@ export function parseAgentFrame(
 			ok: false,
 			error: { type: "error", code: ErrorCode.INVALID_JSON, message: "frame is not valid JSON" },
 		};
+	}
+	const problem = jsonProblem(raw);
+	if (problem) {
+		return { ok: false, error: { type: "error", code: ErrorCode.INVALID_FRAME, message: `frame refused: ${problem}` } };
 	}
 	const parsed = AgentFrame.safeParse(raw);
 	if (parsed.success) return { ok: true, frame: parsed.data };

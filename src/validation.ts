@@ -2,7 +2,14 @@ import type { Env, MiddlewareHandler } from "hono";
 import { validator } from "hono/validator";
 import { z } from "zod";
 import { ApiError } from "./errors";
+import { jsonProblem } from "./json-safety";
 import { ErrorCode } from "./protocol";
+
+/** Refuses what Postgres cannot store before zod walks it (see json-safety.ts). */
+function checkJson(value: unknown): void {
+	const problem = jsonProblem(value);
+	if (problem) throw new ApiError(400, ErrorCode.VALIDATION_FAILED, `invalid request body: ${problem}`);
+}
 
 function fail(where: string, error: z.ZodError): never {
 	throw new ApiError(
@@ -24,6 +31,7 @@ export const jsonBody = <T extends z.ZodType>(schema: T) =>
 				"send the body as JSON with Content-Type: application/json",
 			);
 		}
+		checkJson(value);
 		const r = schema.safeParse(value);
 		return r.success ? r.data : fail("request body", r.error);
 	});
@@ -45,6 +53,7 @@ export const optionalJsonBody = <T extends z.ZodType>(
 				throw new ApiError(400, ErrorCode.INVALID_JSON, "request body is not valid JSON");
 			}
 		}
+		checkJson(value);
 		const r = schema.safeParse(value);
 		if (!r.success) fail("request body", r.error);
 		c.req.addValidatedData("json", r.data as object);

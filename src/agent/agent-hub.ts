@@ -1,8 +1,8 @@
 import { DurableObject } from "cloudflare:workers";
 import { z } from "zod";
-import { DbUnavailableError, withDb } from "../db/client";
+import { DbQueryError, DbUnavailableError, withDb } from "../db/client";
 import { type CommandRecord, listOpenCommands } from "../db/commands";
-import { type Presence, writeStatus } from "../db/status-writes";
+import { type KeyedEntry, type Presence, writeStatus } from "../db/status-writes";
 import { errorFields, log } from "../log";
 import {
 	AgentId,
@@ -15,6 +15,7 @@ import {
 	PONG_TEXT,
 	PROTOCOL_VERSION,
 	type ServerFrame,
+	TERMINAL_STATUSES,
 	parseAgentFrame,
 } from "../protocol";
 import * as buffer from "./buffer";
@@ -29,9 +30,16 @@ const OUTBOX_BATCH = 500;
 const SAFETY_NET_MS = 5_000;
 const RETRY_BASE_MS = 1_000;
 const RETRY_MAX_MS = 60_000;
+const ALARM_FLOOR_MS = 100;
 const SILENCE_LIMIT_MS = HEARTBEAT_INTERVAL_SECONDS * HEARTBEAT_MISSES * 1000;
 /** An agent that sends no hello gets this window, which keeps its commands strictly in order. */
 const DEFAULT_CONCURRENCY = 1;
+/**
+ * An agent that has not said `hello` this long after connecting is taken to
+ * run nothing from earlier connections: what it acknowledged before is sent
+ * again (it deduplicates by id), instead of holding its window forever.
+ */
+const HELLO_GRACE_MS = 10_000;
 
 const Attachment = z.object({
 	agentId: AgentId,
@@ -58,7 +66,7 @@ export function toBufferInput(r: CommandRecord): EnqueueInput {
 		ackTimeoutSeconds: r.ackTimeoutSeconds,
 		timeoutSeconds: r.timeoutSeconds,
 		expiresAt: r.expiresAt?.getTime() ?? null,
-		dispatchedAt: r.dispatchedAt?.getTime() ?? null,
+		firstDispatchedAt: r.firstDispatchedAt?.getTime() ?? null,
 		cancelRequested: r.cancelRequestedAt !== null,
 	};
 }
@@ -127,8 +135,9 @@ export class AgentHub extends DurableObject<Env> {
 	async cancel(agentId: string, id: string): Promise<{ outcome: buffer.CancelOutcome | "unavailable" }> {
 		this.bindAgent(agentId);
 		if (!buffer.getCommand(this.sql, id)) {
-			// Without Postgres the object cannot know whether it is about to deliver this one.
-			const read = await this.catchUp().then(
+			// Without Postgres the object cannot know whether it is about to deliver
+			// this one. Read it without sending anything: it must be cancelled first.
+			const read = await this.catchUp({ pump: false }).then(
 				() => true,
 				() => false,
 			);
@@ -136,11 +145,10 @@ export class AgentHub extends DurableObject<Env> {
 		}
 		const now = Date.now();
 		const outcome = this.ctx.storage.transactionSync(() => buffer.requestCancel(this.sql, id, now));
-		if (outcome === "cancel_requested") {
-			const ws = this.currentSocket();
-			if (ws) this.send(ws, { type: "cancel", id, reason: "requested" });
-		}
-		if (outcome === "cancelled") this.pump();
+		const ws = this.currentSocket();
+		const owed = buffer.cancelsOwed(this.sql, now).find((c) => c.id === id);
+		if (ws && owed) this.send(ws, { type: "cancel", id, reason: owed.reason });
+		this.pump();
 		log("info", "command.cancel", { agentId, commandId: id, outcome });
 		this.scheduleFlush();
 		await this.armAlarm();
@@ -202,8 +210,9 @@ export class AgentHub extends DurableObject<Env> {
 			return buffer.requeueDispatched(this.sql, now, "reconnect");
 		});
 
+		this.meta.setTimer("hello", now + HELLO_GRACE_MS);
 		this.send(server, { type: "welcome", protocol: PROTOCOL_VERSION, agentId: agentId.data, generation });
-		for (const id of buffer.awaitingCancel(this.sql)) this.send(server, { type: "cancel", id, reason: "requested" });
+		for (const c of buffer.cancelsOwed(this.sql, now)) this.send(server, { type: "cancel", id: c.id, reason: c.reason });
 		const sent = this.pump();
 		log("info", "agent.connected", { agentId: agentId.data, generation, requeued, sent });
 
@@ -246,7 +255,11 @@ export class AgentHub extends DurableObject<Env> {
 			if (frame.type === "hello") {
 				const changed = this.ctx.storage.transactionSync(() => {
 					this.meta.set("concurrency", frame.concurrency);
-					return buffer.applyHello(this.sql, new Set(frame.running), now);
+					// Kept for a catch-up that finishes after the hello (see catchUp).
+					this.meta.set("hello_generation", att.generation);
+					this.meta.set("hello_running", JSON.stringify(frame.running));
+					this.meta.clearTimer("hello");
+					return buffer.applyHello(this.sql, new Set(frame.running), now, att.generation);
 				});
 				const sent = this.pump();
 				log("info", "agent.hello", {
@@ -260,7 +273,7 @@ export class AgentHub extends DurableObject<Env> {
 			} else {
 				const outcome = this.ctx.storage.transactionSync(() =>
 					frame.type === "ack"
-						? buffer.acknowledge(this.sql, frame.id, now)
+						? buffer.acknowledge(this.sql, frame.id, now, att.generation)
 						: buffer.finish(this.sql, frame.id, frame, now),
 				);
 				const refusal = refusalFor(outcome, frame.id);
@@ -297,26 +310,39 @@ export class AgentHub extends DurableObject<Env> {
 
 	override async alarm(): Promise<void> {
 		const agentId = this.meta.get("agent_id");
+		let failed = false;
 		try {
+			// Command deadlines first: they must not wait behind a slow database.
 			const now = Date.now();
-			for (const [name, at] of this.meta.timers()) {
-				if (at > now) continue;
-				this.meta.clearTimer(name);
-				if (name === "flush") this.scheduleFlush(true);
-				else if (name === "catch_up") await this.catchUp().catch(() => {});
-			}
 			const { stop } = this.ctx.storage.transactionSync(() => buffer.runDueTimers(this.sql, now));
 			const ws = this.currentSocket();
 			if (ws) for (const id of stop) this.send(ws, { type: "cancel", id, reason: "timeout" });
 			await this.checkHeartbeat(now);
+			const timers = this.meta.timers();
+			if ((timers.get("hello") ?? Number.POSITIVE_INFINITY) <= now) this.assumeNothingRunning(now);
 			this.pump();
-			this.scheduleFlush();
+			if ((timers.get("catch_up") ?? Number.POSITIVE_INFINITY) <= now) {
+				this.ctx.waitUntil(this.catchUp().catch(() => {}));
+			}
+			if ((timers.get("flush") ?? Number.POSITIVE_INFINITY) <= now) this.scheduleFlush(true);
+			else this.scheduleFlush();
 			if (this.flushing) await this.flushing;
 		} catch (err) {
+			failed = true;
 			log("error", "agent.alarm_failed", { agentId, ...errorFields(err) });
 		} finally {
-			await this.armAlarm();
+			// A floor keeps a timer that is somehow still due from spinning the alarm.
+			await this.armAlarm(Date.now() + (failed ? RETRY_BASE_MS : ALARM_FLOOR_MS));
 		}
+	}
+
+	/** No `hello` within the grace period: what was acknowledged on earlier connections is presumed lost. */
+	private assumeNothingRunning(now: number): void {
+		const generation = this.meta.getNumber("generation") ?? 0;
+		this.meta.clearTimer("hello");
+		if (this.meta.getNumber("hello_generation") === generation || !this.currentSocket()) return;
+		const changed = this.ctx.storage.transactionSync(() => buffer.applyHello(this.sql, new Set(), now, generation));
+		if (changed) log("info", "agent.no_hello", { agentId: this.meta.get("agent_id"), generation, changed });
 	}
 
 	// ------------------------------------------------------------- delivery
@@ -363,20 +389,34 @@ export class AgentHub extends DurableObject<Env> {
 		return Math.max(seen, auto);
 	}
 
-	private async catchUp(): Promise<{ added: number }> {
+	/**
+	 * Reads Postgres for open commands this object has not seen. `pump: false`
+	 * buffers them without sending anything (a cancel must act first).
+	 */
+	private async catchUp(opts: { pump?: boolean } = {}): Promise<{ added: number }> {
 		const agentId = this.meta.get("agent_id");
 		if (!agentId) return { added: 0 };
+		// If this isolate dies during the read, the alarm tries again.
+		this.meta.setTimer("catch_up", Date.now() + SAFETY_NET_MS);
+		await this.armAlarm();
 		try {
 			const open = await withDb(this.env, (db) => listOpenCommands(db, agentId));
 			const now = Date.now();
+			const generation = this.meta.getNumber("generation") ?? 0;
 			const added = this.ctx.storage.transactionSync(() => {
 				let n = 0;
 				for (const r of open) if (buffer.addCommand(this.sql, buffer.BufferInput.parse(toBufferInput(r)), now)) n++;
+				// Rows recovered as acknowledged after this connection's hello are
+				// judged against that hello's running list, as if they had been here.
+				if (n > 0 && this.meta.getNumber("hello_generation") === generation) {
+					const running = z.array(z.string()).parse(JSON.parse(this.meta.get("hello_running") ?? "[]"));
+					buffer.applyHello(this.sql, new Set(running), now, generation);
+				}
 				this.meta.clearTimer("catch_up");
 				this.meta.delete("catch_up_failures");
 				return n;
 			});
-			const sent = added ? this.pump() : 0;
+			const sent = added && opts.pump !== false ? this.pump() : 0;
 			if (added) {
 				log("info", "agent.caught_up", { agentId, added, sent });
 				this.scheduleFlush();
@@ -422,17 +462,23 @@ export class AgentHub extends DurableObject<Env> {
 	private async flushLoop(): Promise<void> {
 		const agentId = this.meta.get("agent_id");
 		if (!agentId) return;
-		if (buffer.outboxSize(this.sql) === 0 && this.meta.get("presence_dirty") !== "1") return;
+		if (buffer.outboxSize(this.sql) === 0 && this.meta.get("presence_dirty") !== "1") {
+			this.meta.clearTimer("flush");
+			return;
+		}
 		this.meta.setTimer("flush", Date.now() + SAFETY_NET_MS);
 		await this.armAlarm();
 		do {
 			this.flushAgain = false;
-			const { lastSeq, entries } = buffer.peekOutbox(this.sql, OUTBOX_BATCH);
+			const { lastSeq, entries } = buffer.peekOutbox(this.sql, OUTBOX_BATCH, this.epoch());
 			const presenceDirty = this.meta.get("presence_dirty") === "1";
 			if (entries.length === 0 && !presenceDirty) break;
 			const presence = this.presence(agentId);
 			try {
-				await withDb(this.env, (db) => writeStatus(db, entries, presence));
+				await withDb(this.env, (db) => writeStatus(db, entries, presence)).catch((err: unknown) => {
+					if (!(err instanceof DbQueryError)) throw err;
+					return this.salvage(entries, presence, err);
+				});
 			} catch (err) {
 				const failures = (this.meta.getNumber("flush_failures") ?? 0) + 1;
 				this.meta.set("flush_failures", failures);
@@ -448,6 +494,7 @@ export class AgentHub extends DurableObject<Env> {
 			}
 			this.ctx.storage.transactionSync(() => {
 				buffer.dropOutbox(this.sql, lastSeq);
+				buffer.markSynced(this.sql, terminalIds(entries), Date.now());
 				// Presence written above is stale if it changed during the await.
 				const now = this.presence(agentId);
 				if (now.lastSeenAt === presence.lastSeenAt && now.connected === presence.connected) {
@@ -459,6 +506,52 @@ export class AgentHub extends DurableObject<Env> {
 		this.meta.clearTimer("flush");
 		buffer.prune(this.sql, Date.now());
 		await this.armAlarm();
+	}
+
+	/**
+	 * Postgres refused a batch (not an outage): write it entry by entry so one
+	 * bad entry cannot wedge the outbox. A result Postgres cannot store is
+	 * replaced by an explanation, so the status still lands; an entry refused
+	 * even then is logged and skipped. Frames are checked on arrival, so this
+	 * is a backstop.
+	 */
+	private async salvage(entries: KeyedEntry[], presence: Presence, cause: DbQueryError): Promise<void> {
+		const agentId = presence.agentId;
+		log("error", "outbox.batch_refused", { agentId, size: entries.length, ...errorFields(cause) });
+		await withDb(this.env, async (db) => {
+			await writeStatus(db, [], presence);
+			for (const entry of entries) {
+				try {
+					await writeStatus(db, [entry], null);
+				} catch (err) {
+					if (!(err instanceof DbQueryError)) throw err;
+					if (entry.kind !== "transition") {
+						log("error", "outbox.entry_dropped", { agentId, commandId: entry.commandId, ...errorFields(err) });
+						continue;
+					}
+					const plain = {
+						...entry,
+						result: entry.result === undefined ? undefined : null,
+						error: "the agent's result could not be stored",
+						detail: { ...entry.detail, unstorable: true },
+					};
+					await writeStatus(db, [plain], null).catch((again: unknown) => {
+						if (!(again instanceof DbQueryError)) throw again;
+						log("error", "outbox.entry_dropped", { agentId, commandId: entry.commandId, ...errorFields(again) });
+					});
+				}
+			}
+		});
+	}
+
+	/** A random id for this object's storage, minted once: makes outbox keys unique across resets. */
+	private epoch(): string {
+		let epoch = this.meta.get("epoch");
+		if (!epoch) {
+			epoch = crypto.randomUUID();
+			this.meta.set("epoch", epoch);
+		}
+		return epoch;
 	}
 
 	private presence(agentId: string): Presence {
@@ -473,8 +566,12 @@ export class AgentHub extends DurableObject<Env> {
 		};
 	}
 
-	/** One alarm slot serves every timer: named ones in meta, command deadlines, the heartbeat check. */
-	private async armAlarm(): Promise<void> {
+	/**
+	 * One alarm slot serves every timer: named ones in meta, command deadlines,
+	 * the heartbeat check. `notBefore` keeps an alarm that just failed from
+	 * firing again at once.
+	 */
+	private async armAlarm(notBefore?: number): Promise<void> {
 		const deadlines = [...this.meta.timers().values()];
 		const commandDeadline = buffer.nextDeadline(this.sql);
 		if (commandDeadline !== null) deadlines.push(commandDeadline);
@@ -488,8 +585,10 @@ export class AgentHub extends DurableObject<Env> {
 		// Only ever move the alarm earlier: the heartbeat deadline shifts with
 		// every frame, and rewriting the alarm each time would cost a storage
 		// write per frame. An alarm that fires early finds nothing due and re-arms.
-		const next = Math.min(...deadlines);
-		if (current === null || next < current) await this.ctx.storage.setAlarm(next);
+		const next = Math.max(Math.min(...deadlines), notBefore ?? 0);
+		if (current === null || next < current || (notBefore !== undefined && current < notBefore)) {
+			await this.ctx.storage.setAlarm(next);
+		}
 	}
 
 	// --------------------------------------------------------------- helpers
@@ -561,6 +660,10 @@ function refusalFor(outcome: buffer.FrameOutcome, id: string): ErrorFrame | unde
 			// "duplicate" is a resend after a reconnect: at-least-once delivery makes it normal.
 			return undefined;
 	}
+}
+
+function terminalIds(entries: readonly KeyedEntry[]): string[] {
+	return entries.filter((e) => e.kind === "transition" && TERMINAL_STATUSES.has(e.to)).map((e) => e.commandId);
 }
 
 function backoff(failures: number): number {

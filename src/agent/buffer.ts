@@ -8,12 +8,12 @@
  * in the same synchronous run (callers wrap them in `transactionSync`), so
  * Postgres later gets exactly the transitions the buffer went through.
  *
- * A buffer row is removed only after its terminal status reached Postgres
- * and a grace period passed, so a catch-up read of Postgres that started
- * earlier can never resurrect a finished command.
+ * A buffer row is removed only PRUNE_AFTER_MS after Postgres confirmed its
+ * terminal status (`synced_at`), so a catch-up read of Postgres that started
+ * earlier can never resurrect a finished command, however long an outage was.
  */
 import { z } from "zod";
-import type { OutboxEntry, Transition } from "../db/status-writes";
+import type { KeyedEntry, OutboxEntry, Transition } from "../db/status-writes";
 import {
 	CANCEL_GRACE_SECONDS,
 	type CommandFrame,
@@ -48,6 +48,8 @@ const MIGRATIONS = [
 	alter table commands add column run_deadline integer;
 	alter table commands add column cancel_requested_at integer;
 	alter table commands add column cancel_deadline integer;`,
+	`alter table commands add column synced_at integer;
+	create table if not exists stops (id text primary key, reason text not null, until integer not null);`,
 ];
 
 export function migrate(sql: SqlStorage): void {
@@ -83,6 +85,7 @@ const BufferedRow = z.object({
 	cancel_requested_at: z.number().nullable(),
 	cancel_deadline: z.number().nullable(),
 	finished_at: z.number().nullable(),
+	synced_at: z.number().nullable(),
 });
 export type BufferedRow = z.infer<typeof BufferedRow>;
 
@@ -103,14 +106,18 @@ function push(sql: SqlStorage, entry: OutboxEntry): void {
 	sql.exec("insert into outbox (body) values (?)", JSON.stringify(entry));
 }
 
-export function peekOutbox(sql: SqlStorage, limit: number): { lastSeq: number; entries: OutboxEntry[] } {
+/**
+ * The oldest `limit` entries. Each gets a key from the object's storage epoch
+ * and its outbox seq: unique even if the object's storage is ever reset.
+ */
+export function peekOutbox(sql: SqlStorage, limit: number, epoch: string): { lastSeq: number; entries: KeyedEntry[] } {
 	const batch = sql
 		.exec<{ seq: number; body: string }>("select seq, body from outbox order by seq limit ?", limit)
 		.toArray();
 	return {
 		lastSeq: batch.at(-1)?.seq ?? 0,
 		// SAFETY: only push() writes this table, from a typed OutboxEntry.
-		entries: batch.map((r) => JSON.parse(r.body) as OutboxEntry),
+		entries: batch.map((r) => ({ ...(JSON.parse(r.body) as OutboxEntry), key: `${epoch}:${r.seq}` })),
 	};
 }
 
@@ -122,10 +129,42 @@ export function outboxSize(sql: SqlStorage): number {
 	return sql.exec<{ n: number }>("select count(*) as n from outbox").one().n;
 }
 
-/** Forgets finished commands once Postgres has them. Only call with an empty outbox. */
+/** Records that Postgres now has these commands' terminal status. */
+export function markSynced(sql: SqlStorage, ids: readonly string[], now: number): void {
+	for (const id of ids) sql.exec("update commands set synced_at = ? where id = ? and finished_at is not null", now, id);
+}
+
+/** Forgets finished commands PRUNE_AFTER_MS after Postgres confirmed them, and stale stops. */
 export function prune(sql: SqlStorage, now: number): number {
-	return sql.exec("delete from commands where finished_at is not null and finished_at < ?", now - PRUNE_AFTER_MS)
+	sql.exec("delete from stops where until < ?", now);
+	return sql.exec("delete from commands where synced_at is not null and synced_at < ?", now - PRUNE_AFTER_MS)
 		.rowsWritten;
+}
+
+// ------------------------------------------------------------------- stops
+
+/**
+ * Commands the system ended (cancelled, timed out) that the agent may still
+ * be running: it is sent a `cancel` frame now if connected, and again on
+ * every connect until it answers with a result or PRUNE_AFTER_MS pass.
+ */
+function addStop(sql: SqlStorage, id: string, reason: "requested" | "timeout", now: number): void {
+	sql.exec(
+		"insert into stops (id, reason, until) values (?, ?, ?) on conflict (id) do update set reason = excluded.reason",
+		id,
+		reason,
+		now + PRUNE_AFTER_MS,
+	);
+}
+
+export function stopsOwed(sql: SqlStorage, now: number): { id: string; reason: "requested" | "timeout" }[] {
+	return sql
+		.exec<{ id: string; reason: "requested" | "timeout" }>("select id, reason from stops where until >= ?", now)
+		.toArray();
+}
+
+function clearStop(sql: SqlStorage, id: string): void {
+	sql.exec("delete from stops where id = ?", id);
 }
 
 // ------------------------------------------------------------- transitions
@@ -182,8 +221,8 @@ export const BufferInput = z.object({
 	timeoutSeconds: z.number().int().nullable(),
 	/** ms since epoch */
 	expiresAt: z.number().nullable(),
-	/** ms since epoch of the latest dispatch, if any */
-	dispatchedAt: z.number().nullable(),
+	/** ms since epoch of the first dispatch, if any: timeoutSeconds counts from it */
+	firstDispatchedAt: z.number().nullable(),
 	cancelRequested: z.boolean(),
 });
 export type BufferInput = z.infer<typeof BufferInput>;
@@ -195,7 +234,7 @@ export type BufferInput = z.infer<typeof BufferInput>;
  */
 export function addCommand(sql: SqlStorage, c: BufferInput, now: number): boolean {
 	const status = c.status === "dispatched" ? "pending" : c.status;
-	const runDeadline = c.timeoutSeconds && c.dispatchedAt ? c.dispatchedAt + c.timeoutSeconds * 1000 : null;
+	const runDeadline = c.timeoutSeconds && c.firstDispatchedAt ? c.firstDispatchedAt + c.timeoutSeconds * 1000 : null;
 	const cancelAt = c.cancelRequested && c.status !== "pending" ? now : null;
 	const written = sql.exec(
 		`insert into commands (id, seq, action, payload, session_id, priority, status, attempts, max_attempts,
@@ -230,7 +269,16 @@ export function addCommand(sql: SqlStorage, c: BufferInput, now: number): boolea
 			detail: { reason: "recovered" },
 		});
 	}
+	// A cancel asked for before this object knew the command: honour it now.
+	const row = getCommand(sql, c.id);
+	if (c.cancelRequested && row?.status === "pending") cancelQueued(sql, row, now);
 	return true;
+}
+
+/** Cancels a command that is not out with the agent now; if it ever was, the agent is told to stop. */
+function cancelQueued(sql: SqlStorage, row: BufferedRow, now: number): void {
+	moveTo(sql, row, "cancelled", now, { detail: { reason: "requested" }, result: null, error: null });
+	if (row.attempts > 0) addStop(sql, row.id, "requested", now);
 }
 
 // ---------------------------------------------------------------- delivery
@@ -270,7 +318,9 @@ export function fillWindow(sql: SqlStorage, concurrency: number, generation: num
 		if (batch.length === 0) break;
 		for (const row of batch) {
 			if (free <= 0) break;
-			if (row.expires_at !== null && row.expires_at <= now) {
+			if (row.cancel_requested_at !== null) {
+				cancelQueued(sql, row, now);
+			} else if (row.expires_at !== null && row.expires_at <= now) {
 				fail(sql, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
 			} else if (row.run_deadline !== null && row.run_deadline <= now) {
 				fail(sql, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
@@ -323,6 +373,7 @@ export function requeueDispatched(
 	for (const row of due) {
 		if (row.cancel_requested_at !== null) {
 			fail(sql, row, now, FailureCode.CANCEL_UNCONFIRMED, "cancelled before the agent acknowledged it");
+			addStop(sql, row.id, "requested", now);
 		} else {
 			moveTo(sql, row, "pending", now, { detail: { reason, attempt: row.attempts } });
 		}
@@ -337,7 +388,8 @@ function sentAndOpen(row: BufferedRow): boolean {
 	return row.status === "dispatched" || row.status === "acknowledged" || (row.status === "pending" && row.attempts > 0);
 }
 
-export function acknowledge(sql: SqlStorage, id: string, now: number): FrameOutcome {
+/** `generation` is the connection the ack came on: proof the agent has the command on it. */
+export function acknowledge(sql: SqlStorage, id: string, now: number, generation: number): FrameOutcome {
 	const row = getCommand(sql, id);
 	if (!row) return "unknown";
 	if (row.status === "pending" && row.attempts === 0) return "not_dispatched";
@@ -345,6 +397,7 @@ export function acknowledge(sql: SqlStorage, id: string, now: number): FrameOutc
 	// Also from `pending`: a command requeued after a disconnect that the agent
 	// had in fact received. It is running; do not send it again.
 	moveTo(sql, row, "acknowledged", now);
+	sql.exec("update commands set generation = ? where id = ?", generation, id);
 	return "applied";
 }
 
@@ -355,6 +408,8 @@ export function finish(
 	now: number,
 ): FrameOutcome {
 	const row = getCommand(sql, id);
+	// Any answer about a command means the agent is no longer running it.
+	clearStop(sql, id);
 	if (!row) return "unknown";
 	if (row.status === "pending" && row.attempts === 0) return "not_dispatched";
 	if (!sentAndOpen(row)) return "duplicate";
@@ -367,16 +422,18 @@ export function finish(
 }
 
 /**
- * Reconciles with the agent's own list of running commands. Acknowledged
- * commands it does not list were lost (the agent restarted): they are sent
- * again, or failed with `lost` once their attempts are spent. Sent commands
- * it does list are running, whatever the buffer thought.
+ * Reconciles with the agent's own list of running commands. Commands
+ * acknowledged on an earlier connection that it does not list were lost (the
+ * agent restarted): they are sent again, or failed with `lost` once their
+ * attempts are spent. One acknowledged on this connection is proof enough and
+ * is left alone. Sent commands it does list are running, whatever the buffer
+ * thought.
  */
-export function applyHello(sql: SqlStorage, running: ReadonlySet<string>, now: number): number {
+export function applyHello(sql: SqlStorage, running: ReadonlySet<string>, now: number, generation: number): number {
 	let changed = 0;
 	for (const row of rows(sql, `select * from commands where status in ${OPEN}`)) {
 		const listed = running.has(row.id);
-		if (row.status === "acknowledged" && !listed) {
+		if (row.status === "acknowledged" && !listed && row.generation !== generation) {
 			changed++;
 			if (row.cancel_requested_at !== null) moveTo(sql, row, "cancelled", now, { detail: { reason: "lost" } });
 			else if (row.attempts >= row.max_attempts)
@@ -385,6 +442,7 @@ export function applyHello(sql: SqlStorage, running: ReadonlySet<string>, now: n
 		} else if (listed && row.status !== "acknowledged" && sentAndOpen(row)) {
 			changed++;
 			moveTo(sql, row, "acknowledged", now, { detail: { reason: "reported_running" } });
+			sql.exec("update commands set generation = ? where id = ?", generation, row.id);
 		}
 	}
 	return changed;
@@ -401,7 +459,7 @@ export function requestCancel(sql: SqlStorage, id: string, now: number): CancelO
 	if (!row) return "unknown";
 	if (TERMINAL_STATUSES.has(row.status)) return "already_finished";
 	if (row.status === "pending") {
-		moveTo(sql, row, "cancelled", now, { detail: { reason: "requested" }, result: null, error: null });
+		cancelQueued(sql, row, now);
 		return "cancelled";
 	}
 	if (row.cancel_requested_at === null) {
@@ -416,14 +474,15 @@ export function requestCancel(sql: SqlStorage, id: string, now: number): CancelO
 	return "cancel_requested";
 }
 
-/** Open commands whose cancel is waiting for the agent's answer (to resend the frame after a reconnect). */
-export function awaitingCancel(sql: SqlStorage): string[] {
-	return sql
+/** Every `cancel` frame the agent is owed: open commands awaiting its answer, and stops. */
+export function cancelsOwed(sql: SqlStorage, now: number): { id: string; reason: "requested" | "timeout" }[] {
+	const open = sql
 		.exec<{ id: string }>(
 			"select id from commands where status in ('dispatched','acknowledged') and cancel_requested_at is not null",
 		)
 		.toArray()
-		.map((r) => r.id);
+		.map((r) => ({ id: r.id, reason: "requested" as const }));
+	return [...open, ...stopsOwed(sql, now)];
 }
 
 /**
@@ -438,14 +497,19 @@ export function runDueTimers(sql: SqlStorage, now: number): { stop: string[] } {
 		now,
 	)) {
 		fail(sql, row, now, FailureCode.CANCEL_UNCONFIRMED, "the agent did not confirm the cancel in time");
+		addStop(sql, row.id, "requested", now);
 	}
 	for (const row of rows(
 		sql,
 		`select * from commands where status in ${OPEN} and run_deadline is not null and run_deadline <= ?`,
 		now,
 	)) {
-		if (row.status !== "pending") stop.push(row.id);
 		fail(sql, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
+		if (row.status !== "pending" || row.attempts > 0) {
+			// It may still be running; told now if connected, and on every connect until it answers.
+			addStop(sql, row.id, "timeout", now);
+			stop.push(row.id);
+		}
 	}
 	for (const row of rows(
 		sql,

@@ -36,6 +36,7 @@ export const CommandRecord = z.object({
 	createdAt: Timestamp,
 	updatedAt: Timestamp,
 	dispatchedAt: Timestamp.nullable(),
+	firstDispatchedAt: Timestamp.nullable(),
 	acknowledgedAt: Timestamp.nullable(),
 	completedAt: Timestamp.nullable(),
 	/** Whether the agent was connected when the row was read (from `agents`). */
@@ -50,7 +51,7 @@ const COLUMNS = sql.raw(`
 	c.idempotency_key as "idempotencyKey", c.max_attempts as "maxAttempts",
 	c.ack_timeout_seconds as "ackTimeoutSeconds", c.timeout_seconds as "timeoutSeconds",
 	c.expires_at as "expiresAt", c.cancel_requested_at as "cancelRequestedAt",
-	c.created_at as "createdAt", c.updated_at as "updatedAt", c.dispatched_at as "dispatchedAt",
+	c.created_at as "createdAt", c.updated_at as "updatedAt", c.dispatched_at as "dispatchedAt", c.first_dispatched_at as "firstDispatchedAt",
 	c.acknowledged_at as "acknowledgedAt", c.completed_at as "completedAt",
 	coalesce(a.connected, false) as online`);
 

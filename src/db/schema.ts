@@ -59,6 +59,8 @@ export const agentCommands = pgTable(
 		createdAt: ts("created_at").notNull().defaultNow(),
 		updatedAt: ts("updated_at").notNull().defaultNow(),
 		dispatchedAt: ts("dispatched_at"),
+		// timeoutSeconds counts from here; dispatched_at moves with every redelivery.
+		firstDispatchedAt: ts("first_dispatched_at"),
 		acknowledgedAt: ts("acknowledged_at"),
 		completedAt: ts("completed_at"),
 	},
@@ -95,8 +97,16 @@ export const commandEvents = pgTable(
 		toStatus: text("to_status").notNull(),
 		at: ts("at").notNull().defaultNow(),
 		detail: jsonb("detail"),
+		// Set by the agent's object (its storage epoch and outbox seq), so a
+		// flush retried after an unclear commit cannot write an event twice.
+		dedupKey: text("dedup_key"),
 	},
-	(t) => [index("command_events_command_idx").on(t.commandId, t.id)],
+	(t) => [
+		index("command_events_command_idx").on(t.commandId, t.id),
+		uniqueIndex("command_events_dedup_idx")
+			.on(t.dedupKey)
+			.where(sql`${t.dedupKey} is not null`),
+	],
 );
 
 export type CommandRow = typeof agentCommands.$inferSelect;

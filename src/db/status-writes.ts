@@ -33,6 +33,9 @@ export type Mark = TakenMark | CancelRequestedMark;
 
 export type OutboxEntry = Transition | Mark;
 
+/** An entry as read from the outbox, with a key unique across the object's lifetimes. */
+export type KeyedEntry = OutboxEntry & { key: string };
+
 /** The agent's connection state, written as a whole: the newest one wins. */
 export interface Presence {
 	agentId: string;
@@ -48,6 +51,7 @@ export interface CommandUpdate {
 	attempts: number;
 	updated_at: string;
 	dispatched_at: string | null;
+	first_dispatched_at: string | null;
 	acknowledged_at: string | null;
 	completed_at: string | null;
 	has_result: boolean;
@@ -74,6 +78,7 @@ export function foldEntries(entries: readonly OutboxEntry[]): CommandUpdate[] {
 				attempts: 0,
 				updated_at: e.at,
 				dispatched_at: null,
+				first_dispatched_at: null,
 				acknowledged_at: null,
 				completed_at: null,
 				has_result: false,
@@ -92,7 +97,10 @@ export function foldEntries(entries: readonly OutboxEntry[]): CommandUpdate[] {
 		else {
 			u.status = e.to;
 			u.attempts = Math.max(u.attempts, e.attempts);
-			if (e.to === "dispatched") u.dispatched_at = e.at;
+			if (e.to === "dispatched") {
+				u.dispatched_at = e.at;
+				u.first_dispatched_at ??= e.at;
+			}
 			if (e.to === "acknowledged") u.acknowledged_at = e.at;
 			if (TERMINAL_STATUSES.has(e.to)) {
 				u.completed_at = e.at;
@@ -115,14 +123,15 @@ export function foldEntries(entries: readonly OutboxEntry[]): CommandUpdate[] {
  */
 export async function writeStatus(
 	db: Db,
-	entries: readonly OutboxEntry[],
+	entries: readonly KeyedEntry[],
 	presence: Presence | null,
 ): Promise<void> {
 	const updates = foldEntries(entries);
 	const events = entries
-		.filter((e): e is Transition => e.kind === "transition")
+		.filter((e): e is Transition & { key: string } => e.kind === "transition")
 		.map((t, ord) => ({
 			ord,
+			dedup_key: t.key,
 			command_id: t.commandId,
 			from_status: t.from,
 			to_status: t.to,
@@ -143,7 +152,7 @@ export async function writeStatus(
 		with u as (
 			select * from jsonb_to_recordset(${JSON.stringify(updates)}::jsonb) as u(
 				command_id uuid, status text, attempts int, updated_at timestamptz,
-				dispatched_at timestamptz, acknowledged_at timestamptz, completed_at timestamptz,
+				dispatched_at timestamptz, first_dispatched_at timestamptz, acknowledged_at timestamptz, completed_at timestamptz,
 				has_result boolean, result jsonb, has_error boolean, error text, error_code text,
 				taken_at timestamptz, cancel_requested_at timestamptz)
 		), upd as (
@@ -152,6 +161,7 @@ export async function writeStatus(
 				attempts = greatest(c.attempts, u.attempts),
 				updated_at = greatest(c.updated_at, u.updated_at),
 				dispatched_at = coalesce(u.dispatched_at, c.dispatched_at),
+				first_dispatched_at = coalesce(c.first_dispatched_at, u.first_dispatched_at),
 				acknowledged_at = coalesce(u.acknowledged_at, c.acknowledged_at),
 				completed_at = coalesce(u.completed_at, c.completed_at),
 				result = case when u.has_result then u.result else c.result end,
@@ -159,14 +169,16 @@ export async function writeStatus(
 				error_code = case when u.has_error then u.error_code else c.error_code end,
 				taken_at = coalesce(c.taken_at, u.taken_at),
 				cancel_requested_at = coalesce(c.cancel_requested_at, u.cancel_requested_at)
-			from u where c.id = u.command_id
+			-- A finished command never moves again, whatever arrives late.
+			from u where c.id = u.command_id and c.status not in ('completed','failed','cancelled','expired')
 		), events as (
-			insert into command_events (command_id, from_status, to_status, at, detail)
-			select e.command_id, e.from_status, e.to_status, e.at, e.detail
+			insert into command_events (command_id, from_status, to_status, at, detail, dedup_key)
+			select e.command_id, e.from_status, e.to_status, e.at, e.detail, e.dedup_key
 			from jsonb_to_recordset(${JSON.stringify(events)}::jsonb) as e(
-				ord int, command_id uuid, from_status text, to_status text, at timestamptz, detail jsonb)
+				ord int, dedup_key text, command_id uuid, from_status text, to_status text, at timestamptz, detail jsonb)
 			where exists (select 1 from agent_commands x where x.id = e.command_id)
 			order by e.ord
+			on conflict (dedup_key) where dedup_key is not null do nothing
 		)${presenceCte}
 		select 1
 	`);

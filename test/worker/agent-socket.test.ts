@@ -144,6 +144,32 @@ describe("frames the server cannot accept", () => {
 	});
 });
 
+describe("values Postgres cannot store", () => {
+	it("refuses a result with a NUL character or a lone surrogate, and a later clean result still lands", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "x" });
+		await agent.next("command");
+		for (const bad of [
+			`{"type":"result","id":"${cmd.id}","status":"completed","result":{"out":"a\\u0000b"}}`,
+			`{"type":"result","id":"${cmd.id}","status":"failed","error":"half \\ud800 a pair"}`,
+			`{"type":"result","id":"${cmd.id}","status":"completed","result":{"\\u0000key":1}}`,
+			`{"type":"result","id":"${cmd.id}","status":"completed","result":${"[".repeat(10_000)}${"]".repeat(10_000)}}`,
+		]) {
+			agent.send(bad);
+			const err = await agent.next("error");
+			expect(err.code).toBe("invalid_frame");
+		}
+		agent.send({ type: "result", id: cmd.id, status: "completed", result: { out: "clean" } });
+		await waitFor(async () => {
+			const [r] = await query<{ status: string; result: unknown }>(sql`select status, result from agent_commands where id = ${cmd.id}`);
+			return r?.status === "completed" && JSON.stringify(r.result) === '{"out":"clean"}';
+		}, "clean result stored");
+		expect((await agentHub(env, agentId).inspect()).outbox).toBe(0);
+		agent.close();
+	});
+});
+
 describe("hibernation", () => {
 	it("delivers to a socket whose object was evicted, and takes its results", async () => {
 		const agentId = uniqueAgentId();

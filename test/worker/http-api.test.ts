@@ -85,6 +85,23 @@ describe("POST /v1/agents/:agentId/commands", () => {
 		expect(await countCommands(agentId)).toBe(0);
 	});
 
+	it.each([
+		["a NUL character", '{"action":"x","payload":{"s":"a\\u0000b"}}'],
+		["a lone surrogate", '{"action":"x","payload":"\\ud800"}'],
+		["a NUL in a key", '{"action":"x","payload":{"k\\u0000":1}}'],
+		["a NUL in the session id", '{"action":"x","sessionId":"s\\u0000"}'],
+		["10,000 levels of nesting", `{"action":"x","payload":${"[".repeat(10_000)}${"]".repeat(10_000)}}`],
+	])("refuses a payload with %s with 400, never a 500", async (_n, body) => {
+		const agentId = uniqueAgentId();
+		const res = await api(`/v1/agents/${agentId}/commands`, {
+			method: "POST",
+			headers: { "content-type": "application/json" },
+			body,
+		});
+		await expectError(res, 400, "validation_failed");
+		expect(await countCommands(agentId)).toBe(0);
+	});
+
 	it("refuses malformed JSON with 400 invalid_json", async () => {
 		const res = await api(`/v1/agents/${uniqueAgentId()}/commands`, {
 			method: "POST",

@@ -1,0 +1,179 @@
+/**
+ * Edge cases where a command could be lost, stuck, resurrected or sent after
+ * a cancel: each guards a specific sequence of events (found in review).
+ */
+import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import type { AgentHub } from "../../src/agent/agent-hub";
+import * as buffer from "../../src/agent/buffer";
+import { writeStatus } from "../../src/db/status-writes";
+import { agentHub } from "../../src/routes/commands";
+import {
+	AgentSocket,
+	api,
+	apiCommand,
+	db,
+	enqueue,
+	query,
+	sql,
+	uniqueAgentId,
+	waitFor,
+	waitForStatus,
+} from "../helpers/worker/harness";
+
+describe("cancel never races a delivery", () => {
+	it("cancelling a command the object has not taken yet never sends it", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		await waitFor(async () => (await agentHub(env, agentId).inspect()).connected, "connected");
+		await new Promise((r) => setTimeout(r, 200)); // the connect-time catch-up has run
+		const [row] = await query<{ id: string }>(sql`
+			insert into agent_commands (agent_id, action) values (${agentId}, 'untaken') returning id`);
+		const res = await api(`/v1/commands/${row?.id}/cancel`, { method: "POST" });
+		expect(res.status).toBe(200);
+		expect(await res.json()).toMatchObject({ outcome: "cancelled" });
+		await waitForStatus(row?.id ?? "", "cancelled");
+		agent.send({ type: "ping" });
+		await agent.next("pong");
+		expect(agent.frames.filter((f) => f.type === "command")).toEqual([]);
+		agent.close();
+	});
+
+	it("a recovered command whose cancel was already requested is cancelled, not sent", async () => {
+		const agentId = uniqueAgentId();
+		const [row] = await query<{ id: string }>(sql`
+			insert into agent_commands (agent_id, action, status, attempts, dispatched_at, cancel_requested_at)
+			values (${agentId}, 'doomed', 'dispatched', 1, now(), now()) returning id`);
+		const agent = await AgentSocket.connect(agentId);
+		await waitForStatus(row?.id ?? "", "cancelled");
+		expect(agent.frames.filter((f) => f.type === "command")).toEqual([]);
+		agent.close();
+	});
+});
+
+describe("the agent is told to stop what it may still run", () => {
+	it("cancelling a queued-again command that the agent had received sends it a cancel on reconnect", async () => {
+		const agentId = uniqueAgentId();
+		const first = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "maybe_running" });
+		await first.next("command");
+		first.close();
+		await first.closed;
+		await waitFor(async () => (await agentHub(env, agentId).inspect()).buffered.pending === 1, "requeued");
+
+		const res = await api(`/v1/commands/${cmd.id}/cancel`, { method: "POST" });
+		expect(res.status).toBe(200);
+		const second = await AgentSocket.connect(agentId);
+		expect(await second.next("cancel")).toEqual({ type: "cancel", id: cmd.id, reason: "requested" });
+		expect(second.frames.filter((f) => f.type === "command")).toEqual([]);
+		// Once the agent answers, it is not told again.
+		second.send({ type: "result", id: cmd.id, status: "cancelled" });
+		second.send({ type: "ping" });
+		await second.next("pong");
+		second.close();
+		await second.closed;
+		const third = await AgentSocket.connect(agentId);
+		third.send({ type: "ping" });
+		await third.next("pong");
+		expect(third.frames.filter((f) => f.type === "cancel")).toEqual([]);
+		third.close();
+	});
+
+	it("a timeout that fires while the agent is offline reaches it as a cancel when it returns", async () => {
+		const agentId = uniqueAgentId();
+		const first = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "long", timeoutSeconds: 1 });
+		await first.next("command");
+		first.send({ type: "ack", id: cmd.id });
+		await waitForStatus(cmd.id, "acknowledged");
+		first.close();
+		await first.closed;
+		expect(await waitForStatus(cmd.id, "failed")).toMatchObject({ errorCode: "timeout" });
+		const second = await AgentSocket.connect(agentId, { hello: { concurrency: 5, running: [cmd.id] } });
+		expect(await second.next("cancel")).toEqual({ type: "cancel", id: cmd.id, reason: "timeout" });
+		second.close();
+	});
+});
+
+describe("an agent that never says hello", () => {
+	it("has what it acknowledged on an earlier connection sent again after the grace period", async () => {
+		const agentId = uniqueAgentId();
+		const first = await AgentSocket.connect(agentId, { hello: false });
+		const cmd = await enqueue(agentId, { action: "before_restart" });
+		const behind = await enqueue(agentId, { action: "behind" });
+		await first.next("command");
+		first.send({ type: "ack", id: cmd.id });
+		await waitForStatus(cmd.id, "acknowledged");
+		first.close();
+		await first.closed;
+
+		const second = await AgentSocket.connect(agentId, { hello: false });
+		const stub = agentHub(env, agentId);
+		await runInDurableObject(stub, (_i: AgentHub, state) => {
+			state.storage.sql.exec("update meta set value = ? where key = 'timer:hello'", String(Date.now() - 1));
+		});
+		await runDurableObjectAlarm(stub);
+		expect(await second.next("command")).toMatchObject({ id: cmd.id, attempt: 2 });
+		second.send({ type: "result", id: cmd.id, status: "completed" });
+		expect((await second.next("command")).id).toBe(behind.id);
+		second.close();
+	});
+});
+
+describe("Postgres is the record, and it never goes backwards", () => {
+	it("keeps a finished command in the object until Postgres has confirmed it, however old", async () => {
+		const agentId = uniqueAgentId();
+		const cmd = await enqueue(agentId, { action: "old" });
+		const stub = agentHub(env, agentId);
+		await runInDurableObject(stub, (_i: AgentHub, state) => {
+			const s = state.storage.sql;
+			const t0 = Date.now();
+			buffer.fillWindow(s, 1, 1, t0);
+			expect(buffer.finish(s, cmd.id, { status: "completed" }, t0)).toBe("applied");
+			// Twelve minutes of outage: not synced, so not pruned.
+			expect(buffer.prune(s, t0 + 12 * 60_000)).toBe(0);
+			buffer.markSynced(s, [cmd.id], t0 + 12 * 60_000);
+			expect(buffer.prune(s, t0 + 15 * 60_000)).toBe(0);
+			expect(buffer.prune(s, t0 + 23 * 60_000)).toBe(1);
+		});
+	});
+
+	it("a late transition cannot move a finished command, and a retried flush writes no event twice", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "done" });
+		await agent.next("command");
+		agent.send({ type: "result", id: cmd.id, status: "completed", result: 7 });
+		await waitForStatus(cmd.id, "completed");
+		const before = await query<{ n: number }>(sql`select count(*)::int as n from command_events where command_id = ${cmd.id}`);
+
+		const at = new Date().toISOString();
+		const late = [
+			{ kind: "transition" as const, key: `test:${cmd.id}:1`, commandId: cmd.id, from: "dispatched" as const, to: "acknowledged" as const, at, attempts: 1 },
+		];
+		await db((d) => writeStatus(d, late, null));
+		await db((d) => writeStatus(d, late, null)); // the same batch again, as after an unclear commit
+		const after = await apiCommand(cmd.id);
+		expect(after).toMatchObject({ status: "completed", result: 7 });
+		const events = await query<{ n: number }>(sql`select count(*)::int as n from command_events where command_id = ${cmd.id}`);
+		expect(events[0]?.n).toBe((before[0]?.n ?? 0) + 1);
+		agent.close();
+	});
+
+	it("timeoutSeconds counts from the first dispatch, even after redeliveries", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "redelivered", ackTimeoutSeconds: 1 });
+		await agent.next("command");
+		await agent.next("command", 5_000); // attempt 2
+		const row = await waitFor(async () => {
+			const [r] = await query<{ first: string; latest: string; attempts: number }>(sql`
+				select first_dispatched_at::text as first, dispatched_at::text as latest, attempts
+				from agent_commands where id = ${cmd.id}`);
+			return r && r.attempts === 2 ? r : undefined;
+		}, "the second dispatch in Postgres");
+		expect(Date.parse(row.first)).toBeLessThan(Date.parse(row.latest));
+		agent.close();
+	});
+});
