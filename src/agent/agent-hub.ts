@@ -163,8 +163,11 @@ export class AgentHub extends DurableObject<Env> {
 		concurrency: number;
 		buffered: Partial<Record<string, number>>;
 		outbox: number;
+		/** Named timers still pending (e.g. `catch_up` while a read of Postgres is under way). */
+		timers: string[];
 	}> {
 		return {
+			timers: [...this.meta.timers().keys()],
 			agentId: this.meta.get("agent_id"),
 			generation: this.meta.getNumber("generation") ?? 0,
 			connected: this.currentSocket() !== undefined,

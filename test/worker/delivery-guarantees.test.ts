@@ -17,6 +17,7 @@ import { agentHub } from "../../src/routes/commands";
 import {
 	AgentSocket,
 	api,
+	connectSettled,
 	apiCommand,
 	enqueue,
 	query,
@@ -317,9 +318,7 @@ describe("idempotent enqueue", () => {
 describe("recovery beside push", () => {
 	it("the cron hands a connected agent a row inserted by SQL", async () => {
 		const agentId = uniqueAgentId();
-		const agent = await AgentSocket.connect(agentId);
-		await waitFor(async () => (await agentHub(env, agentId).inspect()).connected, "connected");
-		await new Promise((r) => setTimeout(r, 200)); // let the connect-time catch-up finish first
+		const agent = await connectSettled(agentId);
 		const [row] = await query<{ id: string }>(sql`
 			insert into agent_commands (agent_id, action, created_at)
 			values (${agentId}, 'from_sql', now() - interval '10 seconds') returning id`);
@@ -338,9 +337,7 @@ describe("recovery beside push", () => {
 
 	it("POST /v1/agents/:id/reconcile does the same at once", async () => {
 		const agentId = uniqueAgentId();
-		const agent = await AgentSocket.connect(agentId);
-		await waitFor(async () => (await agentHub(env, agentId).inspect()).connected, "connected");
-		await new Promise((r) => setTimeout(r, 200));
+		const agent = await connectSettled(agentId);
 		const [row] = await query<{ id: string }>(sql`
 			insert into agent_commands (agent_id, action) values (${agentId}, 'reconciled') returning id`);
 		const res = await api(`/v1/agents/${agentId}/reconcile`, { method: "POST" });

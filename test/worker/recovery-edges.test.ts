@@ -12,6 +12,7 @@ import { agentHub } from "../../src/routes/commands";
 import {
 	AgentSocket,
 	api,
+	connectSettled,
 	apiCommand,
 	db,
 	enqueue,
@@ -25,9 +26,7 @@ import {
 describe("cancel never races a delivery", () => {
 	it("cancelling a command the object has not taken yet never sends it", async () => {
 		const agentId = uniqueAgentId();
-		const agent = await AgentSocket.connect(agentId);
-		await waitFor(async () => (await agentHub(env, agentId).inspect()).connected, "connected");
-		await new Promise((r) => setTimeout(r, 200)); // the connect-time catch-up has run
+		const agent = await connectSettled(agentId);
 		const [row] = await query<{ id: string }>(sql`
 			insert into agent_commands (agent_id, action) values (${agentId}, 'untaken') returning id`);
 		const res = await api(`/v1/commands/${row?.id}/cancel`, { method: "POST" });

@@ -4,9 +4,9 @@
  * real server the suite recreates its own database, `switchyard_test`, and
  * touches nothing else.
  */
-import net from "node:net";
 import { startEmbeddedPostgres } from "../../../src/dev/embedded-postgres.ts";
 import { runMigrations, withNodePool } from "../../../src/dev/migrate.ts";
+import { freePort } from "./processes.ts";
 
 export interface TestDatabase {
 	url: string;
@@ -34,10 +34,4 @@ export async function startTestDatabase(): Promise<TestDatabase> {
 }
 
 /** A loopback port with nothing listening: a database that is down. */
-export async function deadPort(): Promise<number> {
-	const srv = net.createServer();
-	await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
-	const port = (srv.address() as net.AddressInfo).port;
-	await new Promise<void>((r) => srv.close(() => r()));
-	return port;
-}
+export const deadPort = freePort;

@@ -69,6 +69,20 @@ export async function waitFor<T>(
 	throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
 }
 
+/**
+ * Connects and waits until the object has finished its connect-time read of
+ * Postgres, so a row a test inserts afterwards is one the object has not seen.
+ */
+export async function connectSettled(agentId: string): Promise<AgentSocket> {
+	const socket = await AgentSocket.connect(agentId);
+	const { agentHub } = await import("../../../src/routes/commands");
+	await waitFor(async () => {
+		const seen = await agentHub(env, agentId).inspect();
+		return seen.connected && !seen.timers.includes("catch_up");
+	}, "the connect-time catch-up");
+	return socket;
+}
+
 type FrameOf<T extends ServerFrame["type"]> = Extract<ServerFrame, { type: T }>;
 
 /** An agent's end of a real WebSocket to the worker. Frames are validated against the protocol. */
