@@ -20,8 +20,19 @@ function fail(where: string, error: z.ZodError): never {
 	);
 }
 
-/** Hono validators backed by zod, so handlers and the typed client both see the parsed types. */
-export const jsonBody = <T extends z.ZodType>(schema: T) =>
+/**
+ * Hono validators backed by zod. Handlers see zod's output type; the typed
+ * client (`hono/client`) sees zod's input type, so callers may leave out
+ * fields that have defaults.
+ */
+type Validated<Target extends "json" | "query" | "param", T extends z.ZodType> = MiddlewareHandler<
+	Env,
+	string,
+	{ in: { [K in Target]: z.input<T> }; out: { [K in Target]: z.output<T> } }
+>;
+
+export const jsonBody = <T extends z.ZodType>(schema: T): Validated<"json", T> =>
+	// SAFETY: the same middleware, with its input type widened from zod's output to zod's input.
 	validator("json", (value, c): z.output<T> => {
 		// Hono reads a non-JSON body as {}, which would surface as a confusing "action: required".
 		if (!/^application\/([\w.-]+\+)?json\b/i.test(c.req.header("content-type") ?? "")) {
@@ -34,7 +45,7 @@ export const jsonBody = <T extends z.ZodType>(schema: T) =>
 		checkJson(value);
 		const r = schema.safeParse(value);
 		return r.success ? r.data : fail("request body", r.error);
-	});
+	}) as unknown as Validated<"json", T>;
 
 /**
  * For bodies that may be absent: no body at all (whatever the Content-Type
@@ -60,14 +71,16 @@ export const optionalJsonBody = <T extends z.ZodType>(
 		await next();
 	};
 
-export const query = <T extends z.ZodType>(schema: T) =>
+export const query = <T extends z.ZodType>(schema: T): Validated<"query", T> =>
+	// SAFETY: as for jsonBody.
 	validator("query", (value): z.output<T> => {
 		const r = schema.safeParse(value);
 		return r.success ? r.data : fail("query", r.error);
-	});
+	}) as unknown as Validated<"query", T>;
 
-export const params = <T extends z.ZodType>(schema: T) =>
+export const params = <T extends z.ZodType>(schema: T): Validated<"param", T> =>
+	// SAFETY: as for jsonBody.
 	validator("param", (value): z.output<T> => {
 		const r = schema.safeParse(value);
 		return r.success ? r.data : fail("path", r.error);
-	});
+	}) as unknown as Validated<"param", T>;
