@@ -38,7 +38,9 @@ export default defineConfig({
 			{
 				test: {
 					name: "node",
-					include: ["test/node/**/*.test.ts"],
+					include: ["test/node/**/*.test.ts", "test/sdk/**/*.test.ts"],
+					// The end-to-end files each start wrangler dev; on two cores, one at a time.
+					fileParallelism: false,
 					environment: "node",
 					testTimeout: 120_000,
 					hookTimeout: 180_000,

@@ -302,7 +302,17 @@ export const HelloFrame = z.object({
 });
 export type HelloFrame = z.infer<typeof HelloFrame>;
 
-export const AgentFrame = z.discriminatedUnion("type", [HelloFrame, AckFrame, ResultFrame, PingFrame]);
+export const MAX_OUTPUT_CHUNK = 64 * 1024;
+/** A chunk of a running command's output, in order by `seq` (from 0). */
+export const OutputFrame = z.object({
+	type: z.literal("output"),
+	id: CommandId,
+	seq: z.number().int().min(0),
+	data: z.string().max(MAX_OUTPUT_CHUNK),
+});
+export type OutputFrame = z.infer<typeof OutputFrame>;
+
+export const AgentFrame = z.discriminatedUnion("type", [HelloFrame, AckFrame, ResultFrame, OutputFrame, PingFrame]);
 export type AgentFrame = z.infer<typeof AgentFrame>;
 
 /**

@@ -255,6 +255,13 @@ export class AgentHub extends DurableObject<Env> {
 				this.send(ws, { type: "pong" });
 				return;
 			}
+			if (frame.type === "output") {
+				// Validated and checked against the buffer; storing and streaming it to
+				// observers is not built yet (docs/protocol.md says so).
+				const refusal = refusalFor(buffer.acceptsOutput(this.sql, frame.id), frame.id);
+				if (refusal) this.send(ws, refusal);
+				return;
+			}
 			if (frame.type === "hello") {
 				const changed = this.ctx.storage.transactionSync(() => {
 					this.meta.set("concurrency", frame.concurrency);

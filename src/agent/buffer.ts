@@ -389,6 +389,14 @@ function sentAndOpen(row: BufferedRow): boolean {
 }
 
 /** `generation` is the connection the ack came on: proof the agent has the command on it. */
+/** Output may come for a command that was sent and is not finished. */
+export function acceptsOutput(sql: SqlStorage, id: string): FrameOutcome {
+	const row = getCommand(sql, id);
+	if (!row) return "unknown";
+	if (row.status === "pending" && row.attempts === 0) return "not_dispatched";
+	return sentAndOpen(row) ? "applied" : "duplicate";
+}
+
 export function acknowledge(sql: SqlStorage, id: string, now: number, generation: number): FrameOutcome {
 	const row = getCommand(sql, id);
 	if (!row) return "unknown";

@@ -1,0 +1,221 @@
+/**
+ * The `switchyard` CLI. Grammar: `switchyard <noun> <verb> [args] [flags]`.
+ * Exit codes: 0 ok; 1 the command ended failed/cancelled/expired (--wait,
+ * watch); 2 usage error; 3 the API refused (auth, validation, not found,
+ * conflict); 4 the server could not be reached or failed (network, 5xx).
+ */
+import { parseArgs } from "node:util";
+import { SwitchyardApiError, SwitchyardClient } from "../sdk/client.ts";
+import { resolveConfig, UsageError } from "./config.ts";
+import { demoAgent } from "./demo-agent.ts";
+import { details, Progress, table } from "./output.ts";
+
+export const EXIT = { OK: 0, COMMAND_FAILED: 1, USAGE: 2, API: 3, UNREACHABLE: 4 } as const;
+
+const HELP = `switchyard: operate a Switchyard control plane
+
+usage: switchyard <noun> <verb> [arguments] [flags]
+
+  command send <agent> <action> [--payload JSON] [--priority 0-9] [--session ID]
+                                [--ttl S] [--timeout S] [--idempotency-key K] [--wait]
+  command get <id>
+  command list <agent> [--status S] [--limit N]
+  command cancel <id>
+  command watch <id>              follow until it is finished
+  agent list
+  agent get <id>
+  agent token <id> [--ttl S]
+  agent run <id> [--concurrency N] [--allow-exec]
+                                  run a demo agent (echo, sleep, fail; exec with --allow-exec)
+
+flags: --url URL (or SWITCHYARD_URL; default http://127.0.0.1:8787)
+       --api-key KEY (or SWITCHYARD_API_KEY; default: API_KEYS in ./.dev.vars)
+       --json  machine-readable output
+
+exit codes: 0 ok, 1 command ended failed/cancelled/expired, 2 usage, 3 API refused, 4 unreachable/server error
+`;
+
+const OPTIONS = {
+	url: { type: "string" },
+	"api-key": { type: "string" },
+	json: { type: "boolean", default: false },
+	help: { type: "boolean", short: "h", default: false },
+	payload: { type: "string" },
+	priority: { type: "string" },
+	session: { type: "string" },
+	ttl: { type: "string" },
+	timeout: { type: "string" },
+	"idempotency-key": { type: "string" },
+	wait: { type: "boolean", default: false },
+	status: { type: "string" },
+	limit: { type: "string" },
+	concurrency: { type: "string" },
+	"allow-exec": { type: "boolean", default: false },
+} as const;
+
+type Flags = ReturnType<typeof parse>["values"];
+
+function parse(argv: string[]) {
+	return parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+}
+
+function int(name: string, value: string | undefined): number | undefined {
+	if (value === undefined) return undefined;
+	const n = Number(value);
+	if (!Number.isInteger(n)) throw new UsageError(`--${name} must be a whole number, got "${value}"`);
+	return n;
+}
+
+function need(positionals: string[], index: number, what: string): string {
+	const v = positionals[index];
+	if (!v) throw new UsageError(`missing ${what}; see 'switchyard --help'`);
+	return v;
+}
+
+const TERMINAL_BAD = new Set(["failed", "cancelled", "expired"]);
+
+export async function main(argv: string[], io = { out: (s: string) => void process.stdout.write(`${s}\n`) }): Promise<number> {
+	let flags: Flags;
+	let positionals: string[];
+	try {
+		({ values: flags, positionals } = parse(argv));
+	} catch (err) {
+		process.stderr.write(`switchyard: ${(err as Error).message}\n${HELP}`);
+		return EXIT.USAGE;
+	}
+	if (flags.help || positionals.length === 0) {
+		io.out(HELP);
+		return flags.help ? EXIT.OK : EXIT.USAGE;
+	}
+	const print = (value: unknown, human: () => string) => io.out(flags.json ? JSON.stringify(value, null, 2) : human());
+	try {
+		const config = resolveConfig(flags);
+		const client = new SwitchyardClient({ baseUrl: config.url, apiKey: config.apiKey });
+		const [noun, verb] = positionals;
+		const follow = async (id: string) => {
+			const progress = new Progress();
+			const final = await client.wait(id, {
+				timeoutMs: 24 * 3600_000,
+				onUpdate: (c) => progress.update(`${c.id} ${c.status}${c.blockedReason ? ` (${c.blockedReason})` : ""}`),
+			});
+			progress.done();
+			print(final, () => details(final));
+			return TERMINAL_BAD.has(final.status) ? EXIT.COMMAND_FAILED : EXIT.OK;
+		};
+
+		switch (`${noun} ${verb}`) {
+			case "command send": {
+				const agentId = need(positionals, 2, "<agent>");
+				const action = need(positionals, 3, "<action>");
+				let payload: unknown = {};
+				if (flags.payload !== undefined) {
+					try {
+						payload = JSON.parse(flags.payload);
+					} catch {
+						throw new UsageError(`--payload is not valid JSON: ${flags.payload}`);
+					}
+				}
+				const cmd = await client.enqueue(agentId, {
+					action,
+					// SAFETY: JSON.parse only produces JSON values.
+					payload: payload as never,
+					priority: int("priority", flags.priority),
+					sessionId: flags.session,
+					ttlSeconds: int("ttl", flags.ttl),
+					timeoutSeconds: int("timeout", flags.timeout),
+					idempotencyKey: flags["idempotency-key"],
+				});
+				if (flags.wait) return follow(cmd.id);
+				print(cmd, () => `${cmd.id} ${cmd.status}${cmd.blockedReason ? ` (${cmd.blockedReason})` : ""}`);
+				return EXIT.OK;
+			}
+			case "command get": {
+				const cmd = await client.get(need(positionals, 2, "<id>"));
+				print(cmd, () => details(cmd));
+				return EXIT.OK;
+			}
+			case "command list": {
+				const agentId = need(positionals, 2, "<agent>");
+				const page = await client.list(agentId, {
+					...(flags.status ? { status: flags.status as never } : {}),
+					...(flags.limit ? { limit: flags.limit } : {}),
+				});
+				print(page, () =>
+					table(page.items, ["id", "action", "status", "priority", "attempts", "blockedReason", "createdAt"]),
+				);
+				return EXIT.OK;
+			}
+			case "command cancel": {
+				const res = await client.cancel(need(positionals, 2, "<id>"));
+				print(res, () =>
+					res.outcome === "cancelled"
+						? `${res.command.id} cancelled (it had not been sent and never will be)`
+						: `${res.command.id} cancel requested: the agent was asked to stop`,
+				);
+				return EXIT.OK;
+			}
+			case "command watch":
+				return follow(need(positionals, 2, "<id>"));
+			case "agent list": {
+				const page = await client.agents(flags.limit ? { limit: flags.limit } : {});
+				print(page, () => table(page.items, ["id", "online", "connectedSince", "lastSeenAt"]));
+				return EXIT.OK;
+			}
+			case "agent get": {
+				const agent = await client.agent(need(positionals, 2, "<id>"));
+				print(agent, () => details(agent));
+				return EXIT.OK;
+			}
+			case "agent token": {
+				const token = await client.token(need(positionals, 2, "<id>"), int("ttl", flags.ttl));
+				print(token, () => token.token);
+				return EXIT.OK;
+			}
+			case "agent run": {
+				const agentId = need(positionals, 2, "<id>");
+				const agent = demoAgent({
+					client,
+					url: config.url,
+					agentId,
+					concurrency: int("concurrency", flags.concurrency) ?? 4,
+					allowExec: flags["allow-exec"],
+					log: (line) => process.stderr.write(`[agent ${agentId}] ${line}\n`),
+				});
+				const stopped = new Promise<number>((resolve) => {
+					agent.on("stopped", () => resolve(EXIT.OK));
+				});
+				const stop = () => void agent.stop({ graceMs: 10_000 });
+				process.once("SIGINT", stop);
+				process.once("SIGTERM", stop);
+				agent.start();
+				return stopped;
+			}
+			default:
+				throw new UsageError(`unknown command "${positionals.slice(0, 2).join(" ")}"; see 'switchyard --help'`);
+		}
+	} catch (err) {
+		return report(err);
+	}
+}
+
+function report(err: unknown): number {
+	if (err instanceof UsageError) {
+		process.stderr.write(`switchyard: ${err.message}\n`);
+		return EXIT.USAGE;
+	}
+	if (err instanceof SwitchyardApiError) {
+		const hint =
+			err.status === 401
+				? " (check --api-key, SWITCHYARD_API_KEY or .dev.vars)"
+				: err.status === 404
+					? " (check the id)"
+					: "";
+		process.stderr.write(`switchyard: ${err.code}: ${err.message}${hint}\n`);
+		return err.status >= 500 ? EXIT.UNREACHABLE : EXIT.API;
+	}
+	const cause = (err as { cause?: { code?: string } }).cause?.code;
+	process.stderr.write(
+		`switchyard: cannot reach the server: ${(err as Error).message}${cause ? ` (${cause})` : ""}; is it running? (npm run dev, or --url)\n`,
+	);
+	return EXIT.UNREACHABLE;
+}

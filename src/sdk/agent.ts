@@ -1,0 +1,421 @@
+/**
+ * The Switchyard agent SDK: connect out to the control plane, run commands
+ * with your handlers, report results. Runs on Node 22+, Workers, Deno, Bun
+ * and (with a custom `connect`) browsers: standard APIs only.
+ *
+ * ```ts
+ * const agent = new Agent({ url: "https://switchyard.example.workers.dev", agentId: "build-7", token });
+ * agent.handle("echo", async (payload) => payload);
+ * agent.start();
+ * ```
+ */
+import { jsonProblem } from "../json-safety";
+import {
+	CloseCode,
+	type CommandFrame,
+	HEARTBEAT_INTERVAL_SECONDS,
+	HEARTBEAT_MISSES,
+	MAX_BODY_BYTES,
+	MAX_CONCURRENCY,
+	MAX_OUTPUT_CHUNK,
+	PING_TEXT,
+	type ResultFrame,
+	ServerFrame,
+	TERMINAL_CLOSE_CODES,
+} from "../protocol";
+import { Backoff, type BackoffOptions } from "./backoff";
+import { Recent } from "./recent";
+import { type Connector, defaultConnector, OPEN, type SocketLike } from "./transport";
+
+export interface CommandContext {
+	id: string;
+	action: string;
+	/** 1 on first delivery; higher after a redelivery of a command this agent had not finished. */
+	attempt: number;
+	sessionId: string | null;
+	priority: number;
+	/** Aborted when the command is cancelled (by an operator or its timeout) or the agent shuts down. */
+	signal: AbortSignal;
+	/** Streams a chunk of output for this command (best effort while disconnected). */
+	output(chunk: string): void;
+}
+
+/** Returns the command's result (any JSON value); a throw reports `failed` with the error's message. */
+export type Handler = (payload: unknown, ctx: CommandContext) => unknown | Promise<unknown>;
+
+export interface AgentOptions {
+	/** The control plane's base URL (http(s) or ws(s)); `/v1/agents/{agentId}/connect` is appended. */
+	url: string;
+	agentId: string;
+	/** The agent token, or a function that returns a fresh one before every connection attempt. */
+	token: string | (() => string | Promise<string>);
+	/** Commands run at once (1-1000). Default 1: one at a time, in order. */
+	concurrency?: number;
+	backoff?: BackoffOptions;
+	/** Reconnect after being replaced by another connection with the same agent id (close 4001). Default false. */
+	reconnectOnReplaced?: boolean;
+	heartbeatMs?: number;
+	/** How many finished command ids to remember, so redeliveries are answered, not re-run. */
+	rememberResults?: number;
+	connect?: Connector;
+}
+
+export type AgentState = "idle" | "connecting" | "open" | "reconnecting" | "draining" | "stopped";
+
+export type AgentEvent =
+	| { type: "connecting"; attempt: number }
+	| { type: "open"; generation: number }
+	| { type: "closed"; code: number; reason: string }
+	| { type: "reconnecting"; delayMs: number; attempt: number }
+	| { type: "stopped"; reason: string }
+	| { type: "command"; id: string; action: string; attempt: number }
+	| { type: "result"; id: string; status: ResultFrame["status"] }
+	| { type: "error"; error: Error };
+
+type Listener<T extends AgentEvent["type"]> = (event: Extract<AgentEvent, { type: T }>) => void;
+
+interface Running {
+	controller: AbortController;
+	/** Set when the agent itself gave up on the command (shutdown): no result is reported. */
+	abandoned: boolean;
+	outputSeq: number;
+}
+
+class CancelledError extends Error {
+	override name = "CancelledError";
+}
+
+export class Agent {
+	private readonly handlers = new Map<string, Handler>();
+	private readonly listeners = new Map<string, Set<(e: AgentEvent) => void>>();
+	private readonly running = new Map<string, Running>();
+	private readonly results: Recent<ResultFrame>;
+	/** Results not yet handed to an open socket; sent first on the next connection. */
+	private readonly unsent = new Map<string, ResultFrame>();
+	private readonly backoff: Backoff;
+	private readonly connector: Connector;
+	private readonly concurrency: number;
+	private readonly heartbeatMs: number;
+	private ws: SocketLike | undefined;
+	private heartbeat: ReturnType<typeof setInterval> | undefined;
+	private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+	private lastHeard = 0;
+	private current: AgentState = "idle";
+	private stopReason = "";
+
+	/** Why the agent stopped, once it has. */
+	get stoppedReason(): string {
+		return this.stopReason;
+	}
+
+	constructor(private readonly opts: AgentOptions) {
+		this.concurrency = opts.concurrency ?? 1;
+		if (!Number.isInteger(this.concurrency) || this.concurrency < 1 || this.concurrency > MAX_CONCURRENCY) {
+			throw new RangeError(`concurrency must be an integer from 1 to ${MAX_CONCURRENCY}`);
+		}
+		this.backoff = new Backoff(opts.backoff);
+		this.connector = opts.connect ?? defaultConnector;
+		this.heartbeatMs = opts.heartbeatMs ?? HEARTBEAT_INTERVAL_SECONDS * 1000;
+		this.results = new Recent(opts.rememberResults ?? 10_000);
+	}
+
+	get state(): AgentState {
+		return this.current;
+	}
+
+	/** Ids of the commands running now. */
+	get runningIds(): string[] {
+		return [...this.running.keys()];
+	}
+
+	/** Registers the handler for `action`. */
+	handle(action: string, handler: Handler): this {
+		this.handlers.set(action, handler);
+		return this;
+	}
+
+	on<T extends AgentEvent["type"]>(type: T, listener: Listener<T>): () => void {
+		const set = this.listeners.get(type) ?? new Set();
+		// SAFETY: emit() only calls a listener with events of the type it was registered for.
+		const l = listener as (e: AgentEvent) => void;
+		set.add(l);
+		this.listeners.set(type, set);
+		return () => set.delete(l);
+	}
+
+	/** Starts connecting; reconnects on its own until stop() or a terminal close. */
+	start(): void {
+		if (this.current !== "idle") throw new Error(`agent already ${this.current}`);
+		void this.connect();
+	}
+
+	/** Resolves once connected (welcome received), or rejects if the agent stops first. */
+	whenOpen(): Promise<void> {
+		if (this.current === "open") return Promise.resolve();
+		return new Promise((resolve, reject) => {
+			const offOpen = this.on("open", () => {
+				offOpen();
+				offStop();
+				resolve();
+			});
+			const offStop = this.on("stopped", (e) => {
+				offOpen();
+				offStop();
+				reject(new Error(`agent stopped: ${e.reason}`));
+			});
+		});
+	}
+
+	/**
+	 * Graceful drain: take no new commands, let running ones finish for up to
+	 * `graceMs`, report their results, then close. Commands still running
+	 * after that are abandoned unreported, so the server sends them elsewhere
+	 * or again later.
+	 */
+	async stop(opts: { graceMs?: number } = {}): Promise<void> {
+		if (this.current === "stopped") return;
+		this.current = "draining";
+		clearTimeout(this.reconnectTimer);
+		const deadline = Date.now() + (opts.graceMs ?? 30_000);
+		while (this.running.size > 0 && Date.now() < deadline) await sleep(Math.min(50, deadline - Date.now()));
+		for (const r of this.running.values()) {
+			r.abandoned = true;
+			r.controller.abort(new CancelledError("agent shutting down"));
+		}
+		this.finish("stopped by the agent", 1000);
+	}
+
+	// ------------------------------------------------------------ connection
+
+	private async connect(): Promise<void> {
+		if (this.current === "stopped" || this.current === "draining") return;
+		this.current = "connecting";
+		this.emit({ type: "connecting", attempt: this.backoff.failures + 1 });
+		let ws: SocketLike;
+		try {
+			const token = typeof this.opts.token === "function" ? await this.opts.token() : this.opts.token;
+			const base = this.opts.url.replace(/\/+$/, "").replace(/^http/, "ws");
+			ws = await this.connector(`${base}/v1/agents/${encodeURIComponent(this.opts.agentId)}/connect`, token);
+		} catch (err) {
+			this.emit({ type: "error", error: asError(err) });
+			this.scheduleReconnect();
+			return;
+		}
+		this.ws = ws;
+		ws.addEventListener("message", (e) => this.onMessage(ws, e.data));
+		ws.addEventListener("close", (e) => this.onClose(ws, e.code, e.reason));
+		ws.addEventListener("error", () => {
+			// a close event follows; reconnecting is decided there
+		});
+		if (ws.readyState === OPEN) this.onSocketOpen(ws);
+		else ws.addEventListener("open", () => this.onSocketOpen(ws));
+	}
+
+	private onSocketOpen(ws: SocketLike): void {
+		this.lastHeard = Date.now();
+		// Results first: the server must hear that these finished before the
+		// hello below, which does not list them as running.
+		for (const frame of this.unsent.values()) this.sendRaw(ws, frame);
+		this.unsent.clear();
+		this.sendRaw(ws, { type: "hello", concurrency: this.concurrency, running: this.runningIds });
+		clearInterval(this.heartbeat);
+		this.heartbeat = setInterval(() => this.beat(ws), this.heartbeatMs);
+	}
+
+	/** Pings, and gives up on a connection that has gone quiet (a half-dead socket looks alive). */
+	private beat(ws: SocketLike): void {
+		if (Date.now() - this.lastHeard > this.heartbeatMs * HEARTBEAT_MISSES) {
+			ws.close(4000, "no pong from the server");
+			this.onClose(ws, 1006, "heartbeat timeout");
+			return;
+		}
+		this.sendRaw(ws, PING_TEXT);
+	}
+
+	private onClose(ws: SocketLike, code: number, reason: string): void {
+		if (ws !== this.ws) return;
+		this.ws = undefined;
+		clearInterval(this.heartbeat);
+		this.emit({ type: "closed", code, reason });
+		if (this.current === "stopped" || this.current === "draining") return;
+		const terminal =
+			TERMINAL_CLOSE_CODES.has(code) && !(code === CloseCode.REPLACED && this.opts.reconnectOnReplaced);
+		if (terminal) {
+			this.finish(`closed by the server with ${code}${reason ? ` (${reason})` : ""}`);
+			return;
+		}
+		this.scheduleReconnect();
+	}
+
+	private scheduleReconnect(): void {
+		if (this.current === "stopped" || this.current === "draining") return;
+		const delayMs = this.backoff.next();
+		this.current = "reconnecting";
+		this.emit({ type: "reconnecting", delayMs, attempt: this.backoff.failures });
+		this.reconnectTimer = setTimeout(() => void this.connect(), delayMs);
+	}
+
+	private finish(reason: string, code?: number): void {
+		const ws = this.ws;
+		clearInterval(this.heartbeat);
+		clearTimeout(this.reconnectTimer);
+		if (ws && ws.readyState === OPEN) {
+			for (const frame of this.unsent.values()) this.sendRaw(ws, frame);
+			this.unsent.clear();
+			ws.close(code ?? 1000, "agent stopping");
+		}
+		this.ws = undefined;
+		this.current = "stopped";
+		this.stopReason = reason;
+		this.emit({ type: "stopped", reason });
+	}
+
+	// --------------------------------------------------------------- frames
+
+	private onMessage(ws: SocketLike, data: unknown): void {
+		this.lastHeard = Date.now();
+		let frame: ServerFrame;
+		try {
+			const parsed = ServerFrame.safeParse(JSON.parse(String(data)));
+			if (!parsed.success) throw new Error(`unexpected frame from the server: ${String(data).slice(0, 200)}`);
+			frame = parsed.data;
+		} catch (err) {
+			this.emit({ type: "error", error: asError(err) });
+			return;
+		}
+		switch (frame.type) {
+			case "welcome":
+				this.current = "open";
+				this.backoff.reset();
+				this.emit({ type: "open", generation: frame.generation });
+				return;
+			case "command":
+				this.onCommand(ws, frame);
+				return;
+			case "cancel":
+				this.onCancel(ws, frame.id, frame.reason);
+				return;
+			case "error":
+				this.emit({ type: "error", error: new Error(`server refused a frame: ${frame.code}: ${frame.message}`) });
+				return;
+			case "pong":
+				return;
+		}
+	}
+
+	private onCommand(ws: SocketLike, frame: CommandFrame): void {
+		// Draining: leave it unacknowledged; the server sends it again later.
+		if (this.current === "draining") return;
+		const done = this.results.get(frame.id);
+		if (done) {
+			// A redelivery of something already finished: answer, do not re-run.
+			this.sendRaw(ws, { type: "ack", id: frame.id });
+			this.sendRaw(ws, done);
+			return;
+		}
+		this.sendRaw(ws, { type: "ack", id: frame.id });
+		if (this.running.has(frame.id)) return;
+		this.emit({ type: "command", id: frame.id, action: frame.action, attempt: frame.attempt });
+		void this.run(frame);
+	}
+
+	private onCancel(ws: SocketLike, id: string, reason: string): void {
+		const running = this.running.get(id);
+		if (running) {
+			running.controller.abort(new CancelledError(`cancelled (${reason})`));
+			return;
+		}
+		// Not running here: repeat the outcome if there was one, else confirm nothing runs.
+		this.sendRaw(ws, this.results.get(id) ?? { type: "result", id, status: "cancelled" });
+	}
+
+	private async run(frame: CommandFrame): Promise<void> {
+		const entry: Running = { controller: new AbortController(), abandoned: false, outputSeq: 0 };
+		this.running.set(frame.id, entry);
+		const ctx: CommandContext = {
+			id: frame.id,
+			action: frame.action,
+			attempt: frame.attempt,
+			sessionId: frame.sessionId,
+			priority: frame.priority,
+			signal: entry.controller.signal,
+			output: (chunk) => this.output(frame.id, entry, chunk),
+		};
+		const outcome = await this.execute(frame, ctx, entry.controller.signal);
+		this.running.delete(frame.id);
+		if (entry.abandoned) return;
+		const result: ResultFrame = { type: "result", id: frame.id, ...outcome };
+		this.results.set(frame.id, result);
+		this.emit({ type: "result", id: frame.id, status: result.status });
+		const ws = this.ws;
+		if (ws && ws.readyState === OPEN && this.current !== "connecting") this.sendRaw(ws, result);
+		else this.unsent.set(frame.id, result);
+	}
+
+	private async execute(
+		frame: CommandFrame,
+		ctx: CommandContext,
+		signal: AbortSignal,
+	): Promise<Omit<ResultFrame, "type" | "id">> {
+		const handler = this.handlers.get(frame.action);
+		if (!handler) {
+			const known = [...this.handlers.keys()].sort().join(", ") || "none";
+			return { status: "failed", error: `unknown action "${frame.action}" (this agent handles: ${known})` };
+		}
+		try {
+			const value = await handler(frame.payload, ctx);
+			return checkResult(value === undefined ? null : value);
+		} catch (err) {
+			const error = asError(err).message.slice(0, 64 * 1024) || "handler failed";
+			return { status: signal.aborted ? "cancelled" : "failed", error };
+		}
+	}
+
+	private output(id: string, entry: Running, chunk: string): void {
+		const ws = this.ws;
+		if (!ws || ws.readyState !== OPEN || !this.running.has(id)) return;
+		for (let i = 0; i < chunk.length; i += MAX_OUTPUT_CHUNK) {
+			this.sendRaw(ws, { type: "output", id, seq: entry.outputSeq++, data: chunk.slice(i, i + MAX_OUTPUT_CHUNK) });
+		}
+	}
+
+	private sendRaw(ws: SocketLike, frame: object | string): void {
+		try {
+			ws.send(typeof frame === "string" ? frame : JSON.stringify(frame));
+		} catch (err) {
+			this.emit({ type: "error", error: asError(err) });
+		}
+	}
+
+	private emit(event: AgentEvent): void {
+		for (const l of this.listeners.get(event.type) ?? []) {
+			try {
+				l(event);
+			} catch {
+				// a listener's failure is not the agent's
+			}
+		}
+	}
+}
+
+/** A result the server will accept: JSON, storable by Postgres, under the frame size limit. */
+function checkResult(value: unknown): Omit<ResultFrame, "type" | "id"> {
+	let text: string;
+	try {
+		text = JSON.stringify(value);
+	} catch (err) {
+		return { status: "failed", error: `result is not JSON-serializable: ${asError(err).message}` };
+	}
+	const problem = jsonProblem(JSON.parse(text));
+	if (problem) return { status: "failed", error: `result cannot be stored: ${problem}` };
+	if (text.length > MAX_BODY_BYTES - 4096) return { status: "failed", error: "result is over 1 MiB" };
+	return { status: "completed", result: JSON.parse(text) };
+}
+
+function asError(err: unknown): Error {
+	return err instanceof Error ? err : new Error(String(err));
+}
+
+function sleep(ms: number): Promise<void> {
+	return new Promise((r) => setTimeout(r, Math.max(0, ms)));
+}

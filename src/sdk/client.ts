@@ -1,0 +1,121 @@
+/**
+ * Typed HTTP client for the Switchyard API. Its request and response types
+ * come from the worker's own routes (`hono/client` over `AppType`), so the
+ * client cannot drift from the server.
+ */
+import { hc } from "hono/client";
+import type { AppType } from "../app";
+import type { Agent as AgentInfo, Command } from "../protocol";
+
+export interface ClientOptions {
+	/** e.g. https://switchyard.example.workers.dev or http://127.0.0.1:8787 */
+	baseUrl: string;
+	apiKey: string;
+	fetch?: typeof fetch;
+}
+
+/** The raw typed client: `rpc.v1.agents[":agentId"].commands.$post({ param, json })`. */
+export function createRpc(opts: ClientOptions) {
+	return hc<AppType>(opts.baseUrl.replace(/\/+$/, ""), {
+		headers: { authorization: `Bearer ${opts.apiKey}` },
+		...(opts.fetch ? { fetch: opts.fetch } : {}),
+	});
+}
+
+/** An API error with the server's stable code (see README: HTTP API). */
+export class SwitchyardApiError extends Error {
+	override name = "SwitchyardApiError";
+	constructor(
+		readonly status: number,
+		readonly code: string,
+		message: string,
+	) {
+		super(message);
+	}
+}
+
+/** The success body, typed by the route; an error body becomes a SwitchyardApiError. */
+async function unwrap<R extends { ok: boolean; status: number; json(): Promise<unknown> }>(
+	res: R,
+): Promise<Awaited<ReturnType<R["json"]>>> {
+	// SAFETY: R's json() is typed by the route for its success statuses; this is that call.
+	if (res.ok) return (await res.json()) as Awaited<ReturnType<R["json"]>>;
+	// SAFETY: every non-2xx answer of the API has this shape (src/errors.ts).
+	const body = (await res.json().catch(() => ({}))) as { error?: { code?: string; message?: string } };
+	throw new SwitchyardApiError(res.status, body.error?.code ?? "http_error", body.error?.message ?? `HTTP ${res.status}`);
+}
+
+type Rpc = ReturnType<typeof createRpc>;
+export type EnqueueInput = Parameters<Rpc["v1"]["agents"][":agentId"]["commands"]["$post"]>[0]["json"];
+export type BatchInput = Parameters<Rpc["v1"]["commands"]["batch"]["$post"]>[0]["json"];
+/** A command as this client returns it (from the route types). */
+export type ApiCommand = Awaited<ReturnType<SwitchyardClient["get"]>>;
+export type ListInput = NonNullable<Parameters<Rpc["v1"]["agents"][":agentId"]["commands"]["$get"]>[0]["query"]>;
+
+/** Convenience methods over the typed client, with errors as `SwitchyardApiError`. */
+export class SwitchyardClient {
+	readonly rpc: Rpc;
+
+	constructor(opts: ClientOptions) {
+		this.rpc = createRpc(opts);
+	}
+
+	// Return types are inferred from the routes, not restated.
+
+	enqueue(agentId: string, command: EnqueueInput) {
+		return this.rpc.v1.agents[":agentId"].commands.$post({ param: { agentId }, json: command }).then(unwrap);
+	}
+
+	batch(commands: BatchInput["commands"]) {
+		return this.rpc.v1.commands.batch.$post({ json: { commands } }).then(unwrap);
+	}
+
+	get(id: string) {
+		return this.rpc.v1.commands[":id"].$get({ param: { id } }).then(unwrap);
+	}
+
+	list(agentId: string, query: ListInput = {}) {
+		return this.rpc.v1.agents[":agentId"].commands.$get({ param: { agentId }, query }).then(unwrap);
+	}
+
+	cancel(id: string) {
+		return this.rpc.v1.commands[":id"].cancel.$post({ param: { id } }).then(unwrap);
+	}
+
+	agents(query: { limit?: string; cursor?: string } = {}) {
+		return this.rpc.v1.agents.$get({ query }).then(unwrap);
+	}
+
+	agent(agentId: string) {
+		return this.rpc.v1.agents[":agentId"].$get({ param: { agentId } }).then(unwrap);
+	}
+
+	token(agentId: string, ttlSeconds?: number) {
+		return this.rpc.v1.agents[":agentId"].token
+			.$post({ param: { agentId }, json: ttlSeconds === undefined ? {} : { ttlSeconds } })
+			.then(unwrap);
+	}
+
+	reconcile(agentId: string) {
+		return this.rpc.v1.agents[":agentId"].reconcile.$post({ param: { agentId } }).then(unwrap);
+	}
+
+	/** Polls until the command is finished; `onUpdate` sees each status it passes through. */
+	async wait(
+		id: string,
+		opts: { timeoutMs?: number; intervalMs?: number; onUpdate?: (c: ApiCommand) => void } = {},
+	): Promise<ApiCommand> {
+		const deadline = Date.now() + (opts.timeoutMs ?? 10 * 60_000);
+		let last = "";
+		for (;;) {
+			const c = await this.get(id);
+			if (c.status !== last) {
+				last = c.status;
+				opts.onUpdate?.(c);
+			}
+			if (["completed", "failed", "cancelled", "expired"].includes(c.status)) return c;
+			if (Date.now() > deadline) throw new SwitchyardApiError(0, "wait_timeout", `command ${id} is still ${c.status}`);
+			await new Promise((r) => setTimeout(r, opts.intervalMs ?? 250));
+		}
+	}
+}

@@ -1,0 +1,215 @@
+import { describe, expect, it } from "vitest";
+import { Agent } from "../../src/sdk/agent.ts";
+import { Backoff } from "../../src/sdk/backoff.ts";
+import { Recent } from "../../src/sdk/recent.ts";
+import { fakeConnector, tick, until } from "./fake-socket.ts";
+
+const ID1 = "11111111-1111-4111-8111-111111111111";
+const ID2 = "22222222-2222-4222-8222-222222222222";
+
+function makeAgent(extra: Partial<ConstructorParameters<typeof Agent>[0]> = {}) {
+	const conn = fakeConnector();
+	const agent = new Agent({
+		url: "http://switchyard.test",
+		agentId: "a",
+		token: "t",
+		concurrency: 2,
+		backoff: { initialMs: 5, maxMs: 20 },
+		connect: conn.connect,
+		...extra,
+	});
+	return { agent, conn };
+}
+
+describe("backoff", () => {
+	it("grows exponentially between 1 s and 60 s with full jitter, and resets", () => {
+		const lowest = new Backoff({ random: () => 0 });
+		const highest = new Backoff({ random: () => 0.999999 });
+		expect(Array.from({ length: 8 }, () => lowest.next())).toEqual(Array(8).fill(1000));
+		expect(Array.from({ length: 8 }, () => highest.next())).toEqual([1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
+		highest.reset();
+		expect(highest.next()).toBe(1000);
+		const mid = new Backoff({ random: () => 0.5 });
+		mid.next();
+		expect(mid.next()).toBe(1500);
+	});
+});
+
+describe("recent results", () => {
+	it("keeps the newest `capacity` ids", () => {
+		const r = new Recent<number>(2);
+		r.set("a", 1);
+		r.set("b", 2);
+		r.set("a", 3); // refresh a
+		r.set("c", 4); // evicts b
+		expect([r.has("a"), r.has("b"), r.has("c"), r.size]).toEqual([true, false, true, 2]);
+	});
+});
+
+describe("agent", () => {
+	it("announces hello with its concurrency, acks on receipt and reports the handler's result", async () => {
+		const { agent, conn } = makeAgent();
+		agent.handle("echo", (payload) => ({ got: payload }));
+		agent.start();
+		const ws = await conn.next();
+		ws.open();
+		expect(ws.of("hello")).toEqual([{ type: "hello", concurrency: 2, running: [] }]);
+		ws.command(ID1, "echo", { x: 1 });
+		expect(ws.of("ack")).toEqual([{ type: "ack", id: ID1 }]);
+		await until(() => ws.of("result").length === 1, "result");
+		expect(ws.of("result")[0]).toEqual({ type: "result", id: ID1, status: "completed", result: { got: { x: 1 } } });
+		await agent.stop();
+	});
+
+	it("never runs the same command id twice: a redelivery gets the first result again", async () => {
+		const { agent, conn } = makeAgent();
+		let runs = 0;
+		agent.handle("work", async () => {
+			runs++;
+			await tick(20);
+			return runs;
+		});
+		agent.start();
+		const ws = await conn.next();
+		ws.open();
+		ws.command(ID1, "work");
+		ws.command(ID1, "work", {}, 2); // while running
+		await until(() => ws.of("result").length === 1, "first result");
+		ws.command(ID1, "work", {}, 3); // after finishing
+		expect(runs).toBe(1);
+		expect(ws.of("result")).toEqual([
+			{ type: "result", id: ID1, status: "completed", result: 1 },
+			{ type: "result", id: ID1, status: "completed", result: 1 },
+		]);
+		expect(ws.of("ack")).toHaveLength(3);
+		await agent.stop();
+	});
+
+	it("reports failed with the error's message, and a clear error for an unknown action", async () => {
+		const { agent, conn } = makeAgent();
+		agent.handle("boom", () => {
+			throw new Error("disk full");
+		});
+		agent.start();
+		const ws = await conn.next();
+		ws.open();
+		ws.command(ID1, "boom");
+		ws.command(ID2, "nope");
+		await until(() => ws.of("result").length === 2, "results");
+		expect(ws.of("result")).toContainEqual({ type: "result", id: ID1, status: "failed", error: "disk full" });
+		expect(ws.of("result")).toContainEqual({
+			type: "result",
+			id: ID2,
+			status: "failed",
+			error: 'unknown action "nope" (this agent handles: boom)',
+		});
+		await agent.stop();
+	});
+
+	it("a cancel frame aborts ctx.signal and the command ends as cancelled", async () => {
+		const { agent, conn } = makeAgent();
+		agent.handle("wait", (_p, ctx) => new Promise((_r, reject) => ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason))));
+		agent.start();
+		const ws = await conn.next();
+		ws.open();
+		ws.command(ID1, "wait");
+		await tick(5);
+		ws.deliver({ type: "cancel", id: ID1, reason: "requested" });
+		await until(() => ws.of("result").length === 1, "result");
+		expect(ws.of("result")[0]).toMatchObject({ id: ID1, status: "cancelled" });
+		// A cancel for something it is not running is answered so the server can stop waiting.
+		ws.deliver({ type: "cancel", id: ID2, reason: "timeout" });
+		expect(ws.of("result")[1]).toEqual({ type: "result", id: ID2, status: "cancelled" });
+		await agent.stop();
+	});
+
+	it("results finished while disconnected are sent first on the next connection, before hello", async () => {
+		const { agent, conn } = makeAgent();
+		let release = () => {};
+		agent.handle("slow", () => new Promise((r) => (release = () => r("done"))));
+		agent.start();
+		const first = await conn.next();
+		first.open();
+		first.command(ID1, "slow");
+		await tick(5);
+		const second = conn.next();
+		first.close(1006, "network");
+		release();
+		const ws = await second;
+		ws.open(2);
+		expect(ws.sent.map((f) => f.type)).toEqual(["result", "hello"]);
+		expect(ws.of("hello")[0]).toMatchObject({ running: [] });
+		await agent.stop();
+	});
+
+	it("reconnects with backoff after a drop, and stops for good when replaced (4001)", async () => {
+		const { agent, conn } = makeAgent();
+		const events: string[] = [];
+		agent.on("reconnecting", () => events.push("reconnecting"));
+		agent.on("stopped", (e) => events.push(`stopped: ${e.reason}`));
+		agent.start();
+		const first = await conn.next();
+		first.open();
+		const again = conn.next();
+		first.close(1006, "");
+		const second = await again;
+		second.open(2);
+		second.close(4001, "replaced by a newer connection for this agent");
+		await tick(50);
+		expect(conn.sockets).toHaveLength(2);
+		expect(events).toEqual(["reconnecting", "stopped: closed by the server with 4001 (replaced by a newer connection for this agent)"]);
+		expect(agent.state).toBe("stopped");
+	});
+
+	it("drains on stop: takes no new commands, lets running ones finish, then closes", async () => {
+		const { agent, conn } = makeAgent();
+		agent.handle("slow", () => new Promise((r) => setTimeout(() => r("ok"), 40)));
+		agent.start();
+		const ws = await conn.next();
+		ws.open();
+		ws.command(ID1, "slow");
+		const stopping = agent.stop({ graceMs: 5_000 });
+		ws.command(ID2, "slow"); // arrives during the drain
+		await stopping;
+		expect(ws.of("result")).toEqual([{ type: "result", id: ID1, status: "completed", result: "ok" }]);
+		expect(ws.of("ack")).toEqual([{ type: "ack", id: ID1 }]);
+		expect(ws.readyState).toBe(3);
+		expect(agent.state).toBe("stopped");
+	});
+
+	it("abandons, unreported, what is still running when the grace period ends", async () => {
+		const { agent, conn } = makeAgent();
+		agent.handle("forever", (_p, ctx) => new Promise((_r, reject) => ctx.signal.addEventListener("abort", () => reject(new Error("x")))));
+		agent.start();
+		const ws = await conn.next();
+		ws.open();
+		ws.command(ID1, "forever");
+		await agent.stop({ graceMs: 30 });
+		await tick(5);
+		expect(ws.of("result")).toEqual([]);
+	});
+
+	it("sends pings and closes a connection the server stopped answering", async () => {
+		const { agent, conn } = makeAgent({ heartbeatMs: 10 });
+		agent.start();
+		const ws = await conn.next();
+		ws.open();
+		const again = conn.next();
+		await tick(15);
+		expect(ws.sent).toContainEqual({ type: "ping" });
+		expect(await again).toBeDefined(); // silent for 3 intervals: gave up and reconnected
+		await agent.stop();
+	});
+
+	it("refuses to report a result Postgres could not store, with a clear error", async () => {
+		const { agent, conn } = makeAgent();
+		agent.handle("bad", () => ({ text: "a\u0000b" }));
+		agent.start();
+		const ws = await conn.next();
+		ws.open();
+		ws.command(ID1, "bad");
+		await until(() => ws.of("result").length === 1, "result");
+		expect(ws.of("result")[0]).toMatchObject({ status: "failed", error: expect.stringContaining("NUL") });
+		await agent.stop();
+	});
+});
