@@ -4,19 +4,16 @@
  * docs/protocol.md (raw `ws`, no SDK) receives, acks and completes a command;
  * SIGTERM stops every process, workerd included.
  */
-import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
-import { alive, descendants, freePort } from "../helpers/node/processes.ts";
+import { type LocalStack, startLocalStack } from "../helpers/node/local-stack.ts";
+import { alive, descendants } from "../helpers/node/processes.ts";
 
+let stack: LocalStack;
 let launcher: ChildProcess;
 let base = "";
 let apiKey = "";
-let output = "";
-const stateDir = mkdtempSync(join(tmpdir(), "switchyard-e2e-"));
 
 async function api(path: string, init: RequestInit = {}): Promise<Response> {
 	return fetch(`${base}${path}`, {
@@ -26,37 +23,20 @@ async function api(path: string, init: RequestInit = {}): Promise<Response> {
 }
 
 beforeAll(async () => {
-	const port = await freePort();
-	// The launcher itself, as `npm run dev` runs it (tsx on this Node).
-	launcher = spawn(process.execPath, ["node_modules/tsx/dist/cli.mjs", "src/dev/launcher.ts"], {
-		env: { ...process.env, PORT: String(port), SWITCHYARD_STATE_DIR: stateDir, DATABASE_URL: "" },
-		stdio: ["ignore", "pipe", "pipe"],
-	});
-	launcher.stdout?.on("data", (d: Buffer) => {
-		output += d.toString();
-	});
-	launcher.stderr?.on("data", (d: Buffer) => {
-		output += d.toString();
-	});
-	const deadline = Date.now() + 150_000;
-	while (!/\[switchyard\] ready at (\S+)/.test(output)) {
-		if (Date.now() > deadline || launcher.exitCode !== null) throw new Error(`launcher did not start:\n${output}`);
-		await new Promise((r) => setTimeout(r, 200));
-	}
-	base = /\[switchyard\] ready at (\S+)/.exec(output)?.[1] ?? "";
-	apiKey = /\[switchyard\] API key: (\S+)/.exec(output)?.[1] ?? "";
+	stack = await startLocalStack();
+	({ base, apiKey, launcher } = stack);
 });
 
-afterAll(() => {
-	if (launcher && launcher.exitCode === null) launcher.kill("SIGKILL");
-	rmSync(stateDir, { recursive: true, force: true });
+afterAll(async () => {
+	if (launcher.exitCode === null) launcher.kill("SIGKILL");
+	await stack.stop();
 });
 
 describe("local stack (npm run dev)", () => {
 	it("prints a working API key and enqueue line", () => {
 		expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
 		expect(apiKey).toMatch(/\S{16,}/);
-		expect(output).toContain(`curl -s -X POST ${base}/v1/agents/demo/commands`);
+		expect(stack.output()).toContain(`curl -s -X POST ${base}/v1/agents/demo/commands`);
 	});
 
 	it("runs the whole loop for an agent written from the protocol document alone", async () => {
@@ -112,6 +92,6 @@ describe("local stack (npm run dev)", () => {
 		const deadline = Date.now() + 10_000;
 		while (tree.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
 		expect(tree.filter(alive)).toEqual([]);
-		expect(output).toContain("[switchyard] stopped");
+		expect(stack.output()).toContain("[switchyard] stopped");
 	});
 });

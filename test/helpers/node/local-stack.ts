@@ -1,0 +1,50 @@
+/** Starts `npm run dev`'s launcher on a free port and a private state folder. */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { freePort } from "./processes.ts";
+
+export interface LocalStack {
+	base: string;
+	apiKey: string;
+	launcher: ChildProcess;
+	output(): string;
+	stop(): Promise<void>;
+}
+
+export async function startLocalStack(): Promise<LocalStack> {
+	const stateDir = mkdtempSync(join(tmpdir(), "switchyard-e2e-"));
+	const port = await freePort();
+	// The launcher itself, as `npm run dev` runs it (tsx on this Node).
+	const launcher = spawn(process.execPath, ["node_modules/tsx/dist/cli.mjs", "src/dev/launcher.ts"], {
+		env: { ...process.env, PORT: String(port), SWITCHYARD_STATE_DIR: stateDir, DATABASE_URL: "" },
+		stdio: ["ignore", "pipe", "pipe"],
+	});
+	let out = "";
+	launcher.stdout?.on("data", (d: Buffer) => {
+		out += d.toString();
+	});
+	launcher.stderr?.on("data", (d: Buffer) => {
+		out += d.toString();
+	});
+	const deadline = Date.now() + 150_000;
+	while (!/\[switchyard\] ready at (\S+)/.test(out)) {
+		if (Date.now() > deadline || launcher.exitCode !== null) throw new Error(`launcher did not start:\n${out}`);
+		await new Promise((r) => setTimeout(r, 200));
+	}
+	return {
+		base: /\[switchyard\] ready at (\S+)/.exec(out)?.[1] ?? "",
+		apiKey: /\[switchyard\] API key: (\S+)/.exec(out)?.[1] ?? "",
+		launcher,
+		output: () => out,
+		stop: async () => {
+			if (launcher.exitCode === null) {
+				const exited = new Promise((r) => launcher.once("exit", r));
+				launcher.kill("SIGTERM");
+				await exited;
+			}
+			rmSync(stateDir, { recursive: true, force: true });
+		},
+	};
+}

@@ -1,0 +1,190 @@
+/**
+ * What agents and operators run, against the real local stack: two SDK
+ * agents, driven through the `switchyard` CLI (as a subprocess) and through
+ * the typed client; and the README's quick start, line for line.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Agent } from "../../src/sdk/agent.ts";
+import { SwitchyardClient } from "../../src/sdk/client.ts";
+import { type LocalStack, startLocalStack } from "../helpers/node/local-stack.ts";
+
+let stack: LocalStack;
+let client: SwitchyardClient;
+const agents: Agent[] = [];
+const children: ChildProcess[] = [];
+
+/** Runs the CLI as a user would, against this stack. */
+function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+	return new Promise((resolve) => {
+		const child = spawn(process.execPath, ["bin/switchyard.mjs", ...args], {
+			env: { ...process.env, SWITCHYARD_URL: stack.base, SWITCHYARD_API_KEY: stack.apiKey },
+		});
+		let stdout = "";
+		let stderr = "";
+		child.stdout.on("data", (d: Buffer) => {
+			stdout += d.toString();
+		});
+		child.stderr.on("data", (d: Buffer) => {
+			stderr += d.toString();
+		});
+		child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }));
+	});
+}
+
+async function startAgent(agentId: string, concurrency: number, setup: (a: Agent) => void): Promise<Agent> {
+	const agent = new Agent({
+		url: stack.base,
+		agentId,
+		token: async () => (await client.token(agentId)).token,
+		concurrency,
+	});
+	setup(agent);
+	agents.push(agent);
+	agent.start();
+	await agent.whenOpen();
+	return agent;
+}
+
+const sleepHandler = (payload: unknown, ctx: { signal: AbortSignal }) =>
+	new Promise((resolve, reject) => {
+		const t = setTimeout(() => resolve("slept"), Number((payload as { seconds?: number }).seconds ?? 1) * 1000);
+		ctx.signal.addEventListener("abort", () => {
+			clearTimeout(t);
+			reject(new Error("stopped"));
+		});
+	});
+
+beforeAll(async () => {
+	stack = await startLocalStack();
+	client = new SwitchyardClient({ baseUrl: stack.base, apiKey: stack.apiKey });
+});
+
+afterAll(async () => {
+	for (const c of children) c.kill("SIGKILL");
+	await Promise.all(agents.map((a) => a.stop({ graceMs: 1_000 })));
+	await stack.stop();
+});
+
+describe("two SDK agents, the typed client and the CLI", () => {
+	const alpha = `alpha-${Date.now()}`;
+	const beta = `beta-${Date.now()}`;
+
+	beforeAll(async () => {
+		await startAgent(alpha, 2, (a) => a.handle("echo", (p) => ({ alpha: p })).handle("sleep", sleepHandler));
+		await startAgent(beta, 1, (a) => a.handle("echo", (p) => ({ beta: p })));
+	});
+
+	it("the typed client enqueues, waits, batches, lists and reads agents", async () => {
+		const one = await client.enqueue(alpha, { action: "echo", payload: { n: 1 } });
+		expect(one.status).toBe("pending");
+		expect(await client.wait(one.id)).toMatchObject({ status: "completed", result: { alpha: { n: 1 } } });
+
+		const batch = await client.batch([
+			{ agentId: alpha, action: "echo", payload: "a" },
+			{ agentId: beta, action: "echo", payload: "b" },
+		]);
+		const results = await Promise.all(batch.items.map((i) => client.wait(i.command.id)));
+		expect(results.map((r) => r.result)).toEqual([{ alpha: "a" }, { beta: "b" }]);
+
+		const page = await client.list(alpha, { status: "completed" });
+		expect(page.items.map((c) => c.id)).toContain(one.id);
+		const fleet = await client.agents({ limit: "200" });
+		expect(fleet.items.filter((a) => a.id === alpha || a.id === beta).every((a) => a.online)).toBe(true);
+		expect((await client.agent(alpha)).commands.completed).toBe(2);
+	});
+
+	it("an action the agent does not handle fails with a clear error", async () => {
+		const cmd = await client.enqueue(beta, { action: "reboot" });
+		expect(await client.wait(cmd.id)).toMatchObject({
+			status: "failed",
+			error: 'unknown action "reboot" (this agent handles: echo)',
+		});
+	});
+
+	it("the CLI sends and waits, cancels a running command, watches it end, and lists", async () => {
+		const sent = await cli(["command", "send", beta, "echo", "--payload", '{"via":"cli"}', "--wait", "--json"]);
+		expect(sent.code).toBe(0);
+		expect(JSON.parse(sent.stdout)).toMatchObject({ status: "completed", result: { beta: { via: "cli" } } });
+
+		const long = await cli(["command", "send", alpha, "sleep", "--payload", '{"seconds":60}', "--json"]);
+		expect(long.code).toBe(0);
+		const id = JSON.parse(long.stdout).id as string;
+		const deadline = Date.now() + 10_000;
+		while ((await client.get(id)).status !== "acknowledged") {
+			if (Date.now() > deadline) throw new Error("the sleep command was never acknowledged");
+			await new Promise((r) => setTimeout(r, 100));
+		}
+
+		const cancelled = await cli(["command", "cancel", id]);
+		expect(cancelled.code).toBe(0);
+		expect(cancelled.stdout).toContain("cancel requested");
+		const watched = await cli(["command", "watch", id, "--json"]);
+		expect(watched.code).toBe(1); // ended cancelled
+		expect(JSON.parse(watched.stdout)).toMatchObject({ id, status: "cancelled" });
+
+		const listed = await cli(["command", "list", alpha, "--json"]);
+		expect(JSON.parse(listed.stdout).items.map((c: { id: string }) => c.id)).toContain(id);
+		const table = await cli(["agent", "list"]);
+		expect(table.stdout).toMatch(new RegExp(`${beta}\\s+true`));
+	}, 60_000);
+
+	it("the CLI's errors say what failed, with documented exit codes", async () => {
+		const notFound = await cli(["command", "get", crypto.randomUUID()]);
+		expect(notFound.code).toBe(3);
+		expect(notFound.stderr).toContain("not_found");
+		const usage = await cli(["command", "send", alpha]);
+		expect(usage.code).toBe(2);
+		expect(usage.stderr).toContain("missing <action>");
+		const badKey = await cli(["agent", "list", "--api-key", "wrong"]);
+		expect(badKey.code).toBe(3);
+		expect(badKey.stderr).toContain("check --api-key");
+		const down = await cli(["agent", "list", "--url", "http://127.0.0.1:1"]);
+		expect(down.code).toBe(4);
+		expect(down.stderr).toContain("cannot reach the server");
+	});
+});
+
+describe("the README quick start", () => {
+	it("works as written", async () => {
+		const readme = readFileSync("README.md", "utf8");
+		const block = readme.slice(readme.indexOf("<!-- quickstart")).split("```sh")[1]?.split("```")[0] ?? "";
+		const lines = block.split("\n").filter((l) => l.startsWith("npx switchyard "));
+		expect(lines).toHaveLength(2);
+		const words = (line: string) =>
+			[...line.replace(/^npx switchyard /, "").matchAll(/'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2] ?? "");
+
+		const [runAgent, send] = lines.map(words);
+		const agent = spawn(process.execPath, ["bin/switchyard.mjs", ...(runAgent ?? [])], {
+			env: { ...process.env, SWITCHYARD_URL: stack.base },
+		});
+		children.push(agent);
+		let agentLog = "";
+		agent.stderr.on("data", (d: Buffer) => {
+			agentLog += d.toString();
+		});
+		const deadline = Date.now() + 30_000;
+		while (!agentLog.includes("connected as demo")) {
+			if (Date.now() > deadline) throw new Error(`demo agent did not connect:\n${agentLog}`);
+			await new Promise((r) => setTimeout(r, 100));
+		}
+		// The CLI finds the key in .dev.vars, as the README says.
+		const result = await new Promise<{ code: number; out: string }>((resolve) => {
+			const child = spawn(process.execPath, ["bin/switchyard.mjs", ...(send ?? [])], {
+				env: { ...process.env, SWITCHYARD_URL: stack.base, SWITCHYARD_API_KEY: "" },
+			});
+			let out = "";
+			child.stdout.on("data", (d: Buffer) => {
+				out += d.toString();
+			});
+			child.on("close", (code) => resolve({ code: code ?? -1, out }));
+		});
+		expect(result.code).toBe(0);
+		expect(result.out).toMatch(/status\s+completed/);
+		expect(result.out).toContain('{"text":"hello"}');
+		agent.kill("SIGINT");
+		await new Promise((r) => agent.once("close", r));
+		expect(agentLog).toContain("stopped: stopped by the agent");
+	}, 60_000);
+});
