@@ -44,9 +44,6 @@ export const agentRoutes = new Hono<{ Bindings: Env }>()
 	 */
 	.get("/agents/:agentId/connect", params(AgentParam), async (c) => {
 		const { agentId } = c.req.valid("param");
-		if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
-			throw new ApiError(426, ErrorCode.UPGRADE_REQUIRED, "this endpoint takes a WebSocket upgrade");
-		}
 		const token = bearerToken(c.req.header("authorization"));
 		if (!token) {
 			throw new ApiError(401, ErrorCode.UNAUTHORIZED, "missing agent token: send Authorization: Bearer <token>");
@@ -55,6 +52,11 @@ export const agentRoutes = new Hono<{ Bindings: Env }>()
 		if (!check.ok) {
 			log("warn", "agent.auth_refused", { agentId, reason: check.reason });
 			throw new ApiError(401, ErrorCode.UNAUTHORIZED, check.reason);
+		}
+		// After the token check, so a plain GET tells a client whose upgrade
+		// failed whether its token was the reason (the SDK asks this way).
+		if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
+			throw new ApiError(426, ErrorCode.UPGRADE_REQUIRED, "this endpoint takes a WebSocket upgrade");
 		}
 		const headers = new Headers(c.req.raw.headers);
 		headers.delete("authorization");

@@ -25,7 +25,14 @@ import {
 } from "../protocol";
 import { Backoff, type BackoffOptions } from "./backoff";
 import { Recent } from "./recent";
-import { type Connector, defaultConnector, OPEN, type SocketLike } from "./transport";
+import {
+	type Connector,
+	ConnectRefused,
+	defaultConnector,
+	OPEN,
+	probeRefusal,
+	type SocketLike,
+} from "./transport";
 
 export interface CommandContext {
 	id: string;
@@ -58,6 +65,8 @@ export interface AgentOptions {
 	/** How many finished command ids to remember, so redeliveries are answered, not re-run. */
 	rememberResults?: number;
 	connect?: Connector;
+	/** How to learn why a connection failed before it opened; defaults to a plain GET (see transport.ts). */
+	probe?: (url: string, token: string) => Promise<ConnectRefused | undefined>;
 }
 
 export type AgentState = "idle" | "connecting" | "open" | "reconnecting" | "draining" | "stopped";
@@ -175,7 +184,7 @@ export class Agent {
 	async stop(opts: { graceMs?: number } = {}): Promise<void> {
 		if (this.current === "stopped") return;
 		this.current = "draining";
-		clearTimeout(this.reconnectTimer);
+		if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
 		const deadline = Date.now() + (opts.graceMs ?? 30_000);
 		while (this.running.size > 0 && Date.now() < deadline) await sleep(Math.min(50, deadline - Date.now()));
 		for (const r of this.running.values()) {
@@ -192,22 +201,51 @@ export class Agent {
 		this.current = "connecting";
 		this.emit({ type: "connecting", attempt: this.backoff.failures + 1 });
 		let ws: SocketLike;
+		let token = "";
+		const base = this.opts.url.replace(/\/+$/, "").replace(/^http/, "ws");
+		const url = `${base}/v1/agents/${encodeURIComponent(this.opts.agentId)}/connect`;
 		try {
-			const token = typeof this.opts.token === "function" ? await this.opts.token() : this.opts.token;
-			const base = this.opts.url.replace(/\/+$/, "").replace(/^http/, "ws");
-			ws = await this.connector(`${base}/v1/agents/${encodeURIComponent(this.opts.agentId)}/connect`, token);
+			token = typeof this.opts.token === "function" ? await this.opts.token() : this.opts.token;
+			ws = await this.connector(url, token);
 		} catch (err) {
 			this.emit({ type: "error", error: asError(err) });
+			if (err instanceof ConnectRefused && (err.status === 401 || err.status === 403)) {
+				this.finish(`agent token refused: ${err.message}`);
+				return;
+			}
 			this.scheduleReconnect();
 			return;
 		}
 		this.ws = ws;
+		let opened = false;
+		ws.addEventListener("open", () => {
+			opened = true;
+		});
 		ws.addEventListener("message", (e) => this.onMessage(ws, e.data));
-		ws.addEventListener("close", (e) => this.onClose(ws, e.code, e.reason));
+		ws.addEventListener("close", (e) => {
+			if (opened || ws.readyState === OPEN || ws !== this.ws) {
+				this.onClose(ws, e.code, e.reason);
+				return;
+			}
+			// Failed before it opened: a refused token is terminal, anything else is retried.
+			void (this.opts.probe ?? probeRefusal)(url, token).then((refusal) => {
+				if (ws !== this.ws) return;
+				if (refusal) {
+					this.ws = undefined;
+					this.emit({ type: "error", error: refusal });
+					this.finish(`agent token refused: ${refusal.message}`);
+				} else {
+					this.onClose(ws, e.code, e.reason);
+				}
+			});
+		});
 		ws.addEventListener("error", () => {
 			// a close event follows; reconnecting is decided there
 		});
-		if (ws.readyState === OPEN) this.onSocketOpen(ws);
+		if (ws.readyState === OPEN) {
+			opened = true;
+			this.onSocketOpen(ws);
+		}
 		else ws.addEventListener("open", () => this.onSocketOpen(ws));
 	}
 
@@ -218,7 +256,7 @@ export class Agent {
 		for (const frame of this.unsent.values()) this.sendRaw(ws, frame);
 		this.unsent.clear();
 		this.sendRaw(ws, { type: "hello", concurrency: this.concurrency, running: this.runningIds });
-		clearInterval(this.heartbeat);
+		if (this.heartbeat !== undefined) clearInterval(this.heartbeat);
 		this.heartbeat = setInterval(() => this.beat(ws), this.heartbeatMs);
 	}
 
@@ -235,7 +273,7 @@ export class Agent {
 	private onClose(ws: SocketLike, code: number, reason: string): void {
 		if (ws !== this.ws) return;
 		this.ws = undefined;
-		clearInterval(this.heartbeat);
+		if (this.heartbeat !== undefined) clearInterval(this.heartbeat);
 		this.emit({ type: "closed", code, reason });
 		if (this.current === "stopped" || this.current === "draining") return;
 		const terminal =
@@ -257,8 +295,8 @@ export class Agent {
 
 	private finish(reason: string, code?: number): void {
 		const ws = this.ws;
-		clearInterval(this.heartbeat);
-		clearTimeout(this.reconnectTimer);
+		if (this.heartbeat !== undefined) clearInterval(this.heartbeat);
+		if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
 		if (ws && ws.readyState === OPEN) {
 			for (const frame of this.unsent.values()) this.sendRaw(ws, frame);
 			this.unsent.clear();

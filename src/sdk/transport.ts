@@ -16,6 +16,33 @@ export interface SocketLike {
 
 export type Connector = (url: string, token: string) => Promise<SocketLike>;
 
+/** The server answered the upgrade with an HTTP error: 401 means the token was refused. */
+export class ConnectRefused extends Error {
+	override name = "ConnectRefused";
+	constructor(
+		readonly status: number,
+		message: string,
+	) {
+		super(message);
+	}
+}
+
+/**
+ * Asks why an upgrade failed: the standard WebSocket API hides the HTTP
+ * status. A plain GET to the same URL with the same token answers 401 for a
+ * bad token (426 otherwise). Returns undefined when the server is unreachable.
+ */
+export async function probeRefusal(url: string, token: string): Promise<ConnectRefused | undefined> {
+	try {
+		const res = await fetch(url.replace(/^ws/, "http"), { headers: { authorization: `Bearer ${token}` } });
+		if (res.status !== 401 && res.status !== 403) return undefined;
+		const body = (await res.json().catch(() => ({}))) as { error?: { message?: string } };
+		return new ConnectRefused(res.status, body.error?.message ?? `HTTP ${res.status}`);
+	} catch {
+		return undefined;
+	}
+}
+
 /**
  * Workers: a fetch with `Upgrade: websocket` (the returned socket is already
  * open). Node 22+, Deno and Bun: the global WebSocket, whose constructor takes
@@ -29,7 +56,10 @@ export const defaultConnector: Connector = async (url, token) => {
 			headers: { upgrade: "websocket", authorization: `Bearer ${token}` },
 		});
 		const ws = (res as Response & { webSocket?: (SocketLike & { accept(): void }) | null }).webSocket;
-		if (!ws) throw new Error(`agent socket refused: HTTP ${res.status} ${await res.text()}`);
+		if (!ws) {
+			const body = (await res.json().catch(() => ({}))) as { error?: { message?: string } };
+			throw new ConnectRefused(res.status, body.error?.message ?? `HTTP ${res.status}`);
+		}
 		ws.accept();
 		return ws;
 	}

@@ -95,6 +95,14 @@ describe("two SDK agents, the typed client and the CLI", () => {
 		expect((await client.agent(alpha)).commands.completed).toBe(2);
 	});
 
+	it("an agent with a token for another agent id stops, saying why", async () => {
+		const wrong = (await client.token(beta)).token;
+		const agent = new Agent({ url: stack.base, agentId: `gamma-${Date.now()}`, token: wrong });
+		const stopped = new Promise<string>((r) => agent.on("stopped", (e) => r(e.reason)));
+		agent.start();
+		expect(await stopped).toBe("agent token refused: agent token was issued for another agent");
+	});
+
 	it("an action the agent does not handle fails with a clear error", async () => {
 		const cmd = await client.enqueue(beta, { action: "reboot" });
 		expect(await client.wait(cmd.id)).toMatchObject({

@@ -161,6 +161,30 @@ describe("agent", () => {
 		expect(agent.state).toBe("stopped");
 	});
 
+	it("stops for good when the server refuses its token, instead of retrying forever", async () => {
+		const { ConnectRefused } = await import("../../src/sdk/transport.ts");
+		const { agent, conn } = makeAgent({
+			probe: async () => new ConnectRefused(401, "agent token expired"),
+		});
+		const stopped = new Promise<string>((r) => agent.on("stopped", (e) => r(e.reason)));
+		agent.start();
+		const ws = await conn.next();
+		ws.close(1006, ""); // the upgrade failed before the socket opened
+		expect(await stopped).toBe("agent token refused: agent token expired");
+		await tick(30);
+		expect(conn.sockets).toHaveLength(1);
+	});
+
+	it("retries a connection that failed before opening when the token was not the reason", async () => {
+		const { agent, conn } = makeAgent({ probe: async () => undefined });
+		agent.start();
+		(await conn.next()).close(1006, "");
+		const second = await conn.next();
+		second.open();
+		expect(agent.state).toBe("open");
+		await agent.stop();
+	});
+
 	it("drains on stop: takes no new commands, lets running ones finish, then closes", async () => {
 		const { agent, conn } = makeAgent();
 		agent.handle("slow", () => new Promise((r) => setTimeout(() => r("ok"), 40)));

@@ -1,0 +1,51 @@
+/**
+ * The agent SDK runs inside workerd too (no Node-only imports): an Agent
+ * living in a Worker connects through a fetch upgrade, as the SDK's default
+ * connector does there, and completes commands.
+ */
+import { exports } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { Agent } from "../../src/sdk/agent";
+import { ConnectRefused, type SocketLike } from "../../src/sdk/transport";
+import { enqueue, tokenFor, uniqueAgentId, waitForStatus } from "../helpers/worker/harness";
+
+/** The SDK's Workers connector, pointed at this worker instead of the network. */
+async function connectHere(url: string, token: string): Promise<SocketLike> {
+	const res = await exports.default.fetch(url.replace(/^ws/, "http"), {
+		headers: { upgrade: "websocket", authorization: `Bearer ${token}` },
+	});
+	if (!res.webSocket) throw new ConnectRefused(res.status, (await res.json<{ error: { message: string } }>()).error.message);
+	res.webSocket.accept();
+	return res.webSocket;
+}
+
+describe("the agent SDK in a Worker", () => {
+	it("connects, runs a handler and reports its result", async () => {
+		const agentId = uniqueAgentId("sdk");
+		const agent = new Agent({
+			url: "https://switchyard.test",
+			agentId,
+			token: await tokenFor(agentId),
+			concurrency: 2,
+			connect: connectHere,
+		});
+		agent.handle("add", (payload) => {
+			const { a, b } = payload as { a: number; b: number };
+			return { sum: a + b };
+		});
+		agent.start();
+		await agent.whenOpen();
+		const cmd = await enqueue(agentId, { action: "add", payload: { a: 2, b: 3 } });
+		expect(await waitForStatus(cmd.id, "completed")).toMatchObject({ result: { sum: 5 } });
+		await agent.stop({ graceMs: 1_000 });
+		expect(agent.state).toBe("stopped");
+	});
+
+	it("stops when the worker refuses its token", async () => {
+		const agentId = uniqueAgentId("sdk");
+		const agent = new Agent({ url: "https://switchyard.test", agentId, token: "not-a-token", connect: connectHere });
+		const stopped = new Promise<string>((r) => agent.on("stopped", (e) => r(e.reason)));
+		agent.start();
+		expect(await stopped).toBe("agent token refused: invalid agent token");
+	});
+});
