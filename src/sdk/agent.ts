@@ -218,16 +218,12 @@ export class Agent {
 		}
 		this.ws = ws;
 		let opened = false;
-		ws.addEventListener("open", () => {
-			opened = true;
-		});
-		ws.addEventListener("message", (e) => this.onMessage(ws, e.data));
-		ws.addEventListener("close", (e) => {
-			if (opened || ws.readyState === OPEN || ws !== this.ws) {
-				this.onClose(ws, e.code, e.reason);
-				return;
-			}
-			// Failed before it opened: a refused token is terminal, anything else is retried.
+		let failedEarly = false;
+		// Failed before it opened (Node reports that with `error` alone, browsers
+		// with `error` then `close`): a refused token is terminal, anything else retried.
+		const onEarlyFailure = (code: number, reason: string) => {
+			if (failedEarly || ws !== this.ws) return;
+			failedEarly = true;
 			void (this.opts.probe ?? probeRefusal)(url, token).then((refusal) => {
 				if (ws !== this.ws) return;
 				if (refusal) {
@@ -235,12 +231,21 @@ export class Agent {
 					this.emit({ type: "error", error: refusal });
 					this.finish(`agent token refused: ${refusal.message}`);
 				} else {
-					this.onClose(ws, e.code, e.reason);
+					this.onClose(ws, code, reason);
 				}
 			});
+		};
+		ws.addEventListener("open", () => {
+			opened = true;
+		});
+		ws.addEventListener("message", (e) => this.onMessage(ws, e.data));
+		ws.addEventListener("close", (e) => {
+			if (opened) this.onClose(ws, e.code, e.reason);
+			else onEarlyFailure(e.code, e.reason);
 		});
 		ws.addEventListener("error", () => {
-			// a close event follows; reconnecting is decided there
+			if (!opened) onEarlyFailure(1006, "connection failed");
+			// once open, a close event follows; reconnecting is decided there
 		});
 		if (ws.readyState === OPEN) {
 			opened = true;

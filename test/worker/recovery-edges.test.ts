@@ -112,7 +112,10 @@ describe("an agent that never says hello", () => {
 		await runInDurableObject(stub, (_i: AgentHub, state) => {
 			state.storage.sql.exec("update meta set value = ? where key = 'timer:hello'", String(Date.now() - 1));
 		});
-		await runDurableObjectAlarm(stub);
+		await waitFor(async () => {
+			await runDurableObjectAlarm(stub);
+			return second.frames.some((f) => f.type === "command");
+		}, "the hello grace period to end");
 		expect(await second.next("command")).toMatchObject({ id: cmd.id, attempt: 2 });
 		second.send({ type: "result", id: cmd.id, status: "completed" });
 		expect((await second.next("command")).id).toBe(behind.id);
