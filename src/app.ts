@@ -1,4 +1,5 @@
 import { Hono } from "hono";
+import type { AppEnv } from "./app-env";
 import { bodyLimit } from "hono/body-limit";
 import { ApiError, notFound, onError } from "./errors";
 import { ErrorCode, MAX_BODY_BYTES } from "./protocol";
@@ -6,7 +7,7 @@ import { agentRoutes } from "./routes/agents";
 import { commandRoutes } from "./routes/commands";
 import { healthRoutes } from "./routes/health";
 
-const v1 = new Hono<{ Bindings: Env }>()
+const v1 = new Hono<AppEnv>()
 	.use(
 		bodyLimit({
 			maxSize: MAX_BODY_BYTES,
@@ -18,7 +19,7 @@ const v1 = new Hono<{ Bindings: Env }>()
 	.route("/", commandRoutes)
 	.route("/", agentRoutes);
 
-export const app = new Hono<{ Bindings: Env }>()
+export const app = new Hono<AppEnv>()
 	.route("/", healthRoutes)
 	.route("/v1", v1);
 

@@ -236,6 +236,38 @@ export const Agent = z.object({
 });
 export type Agent = z.infer<typeof Agent>;
 
+// ------------------------------------------------------------ observer stream
+
+/** What an agent's observers are told, in order, each numbered by a per-agent `seq`. */
+export type ObserverEvent =
+	| { type: "presence"; state: "connected" | "disconnected" | "replaced"; generation: number }
+	| {
+			type: "status";
+			id: string;
+			from: CommandStatus | null;
+			to: CommandStatus;
+			attempt: number;
+			reason: string | null;
+			errorCode: string | null;
+	  }
+	| { type: "output"; id: string; chunk: number; data: string };
+
+/** An event as an observer receives it. */
+export type ObserverFrame =
+	| (ObserverEvent & { seq: number; at: string })
+	/** First frame: where the stream starts. */
+	| { type: "observing"; agentId: string; latestSeq: number }
+	/** Events after `since` up to `through` were pruned from the log before this observer asked. */
+	| { type: "gap"; since: number; through: number };
+
+export const StreamQuery = z.strictObject({
+	since: z.coerce.number().int().min(0).optional(),
+});
+
+/** Output kept per command in Postgres; beyond it, the marker below is shown. */
+export const OUTPUT_CAP_CHARS = 1024 * 1024;
+export const OUTPUT_TRUNCATION_MARKER = `\n[switchyard: output truncated; the first ${OUTPUT_CAP_CHARS} characters are kept]`;
+
 // ------------------------------------------------------------- wire protocol
 
 /** Sent once right after the server accepts the socket. */

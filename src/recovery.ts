@@ -7,6 +7,7 @@
 import { withDb } from "./db/client";
 import { agentsWithUntakenCommands } from "./db/commands";
 import { errorFields, log } from "./log";
+import { deleteExpired } from "./retention";
 import { agentHub } from "./routes/commands";
 
 /** Younger rows are most likely still on their way through the normal forward. */
@@ -32,10 +33,16 @@ export async function recoverUntaken(env: Env): Promise<{ agents: number; added:
 	return summary;
 }
 
+/** The every-minute cron: recovery, then retention. One failing does not stop the other. */
 export async function scheduled(env: Env): Promise<void> {
 	try {
 		await recoverUntaken(env);
 	} catch (err) {
 		log("error", "recovery.failed", errorFields(err));
+	}
+	try {
+		await deleteExpired(env);
+	} catch (err) {
+		log("error", "retention.failed", errorFields(err));
 	}
 }

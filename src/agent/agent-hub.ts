@@ -13,18 +13,24 @@ import {
 	HEARTBEAT_MISSES,
 	PING_TEXT,
 	PONG_TEXT,
+	type ObserverEvent,
+	type ObserverFrame,
 	PROTOCOL_VERSION,
 	type ServerFrame,
 	TERMINAL_STATUSES,
 	parseAgentFrame,
 } from "../protocol";
 import * as buffer from "./buffer";
+import * as events from "./events";
 import { Meta } from "./meta";
 
 /** Header through which the worker tells the object which agent a verified upgrade is for. */
 export const AGENT_ID_HEADER = "x-switchyard-agent-id";
+/** Set (to the `since` value, or "") by the worker on a verified observer upgrade. */
+export const OBSERVER_SINCE_HEADER = "x-switchyard-observe-since";
 
 const AGENT_TAG = "agent";
+const OBSERVER_TAG = "observer";
 const OUTBOX_BATCH = 500;
 /** Backstop for a flush or catch-up whose promise died with an evicted isolate. */
 const SAFETY_NET_MS = 5_000;
@@ -132,7 +138,11 @@ export class AgentHub extends DurableObject<Env> {
 	 * asking the agent. A command the object has not seen yet is looked up in
 	 * Postgres first, so a cancel cannot race a delivery.
 	 */
-	async cancel(agentId: string, id: string): Promise<{ outcome: buffer.CancelOutcome | "unavailable" }> {
+	async cancel(
+		agentId: string,
+		id: string,
+		actor = "api",
+	): Promise<{ outcome: buffer.CancelOutcome | "unavailable" }> {
 		this.bindAgent(agentId);
 		if (!buffer.getCommand(this.sql, id)) {
 			// Without Postgres the object cannot know whether it is about to deliver
@@ -144,7 +154,7 @@ export class AgentHub extends DurableObject<Env> {
 			if (!read) return { outcome: "unavailable" };
 		}
 		const now = Date.now();
-		const outcome = this.ctx.storage.transactionSync(() => buffer.requestCancel(this.sql, id, now));
+		const outcome = this.ctx.storage.transactionSync(() => buffer.requestCancel(this.sql, id, now, actor));
 		const ws = this.currentSocket();
 		const owed = buffer.cancelsOwed(this.sql, now).find((c) => c.id === id);
 		if (ws && owed) this.send(ws, { type: "cancel", id, reason: owed.reason });
@@ -181,6 +191,10 @@ export class AgentHub extends DurableObject<Env> {
 
 	override async fetch(request: Request): Promise<Response> {
 		const agentId = AgentId.safeParse(request.headers.get(AGENT_ID_HEADER));
+		const since = request.headers.get(OBSERVER_SINCE_HEADER);
+		if (since !== null && agentId.success && request.headers.get("upgrade")?.toLowerCase() === "websocket") {
+			return this.acceptObserver(agentId.data, since === "" ? undefined : Number(since));
+		}
 		if (request.headers.get("upgrade")?.toLowerCase() !== "websocket" || !agentId.success) {
 			// Only the worker calls this, after verifying the token; anything else is a wiring bug.
 			return new Response("expected a verified agent WebSocket upgrade", { status: 400 });
@@ -189,18 +203,22 @@ export class AgentHub extends DurableObject<Env> {
 		const generation = (this.meta.getNumber("generation") ?? 0) + 1;
 		this.meta.set("generation", generation);
 
+		const now = Date.now();
 		for (const old of this.ctx.getWebSockets(AGENT_TAG)) {
 			try {
 				old.close(CloseCode.REPLACED, "replaced by a newer connection for this agent");
 			} catch {
 				// already closing
 			}
+			const was = this.attachmentOf(old)?.generation;
+			if (was !== undefined && this.meta.get("connected") === "1") {
+				events.appendEvent(this.sql, { type: "presence", state: "replaced", generation: was }, now);
+			}
 		}
 
 		const pair = new WebSocketPair();
 		const [client, server] = [pair[0], pair[1]];
 		this.ctx.acceptWebSocket(server, [AGENT_TAG]);
-		const now = Date.now();
 		server.serializeAttachment({ agentId: agentId.data, generation, connectedAt: now } satisfies Attachment);
 		// Whatever the previous socket was sent and never acknowledged goes out
 		// again on this one; a close event for it may never have come (a crash).
@@ -210,6 +228,7 @@ export class AgentHub extends DurableObject<Env> {
 			this.meta.set("last_seen_at", now);
 			this.meta.set("presence_dirty", true);
 			this.meta.set("concurrency", DEFAULT_CONCURRENCY);
+			events.appendEvent(this.sql, { type: "presence", state: "connected", generation }, now);
 			return buffer.requeueDispatched(this.sql, now, "reconnect");
 		});
 
@@ -228,6 +247,11 @@ export class AgentHub extends DurableObject<Env> {
 	}
 
 	override async webSocketMessage(ws: WebSocket, message: string | ArrayBuffer): Promise<void> {
+		if (this.isObserver(ws)) {
+			// Observers only listen (their exact-text pings are answered at the edge).
+			this.send(ws, { type: "error", code: ErrorCode.INVALID_FRAME, message: "observers only listen" });
+			return;
+		}
 		try {
 			const att = this.attachmentOf(ws);
 			if (!att || att.generation !== this.meta.getNumber("generation")) {
@@ -258,8 +282,14 @@ export class AgentHub extends DurableObject<Env> {
 			if (frame.type === "output") {
 				// Validated and checked against the buffer; storing and streaming it to
 				// observers is not built yet (docs/protocol.md says so).
-				const refusal = refusalFor(buffer.acceptsOutput(this.sql, frame.id), frame.id);
+				const outcome = buffer.acceptsOutput(this.sql, frame.id);
+				const refusal = refusalFor(outcome, frame.id);
 				if (refusal) this.send(ws, refusal);
+				if (outcome !== "applied") return;
+				this.ctx.storage.transactionSync(() =>
+					buffer.recordOutput(this.sql, frame.id, frame.seq, frame.data, now),
+				);
+				this.scheduleFlush();
 				return;
 			}
 			if (frame.type === "hello") {
@@ -305,7 +335,9 @@ export class AgentHub extends DurableObject<Env> {
 	}
 
 	override async webSocketClose(ws: WebSocket, code: number, reason: string): Promise<void> {
-		await this.onSocketGone(ws, "closed", { code, reason: reason.slice(0, 200) });
+		if (!this.isObserver(ws)) {
+			await this.onSocketGone(ws, "closed", { code, reason: reason.slice(0, 200) });
+		}
 		try {
 			// Complete the closing handshake; 1005/1006 are reserved and cannot be sent back.
 			ws.close(code === 1005 || code === 1006 ? 1000 : code, "closing");
@@ -315,7 +347,69 @@ export class AgentHub extends DurableObject<Env> {
 	}
 
 	override async webSocketError(ws: WebSocket, error: unknown): Promise<void> {
+		if (this.isObserver(ws)) return;
 		await this.onSocketGone(ws, "errored", errorFields(error));
+	}
+
+	// -------------------------------------------------------------- observers
+
+	/**
+	 * An observer: replays what it missed since `since` (or says that part is
+	 * gone), then receives every new event. Hibernates like the agent socket.
+	 */
+	private acceptObserver(agentId: string, since: number | undefined): Response {
+		this.bindAgent(agentId);
+		// Everything logged so far goes out to existing observers first, so the
+		// replay below and later broadcasts neither overlap nor leave a hole.
+		this.publish();
+		const pair = new WebSocketPair();
+		const [client, server] = [pair[0], pair[1]];
+		this.ctx.acceptWebSocket(server, [OBSERVER_TAG]);
+		const latest = events.latestSeq(this.sql);
+		this.sendObserver(server, { type: "observing", agentId, latestSeq: latest });
+		if (since !== undefined && since < latest) {
+			const pruned = events.prunedThrough(this.sql);
+			if (since < pruned) this.sendObserver(server, { type: "gap", since, through: pruned });
+			for (const e of events.eventsAfter(this.sql, Math.max(since, pruned))) this.sendObserver(server, framed(e));
+		}
+		log("info", "observer.attached", { agentId, since, latest, observers: this.ctx.getWebSockets(OBSERVER_TAG).length });
+		return new Response(null, { status: 101, webSocket: client });
+	}
+
+	/** Sends every event logged since the last publish to every observer. */
+	private publish(): void {
+		const from = this.meta.getNumber("published_seq") ?? 0;
+		const fresh = events.eventsAfter(this.sql, from);
+		if (fresh.length === 0) return;
+		this.meta.set("published_seq", fresh[fresh.length - 1]?.seq ?? from);
+		const observers = this.ctx.getWebSockets(OBSERVER_TAG);
+		if (observers.length === 0) return;
+		for (const e of fresh) {
+			const text = JSON.stringify(framed(e));
+			for (const ws of observers) {
+				try {
+					ws.send(text);
+				} catch {
+					// a closing observer; it resumes with ?since= when it returns
+				}
+			}
+		}
+	}
+
+	private isObserver(ws: WebSocket): boolean {
+		try {
+			return this.ctx.getTags(ws).includes(OBSERVER_TAG);
+		} catch {
+			return false; // not a socket this object accepted
+		}
+	}
+
+	private sendObserver(ws: WebSocket, frame: ObserverFrame): void {
+		try {
+			ws.send(JSON.stringify(frame));
+		} catch {
+			// closing
+		}
 	}
 
 	override async alarm(): Promise<void> {
@@ -455,6 +549,8 @@ export class AgentHub extends DurableObject<Env> {
 	 * alarm passes `retry`) instead of hammering a database that is down.
 	 */
 	private scheduleFlush(retry = false): void {
+		// Every change path ends here: observers hear about it at once, whatever Postgres does.
+		this.publish();
 		if (!retry && (this.meta.getNumber("flush_failures") ?? 0) > 0) {
 			const due = this.meta.timers().get("flush");
 			if (due !== undefined && due > Date.now()) return;
@@ -485,7 +581,7 @@ export class AgentHub extends DurableObject<Env> {
 			if (entries.length === 0 && !presenceDirty) break;
 			const presence = this.presence(agentId);
 			try {
-				await withDb(this.env, (db) => writeStatus(db, entries, presence)).catch((err: unknown) => {
+				await withDb(this.env, (db) => writeStatus(db, entries, presence, agentId)).catch((err: unknown) => {
 					if (!(err instanceof DbQueryError)) throw err;
 					return this.salvage(entries, presence, err);
 				});
@@ -515,6 +611,7 @@ export class AgentHub extends DurableObject<Env> {
 		} while (this.flushAgain || buffer.outboxSize(this.sql) > 0);
 		this.meta.clearTimer("flush");
 		buffer.prune(this.sql, Date.now());
+		events.pruneEvents(this.sql, Date.now());
 		await this.armAlarm();
 	}
 
@@ -532,7 +629,7 @@ export class AgentHub extends DurableObject<Env> {
 			await writeStatus(db, [], presence);
 			for (const entry of entries) {
 				try {
-					await writeStatus(db, [entry], null);
+					await writeStatus(db, [entry], null, agentId);
 				} catch (err) {
 					if (!(err instanceof DbQueryError)) throw err;
 					if (entry.kind !== "transition") {
@@ -545,7 +642,7 @@ export class AgentHub extends DurableObject<Env> {
 						error: "the agent's result could not be stored",
 						detail: { ...entry.detail, unstorable: true },
 					};
-					await writeStatus(db, [plain], null).catch((again: unknown) => {
+					await writeStatus(db, [plain], null, agentId).catch((again: unknown) => {
 						if (!(again instanceof DbQueryError)) throw again;
 						log("error", "outbox.entry_dropped", { agentId, commandId: entry.commandId, ...errorFields(again) });
 					});
@@ -635,6 +732,7 @@ export class AgentHub extends DurableObject<Env> {
 				this.meta.set("connected", false);
 				this.meta.set("last_seen_at", now);
 				this.meta.set("presence_dirty", true);
+				events.appendEvent(this.sql, { type: "presence", state: "disconnected", generation: att.generation }, now);
 				return buffer.requeueDispatched(this.sql, now, "disconnected");
 			});
 			if (requeued) log("info", "agent.requeued", { agentId: att.agentId, requeued });
@@ -670,6 +768,10 @@ function refusalFor(outcome: buffer.FrameOutcome, id: string): ErrorFrame | unde
 			// "duplicate" is a resend after a reconnect: at-least-once delivery makes it normal.
 			return undefined;
 	}
+}
+
+function framed(e: events.Logged): ObserverFrame {
+	return { ...e.event, seq: e.seq, at: new Date(e.at).toISOString() } as ObserverEvent & { seq: number; at: string };
 }
 
 function terminalIds(entries: readonly KeyedEntry[]): string[] {

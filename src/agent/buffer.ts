@@ -14,6 +14,7 @@
  */
 import { z } from "zod";
 import type { KeyedEntry, OutboxEntry, Transition } from "../db/status-writes";
+import { appendEvent } from "./events";
 import {
 	CANCEL_GRACE_SECONDS,
 	type CommandFrame,
@@ -50,6 +51,7 @@ const MIGRATIONS = [
 	alter table commands add column cancel_deadline integer;`,
 	`alter table commands add column synced_at integer;
 	create table if not exists stops (id text primary key, reason text not null, until integer not null);`,
+	`create table if not exists events (seq integer primary key autoincrement, at integer not null, body text not null);`,
 ];
 
 export function migrate(sql: SqlStorage): void {
@@ -102,8 +104,34 @@ export function getCommand(sql: SqlStorage, id: string): BufferedRow | undefined
 
 // ------------------------------------------------------------------ outbox
 
+/** Queues an entry for Postgres; a status transition is also told to observers. */
 function push(sql: SqlStorage, entry: OutboxEntry): void {
 	sql.exec("insert into outbox (body) values (?)", JSON.stringify(entry));
+	if (entry.kind === "transition") {
+		const reason = entry.detail?.reason;
+		appendEvent(
+			sql,
+			{
+				type: "status",
+				id: entry.commandId,
+				from: entry.from,
+				to: entry.to,
+				attempt: entry.attempts,
+				reason: typeof reason === "string" ? reason : null,
+				errorCode: entry.errorCode ?? null,
+			},
+			Date.parse(entry.at),
+		);
+	}
+}
+
+/** Queues a chunk of a command's output for Postgres and for observers. */
+export function recordOutput(sql: SqlStorage, id: string, chunk: number, data: string, now: number): void {
+	sql.exec(
+		"insert into outbox (body) values (?)",
+		JSON.stringify({ kind: "output", commandId: id, at: new Date(now).toISOString(), data } satisfies OutboxEntry),
+	);
+	appendEvent(sql, { type: "output", id, chunk, data }, now);
 }
 
 /**
@@ -169,7 +197,7 @@ function clearStop(sql: SqlStorage, id: string): void {
 
 // ------------------------------------------------------------- transitions
 
-type Extra = Pick<Transition, "result" | "error" | "errorCode" | "detail">;
+type Extra = Pick<Transition, "result" | "error" | "errorCode" | "detail" | "actor">;
 
 /** Moves a row to `to`, clears timers that no longer apply, and queues the transition. */
 function moveTo(sql: SqlStorage, row: BufferedRow, to: CommandStatus, now: number, extra: Extra = {}): void {
@@ -276,8 +304,8 @@ export function addCommand(sql: SqlStorage, c: BufferInput, now: number): boolea
 }
 
 /** Cancels a command that is not out with the agent now; if it ever was, the agent is told to stop. */
-function cancelQueued(sql: SqlStorage, row: BufferedRow, now: number): void {
-	moveTo(sql, row, "cancelled", now, { detail: { reason: "requested" }, result: null, error: null });
+function cancelQueued(sql: SqlStorage, row: BufferedRow, now: number, actor = "system"): void {
+	moveTo(sql, row, "cancelled", now, { detail: { reason: "requested" }, result: null, error: null, actor });
 	if (row.attempts > 0) addStop(sql, row.id, "requested", now);
 }
 
@@ -462,12 +490,12 @@ export type CancelOutcome = "cancelled" | "cancel_requested" | "already_finished
  * Pending: cancelled at once and never sent again. Sent: the agent is asked
  * (the caller sends the `cancel` frame) and has CANCEL_GRACE_SECONDS to answer.
  */
-export function requestCancel(sql: SqlStorage, id: string, now: number): CancelOutcome {
+export function requestCancel(sql: SqlStorage, id: string, now: number, actor = "api"): CancelOutcome {
 	const row = getCommand(sql, id);
 	if (!row) return "unknown";
 	if (TERMINAL_STATUSES.has(row.status)) return "already_finished";
 	if (row.status === "pending") {
-		cancelQueued(sql, row, now);
+		cancelQueued(sql, row, now, actor);
 		return "cancelled";
 	}
 	if (row.cancel_requested_at === null) {

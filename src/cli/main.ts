@@ -73,6 +73,7 @@ function need(positionals: string[], index: number, what: string): string {
 }
 
 const TERMINAL_BAD = new Set(["failed", "cancelled", "expired"]);
+let keySource = "";
 
 export async function main(argv: string[], io = { out: (s: string) => void process.stdout.write(`${s}\n`) }): Promise<number> {
 	let flags: Flags;
@@ -90,15 +91,17 @@ export async function main(argv: string[], io = { out: (s: string) => void proce
 	const print = (value: unknown, human: () => string) => io.out(flags.json ? JSON.stringify(value, null, 2) : human());
 	try {
 		const config = resolveConfig(flags);
+		keySource = config.keySource;
 		const client = new SwitchyardClient({ baseUrl: config.url, apiKey: config.apiKey });
 		const [noun, verb] = positionals;
 		const follow = async (id: string) => {
 			const progress = new Progress();
-			const final = await client.wait(id, {
-				timeoutMs: 24 * 3600_000,
-				onUpdate: (c) => progress.update(`${c.id} ${c.status}${c.blockedReason ? ` (${c.blockedReason})` : ""}`),
-			});
-			progress.done();
+			const final = await client
+				.wait(id, {
+					timeoutMs: 24 * 3600_000,
+					onUpdate: (c) => progress.update(`${c.id} ${c.status}${c.blockedReason ? ` (${c.blockedReason})` : ""}`),
+				})
+				.finally(() => progress.done());
 			print(final, () => details(final));
 			return TERMINAL_BAD.has(final.status) ? EXIT.COMMAND_FAILED : EXIT.OK;
 		};
@@ -173,18 +176,31 @@ export async function main(argv: string[], io = { out: (s: string) => void proce
 			}
 			case "agent run": {
 				const agentId = need(positionals, 2, "<id>");
+				const concurrency = int("concurrency", flags.concurrency) ?? 4;
+				if (concurrency < 1 || concurrency > 1000) throw new UsageError("--concurrency must be 1-1000");
+				let stopRequested = false;
 				const agent = demoAgent({
 					client,
 					url: config.url,
 					agentId,
-					concurrency: int("concurrency", flags.concurrency) ?? 4,
+					concurrency,
 					allowExec: flags["allow-exec"],
 					log: (line) => process.stderr.write(`[agent ${agentId}] ${line}\n`),
 				});
+				// Stopped by Ctrl-C: 0. Stopped by the server (refused, replaced): 3, with why.
 				const stopped = new Promise<number>((resolve) => {
-					agent.on("stopped", () => resolve(EXIT.OK));
+					agent.on("stopped", (e) => {
+						if (stopRequested) return resolve(EXIT.OK);
+						process.stderr.write(
+							`switchyard: the agent stopped: ${e.reason}${/401/.test(e.reason) ? ` (check the API key from ${config.keySource})` : ""}\n`,
+						);
+						resolve(EXIT.API);
+					});
 				});
-				const stop = () => void agent.stop({ graceMs: 10_000 });
+				const stop = () => {
+					stopRequested = true;
+					void agent.stop({ graceMs: 10_000 });
+				};
 				process.once("SIGINT", stop);
 				process.once("SIGTERM", stop);
 				agent.start();
@@ -206,7 +222,7 @@ function report(err: unknown): number {
 	if (err instanceof SwitchyardApiError) {
 		const hint =
 			err.status === 401
-				? " (check --api-key, SWITCHYARD_API_KEY or .dev.vars)"
+				? ` (the key came from ${keySource}; check --api-key, SWITCHYARD_API_KEY or .dev.vars)`
 				: err.status === 404
 					? " (check the id)"
 					: "";
@@ -214,6 +230,11 @@ function report(err: unknown): number {
 		return err.status >= 500 ? EXIT.UNREACHABLE : EXIT.API;
 	}
 	const cause = (err as { cause?: { code?: string } }).cause?.code;
+	const network = err instanceof TypeError && /fetch failed|network/i.test(err.message);
+	if (!network && !cause) {
+		process.stderr.write(`switchyard: ${(err as Error).message ?? String(err)}\n`);
+		return err instanceof SyntaxError ? EXIT.UNREACHABLE : EXIT.USAGE;
+	}
 	process.stderr.write(
 		`switchyard: cannot reach the server: ${(err as Error).message}${cause ? ` (${cause})` : ""}; is it running? (npm run dev, or --url)\n`,
 	);

@@ -6,6 +6,7 @@ import {
 	type Command,
 	CommandStatus,
 	type EnqueueRequest,
+	OUTPUT_TRUNCATION_MARKER,
 	TERMINAL_STATUSES,
 } from "../protocol";
 import type { Db } from "./client";
@@ -133,7 +134,7 @@ function insertRow(agentId: string, r: EnqueueRequest, ord: number) {
  * Rows whose idempotency key already exists for that agent are skipped;
  * returns only the rows created.
  */
-async function insertRows(db: Db, rows: ReturnType<typeof insertRow>[]): Promise<CommandRecord[]> {
+async function insertRows(db: Db, rows: ReturnType<typeof insertRow>[], actor: string): Promise<CommandRecord[]> {
 	const result = await db.execute(sql`
 		with input as (
 			select * from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) as x(
@@ -151,8 +152,8 @@ async function insertRows(db: Db, rows: ReturnType<typeof insertRow>[]): Promise
 			on conflict (agent_id, idempotency_key) where idempotency_key is not null do nothing
 			returning *
 		), events as (
-			insert into command_events (command_id, from_status, to_status, at, detail)
-			select id, null, 'pending', created_at, '{"reason":"enqueued"}'::jsonb from c
+			insert into command_events (command_id, from_status, to_status, at, detail, actor)
+			select id, null, 'pending', created_at, '{"reason":"enqueued"}'::jsonb, ${actor} from c
 		)
 		select ${COLUMNS} from c left join agents a on a.id = c.agent_id order by c.seq`);
 	return result.rows.map((row) => CommandRecord.parse(row));
@@ -177,8 +178,8 @@ export interface Enqueued {
 	created: boolean;
 }
 
-export async function insertCommand(db: Db, agentId: string, req: EnqueueRequest): Promise<Enqueued> {
-	const [created] = await insertRows(db, [insertRow(agentId, req, 0)]);
+export async function insertCommand(db: Db, agentId: string, req: EnqueueRequest, actor: string): Promise<Enqueued> {
+	const [created] = await insertRows(db, [insertRow(agentId, req, 0)], actor);
 	if (created) return { command: created, created: true };
 	// The key's row was committed by another request; this statement (a new
 	// snapshot) sees it even if the insert above raced that request.
@@ -188,9 +189,9 @@ export async function insertCommand(db: Db, agentId: string, req: EnqueueRequest
 }
 
 /** Inserts a batch in one statement; results come back in request order. */
-export async function insertBatch(db: Db, req: BatchEnqueueRequest): Promise<Enqueued[]> {
+export async function insertBatch(db: Db, req: BatchEnqueueRequest, actor: string): Promise<Enqueued[]> {
 	const rows = req.commands.map((c, i) => insertRow(c.agentId, c, i));
-	const created = await insertRows(db, rows);
+	const created = await insertRows(db, rows, actor);
 	const keyOf = (agentId: string, k: string) => JSON.stringify([agentId, k]);
 	// Rows without a key are always inserted, and come back in input order (by
 	// seq); rows with a key are matched by it, whether new or already there.
@@ -291,4 +292,41 @@ export async function agentsWithUntakenCommands(
 			and created_at < now() - make_interval(secs => ${olderThanSeconds})
 		group by agent_id order by min(created_at) limit ${limit}`);
 	return result.rows.map((r) => z.object({ agent_id: z.string() }).parse(r).agent_id);
+}
+
+export interface CommandOutput {
+	id: string;
+	status: string;
+	output: string;
+	truncated: boolean;
+}
+
+/** The command's stored output; a truncated one ends with OUTPUT_TRUNCATION_MARKER. */
+export async function getOutput(db: Db, id: string): Promise<CommandOutput | undefined> {
+	const result = await db.execute(sql`
+		select id, status, coalesce(output, '') as output, output_truncated as truncated
+		from agent_commands where id = ${id}`);
+	const row = result.rows[0];
+	if (!row) return undefined;
+	const r = z.object({ id: z.string(), status: z.string(), output: z.string(), truncated: z.boolean() }).parse(row);
+	return { ...r, output: r.truncated ? r.output + OUTPUT_TRUNCATION_MARKER : r.output };
+}
+
+export const CommandEventRecord = z.object({
+	at: Timestamp,
+	from: CommandStatus.nullable(),
+	to: CommandStatus,
+	actor: z.string().nullable(),
+	detail: z.record(z.string(), z.unknown()).nullable(),
+});
+
+/** The audit trail: every transition, in order, with who caused it. */
+export async function listEvents(db: Db, id: string) {
+	const result = await db.execute(sql`
+		select at, from_status as "from", to_status as "to", actor, detail
+		from command_events where command_id = ${id} order by id`);
+	return result.rows.map((row) => {
+		const e = CommandEventRecord.parse(row);
+		return { ...e, at: e.at.toISOString() };
+	});
 }

@@ -56,6 +56,9 @@ export const agentCommands = pgTable(
 		// recovery cron looks for pending rows where it is still null.
 		takenAt: ts("taken_at"),
 		cancelRequestedAt: ts("cancel_requested_at"),
+		// The agent's streamed output, capped (OUTPUT_CAP_CHARS); see outputTruncated.
+		output: text("output"),
+		outputTruncated: boolean("output_truncated").notNull().default(false),
 		createdAt: ts("created_at").notNull().defaultNow(),
 		updatedAt: ts("updated_at").notNull().defaultNow(),
 		dispatchedAt: ts("dispatched_at"),
@@ -97,6 +100,8 @@ export const commandEvents = pgTable(
 		toStatus: text("to_status").notNull(),
 		at: ts("at").notNull().defaultNow(),
 		detail: jsonb("detail"),
+		// Who caused it: api:<key id>, agent:<agent id>, or system.
+		actor: text("actor"),
 		// Set by the agent's object (its storage epoch and outbox seq), so a
 		// flush retried after an unclear commit cannot write an event twice.
 		dedupKey: text("dedup_key"),

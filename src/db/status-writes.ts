@@ -1,5 +1,5 @@
 import { sql } from "drizzle-orm";
-import { type CommandStatus, TERMINAL_STATUSES } from "../protocol";
+import { type CommandStatus, OUTPUT_CAP_CHARS, TERMINAL_STATUSES } from "../protocol";
 import type { Db } from "./client";
 
 /** One status change of one command, as the agent's Durable Object saw it. */
@@ -15,6 +15,8 @@ export interface Transition {
 	error?: string | null;
 	errorCode?: string | null;
 	detail?: Record<string, unknown>;
+	/** Who caused it, when not derivable from the transition itself (an operator's cancel). */
+	actor?: string;
 }
 
 /** Facts about a command that are not status changes. */
@@ -29,7 +31,11 @@ export interface TakenMark extends MarkBase {
 export interface CancelRequestedMark extends MarkBase {
 	kind: "cancel_requested";
 }
-export type Mark = TakenMark | CancelRequestedMark;
+export interface OutputMark extends MarkBase {
+	kind: "output";
+	data: string;
+}
+export type Mark = TakenMark | CancelRequestedMark | OutputMark;
 
 export type OutboxEntry = Transition | Mark;
 
@@ -61,6 +67,7 @@ export interface CommandUpdate {
 	error_code: string | null;
 	taken_at: string | null;
 	cancel_requested_at: string | null;
+	output_append: string | null;
 }
 
 /**
@@ -88,12 +95,17 @@ export function foldEntries(entries: readonly OutboxEntry[]): CommandUpdate[] {
 				error_code: null,
 				taken_at: null,
 				cancel_requested_at: null,
+				output_append: null,
 			};
 			byId.set(e.commandId, u);
 		}
 		if (e.at > u.updated_at) u.updated_at = e.at;
 		if (e.kind === "taken") u.taken_at ??= e.at;
 		else if (e.kind === "cancel_requested") u.cancel_requested_at ??= e.at;
+		else if (e.kind === "output") {
+			// Past the cap nothing more is kept, so do not carry it to Postgres either.
+			if ((u.output_append?.length ?? 0) <= OUTPUT_CAP_CHARS) u.output_append = (u.output_append ?? "") + e.data;
+		}
 		else {
 			u.status = e.to;
 			u.attempts = Math.max(u.attempts, e.attempts);
@@ -116,6 +128,21 @@ export function foldEntries(entries: readonly OutboxEntry[]): CommandUpdate[] {
 }
 
 /**
+ * Who caused a transition: an explicit actor (an operator's cancel), the
+ * agent (its frames: ack, result, running or not in hello), or the system
+ * (dispatch, timers, recovery).
+ */
+export function actorOf(t: Transition, agentId: string): string {
+	if (t.actor) return t.actor;
+	const reason = t.detail?.reason;
+	const byAgent =
+		reason === "reported_running" ||
+		reason === "lost" ||
+		(reason === undefined && !t.errorCode && ["acknowledged", "completed", "failed", "cancelled"].includes(t.to));
+	return byAgent ? `agent:${agentId}` : "system";
+}
+
+/**
  * Writes a batch of outbox entries and the agent's presence in one statement,
  * so a flush is all-or-nothing and costs one round trip however many frames
  * it carries. Entries for commands Postgres does not know are skipped rather
@@ -125,6 +152,7 @@ export async function writeStatus(
 	db: Db,
 	entries: readonly KeyedEntry[],
 	presence: Presence | null,
+	agentId = presence?.agentId ?? "",
 ): Promise<void> {
 	const updates = foldEntries(entries);
 	const events = entries
@@ -136,6 +164,7 @@ export async function writeStatus(
 			from_status: t.from,
 			to_status: t.to,
 			at: t.at,
+			actor: actorOf(t, agentId),
 			detail: { ...t.detail, ...(t.errorCode ? { errorCode: t.errorCode } : {}) },
 		}));
 	const presenceCte = presence
@@ -154,7 +183,7 @@ export async function writeStatus(
 				command_id uuid, status text, attempts int, updated_at timestamptz,
 				dispatched_at timestamptz, first_dispatched_at timestamptz, acknowledged_at timestamptz, completed_at timestamptz,
 				has_result boolean, result jsonb, has_error boolean, error text, error_code text,
-				taken_at timestamptz, cancel_requested_at timestamptz)
+				taken_at timestamptz, cancel_requested_at timestamptz, output_append text)
 		), upd as (
 			update agent_commands c set
 				status = coalesce(u.status, c.status),
@@ -168,14 +197,19 @@ export async function writeStatus(
 				error = case when u.has_error then u.error else c.error end,
 				error_code = case when u.has_error then u.error_code else c.error_code end,
 				taken_at = coalesce(c.taken_at, u.taken_at),
-				cancel_requested_at = coalesce(c.cancel_requested_at, u.cancel_requested_at)
+				cancel_requested_at = coalesce(c.cancel_requested_at, u.cancel_requested_at),
+				output = case when u.output_append is null then c.output
+					else left(coalesce(c.output, '') || u.output_append, ${OUTPUT_CAP_CHARS}) end,
+				output_truncated = c.output_truncated
+					or length(coalesce(c.output, '')) + length(coalesce(u.output_append, '')) > ${OUTPUT_CAP_CHARS}
 			-- A finished command never moves again, whatever arrives late.
 			from u where c.id = u.command_id and c.status not in ('completed','failed','cancelled','expired')
 		), events as (
-			insert into command_events (command_id, from_status, to_status, at, detail, dedup_key)
-			select e.command_id, e.from_status, e.to_status, e.at, e.detail, e.dedup_key
+			insert into command_events (command_id, from_status, to_status, at, detail, dedup_key, actor)
+			select e.command_id, e.from_status, e.to_status, e.at, e.detail, e.dedup_key, e.actor
 			from jsonb_to_recordset(${JSON.stringify(events)}::jsonb) as e(
-				ord int, dedup_key text, command_id uuid, from_status text, to_status text, at timestamptz, detail jsonb)
+				ord int, dedup_key text, command_id uuid, from_status text, to_status text, at timestamptz, detail jsonb,
+				actor text)
 			where exists (select 1 from agent_commands x where x.id = e.command_id)
 			order by e.ord
 			on conflict (dedup_key) where dedup_key is not null do nothing

@@ -1,19 +1,20 @@
 import { Hono } from "hono";
+import type { AppEnv } from "../app-env";
 import { z } from "zod";
-import { AGENT_ID_HEADER } from "../agent/agent-hub";
+import { AGENT_ID_HEADER, OBSERVER_SINCE_HEADER } from "../agent/agent-hub";
 import { bearerToken, requireApiKey } from "../auth/api-key";
 import { signAgentToken, verifyAgentToken } from "../auth/agent-token";
 import { withDb } from "../db/client";
 import { getAgent, listAgents } from "../db/agents";
 import { ApiError } from "../errors";
 import { log } from "../log";
-import { AgentId, ErrorCode, ListAgentsQuery, TokenRequest } from "../protocol";
+import { AgentId, ErrorCode, ListAgentsQuery, StreamQuery, TokenRequest } from "../protocol";
 import { optionalJsonBody, params, query } from "../validation";
 import { agentHub } from "./commands";
 
 const AgentParam = z.object({ agentId: AgentId });
 
-export const agentRoutes = new Hono<{ Bindings: Env }>()
+export const agentRoutes = new Hono<AppEnv>()
 	.get("/agents", requireApiKey, query(ListAgentsQuery), async (c) => {
 		const q = c.req.valid("query");
 		const page = await withDb(c.env, (db) => listAgents(db, { limit: q.limit, afterId: q.cursor }));
@@ -38,6 +39,22 @@ export const agentRoutes = new Hono<{ Bindings: Env }>()
 		},
 	)
 	/**
+	 * A live view of one agent (operator key): presence, every command status
+	 * change and output, each numbered; `?since=<seq>` resumes without a gap.
+	 * Forwarded to the agent's object, where the socket hibernates.
+	 */
+	.get("/agents/:agentId/stream", requireApiKey, params(AgentParam), query(StreamQuery), async (c) => {
+		const { agentId } = c.req.valid("param");
+		const { since } = c.req.valid("query");
+		if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
+			throw new ApiError(426, ErrorCode.UPGRADE_REQUIRED, "this endpoint takes a WebSocket upgrade");
+		}
+		const headers = forwardedHeaders(c.req.raw.headers);
+		headers.set(AGENT_ID_HEADER, agentId);
+		headers.set(OBSERVER_SINCE_HEADER, since === undefined ? "" : String(since));
+		return agentHub(c.env, agentId).fetch(new Request(c.req.url, { method: "GET", headers }));
+	})
+	/**
 	 * The agent's socket. Authenticated with the agent's own token, not an API
 	 * key; the upgrade is forwarded to the agent's object so the socket can
 	 * hibernate there (accepting it here in the worker could not).
@@ -58,11 +75,22 @@ export const agentRoutes = new Hono<{ Bindings: Env }>()
 		if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
 			throw new ApiError(426, ErrorCode.UPGRADE_REQUIRED, "this endpoint takes a WebSocket upgrade");
 		}
-		const headers = new Headers(c.req.raw.headers);
-		headers.delete("authorization");
+		const headers = forwardedHeaders(c.req.raw.headers);
 		headers.set(AGENT_ID_HEADER, agentId);
 		return agentHub(c.env, agentId).fetch(new Request(c.req.url, { method: "GET", headers }));
 	});
+
+/**
+ * The client's upgrade headers, without any it may not set: the object
+ * trusts `x-switchyard-*` headers because only the worker sets them.
+ */
+function forwardedHeaders(raw: Headers): Headers {
+	const headers = new Headers();
+	for (const [k, v] of raw) {
+		if (!k.startsWith("x-switchyard-") && k !== "authorization") headers.set(k, v);
+	}
+	return headers;
+}
 
 function tokenSecret(env: Env): string {
 	if (!env.AGENT_TOKEN_SECRET || env.AGENT_TOKEN_SECRET.length < 32) {

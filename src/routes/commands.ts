@@ -1,4 +1,5 @@
 import { Hono } from "hono";
+import type { AppEnv } from "../app-env";
 import { z } from "zod";
 import { type AgentHub, toBufferInput } from "../agent/agent-hub";
 import { requireApiKey } from "../auth/api-key";
@@ -7,7 +8,9 @@ import {
 	type CommandRecord,
 	decodeCursor,
 	getCommand,
+	getOutput,
 	insertBatch,
+	listEvents,
 	insertCommand,
 	listCommands,
 	toApiCommand,
@@ -65,7 +68,7 @@ async function callHub<T>(agentId: string, call: () => Promise<T>): Promise<T> {
 	}
 }
 
-export const commandRoutes = new Hono<{ Bindings: Env }>()
+export const commandRoutes = new Hono<AppEnv>()
 	.post(
 		"/agents/:agentId/commands",
 		requireApiKey,
@@ -74,7 +77,7 @@ export const commandRoutes = new Hono<{ Bindings: Env }>()
 		async (c) => {
 			const { agentId } = c.req.valid("param");
 			const body = c.req.valid("json");
-			const { command, created } = await withDb(c.env, (db) => insertCommand(db, agentId, body));
+			const { command, created } = await withDb(c.env, (db) => insertCommand(db, agentId, body, c.get("apiKeyId")));
 			log("info", created ? "command.enqueued" : "command.enqueue_replayed", {
 				agentId,
 				commandId: command.id,
@@ -88,7 +91,7 @@ export const commandRoutes = new Hono<{ Bindings: Env }>()
 	)
 	.post("/commands/batch", requireApiKey, jsonBody(BatchEnqueueRequest), async (c) => {
 		const body = c.req.valid("json");
-		const results = await withDb(c.env, (db) => insertBatch(db, body));
+		const results = await withDb(c.env, (db) => insertBatch(db, body, c.get("apiKeyId")));
 		const fresh = results.filter((r) => !TERMINAL_STATUSES.has(r.command.status)).map((r) => r.command);
 		log("info", "command.batch_enqueued", {
 			count: results.length,
@@ -136,7 +139,9 @@ export const commandRoutes = new Hono<{ Bindings: Env }>()
 		if (TERMINAL_STATUSES.has(before.status)) {
 			throw new ApiError(409, ErrorCode.ALREADY_FINISHED, `command is already ${before.status}`);
 		}
-		const { outcome } = await callHub(before.agentId, () => agentHub(c.env, before.agentId).cancel(before.agentId, id));
+		const { outcome } = await callHub(before.agentId, () =>
+			agentHub(c.env, before.agentId).cancel(before.agentId, id, c.get("apiKeyId")),
+		);
 		if (outcome === "unavailable") {
 			throw new ApiError(503, ErrorCode.DB_UNAVAILABLE, "the database is unavailable; retry shortly");
 		}
@@ -151,6 +156,18 @@ export const commandRoutes = new Hono<{ Bindings: Env }>()
 			return c.json({ outcome, command: { ...command, status: "cancelled" as const, blockedReason: null } }, 200);
 		}
 		return c.json({ outcome, command: { ...command, blockedReason: "cancel_requested" as const } }, 202);
+	})
+	.get("/commands/:id/output", requireApiKey, params(z.object({ id: CommandId })), async (c) => {
+		const { id } = c.req.valid("param");
+		const out = await withDb(c.env, (db) => getOutput(db, id));
+		if (!out) throw new ApiError(404, ErrorCode.NOT_FOUND, `no command with id ${id}`);
+		return c.json(out);
+	})
+	.get("/commands/:id/events", requireApiKey, params(z.object({ id: CommandId })), async (c) => {
+		const { id } = c.req.valid("param");
+		const found = await withDb(c.env, async (db) => ((await getCommand(db, id)) ? listEvents(db, id) : undefined));
+		if (!found) throw new ApiError(404, ErrorCode.NOT_FOUND, `no command with id ${id}`);
+		return c.json({ items: found });
 	})
 	.post("/agents/:agentId/reconcile", requireApiKey, params(z.object({ agentId: AgentId })), async (c) => {
 		const { agentId } = c.req.valid("param");

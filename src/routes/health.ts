@@ -1,9 +1,10 @@
 import { sql } from "drizzle-orm";
 import { Hono } from "hono";
+import type { AppEnv } from "../app-env";
 import { withDb } from "../db/client";
 import { errorFields, log } from "../log";
 
-export const healthRoutes = new Hono<{ Bindings: Env }>().get("/healthz", async (c) => {
+export const healthRoutes = new Hono<AppEnv>().get("/healthz", async (c) => {
 	try {
 		await withDb(c.env, (db) => db.execute(sql`select 1`));
 		return c.json({ ok: true, db: "ok" as const });

@@ -25,10 +25,12 @@ import {
 } from "../protocol";
 import { Backoff, type BackoffOptions } from "./backoff";
 import { Recent } from "./recent";
+import { stringProblem } from "../json-safety";
 import {
 	type Connector,
 	ConnectRefused,
 	defaultConnector,
+	isTerminalRefusal,
 	OPEN,
 	probeRefusal,
 	type SocketLike,
@@ -132,6 +134,11 @@ export class Agent {
 		return this.current;
 	}
 
+	/** Stopping or stopped; a method, so TypeScript does not narrow it away across awaits. */
+	private halted(): boolean {
+		return this.current === "stopped" || this.current === "draining";
+	}
+
 	/** Ids of the commands running now. */
 	get runningIds(): string[] {
 		return [...this.running.keys()];
@@ -161,6 +168,7 @@ export class Agent {
 	/** Resolves once connected (welcome received), or rejects if the agent stops first. */
 	whenOpen(): Promise<void> {
 		if (this.current === "open") return Promise.resolve();
+		if (this.current === "stopped") return Promise.reject(new Error(`agent stopped: ${this.stopReason}`));
 		return new Promise((resolve, reject) => {
 			const offOpen = this.on("open", () => {
 				offOpen();
@@ -181,15 +189,30 @@ export class Agent {
 	 * after that are abandoned unreported, so the server sends them elsewhere
 	 * or again later.
 	 */
-	async stop(opts: { graceMs?: number } = {}): Promise<void> {
+	stop(opts: { graceMs?: number } = {}): Promise<void> {
+		this.stopping ??= this.drain(opts.graceMs ?? 30_000);
+		return this.stopping;
+	}
+
+	private stopping: Promise<void> | undefined;
+
+	private async drain(graceMs: number): Promise<void> {
 		if (this.current === "stopped") return;
 		this.current = "draining";
 		if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
-		const deadline = Date.now() + (opts.graceMs ?? 30_000);
+		const deadline = Date.now() + graceMs;
 		while (this.running.size > 0 && Date.now() < deadline) await sleep(Math.min(50, deadline - Date.now()));
 		for (const r of this.running.values()) {
 			r.abandoned = true;
 			r.controller.abort(new CancelledError("agent shutting down"));
+		}
+		if (this.unsent.size > 0 && !(this.ws && this.ws.readyState === OPEN)) {
+			// Disconnected during the drain: these finished but the server never heard,
+			// so it will send them again. Say which, since this process will not remember.
+			this.emit({
+				type: "error",
+				error: new Error(`stopping with unreported results for ${[...this.unsent.keys()].join(", ")}`),
+			});
 		}
 		this.finish("stopped by the agent", 1000);
 	}
@@ -209,11 +232,18 @@ export class Agent {
 			ws = await this.connector(url, token);
 		} catch (err) {
 			this.emit({ type: "error", error: asError(err) });
-			if (err instanceof ConnectRefused && (err.status === 401 || err.status === 403)) {
-				this.finish(`agent token refused: ${err.message}`);
+			if (this.halted()) return;
+			const refused = isTerminalRefusal(err) ? err : terminalFromTokenSource(err);
+			if (refused) {
+				this.finish(`connection refused (HTTP ${refused.status}): ${refused.message}`);
 				return;
 			}
 			this.scheduleReconnect();
+			return;
+		}
+		// stop() may have been called while this attempt was under way.
+		if (this.halted()) {
+			ws.close(1000, "agent stopping");
 			return;
 		}
 		this.ws = ws;
@@ -226,10 +256,10 @@ export class Agent {
 			failedEarly = true;
 			void (this.opts.probe ?? probeRefusal)(url, token).then((refusal) => {
 				if (ws !== this.ws) return;
-				if (refusal) {
+				if (refusal) this.emit({ type: "error", error: refusal });
+				if (isTerminalRefusal(refusal)) {
 					this.ws = undefined;
-					this.emit({ type: "error", error: refusal });
-					this.finish(`agent token refused: ${refusal.message}`);
+					this.finish(`connection refused (HTTP ${refusal.status}): ${refusal.message}`);
 				} else {
 					this.onClose(ws, code, reason);
 				}
@@ -267,7 +297,8 @@ export class Agent {
 
 	/** Pings, and gives up on a connection that has gone quiet (a half-dead socket looks alive). */
 	private beat(ws: SocketLike): void {
-		if (Date.now() - this.lastHeard > this.heartbeatMs * HEARTBEAT_MISSES) {
+		// Checked at each ping: silent since the ping before last means 3 intervals without a word.
+		if (Date.now() - this.lastHeard >= this.heartbeatMs * (HEARTBEAT_MISSES - 1)) {
 			ws.close(4000, "no pong from the server");
 			this.onClose(ws, 1006, "heartbeat timeout");
 			return;
@@ -328,7 +359,11 @@ export class Agent {
 		}
 		switch (frame.type) {
 			case "welcome":
+				if (this.current !== "connecting") return; // stopping: do not come back to life
 				this.current = "open";
+				// Results that finished between socket open and now.
+				for (const frame of this.unsent.values()) this.sendRaw(ws, frame);
+				this.unsent.clear();
 				this.backoff.reset();
 				this.emit({ type: "open", generation: frame.generation });
 				return;
@@ -339,6 +374,9 @@ export class Agent {
 				this.onCancel(ws, frame.id, frame.reason);
 				return;
 			case "error":
+				// A refused result must not be cached and resent forever: forget it, so
+				// a redelivery runs the command again instead of repeating the refusal.
+				if (frame.id && this.results.get(frame.id)) this.results.delete(frame.id);
 				this.emit({ type: "error", error: new Error(`server refused a frame: ${frame.code}: ${frame.message}`) });
 				return;
 			case "pong":
@@ -347,8 +385,8 @@ export class Agent {
 	}
 
 	private onCommand(ws: SocketLike, frame: CommandFrame): void {
-		// Draining: leave it unacknowledged; the server sends it again later.
-		if (this.current === "draining") return;
+		// Only while open: draining or stopping, leave it unacknowledged for the server to resend.
+		if (this.current !== "open") return;
 		const done = this.results.get(frame.id);
 		if (done) {
 			// A redelivery of something already finished: answer, do not re-run.
@@ -391,7 +429,7 @@ export class Agent {
 		this.results.set(frame.id, result);
 		this.emit({ type: "result", id: frame.id, status: result.status });
 		const ws = this.ws;
-		if (ws && ws.readyState === OPEN && this.current !== "connecting") this.sendRaw(ws, result);
+		if (ws && ws.readyState === OPEN && (this.current === "open" || this.current === "draining")) this.sendRaw(ws, result);
 		else this.unsent.set(frame.id, result);
 	}
 
@@ -409,8 +447,7 @@ export class Agent {
 			const value = await handler(frame.payload, ctx);
 			return checkResult(value === undefined ? null : value);
 		} catch (err) {
-			const error = asError(err).message.slice(0, 64 * 1024) || "handler failed";
-			return { status: signal.aborted ? "cancelled" : "failed", error };
+			return { status: signal.aborted ? "cancelled" : "failed", error: storableText(asError(err).message) };
 		}
 	}
 
@@ -451,8 +488,27 @@ function checkResult(value: unknown): Omit<ResultFrame, "type" | "id"> {
 	}
 	const problem = jsonProblem(JSON.parse(text));
 	if (problem) return { status: "failed", error: `result cannot be stored: ${problem}` };
-	if (text.length > MAX_BODY_BYTES - 4096) return { status: "failed", error: "result is over 1 MiB" };
+	if (new TextEncoder().encode(text).length > MAX_BODY_BYTES - 4096) {
+		return { status: "failed", error: "result is over 1 MiB" };
+	}
 	return { status: "completed", result: JSON.parse(text) };
+}
+
+/** Error text the server will store: no NULs or broken surrogate pairs, at most 64 KiB. */
+function storableText(message: string): string {
+	let text = message.replaceAll("\u0000", "");
+	// Cut first, then repair: a cut can split a surrogate pair.
+	text = text.slice(0, 64 * 1024);
+	if (stringProblem(text)) text = text.replace(/[\uD800-\uDFFF]/g, "\uFFFD");
+	return text || "handler failed";
+}
+
+/** A token function that failed because the API refused the operator's key is not worth retrying. */
+function terminalFromTokenSource(err: unknown): ConnectRefused | undefined {
+	const status = (err as { status?: unknown }).status;
+	return typeof status === "number" && (status === 401 || status === 403)
+		? new ConnectRefused(status, `could not get an agent token: ${asError(err).message}`)
+		: undefined;
 }
 
 function asError(err: unknown): Error {

@@ -26,6 +26,10 @@ export class Recent<V> {
 		}
 	}
 
+	delete(id: string): void {
+		this.map.delete(id);
+	}
+
 	get size(): number {
 		return this.map.size;
 	}

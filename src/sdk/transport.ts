@@ -17,6 +17,11 @@ export interface SocketLike {
 export type Connector = (url: string, token: string) => Promise<SocketLike>;
 
 /** The server answered the upgrade with an HTTP error: 401 means the token was refused. */
+export function isTerminalRefusal(err: unknown): err is ConnectRefused {
+	// A refused token, or a URL/agent id the server does not know: retrying cannot help.
+	return err instanceof ConnectRefused && [400, 401, 403, 404].includes(err.status);
+}
+
 export class ConnectRefused extends Error {
 	override name = "ConnectRefused";
 	constructor(
@@ -35,7 +40,8 @@ export class ConnectRefused extends Error {
 export async function probeRefusal(url: string, token: string): Promise<ConnectRefused | undefined> {
 	try {
 		const res = await fetch(url.replace(/^ws/, "http"), { headers: { authorization: `Bearer ${token}` } });
-		if (res.status !== 401 && res.status !== 403) return undefined;
+		// 426 means "that would have worked as an upgrade": the failure was elsewhere.
+		if (res.status === 426 || res.ok) return undefined;
 		const body = (await res.json().catch(() => ({}))) as { error?: { message?: string } };
 		return new ConnectRefused(res.status, body.error?.message ?? `HTTP ${res.status}`);
 	} catch {

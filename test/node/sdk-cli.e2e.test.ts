@@ -100,7 +100,7 @@ describe("two SDK agents, the typed client and the CLI", () => {
 		const agent = new Agent({ url: stack.base, agentId: `gamma-${Date.now()}`, token: wrong });
 		const stopped = new Promise<string>((r) => agent.on("stopped", (e) => r(e.reason)));
 		agent.start();
-		expect(await stopped).toBe("agent token refused: agent token was issued for another agent");
+		expect(await stopped).toBe("connection refused (HTTP 401): agent token was issued for another agent");
 	});
 
 	it("an action the agent does not handle fails with a clear error", async () => {

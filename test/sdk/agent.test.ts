@@ -170,7 +170,7 @@ describe("agent", () => {
 		agent.start();
 		const ws = await conn.next();
 		ws.close(1006, ""); // the upgrade failed before the socket opened
-		expect(await stopped).toBe("agent token refused: agent token expired");
+		expect(await stopped).toBe("connection refused (HTTP 401): agent token expired");
 		await tick(30);
 		expect(conn.sockets).toHaveLength(1);
 	});
@@ -182,6 +182,56 @@ describe("agent", () => {
 		const second = await conn.next();
 		second.open();
 		expect(agent.state).toBe("open");
+		await agent.stop();
+	});
+
+	it("a stop() while a connection attempt is under way stays stopped", async () => {
+		let release: (t: string) => void = () => {};
+		const { agent, conn } = makeAgent({ token: () => new Promise<string>((r) => (release = r)) });
+		agent.start();
+		await tick(5);
+		await agent.stop();
+		release("late-token");
+		await tick(20);
+		expect(agent.state).toBe("stopped");
+		// The attempt may have produced a socket; it must not have been used.
+		expect(conn.sockets.every((ws) => ws.sent.length === 0)).toBe(true);
+	});
+
+	it("a result that finishes between socket open and welcome is sent at welcome", async () => {
+		const { agent, conn } = makeAgent();
+		let release = () => {};
+		agent.handle("slow", () => new Promise((r) => (release = () => r("late"))));
+		agent.start();
+		const first = await conn.next();
+		first.open();
+		first.command(ID1, "slow");
+		await tick(5);
+		const again = conn.next();
+		first.close(1006, "");
+		const ws = await again;
+		ws.openOnly(); // hello goes out listing the running command
+		expect(ws.of("hello")[0]).toMatchObject({ running: [ID1] });
+		release();
+		await tick(5);
+		expect(ws.of("result")).toEqual([]);
+		ws.welcome(2);
+		await until(() => ws.of("result").length === 1, "result at welcome");
+		expect(ws.of("result")[0]).toMatchObject({ id: ID1, status: "completed", result: "late" });
+		await agent.stop();
+	});
+
+	it("error text the server could not store is cleaned, not lost", async () => {
+		const { agent, conn } = makeAgent();
+		agent.handle("nul", () => {
+			throw new Error("bad\u0000byte and half a pair \ud83d");
+		});
+		agent.start();
+		const ws = await conn.next();
+		ws.open();
+		ws.command(ID1, "nul");
+		await until(() => ws.of("result").length === 1, "result");
+		expect(ws.of("result")[0]).toEqual({ type: "result", id: ID1, status: "failed", error: "badbyte and half a pair \ufffd" });
 		await agent.stop();
 	});
 

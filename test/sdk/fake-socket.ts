@@ -30,8 +30,17 @@ export class FakeSocket implements SocketLike {
 	// ---- the server's side
 
 	open(generation = 1): void {
+		this.openOnly();
+		this.welcome(generation);
+	}
+
+	/** The socket opens; the server's welcome has not arrived yet. */
+	openOnly(): void {
 		this.readyState = 1;
 		for (const l of this.listeners.open) (l as () => void)();
+	}
+
+	welcome(generation = 1): void {
 		this.deliver({ type: "welcome", protocol: 1, agentId: "a", generation });
 	}
 

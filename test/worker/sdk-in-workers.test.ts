@@ -46,6 +46,6 @@ describe("the agent SDK in a Worker", () => {
 		const agent = new Agent({ url: "https://switchyard.test", agentId, token: "not-a-token", connect: connectHere });
 		const stopped = new Promise<string>((r) => agent.on("stopped", (e) => r(e.reason)));
 		agent.start();
-		expect(await stopped).toBe("agent token refused: invalid agent token");
+		expect(await stopped).toBe("connection refused (HTTP 401): invalid agent token");
 	});
 });

@@ -1,0 +1,61 @@
+/**
+ * The agent's event log, for observers: every presence change, every command
+ * status transition and every output chunk, numbered by a per-agent sequence.
+ * Bounded (EVENT_LOG_MAX events, EVENT_LOG_MAX_AGE_MS); what was pruned is
+ * remembered, so an observer resuming from before it is told about the gap
+ * instead of silently missing events.
+ */
+import type { ObserverEvent } from "../protocol";
+
+export const EVENT_LOG_MAX = 10_000;
+export const EVENT_LOG_MAX_AGE_MS = 24 * 60 * 60 * 1000;
+
+export function appendEvent(sql: SqlStorage, event: ObserverEvent, now: number): number {
+	return sql
+		.exec<{ seq: number }>("insert into events (at, body) values (?, ?) returning seq", now, JSON.stringify(event))
+		.one().seq;
+}
+
+export interface Logged {
+	seq: number;
+	at: number;
+	event: ObserverEvent;
+}
+
+export function latestSeq(sql: SqlStorage): number {
+	return sql.exec<{ seq: number | null }>("select max(seq) as seq from events").one().seq ?? prunedThrough(sql);
+}
+
+/** The highest seq ever pruned (0 if none): resuming from before it has a gap. */
+export function prunedThrough(sql: SqlStorage): number {
+	const row = sql.exec<{ value: string }>("select value from meta where key = 'events_pruned_through'").toArray()[0];
+	return Number(row?.value ?? 0);
+}
+
+export function eventsAfter(sql: SqlStorage, seq: number, limit = EVENT_LOG_MAX): Logged[] {
+	return sql
+		.exec<{ seq: number; at: number; body: string }>(
+			"select seq, at, body from events where seq > ? order by seq limit ?",
+			seq,
+			limit,
+		)
+		.toArray()
+		// SAFETY: only appendEvent writes this table, from a typed ObserverEvent.
+		.map((r) => ({ seq: r.seq, at: r.at, event: JSON.parse(r.body) as ObserverEvent }));
+}
+
+export function pruneEvents(sql: SqlStorage, now: number): void {
+	const cutoff = sql
+		.exec<{ seq: number | null }>(
+			"select max(seq) as seq from events where at < ? or seq <= (select max(seq) from events) - ?",
+			now - EVENT_LOG_MAX_AGE_MS,
+			EVENT_LOG_MAX,
+		)
+		.one().seq;
+	if (cutoff === null) return;
+	sql.exec("delete from events where seq <= ?", cutoff);
+	sql.exec(
+		"insert into meta (key, value) values ('events_pruned_through', ?) on conflict (key) do update set value = excluded.value",
+		String(cutoff),
+	);
+}

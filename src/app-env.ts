@@ -1,0 +1,8 @@
+/** The Hono environment every route shares. */
+export type AppEnv = {
+	Bindings: Env;
+	Variables: {
+		/** `api:<first 8 hex of sha-256(key)>`: names the key in audit events without revealing it. */
+		apiKeyId: string;
+	};
+};
