@@ -1,0 +1,288 @@
+/**
+ * Watching an agent live: the observer stream (order, resume, gaps, output,
+ * many observers), stored output, the audit trail and retention.
+ */
+import { runInDurableObject } from "cloudflare:test";
+import { env, exports } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import type { AgentHub } from "../../src/agent/agent-hub";
+import { deleteExpired } from "../../src/retention";
+import { agentHub } from "../../src/routes/commands";
+import { OUTPUT_CAP_CHARS, OUTPUT_TRUNCATION_MARKER } from "../../src/protocol";
+import {
+	API_KEY,
+	AgentSocket,
+	BASE,
+	api,
+	enqueue,
+	query,
+	sql,
+	uniqueAgentId,
+	waitFor,
+	waitForStatus,
+} from "../helpers/worker/harness";
+
+type Frame = Record<string, unknown> & { type: string; seq?: number };
+
+/** An observer's end of the stream. */
+class Observer {
+	readonly frames: Frame[] = [];
+	private constructor(readonly ws: WebSocket) {
+		ws.addEventListener("message", (e) => this.frames.push(JSON.parse(String(e.data))));
+	}
+
+	static async attach(agentId: string, since?: number, key = API_KEY): Promise<Observer> {
+		const res = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/stream${since === undefined ? "" : `?since=${since}`}`, {
+			headers: { upgrade: "websocket", authorization: `Bearer ${key}` },
+		});
+		if (!res.webSocket) throw new Error(`stream: ${res.status} ${await res.text()}`);
+		res.webSocket.accept();
+		const o = new Observer(res.webSocket);
+		await waitFor(() => o.frames.some((f) => f.type === "observing"), "observing frame");
+		return o;
+	}
+
+	events(): Frame[] {
+		return this.frames.filter((f) => f.seq !== undefined);
+	}
+
+	statusOf(id: string): string[] {
+		return this.events()
+			.filter((f) => f.type === "status" && f.id === id)
+			.map((f) => `${f.from}>${f.to}`);
+	}
+
+	close(): void {
+		this.ws.close(1000);
+	}
+}
+
+describe("observer stream", () => {
+	it("shows presence and a command's whole lifecycle, in order, numbered without holes", async () => {
+		const agentId = uniqueAgentId();
+		const observer = await Observer.attach(agentId);
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "watched" });
+		await agent.next("command");
+		agent.send({ type: "ack", id: cmd.id });
+		agent.send({ type: "result", id: cmd.id, status: "completed" });
+		await waitFor(() => observer.statusOf(cmd.id).includes("acknowledged>completed"), "completed event");
+		agent.close();
+		await waitFor(() => observer.events().some((f) => f.type === "presence" && f.state === "disconnected"), "disconnect");
+
+		expect(observer.statusOf(cmd.id)).toEqual(["pending>dispatched", "dispatched>acknowledged", "acknowledged>completed"]);
+		const seqs = observer.events().map((f) => f.seq as number);
+		expect(seqs).toEqual(seqs.map((_, i) => (seqs[0] ?? 0) + i));
+		const presence = observer.events().filter((f) => f.type === "presence").map((f) => f.state);
+		expect(presence).toEqual(["connected", "disconnected"]);
+		observer.close();
+	});
+
+	it("resumes with ?since= and gets exactly what it missed, then live events", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const first = await Observer.attach(agentId);
+		const a = await enqueue(agentId, { action: "a" });
+		await agent.next("command");
+		await waitFor(() => first.statusOf(a.id).length === 1, "first event");
+		const lastSeen = first.events().at(-1)?.seq as number;
+		first.close();
+
+		// Missed while away:
+		agent.send({ type: "ack", id: a.id });
+		agent.send({ type: "result", id: a.id, status: "completed" });
+		await waitForStatus(a.id, "completed");
+		const again = await Observer.attach(agentId, lastSeen);
+		expect(again.frames.filter((f) => f.type === "gap")).toEqual([]);
+		expect(again.statusOf(a.id)).toEqual(["dispatched>acknowledged", "acknowledged>completed"]);
+		expect(again.events()[0]?.seq).toBe(lastSeen + 1);
+		// and then live:
+		const b = await enqueue(agentId, { action: "b" });
+		await waitFor(() => again.statusOf(b.id).includes("pending>dispatched"), "live event");
+		again.close();
+		agent.close();
+	});
+
+	it("says so explicitly when the gap is older than the log", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "old" });
+		await agent.next("command");
+		const stub = agentHub(env, agentId);
+		// Age the log past its limit, as days of activity would.
+		await runInDurableObject(stub, async (_i: AgentHub, state) => {
+			const { pruneEvents } = await import("../../src/agent/events");
+			state.storage.sql.exec("update events set at = at - ?", 2 * 24 * 3600 * 1000);
+			pruneEvents(state.storage.sql, Date.now());
+		});
+		agent.send({ type: "result", id: cmd.id, status: "completed" });
+		await waitForStatus(cmd.id, "completed");
+		const observer = await Observer.attach(agentId, 0);
+		const gap = observer.frames.find((f) => f.type === "gap");
+		expect(gap).toMatchObject({ since: 0 });
+		expect(gap?.through).toBeGreaterThan(0);
+		expect(observer.statusOf(cmd.id)).toEqual(["dispatched>completed"]);
+		observer.close();
+		agent.close();
+	});
+
+	it("streams output chunks in order with their command, and keeps them with the command", async () => {
+		const agentId = uniqueAgentId();
+		const observer = await Observer.attach(agentId);
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "build" });
+		await agent.next("command");
+		agent.send({ type: "ack", id: cmd.id });
+		const chunks = ["compiling…\n", "linking…\n", "done ✓\n"];
+		chunks.forEach((data, seq) => agent.send({ type: "output", id: cmd.id, seq, data }));
+		agent.send({ type: "result", id: cmd.id, status: "completed" });
+		await waitFor(() => observer.statusOf(cmd.id).includes("acknowledged>completed"), "completed");
+
+		const outs = observer.events().filter((f) => f.type === "output");
+		expect(outs.map((f) => [f.id, f.chunk, f.data])).toEqual(chunks.map((d, i) => [cmd.id, i, d]));
+		const completedSeq = observer.events().find((f) => f.type === "status" && f.to === "completed")?.seq as number;
+		expect(outs.every((f) => (f.seq as number) < completedSeq)).toBe(true);
+
+		const stored = await waitFor(async () => {
+			const r = await api(`/v1/commands/${cmd.id}/output`);
+			const body = await r.json<{ output: string; truncated: boolean }>();
+			return body.output === chunks.join("") ? body : undefined;
+		}, "stored output");
+		expect(stored.truncated).toBe(false);
+		// Output for a command that is not running is refused.
+		agent.send({ type: "output", id: crypto.randomUUID(), seq: 0, data: "x" });
+		expect((await agent.next("error")).code).toBe("unknown_command");
+		observer.close();
+		agent.close();
+	});
+
+	it("caps stored output with the documented marker", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "chatty" });
+		await agent.next("command");
+		const chunk = "y".repeat(60 * 1024);
+		const n = Math.ceil(OUTPUT_CAP_CHARS / chunk.length) + 2;
+		for (let i = 0; i < n; i++) agent.send({ type: "output", id: cmd.id, seq: i, data: chunk });
+		agent.send({ type: "result", id: cmd.id, status: "completed" });
+		const body = await waitFor(async () => {
+			const b = await (await api(`/v1/commands/${cmd.id}/output`)).json<{ output: string; truncated: boolean; status: string }>();
+			return b.status === "completed" && b.truncated ? b : undefined;
+		}, "truncated output", 20_000);
+		expect(body.output.length).toBe(OUTPUT_CAP_CHARS + OUTPUT_TRUNCATION_MARKER.length);
+		expect(body.output.endsWith(OUTPUT_TRUNCATION_MARKER)).toBe(true);
+		agent.close();
+	});
+
+	it("100 observers all see the agent's events, and the agent's commands still flow", async () => {
+		const agentId = uniqueAgentId();
+		const observers = await Promise.all(Array.from({ length: 100 }, () => Observer.attach(agentId)));
+		const agent = await AgentSocket.connect(agentId, { hello: { concurrency: 10 } });
+		const cmds = await Promise.all(Array.from({ length: 10 }, (_, i) => enqueue(agentId, { action: `fan${i}` })));
+		for (const f of await agent.commands(10)) agent.send({ type: "result", id: f.id, status: "completed" });
+		for (const c of cmds) await waitForStatus(c.id, "completed");
+		await waitFor(
+			() => observers.every((o) => cmds.every((c) => o.statusOf(c.id).includes("dispatched>completed"))),
+			"every observer saw every completion",
+		);
+		const first = observers[0]?.events().map((f) => f.seq);
+		expect(observers.every((o) => JSON.stringify(o.events().map((f) => f.seq)) === JSON.stringify(first))).toBe(true);
+		for (const o of observers) o.close();
+		agent.close();
+	});
+
+	it("needs an operator key, and observers cannot send commands", async () => {
+		const agentId = uniqueAgentId();
+		const res = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/stream`, { headers: { upgrade: "websocket" } });
+		expect(res.status).toBe(401);
+		const bad = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/stream?since=-1`, {
+			headers: { upgrade: "websocket", authorization: `Bearer ${API_KEY}` },
+		});
+		expect(bad.status).toBe(400);
+		const observer = await Observer.attach(agentId);
+		observer.ws.send(JSON.stringify({ type: "result", id: crypto.randomUUID(), status: "completed" }));
+		await waitFor(() => observer.frames.some((f) => f.type === "error"), "error frame");
+		observer.close();
+	});
+
+	it("a client cannot smuggle the object's internal headers through the agent socket", async () => {
+		const agentId = uniqueAgentId();
+		const { tokenFor } = await import("../helpers/worker/harness");
+		const res = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/connect`, {
+			headers: {
+				upgrade: "websocket",
+				authorization: `Bearer ${await tokenFor(agentId)}`,
+				"x-switchyard-observe-since": "0",
+			},
+		});
+		res.webSocket?.accept();
+		const frames: { type: string }[] = [];
+		res.webSocket?.addEventListener("message", (e) => frames.push(JSON.parse(String(e.data))));
+		await waitFor(() => frames.length > 0, "first frame");
+		expect(frames[0]?.type).toBe("welcome"); // an agent socket, not an observer
+		res.webSocket?.close(1000);
+	});
+});
+
+describe("audit trail", () => {
+	it("records every transition with who caused it", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "audited" });
+		await agent.next("command");
+		agent.send({ type: "ack", id: cmd.id });
+		await waitForStatus(cmd.id, "acknowledged");
+		expect((await api(`/v1/commands/${cmd.id}/cancel`, { method: "POST" })).status).toBe(202);
+		agent.send({ type: "result", id: cmd.id, status: "cancelled" });
+		await waitForStatus(cmd.id, "cancelled");
+
+		const res = await api(`/v1/commands/${cmd.id}/events`);
+		const { items } = await res.json<{ items: { from: string | null; to: string; actor: string }[] }>();
+		expect(items.map((e) => [e.from, e.to])).toEqual([
+			[null, "pending"],
+			["pending", "dispatched"],
+			["dispatched", "acknowledged"],
+			["acknowledged", "cancelled"],
+		]);
+		expect(items[0]?.actor).toMatch(/^api:[0-9a-f]{8}$/);
+		expect(items[1]?.actor).toBe("system");
+		expect(items[2]?.actor).toBe(`agent:${agentId}`);
+		expect(items[3]?.actor).toBe(`agent:${agentId}`);
+		expect((await api(`/v1/commands/${crypto.randomUUID()}/events`)).status).toBe(404);
+	});
+
+	it("names the operator who cancelled a pending command", async () => {
+		const agentId = uniqueAgentId();
+		const cmd = await enqueue(agentId, { action: "doomed" });
+		await api(`/v1/commands/${cmd.id}/cancel`, { method: "POST", key: "test-second-key" });
+		const items = await waitFor(async () => {
+			const r = await (await api(`/v1/commands/${cmd.id}/events`)).json<{ items: { to: string; actor: string }[] }>();
+			return r.items.length === 2 ? r.items : undefined;
+		}, "cancel event");
+		expect(items[1]?.to).toBe("cancelled");
+		expect(items[1]?.actor).toMatch(/^api:[0-9a-f]{8}$/);
+		expect(items[1]?.actor).not.toBe(items[0]?.actor); // another key than the one that enqueued
+	});
+});
+
+describe("retention", () => {
+	it("deletes finished commands (and their events) older than the period, and nothing else", async () => {
+		const agentId = uniqueAgentId("ret");
+		const rows = await query<{ id: string; action: string }>(sql`
+			insert into agent_commands (agent_id, action, status, created_at, completed_at) values
+				(${agentId}, 'old_done', 'completed', now() - interval '40 days', now() - interval '40 days'),
+				(${agentId}, 'old_failed', 'failed', now() - interval '40 days', now() - interval '31 days'),
+				(${agentId}, 'recent_done', 'completed', now() - interval '2 days', now() - interval '2 days'),
+				(${agentId}, 'old_pending', 'pending', now() - interval '90 days', null),
+				(${agentId}, 'old_running', 'acknowledged', now() - interval '90 days', null)
+			returning id, action`);
+		const idOf = (a: string) => rows.find((r) => r.action === a)?.id ?? "";
+		await query(sql`insert into command_events (command_id, from_status, to_status) values (${idOf("old_done")}, null, 'pending')`);
+
+		await deleteExpired(env, 30);
+		const left = await query<{ action: string }>(sql`select action from agent_commands where agent_id = ${agentId} order by action`);
+		expect(left.map((r) => r.action)).toEqual(["old_pending", "old_running", "recent_done"]);
+		const orphanEvents = await query(sql`select 1 from command_events where command_id = ${idOf("old_done")}`);
+		expect(orphanEvents).toEqual([]);
+	});
+});
