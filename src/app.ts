@@ -6,6 +6,7 @@ import { ErrorCode, MAX_BODY_BYTES } from "./protocol";
 import { agentRoutes } from "./routes/agents";
 import { commandRoutes } from "./routes/commands";
 import { healthRoutes } from "./routes/health";
+import { metricsRoutes } from "./routes/metrics";
 
 const v1 = new Hono<AppEnv>()
 	.use(
@@ -21,6 +22,7 @@ const v1 = new Hono<AppEnv>()
 
 export const app = new Hono<AppEnv>()
 	.route("/", healthRoutes)
+	.route("/", metricsRoutes)
 	.route("/v1", v1);
 
 app.onError(onError);

@@ -319,10 +319,14 @@ export class AgentHub extends DurableObject<Env> {
 				const refusal = refusalFor(outcome, frame.id);
 				if (refusal) this.send(ws, refusal);
 				if (outcome !== "applied") return;
+				const row = buffer.getCommand(this.sql, frame.id);
 				log("info", `command.${frame.type === "ack" ? "acknowledged" : frame.status}`, {
 					agentId: att.agentId,
 					commandId: frame.id,
 					generation: att.generation,
+					attempt: row?.attempts,
+					// From first dispatch to this frame.
+					durationMs: row?.first_dispatched_at ? now - row.first_dispatched_at : undefined,
 				});
 				if (frame.type === "result") this.pump();
 			}
@@ -579,7 +583,7 @@ export class AgentHub extends DurableObject<Env> {
 			const { lastSeq, entries } = buffer.peekOutbox(this.sql, OUTBOX_BATCH, this.epoch());
 			const presenceDirty = this.meta.get("presence_dirty") === "1";
 			if (entries.length === 0 && !presenceDirty) break;
-			const presence = this.presence(agentId);
+			const presence = { ...this.presence(agentId), outboxDepth: buffer.outboxSize(this.sql) - entries.length };
 			try {
 				await withDb(this.env, (db) => writeStatus(db, entries, presence, agentId)).catch((err: unknown) => {
 					if (!(err instanceof DbQueryError)) throw err;
@@ -598,6 +602,7 @@ export class AgentHub extends DurableObject<Env> {
 				});
 				return;
 			}
+			this.recordAnalytics(agentId, entries);
 			this.ctx.storage.transactionSync(() => {
 				buffer.dropOutbox(this.sql, lastSeq);
 				buffer.markSynced(this.sql, terminalIds(entries), Date.now());
@@ -651,6 +656,24 @@ export class AgentHub extends DurableObject<Env> {
 		});
 	}
 
+	/**
+	 * Fleet-wide dashboards: when an Analytics Engine dataset is bound as
+	 * ANALYTICS, each transition Postgres accepted becomes a data point
+	 * (blobs: agent, to, from, errorCode; doubles: attempts; index: agent).
+	 */
+	private recordAnalytics(agentId: string, entries: readonly KeyedEntry[]): void {
+		const dataset = (this.env as Env & { ANALYTICS?: AnalyticsEngineDataset }).ANALYTICS;
+		if (!dataset) return;
+		for (const e of entries) {
+			if (e.kind !== "transition") continue;
+			dataset.writeDataPoint({
+				blobs: [agentId, e.to, e.from ?? "", e.errorCode ?? ""],
+				doubles: [e.attempts],
+				indexes: [agentId],
+			});
+		}
+	}
+
 	/** A random id for this object's storage, minted once: makes outbox keys unique across resets. */
 	private epoch(): string {
 		let epoch = this.meta.get("epoch");
@@ -661,7 +684,7 @@ export class AgentHub extends DurableObject<Env> {
 		return epoch;
 	}
 
-	private presence(agentId: string): Presence {
+	private presence(agentId: string): Omit<Presence, "outboxDepth"> {
 		const lastConnected = this.meta.getNumber("last_connected_at");
 		const ws = this.currentSocket();
 		const lastSeen = ws ? this.lastActivity(ws) : (this.meta.getNumber("last_seen_at") ?? Date.now());

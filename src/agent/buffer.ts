@@ -52,6 +52,7 @@ const MIGRATIONS = [
 	`alter table commands add column synced_at integer;
 	create table if not exists stops (id text primary key, reason text not null, until integer not null);`,
 	`create table if not exists events (seq integer primary key autoincrement, at integer not null, body text not null);`,
+	`alter table commands add column first_dispatched_at integer;`,
 ];
 
 export function migrate(sql: SqlStorage): void {
@@ -88,6 +89,7 @@ const BufferedRow = z.object({
 	cancel_deadline: z.number().nullable(),
 	finished_at: z.number().nullable(),
 	synced_at: z.number().nullable(),
+	first_dispatched_at: z.number().nullable(),
 });
 export type BufferedRow = z.infer<typeof BufferedRow>;
 
@@ -358,11 +360,13 @@ export function fillWindow(sql: SqlStorage, concurrency: number, generation: num
 				const attempt = row.attempts + 1;
 				sql.exec(
 					`update commands set status = 'dispatched', attempts = ?, generation = ?, ack_deadline = ?,
-						run_deadline = coalesce(run_deadline, case when timeout_ms is null then null else ? + timeout_ms end)
+						run_deadline = coalesce(run_deadline, case when timeout_ms is null then null else ? + timeout_ms end),
+						first_dispatched_at = coalesce(first_dispatched_at, ?)
 					 where id = ?`,
 					attempt,
 					generation,
 					now + row.ack_timeout_ms,
+					now,
 					now,
 					row.id,
 				);

@@ -22,6 +22,8 @@ export const agents = pgTable("agents", {
 	connected: boolean("connected").notNull().default(false),
 	lastConnectedAt: ts("last_connected_at"),
 	lastSeenAt: ts("last_seen_at"),
+	// Status changes the agent's object still holds for Postgres, as of its last flush.
+	outboxDepth: integer("outbox_depth").notNull().default(0),
 });
 
 /**

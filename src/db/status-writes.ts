@@ -48,6 +48,8 @@ export interface Presence {
 	connected: boolean;
 	lastConnectedAt: string | null;
 	lastSeenAt: string;
+	/** Outbox entries left after this write. */
+	outboxDepth: number;
 }
 
 /** What one batch changes on one command row, folded from all its entries in order. */
@@ -169,10 +171,12 @@ export async function writeStatus(
 		}));
 	const presenceCte = presence
 		? sql`, agent as (
-			insert into agents (id, connected, last_connected_at, last_seen_at)
-			values (${presence.agentId}, ${presence.connected}, ${presence.lastConnectedAt}::timestamptz, ${presence.lastSeenAt}::timestamptz)
+			insert into agents (id, connected, last_connected_at, last_seen_at, outbox_depth)
+			values (${presence.agentId}, ${presence.connected}, ${presence.lastConnectedAt}::timestamptz,
+				${presence.lastSeenAt}::timestamptz, ${presence.outboxDepth})
 			on conflict (id) do update set
 				connected = excluded.connected,
+				outbox_depth = excluded.outbox_depth,
 				last_connected_at = coalesce(excluded.last_connected_at, agents.last_connected_at),
 				last_seen_at = greatest(agents.last_seen_at, excluded.last_seen_at)
 		)`

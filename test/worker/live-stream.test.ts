@@ -286,3 +286,56 @@ describe("retention", () => {
 		expect(orphanEvents).toEqual([]);
 	});
 });
+
+describe("metrics", () => {
+	function value(text: string, series: string): number {
+		const line = text.split("\n").find((l) => l.startsWith(`${series} `));
+		if (!line) throw new Error(`no series ${series}`);
+		return Number(line.slice(series.length + 1));
+	}
+
+	async function scrape(): Promise<string> {
+		const res = await api("/metrics");
+		expect(res.status).toBe(200);
+		expect(res.headers.get("content-type")).toMatch(/^text\/plain; version=0\.0\.4/);
+		return res.text();
+	}
+
+	it("reflect a known sequence of commands", async () => {
+		const before = await scrape();
+		const agentId = uniqueAgentId("metrics");
+		const agent = await AgentSocket.connect(agentId);
+		const ok1 = await enqueue(agentId, { action: "m1" });
+		const ok2 = await enqueue(agentId, { action: "m2" });
+		const bad = await enqueue(agentId, { action: "m3" });
+		const waiting = await enqueue(uniqueAgentId("metrics-offline"), { action: "m4" });
+		for (const f of await agent.commands(3)) {
+			agent.send(f.id === bad.id ? { type: "result", id: f.id, status: "failed", error: "x" } : { type: "result", id: f.id, status: "completed" });
+		}
+		for (const c of [ok1, ok2]) await waitForStatus(c.id, "completed");
+		await waitForStatus(bad.id, "failed");
+		await waitFor(async () => value(await scrape(), "switchyard_agents_connected") >= 1, "agent online");
+		const after = await scrape();
+		agent.close();
+
+		const delta = (series: string) => value(after, series) - value(before, series);
+		expect(delta('switchyard_command_transitions_total{to="pending"}')).toBe(4);
+		expect(delta('switchyard_command_transitions_total{to="dispatched"}')).toBe(3);
+		expect(delta('switchyard_command_transitions_total{to="completed"}')).toBe(2);
+		expect(delta('switchyard_command_transitions_total{to="failed"}')).toBe(1);
+		expect(delta('switchyard_commands{status="completed"}')).toBe(2);
+		expect(delta('switchyard_commands{status="pending"}')).toBe(1);
+		expect(delta("switchyard_pending_backlog")).toBe(1);
+		expect(delta("switchyard_enqueue_to_dispatch_seconds_count")).toBe(3);
+		expect(delta("switchyard_dispatch_to_completion_seconds_count")).toBe(3);
+		expect(value(after, 'switchyard_enqueue_to_dispatch_seconds_bucket{le="+Inf"}')).toBe(
+			value(after, "switchyard_enqueue_to_dispatch_seconds_count"),
+		);
+		expect(value(after, "switchyard_pending_oldest_seconds")).toBeGreaterThanOrEqual(0);
+		expect(waiting.status).toBe("pending");
+	});
+
+	it("need an operator key", async () => {
+		expect((await api("/metrics", { key: null })).status).toBe(401);
+	});
+});

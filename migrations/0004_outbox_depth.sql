@@ -1,0 +1,1 @@
+ALTER TABLE "agents" ADD COLUMN "outbox_depth" integer DEFAULT 0 NOT NULL;

@@ -1,0 +1,53 @@
+import { Hono } from "hono";
+import type { AppEnv } from "../app-env";
+import { requireApiKey } from "../auth/api-key";
+import { withDb } from "../db/client";
+import { type Histogram, LATENCY_BUCKETS, type Snapshot, snapshot } from "../db/metrics";
+import { COMMAND_STATUSES } from "../protocol";
+
+/** Prometheus text exposition (version 0.0.4). */
+export function render(s: Snapshot): string {
+	const lines: string[] = [];
+	const metric = (name: string, type: string, help: string, samples: [string, number][]) => {
+		lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+		for (const [labels, value] of samples) lines.push(`${name}${labels} ${value}`);
+	};
+	const hist = (name: string, help: string, h: Histogram) =>
+		metric(name, "histogram", help, [
+			...LATENCY_BUCKETS.map((le, i): [string, number] => [`_bucket{le="${le}"}`, h.buckets[i] ?? 0]),
+			['_bucket{le="+Inf"}', h.count],
+			["_sum", h.sum],
+			["_count", h.count],
+		]);
+	metric("switchyard_agents_connected", "gauge", "Agents with an open socket.", [["", s.agents_connected]]);
+	metric(
+		"switchyard_commands",
+		"gauge",
+		"Commands by current status.",
+		COMMAND_STATUSES.map((st) => [`{status="${st}"}`, s.by_status?.[st] ?? 0]),
+	);
+	metric(
+		"switchyard_command_transitions_total",
+		"counter",
+		"Status transitions recorded, by the status entered.",
+		COMMAND_STATUSES.map((st) => [`{to="${st}"}`, s.transitions?.[st] ?? 0]),
+	);
+	metric("switchyard_redeliveries_total", "counter", "Commands sent again (ack timeout, reconnect, lost).", [
+		["", s.redeliveries],
+	]);
+	metric("switchyard_pending_backlog", "gauge", "Commands waiting to be dispatched.", [["", s.by_status?.pending ?? 0]]);
+	metric("switchyard_pending_oldest_seconds", "gauge", "Age of the oldest pending command.", [
+		["", s.oldest_pending_seconds ?? 0],
+	]);
+	metric("switchyard_outbox_depth", "gauge", "Status changes agent objects still hold for Postgres.", [
+		["", s.outbox_depth],
+	]);
+	hist("switchyard_enqueue_to_dispatch_seconds", "From enqueue to first dispatch.", s.enqueue_to_dispatch);
+	hist("switchyard_dispatch_to_completion_seconds", "From first dispatch to a finished status.", s.dispatch_to_completion);
+	return `${lines.join("\n")}\n`;
+}
+
+export const metricsRoutes = new Hono<AppEnv>().get("/metrics", requireApiKey, async (c) => {
+	const s = await withDb(c.env, (db) => snapshot(db));
+	return c.text(render(s), 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
+});
