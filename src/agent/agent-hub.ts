@@ -470,7 +470,11 @@ export class AgentHub extends DurableObject<Env> {
 		const frames = this.ctx.storage.transactionSync(() =>
 			buffer.fillWindow(this.sql, this.concurrency(), generation, now),
 		);
-		for (const f of frames) this.send(ws, f);
+		const agentId = this.meta.get("agent_id");
+		for (const f of frames) {
+			this.send(ws, f);
+			log("info", "command.dispatched", { agentId, commandId: f.id, action: f.action, attempt: f.attempt, generation });
+		}
 		if (frames.length > 0) this.scheduleFlush();
 		return frames.length;
 	}
