@@ -78,6 +78,22 @@ describe("observer stream", () => {
 		observer.close();
 	});
 
+	it("shows a replaced connection as such", async () => {
+		const agentId = uniqueAgentId();
+		const observer = await Observer.attach(agentId);
+		const first = await AgentSocket.connect(agentId);
+		const second = await AgentSocket.connect(agentId);
+		await first.closed;
+		await waitFor(() => observer.events().filter((f) => f.type === "presence").length === 3, "three presence events");
+		expect(observer.events().filter((f) => f.type === "presence").map((f) => [f.state, f.generation])).toEqual([
+			["connected", 1],
+			["replaced", 1],
+			["connected", 2],
+		]);
+		second.close();
+		observer.close();
+	});
+
 	it("resumes with ?since= and gets exactly what it missed, then live events", async () => {
 		const agentId = uniqueAgentId();
 		const agent = await AgentSocket.connect(agentId);
@@ -284,6 +300,32 @@ describe("retention", () => {
 		expect(left.map((r) => r.action)).toEqual(["old_pending", "old_running", "recent_done"]);
 		const orphanEvents = await query(sql`select 1 from command_events where command_id = ${idOf("old_done")}`);
 		expect(orphanEvents).toEqual([]);
+	});
+});
+
+describe("Analytics Engine", () => {
+	it("gets one data point per status change Postgres accepted, when the dataset is bound", async () => {
+		const agentId = uniqueAgentId();
+		const points: AnalyticsEngineDataPoint[] = [];
+		const stub = agentHub(env, agentId);
+		const cmd = await enqueue(agentId, { action: "counted" });
+		// Local Analytics Engine discards writes; give the object a dataset that records them.
+		await runInDurableObject(stub, (instance: AgentHub) => {
+			// SAFETY: test-only swap of the object's env for one with the optional binding.
+			const hub = instance as unknown as { env: Env & { ANALYTICS?: AnalyticsEngineDataset } };
+			hub.env = { ...hub.env, ANALYTICS: { writeDataPoint: (p?: AnalyticsEngineDataPoint) => p && points.push(p) } };
+		});
+		const agent = await AgentSocket.connect(agentId);
+		await agent.next("command");
+		agent.send({ type: "result", id: cmd.id, status: "completed" });
+		await waitForStatus(cmd.id, "completed");
+		await waitFor(() => points.some((p) => p.blobs?.[1] === "completed"), "completed data point");
+		expect(points.map((p) => p.blobs?.slice(0, 3))).toEqual([
+			[agentId, "dispatched", "pending"],
+			[agentId, "completed", "dispatched"],
+		]);
+		expect(points.every((p) => p.indexes?.[0] === agentId)).toBe(true);
+		agent.close();
 	});
 });
 
