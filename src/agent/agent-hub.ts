@@ -21,6 +21,7 @@ import {
 	parseAgentFrame,
 } from "../protocol";
 import * as buffer from "./buffer";
+import * as storage from "./storage";
 import * as events from "./events";
 import { Meta } from "./meta";
 
@@ -94,7 +95,7 @@ export class AgentHub extends DurableObject<Env> {
 		this.sql = ctx.storage.sql;
 		this.meta = new Meta(this.sql);
 		ctx.blockConcurrencyWhile(async () => {
-			buffer.migrate(this.sql);
+			storage.migrate(this.sql);
 		});
 		// Answered at the edge without waking a hibernated object.
 		ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair(PING_TEXT, PONG_TEXT));
@@ -122,7 +123,7 @@ export class AgentHub extends DurableObject<Env> {
 		this.scheduleFlush();
 		await this.armAlarm();
 		const statuses: Record<string, string> = {};
-		for (const c of commands) statuses[c.id] = buffer.getCommand(this.sql, c.id)?.status ?? "unknown";
+		for (const c of commands) statuses[c.id] = storage.getCommand(this.sql, c.id)?.status ?? "unknown";
 		log("info", "command.buffered", { agentId, count: commands.length, added });
 		return { statuses };
 	}
@@ -144,7 +145,7 @@ export class AgentHub extends DurableObject<Env> {
 		actor = "api",
 	): Promise<{ outcome: buffer.CancelOutcome | "unavailable" }> {
 		this.bindAgent(agentId);
-		if (!buffer.getCommand(this.sql, id)) {
+		if (!storage.getCommand(this.sql, id)) {
 			// Without Postgres the object cannot know whether it is about to deliver
 			// this one. Read it without sending anything: it must be cancelled first.
 			const read = await this.catchUp({ pump: false }).then(
@@ -182,8 +183,8 @@ export class AgentHub extends DurableObject<Env> {
 			generation: this.meta.getNumber("generation") ?? 0,
 			connected: this.currentSocket() !== undefined,
 			concurrency: this.concurrency(),
-			buffered: buffer.statusCounts(this.sql),
-			outbox: buffer.outboxSize(this.sql),
+			buffered: storage.statusCounts(this.sql),
+			outbox: storage.outboxSize(this.sql),
 		};
 	}
 
@@ -287,7 +288,7 @@ export class AgentHub extends DurableObject<Env> {
 				if (refusal) this.send(ws, refusal);
 				if (outcome !== "applied") return;
 				this.ctx.storage.transactionSync(() =>
-					buffer.recordOutput(this.sql, frame.id, frame.seq, frame.data, now),
+					storage.recordOutput(this.sql, frame.id, frame.seq, frame.data, now),
 				);
 				this.scheduleFlush();
 				return;
@@ -319,7 +320,7 @@ export class AgentHub extends DurableObject<Env> {
 				const refusal = refusalFor(outcome, frame.id);
 				if (refusal) this.send(ws, refusal);
 				if (outcome !== "applied") return;
-				const row = buffer.getCommand(this.sql, frame.id);
+				const row = storage.getCommand(this.sql, frame.id);
 				log("info", `command.${frame.type === "ack" ? "acknowledged" : frame.status}`, {
 					agentId: att.agentId,
 					commandId: frame.id,
@@ -576,7 +577,7 @@ export class AgentHub extends DurableObject<Env> {
 	private async flushLoop(): Promise<void> {
 		const agentId = this.meta.get("agent_id");
 		if (!agentId) return;
-		if (buffer.outboxSize(this.sql) === 0 && this.meta.get("presence_dirty") !== "1") {
+		if (storage.outboxSize(this.sql) === 0 && this.meta.get("presence_dirty") !== "1") {
 			this.meta.clearTimer("flush");
 			return;
 		}
@@ -584,10 +585,10 @@ export class AgentHub extends DurableObject<Env> {
 		await this.armAlarm();
 		do {
 			this.flushAgain = false;
-			const { lastSeq, entries } = buffer.peekOutbox(this.sql, OUTBOX_BATCH, this.epoch());
+			const { lastSeq, entries } = storage.peekOutbox(this.sql, OUTBOX_BATCH, this.epoch());
 			const presenceDirty = this.meta.get("presence_dirty") === "1";
 			if (entries.length === 0 && !presenceDirty) break;
-			const presence = { ...this.presence(agentId), outboxDepth: buffer.outboxSize(this.sql) - entries.length };
+			const presence = { ...this.presence(agentId), outboxDepth: storage.outboxSize(this.sql) - entries.length };
 			try {
 				await withDb(this.env, (db) => writeStatus(db, entries, presence, agentId)).catch((err: unknown) => {
 					if (!(err instanceof DbQueryError)) throw err;
@@ -601,15 +602,15 @@ export class AgentHub extends DurableObject<Env> {
 				log(err instanceof DbUnavailableError ? "warn" : "error", "outbox.flush_failed", {
 					agentId,
 					failures,
-					pending: buffer.outboxSize(this.sql),
+					pending: storage.outboxSize(this.sql),
 					...errorFields(err),
 				});
 				return;
 			}
 			this.recordAnalytics(agentId, entries);
 			this.ctx.storage.transactionSync(() => {
-				buffer.dropOutbox(this.sql, lastSeq);
-				buffer.markSynced(this.sql, terminalIds(entries), Date.now());
+				storage.dropOutbox(this.sql, lastSeq);
+				storage.markSynced(this.sql, terminalIds(entries), Date.now());
 				// Presence written above is stale if it changed during the await.
 				const now = this.presence(agentId);
 				if (now.lastSeenAt === presence.lastSeenAt && now.connected === presence.connected) {
@@ -617,9 +618,9 @@ export class AgentHub extends DurableObject<Env> {
 				}
 				this.meta.delete("flush_failures");
 			});
-		} while (this.flushAgain || buffer.outboxSize(this.sql) > 0);
+		} while (this.flushAgain || storage.outboxSize(this.sql) > 0);
 		this.meta.clearTimer("flush");
-		buffer.prune(this.sql, Date.now());
+		storage.prune(this.sql, Date.now());
 		events.pruneEvents(this.sql, Date.now());
 		await this.armAlarm();
 	}

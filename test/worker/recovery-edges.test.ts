@@ -7,6 +7,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
 import * as buffer from "../../src/agent/buffer";
+import * as storage from "../../src/agent/storage";
 import { writeStatus } from "../../src/db/status-writes";
 import { agentHub } from "../../src/routes/commands";
 import {
@@ -134,10 +135,10 @@ describe("Postgres is the record, and it never goes backwards", () => {
 			buffer.fillWindow(s, 1, 1, t0);
 			expect(buffer.finish(s, cmd.id, { status: "completed" }, t0)).toBe("applied");
 			// Twelve minutes of outage: not synced, so not pruned.
-			expect(buffer.prune(s, t0 + 12 * 60_000)).toBe(0);
-			buffer.markSynced(s, [cmd.id], t0 + 12 * 60_000);
-			expect(buffer.prune(s, t0 + 15 * 60_000)).toBe(0);
-			expect(buffer.prune(s, t0 + 23 * 60_000)).toBe(1);
+			expect(storage.prune(s, t0 + 12 * 60_000)).toBe(0);
+			storage.markSynced(s, [cmd.id], t0 + 12 * 60_000);
+			expect(storage.prune(s, t0 + 15 * 60_000)).toBe(0);
+			expect(storage.prune(s, t0 + 23 * 60_000)).toBe(1);
 		});
 	});
 
