@@ -13,8 +13,6 @@ import {
 	HEARTBEAT_MISSES,
 	PING_TEXT,
 	PONG_TEXT,
-	type ObserverEvent,
-	type ObserverFrame,
 	PROTOCOL_VERSION,
 	type ServerFrame,
 	TERMINAL_STATUSES,
@@ -24,14 +22,13 @@ import * as buffer from "./buffer";
 import * as storage from "./storage";
 import * as events from "./events";
 import { Meta } from "./meta";
+import { OBSERVER_SINCE_HEADER, Observers } from "./observers";
 
 /** Header through which the worker tells the object which agent a verified upgrade is for. */
 export const AGENT_ID_HEADER = "x-switchyard-agent-id";
-/** Set (to the `since` value, or "") by the worker on a verified observer upgrade. */
-export const OBSERVER_SINCE_HEADER = "x-switchyard-observe-since";
+export { OBSERVER_SINCE_HEADER } from "./observers";
 
 const AGENT_TAG = "agent";
-const OBSERVER_TAG = "observer";
 const OUTBOX_BATCH = 500;
 /** Backstop for a flush or catch-up whose promise died with an evicted isolate. */
 const SAFETY_NET_MS = 5_000;
@@ -87,6 +84,7 @@ export function toBufferInput(r: CommandRecord): EnqueueInput {
 export class AgentHub extends DurableObject<Env> {
 	private readonly sql: SqlStorage;
 	private readonly meta: Meta;
+	private readonly observers: Observers;
 	private flushing: Promise<void> | null = null;
 	private flushAgain = false;
 
@@ -94,6 +92,7 @@ export class AgentHub extends DurableObject<Env> {
 		super(ctx, env);
 		this.sql = ctx.storage.sql;
 		this.meta = new Meta(this.sql);
+		this.observers = new Observers(ctx, this.sql, this.meta);
 		ctx.blockConcurrencyWhile(async () => {
 			storage.migrate(this.sql);
 		});
@@ -194,7 +193,8 @@ export class AgentHub extends DurableObject<Env> {
 		const agentId = AgentId.safeParse(request.headers.get(AGENT_ID_HEADER));
 		const since = request.headers.get(OBSERVER_SINCE_HEADER);
 		if (since !== null && agentId.success && request.headers.get("upgrade")?.toLowerCase() === "websocket") {
-			return this.acceptObserver(agentId.data, since === "" ? undefined : Number(since));
+			this.bindAgent(agentId.data);
+			return this.observers.accept(agentId.data, since === "" ? undefined : Number(since));
 		}
 		if (request.headers.get("upgrade")?.toLowerCase() !== "websocket" || !agentId.success) {
 			// Only the worker calls this, after verifying the token; anything else is a wiring bug.
@@ -248,7 +248,7 @@ export class AgentHub extends DurableObject<Env> {
 	}
 
 	override async webSocketMessage(ws: WebSocket, message: string | ArrayBuffer): Promise<void> {
-		if (this.isObserver(ws)) {
+		if (this.observers.has(ws)) {
 			// Observers only listen (their exact-text pings are answered at the edge).
 			this.send(ws, { type: "error", code: ErrorCode.INVALID_FRAME, message: "observers only listen" });
 			return;
@@ -340,7 +340,7 @@ export class AgentHub extends DurableObject<Env> {
 	}
 
 	override async webSocketClose(ws: WebSocket, code: number, reason: string): Promise<void> {
-		if (!this.isObserver(ws)) {
+		if (!this.observers.has(ws)) {
 			await this.onSocketGone(ws, "closed", { code, reason: reason.slice(0, 200) });
 		}
 		try {
@@ -352,69 +352,8 @@ export class AgentHub extends DurableObject<Env> {
 	}
 
 	override async webSocketError(ws: WebSocket, error: unknown): Promise<void> {
-		if (this.isObserver(ws)) return;
+		if (this.observers.has(ws)) return;
 		await this.onSocketGone(ws, "errored", errorFields(error));
-	}
-
-	// -------------------------------------------------------------- observers
-
-	/**
-	 * An observer: replays what it missed since `since` (or says that part is
-	 * gone), then receives every new event. Hibernates like the agent socket.
-	 */
-	private acceptObserver(agentId: string, since: number | undefined): Response {
-		this.bindAgent(agentId);
-		// Everything logged so far goes out to existing observers first, so the
-		// replay below and later broadcasts neither overlap nor leave a hole.
-		this.publish();
-		const pair = new WebSocketPair();
-		const [client, server] = [pair[0], pair[1]];
-		this.ctx.acceptWebSocket(server, [OBSERVER_TAG]);
-		const latest = events.latestSeq(this.sql);
-		this.sendObserver(server, { type: "observing", agentId, latestSeq: latest });
-		if (since !== undefined && since < latest) {
-			const pruned = events.prunedThrough(this.sql);
-			if (since < pruned) this.sendObserver(server, { type: "gap", since, through: pruned });
-			for (const e of events.eventsAfter(this.sql, Math.max(since, pruned))) this.sendObserver(server, framed(e));
-		}
-		log("info", "observer.attached", { agentId, since, latest, observers: this.ctx.getWebSockets(OBSERVER_TAG).length });
-		return new Response(null, { status: 101, webSocket: client });
-	}
-
-	/** Sends every event logged since the last publish to every observer. */
-	private publish(): void {
-		const from = this.meta.getNumber("published_seq") ?? 0;
-		const fresh = events.eventsAfter(this.sql, from);
-		if (fresh.length === 0) return;
-		this.meta.set("published_seq", fresh[fresh.length - 1]?.seq ?? from);
-		const observers = this.ctx.getWebSockets(OBSERVER_TAG);
-		if (observers.length === 0) return;
-		for (const e of fresh) {
-			const text = JSON.stringify(framed(e));
-			for (const ws of observers) {
-				try {
-					ws.send(text);
-				} catch {
-					// a closing observer; it resumes with ?since= when it returns
-				}
-			}
-		}
-	}
-
-	private isObserver(ws: WebSocket): boolean {
-		try {
-			return this.ctx.getTags(ws).includes(OBSERVER_TAG);
-		} catch {
-			return false; // not a socket this object accepted
-		}
-	}
-
-	private sendObserver(ws: WebSocket, frame: ObserverFrame): void {
-		try {
-			ws.send(JSON.stringify(frame));
-		} catch {
-			// closing
-		}
 	}
 
 	override async alarm(): Promise<void> {
@@ -559,7 +498,7 @@ export class AgentHub extends DurableObject<Env> {
 	 */
 	private scheduleFlush(retry = false): void {
 		// Every change path ends here: observers hear about it at once, whatever Postgres does.
-		this.publish();
+		this.observers.publish();
 		if (!retry && (this.meta.getNumber("flush_failures") ?? 0) > 0) {
 			const due = this.meta.timers().get("flush");
 			if (due !== undefined && due > Date.now()) return;
@@ -796,10 +735,6 @@ function refusalFor(outcome: buffer.FrameOutcome, id: string): ErrorFrame | unde
 			// "duplicate" is a resend after a reconnect: at-least-once delivery makes it normal.
 			return undefined;
 	}
-}
-
-function framed(e: events.Logged): ObserverFrame {
-	return { ...e.event, seq: e.seq, at: new Date(e.at).toISOString() } as ObserverEvent & { seq: number; at: string };
 }
 
 function terminalIds(entries: readonly KeyedEntry[]): string[] {

@@ -1,0 +1,83 @@
+/**
+ * An agent's observers: read-only sockets accepted by the agent's object
+ * (tagged, so they hibernate with it) that replay the event log from where
+ * they left off and then receive each event as it is logged.
+ */
+import { log } from "../log";
+import type { ObserverEvent, ObserverFrame } from "../protocol";
+import * as events from "./events";
+import type { Meta } from "./meta";
+
+/** Set (to the `since` value, or "") by the worker on a verified observer upgrade. */
+export const OBSERVER_SINCE_HEADER = "x-switchyard-observe-since";
+
+const OBSERVER_TAG = "observer";
+
+export class Observers {
+	constructor(
+		private readonly ctx: DurableObjectState,
+		private readonly sql: SqlStorage,
+		private readonly meta: Meta,
+	) {}
+
+	has(ws: WebSocket): boolean {
+		try {
+			return this.ctx.getTags(ws).includes(OBSERVER_TAG);
+		} catch {
+			return false; // not a socket this object accepted
+		}
+	}
+
+	/**
+	 * Replays what the observer missed since `since` (or says that part is
+	 * gone), then it receives every new event.
+	 */
+	accept(agentId: string, since: number | undefined): Response {
+		// Everything logged so far goes out to existing observers first, so the
+		// replay below and later broadcasts neither overlap nor leave a hole.
+		this.publish();
+		const pair = new WebSocketPair();
+		const [client, server] = [pair[0], pair[1]];
+		this.ctx.acceptWebSocket(server, [OBSERVER_TAG]);
+		const latest = events.latestSeq(this.sql);
+		send(server, { type: "observing", agentId, latestSeq: latest });
+		if (since !== undefined && since < latest) {
+			const pruned = events.prunedThrough(this.sql);
+			if (since < pruned) send(server, { type: "gap", since, through: pruned });
+			for (const e of events.eventsAfter(this.sql, Math.max(since, pruned))) send(server, framed(e));
+		}
+		log("info", "observer.attached", { agentId, since, latest, observers: this.ctx.getWebSockets(OBSERVER_TAG).length });
+		return new Response(null, { status: 101, webSocket: client });
+	}
+
+	/** Sends every event logged since the last publish to every observer. */
+	publish(): void {
+		const from = this.meta.getNumber("published_seq") ?? 0;
+		const fresh = events.eventsAfter(this.sql, from);
+		if (fresh.length === 0) return;
+		this.meta.set("published_seq", fresh[fresh.length - 1]?.seq ?? from);
+		const observers = this.ctx.getWebSockets(OBSERVER_TAG);
+		for (const e of fresh) {
+			const text = JSON.stringify(framed(e));
+			for (const ws of observers) {
+				try {
+					ws.send(text);
+				} catch {
+					// a closing observer; it resumes with ?since= when it returns
+				}
+			}
+		}
+	}
+}
+
+function framed(e: events.Logged): ObserverFrame {
+	return { ...e.event, seq: e.seq, at: new Date(e.at).toISOString() } as ObserverEvent & { seq: number; at: string };
+}
+
+function send(ws: WebSocket, frame: ObserverFrame): void {
+	try {
+		ws.send(JSON.stringify(frame));
+	} catch {
+		// closing
+	}
+}
