@@ -281,8 +281,7 @@ export class AgentHub extends DurableObject<Env> {
 				return;
 			}
 			if (frame.type === "output") {
-				// Validated and checked against the buffer; storing and streaming it to
-				// observers is not built yet (docs/protocol.md says so).
+				// Logged for observers and queued for Postgres with the command.
 				const outcome = buffer.acceptsOutput(this.sql, frame.id);
 				const refusal = refusalFor(outcome, frame.id);
 				if (refusal) this.send(ws, refusal);
@@ -389,7 +388,7 @@ export class AgentHub extends DurableObject<Env> {
 		const generation = this.meta.getNumber("generation") ?? 0;
 		this.meta.clearTimer("hello");
 		if (this.meta.getNumber("hello_generation") === generation || !this.currentSocket()) return;
-		const changed = this.ctx.storage.transactionSync(() => buffer.applyHello(this.sql, new Set(), now, generation));
+		const changed = this.ctx.storage.transactionSync(() => buffer.applyHello(this.sql, new Set(), now, generation, "no_hello"));
 		if (changed) log("info", "agent.no_hello", { agentId: this.meta.get("agent_id"), generation, changed });
 	}
 

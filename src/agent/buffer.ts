@@ -261,7 +261,13 @@ export function finish(
  * is left alone. Sent commands it does list are running, whatever the buffer
  * thought.
  */
-export function applyHello(sql: SqlStorage, running: ReadonlySet<string>, now: number, generation: number): number {
+export function applyHello(
+	sql: SqlStorage,
+	running: ReadonlySet<string>,
+	now: number,
+	generation: number,
+	reason: "lost" | "no_hello" = "lost",
+): number {
 	let changed = 0;
 	for (const row of rows(sql, `select * from commands where status in ${OPEN}`)) {
 		const listed = running.has(row.id);
@@ -270,7 +276,7 @@ export function applyHello(sql: SqlStorage, running: ReadonlySet<string>, now: n
 			if (row.cancel_requested_at !== null) moveTo(sql, row, "cancelled", now, { detail: { reason: "lost" } });
 			else if (row.attempts >= row.max_attempts)
 				fail(sql, row, now, FailureCode.LOST, "the agent lost it and no attempts are left");
-			else moveTo(sql, row, "pending", now, { detail: { reason: "lost", attempt: row.attempts } });
+			else moveTo(sql, row, "pending", now, { detail: { reason, attempt: row.attempts } });
 		} else if (listed && row.status !== "acknowledged" && sentAndOpen(row)) {
 			changed++;
 			moveTo(sql, row, "acknowledged", now, { detail: { reason: "reported_running" } });

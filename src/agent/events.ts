@@ -10,10 +10,17 @@ import type { ObserverEvent } from "../protocol";
 export const EVENT_LOG_MAX = 10_000;
 export const EVENT_LOG_MAX_AGE_MS = 24 * 60 * 60 * 1000;
 
+/** Pruning runs every this many appends, so the bound holds even while Postgres is down. */
+const PRUNE_EVERY = 100;
+/** Replay and broadcast read the log a page at a time: output events can be 64 KiB each. */
+export const PAGE = 100;
+
 export function appendEvent(sql: SqlStorage, event: ObserverEvent, now: number): number {
-	return sql
+	const seq = sql
 		.exec<{ seq: number }>("insert into events (at, body) values (?, ?) returning seq", now, JSON.stringify(event))
 		.one().seq;
+	if (seq % PRUNE_EVERY === 0) pruneEvents(sql, now);
+	return seq;
 }
 
 export interface Logged {
@@ -32,7 +39,7 @@ export function prunedThrough(sql: SqlStorage): number {
 	return Number(row?.value ?? 0);
 }
 
-export function eventsAfter(sql: SqlStorage, seq: number, limit = EVENT_LOG_MAX): Logged[] {
+export function eventsAfter(sql: SqlStorage, seq: number, limit = PAGE): Logged[] {
 	return sql
 		.exec<{ seq: number; at: number; body: string }>(
 			"select seq, at, body from events where seq > ? order by seq limit ?",

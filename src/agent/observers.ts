@@ -44,7 +44,13 @@ export class Observers {
 		if (since !== undefined && since < latest) {
 			const pruned = events.prunedThrough(this.sql);
 			if (since < pruned) send(server, { type: "gap", since, through: pruned });
-			for (const e of events.eventsAfter(this.sql, Math.max(since, pruned))) send(server, framed(e));
+			// Page by page up to `latest`, so a long replay neither stops short nor holds the whole log in memory.
+			for (let from = Math.max(since, pruned); from < latest; ) {
+				const page = events.eventsAfter(this.sql, from);
+				if (page.length === 0) break;
+				for (const e of page) send(server, framed(e));
+				from = page[page.length - 1]?.seq ?? latest;
+			}
 		}
 		log("info", "observer.attached", { agentId, since, latest, observers: this.ctx.getWebSockets(OBSERVER_TAG).length });
 		return new Response(null, { status: 101, webSocket: client });
@@ -52,18 +58,20 @@ export class Observers {
 
 	/** Sends every event logged since the last publish to every observer. */
 	publish(): void {
-		const from = this.meta.getNumber("published_seq") ?? 0;
-		const fresh = events.eventsAfter(this.sql, from);
-		if (fresh.length === 0) return;
-		this.meta.set("published_seq", fresh[fresh.length - 1]?.seq ?? from);
 		const observers = this.ctx.getWebSockets(OBSERVER_TAG);
-		for (const e of fresh) {
-			const text = JSON.stringify(framed(e));
-			for (const ws of observers) {
-				try {
-					ws.send(text);
-				} catch {
-					// a closing observer; it resumes with ?since= when it returns
+		for (;;) {
+			const from = this.meta.getNumber("published_seq") ?? 0;
+			const fresh = events.eventsAfter(this.sql, from);
+			if (fresh.length === 0) return;
+			this.meta.set("published_seq", fresh[fresh.length - 1]?.seq ?? from);
+			for (const e of fresh) {
+				const text = JSON.stringify(framed(e));
+				for (const ws of observers) {
+					try {
+						ws.send(text);
+					} catch {
+						// a closing observer; it resumes with ?since= when it returns
+					}
 				}
 			}
 		}

@@ -1,8 +1,9 @@
 /**
  * Fleet metrics, computed from Postgres on each scrape (so as fresh as the
- * agents' last outbox flushes, normally milliseconds). Counters count the
- * retained audit trail: retention deletes old events, so they can step down
- * once a day; rate() over minutes is unaffected.
+ * agents' last outbox flushes, normally milliseconds). Counters and
+ * histograms are recomputed from the retained rows, so they step down when
+ * retention deletes old ones (it runs every minute): Prometheus reads that as
+ * a counter reset. Known limitation; see docs/operations.md.
  */
 import { type SQL, sql } from "drizzle-orm";
 import { z } from "zod";

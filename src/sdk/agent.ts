@@ -454,8 +454,13 @@ export class Agent {
 	private output(id: string, entry: Running, chunk: string): void {
 		const ws = this.ws;
 		if (!ws || ws.readyState !== OPEN || !this.running.has(id)) return;
-		for (let i = 0; i < chunk.length; i += MAX_OUTPUT_CHUNK) {
-			this.sendRaw(ws, { type: "output", id, seq: entry.outputSeq++, data: chunk.slice(i, i + MAX_OUTPUT_CHUNK) });
+		for (let i = 0; i < chunk.length; ) {
+			let end = Math.min(i + MAX_OUTPUT_CHUNK, chunk.length);
+			// Never cut a surrogate pair: each half alone is refused by the server.
+			const last = chunk.charCodeAt(end - 1);
+			if (end < chunk.length && last >= 0xd800 && last <= 0xdbff) end--;
+			this.sendRaw(ws, { type: "output", id, seq: entry.outputSeq++, data: chunk.slice(i, end) });
+			i = end;
 		}
 	}
 
