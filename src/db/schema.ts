@@ -115,6 +115,3 @@ export const commandEvents = pgTable(
 			.where(sql`${t.dedupKey} is not null`),
 	],
 );
-
-export type CommandRow = typeof agentCommands.$inferSelect;
-export type AgentRow = typeof agents.$inferSelect;

@@ -288,8 +288,7 @@ export class Agent {
 		this.lastHeard = Date.now();
 		// Results first: the server must hear that these finished before the
 		// hello below, which does not list them as running.
-		for (const frame of this.unsent.values()) this.sendRaw(ws, frame);
-		this.unsent.clear();
+		this.flushUnsent(ws);
 		this.sendRaw(ws, { type: "hello", concurrency: this.concurrency, running: this.runningIds });
 		if (this.heartbeat !== undefined) clearInterval(this.heartbeat);
 		this.heartbeat = setInterval(() => this.beat(ws), this.heartbeatMs);
@@ -334,8 +333,7 @@ export class Agent {
 		if (this.heartbeat !== undefined) clearInterval(this.heartbeat);
 		if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
 		if (ws && ws.readyState === OPEN) {
-			for (const frame of this.unsent.values()) this.sendRaw(ws, frame);
-			this.unsent.clear();
+			this.flushUnsent(ws);
 			ws.close(code ?? 1000, "agent stopping");
 		}
 		this.ws = undefined;
@@ -362,8 +360,7 @@ export class Agent {
 				if (this.current !== "connecting") return; // stopping: do not come back to life
 				this.current = "open";
 				// Results that finished between socket open and now.
-				for (const frame of this.unsent.values()) this.sendRaw(ws, frame);
-				this.unsent.clear();
+				this.flushUnsent(ws);
 				this.backoff.reset();
 				this.emit({ type: "open", generation: frame.generation });
 				return;
@@ -462,6 +459,12 @@ export class Agent {
 			this.sendRaw(ws, { type: "output", id, seq: entry.outputSeq++, data: chunk.slice(i, end) });
 			i = end;
 		}
+	}
+
+	/** Hands every result not yet sent to the socket. */
+	private flushUnsent(ws: SocketLike): void {
+		for (const frame of this.unsent.values()) this.sendRaw(ws, frame);
+		this.unsent.clear();
 	}
 
 	private sendRaw(ws: SocketLike, frame: object | string): void {
