@@ -68,6 +68,7 @@ async function main(): Promise<void> {
 		`DATABASE_URL:${databaseUrl}`,
 		"--var",
 		`NEON_WS_PROXY:${proxy}`,
+		...extraVars(),
 	];
 	// Its own process group, so stopping it reaches workerd too.
 	wrangler = spawn(process.execPath, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"], detached: true });
@@ -94,6 +95,20 @@ async function main(): Promise<void> {
 		`  curl -s -X POST ${base}/v1/agents/demo/token -H "Authorization: Bearer ${secrets.apiKey}"\n`,
 	);
 	say("Ctrl-C stops everything.");
+}
+
+/**
+ * `SWITCHYARD_VAR_<NAME>=value` in the environment becomes `--var NAME:value`,
+ * so a harness (the benchmark, a test) can tune a worker var without editing
+ * wrangler.toml.
+ */
+function extraVars(): string[] {
+	const prefix = "SWITCHYARD_VAR_";
+	return Object.entries(process.env).flatMap(([key, value]) =>
+		key.startsWith(prefix) && key.length > prefix.length && value !== undefined
+			? ["--var", `${key.slice(prefix.length)}:${value}`]
+			: [],
+	);
 }
 
 async function waitForHealthy(base: string): Promise<void> {
