@@ -255,14 +255,23 @@ export type ObserverEvent =
 /** An event as an observer receives it. */
 export type ObserverFrame =
 	| (ObserverEvent & { seq: number; at: string })
-	/** First frame: where the stream starts. */
-	| { type: "observing"; agentId: string; latestSeq: number }
+	/** First frame: where the stream starts. Resume with `?since=<last seq seen>&epoch=<this epoch>`. */
+	| { type: "observing"; agentId: string; epoch: string; latestSeq: number }
+	/**
+	 * The resume point belongs to a log that no longer exists (the agent's
+	 * object storage was reset): seq numbers restarted, and this log is
+	 * replayed from its start.
+	 */
+	| { type: "reset"; since: number; epoch: string }
 	/** Events after `since` up to `through` were pruned from the log before this observer asked. */
 	| { type: "gap"; since: number; through: number };
 
 export const StreamQuery = z.strictObject({
-	since: z.coerce.number().int().min(0).optional(),
+	since: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
+	/** The `epoch` of the `observing` frame `since` was counted in. */
+	epoch: z.uuid().optional(),
 });
+export type StreamQuery = z.infer<typeof StreamQuery>;
 
 /** Output kept per command in Postgres; beyond it, the marker below is shown. */
 export const OUTPUT_CAP_CHARS = 1024 * 1024;

@@ -22,11 +22,11 @@ import * as buffer from "./buffer";
 import * as storage from "./storage";
 import * as events from "./events";
 import { Meta } from "./meta";
-import { OBSERVER_SINCE_HEADER, Observers } from "./observers";
+import { OBSERVER_RESUME_HEADER, Observers, parseResume } from "./observers";
 
 /** Header through which the worker tells the object which agent a verified upgrade is for. */
 export const AGENT_ID_HEADER = "x-switchyard-agent-id";
-export { OBSERVER_SINCE_HEADER } from "./observers";
+export { OBSERVER_RESUME_HEADER } from "./observers";
 
 const AGENT_TAG = "agent";
 const OUTBOX_BATCH = 500;
@@ -191,10 +191,10 @@ export class AgentHub extends DurableObject<Env> {
 
 	override async fetch(request: Request): Promise<Response> {
 		const agentId = AgentId.safeParse(request.headers.get(AGENT_ID_HEADER));
-		const since = request.headers.get(OBSERVER_SINCE_HEADER);
-		if (since !== null && agentId.success && request.headers.get("upgrade")?.toLowerCase() === "websocket") {
+		const resume = parseResume(request.headers.get(OBSERVER_RESUME_HEADER));
+		if (resume !== null && agentId.success && request.headers.get("upgrade")?.toLowerCase() === "websocket") {
 			this.bindAgent(agentId.data);
-			return this.observers.accept(agentId.data, since === "" ? undefined : Number(since));
+			return this.observers.accept(agentId.data, resume);
 		}
 		if (request.headers.get("upgrade")?.toLowerCase() !== "websocket" || !agentId.success) {
 			// Only the worker calls this, after verifying the token; anything else is a wiring bug.
@@ -523,7 +523,7 @@ export class AgentHub extends DurableObject<Env> {
 		await this.armAlarm();
 		do {
 			this.flushAgain = false;
-			const { lastSeq, entries } = storage.peekOutbox(this.sql, OUTBOX_BATCH, this.epoch());
+			const { lastSeq, entries } = storage.peekOutbox(this.sql, OUTBOX_BATCH, this.meta.epoch());
 			const presenceDirty = this.meta.get("presence_dirty") === "1";
 			if (entries.length === 0 && !presenceDirty) break;
 			const presence = { ...this.presence(agentId), outboxDepth: storage.outboxSize(this.sql) - entries.length };
@@ -615,16 +615,6 @@ export class AgentHub extends DurableObject<Env> {
 				indexes: [agentId],
 			});
 		}
-	}
-
-	/** A random id for this object's storage, minted once: makes outbox keys unique across resets. */
-	private epoch(): string {
-		let epoch = this.meta.get("epoch");
-		if (!epoch) {
-			epoch = crypto.randomUUID();
-			this.meta.set("epoch", epoch);
-		}
-		return epoch;
 	}
 
 	private presence(agentId: string): Omit<Presence, "outboxDepth"> {

@@ -302,9 +302,10 @@ export function requestCancel(sql: SqlStorage, id: string, now: number, actor = 
 	}
 	if (row.cancel_requested_at === null) {
 		sql.exec(
-			"update commands set cancel_requested_at = ?, cancel_deadline = ? where id = ?",
+			"update commands set cancel_requested_at = ?, cancel_deadline = ?, cancel_actor = ? where id = ?",
 			now,
 			now + CANCEL_GRACE_SECONDS * 1000,
+			actor,
 			id,
 		);
 		push(sql, { kind: "cancel_requested", commandId: id, at: new Date(now).toISOString() });

@@ -12,12 +12,17 @@ export const EVENT_LOG_MAX_AGE_MS = 24 * 60 * 60 * 1000;
 
 /** Pruning runs every this many appends, so the bound holds even while Postgres is down. */
 const PRUNE_EVERY = 100;
-/** Replay and broadcast read the log a page at a time: output events can be 64 KiB each. */
+/**
+ * Replay and broadcast read the log a page at a time, bounded by count and by
+ * bytes (output events can be 64 KiB each), so neither holds much in memory.
+ */
 export const PAGE = 100;
+export const PAGE_BYTES = 1024 * 1024;
 
 export function appendEvent(sql: SqlStorage, event: ObserverEvent, now: number): number {
+	const body = JSON.stringify(event);
 	const seq = sql
-		.exec<{ seq: number }>("insert into events (at, body) values (?, ?) returning seq", now, JSON.stringify(event))
+		.exec<{ seq: number }>("insert into events (at, body, size) values (?, ?, ?) returning seq", now, body, body.length)
 		.one().seq;
 	if (seq % PRUNE_EVERY === 0) pruneEvents(sql, now);
 	return seq;
@@ -39,12 +44,18 @@ export function prunedThrough(sql: SqlStorage): number {
 	return Number(row?.value ?? 0);
 }
 
-export function eventsAfter(sql: SqlStorage, seq: number, limit = PAGE): Logged[] {
+/** The next page after `seq`: at most `limit` events, and past the first, at most `budget` characters. */
+export function eventsAfter(sql: SqlStorage, seq: number, limit = PAGE, budget = PAGE_BYTES): Logged[] {
 	return sql
 		.exec<{ seq: number; at: number; body: string }>(
-			"select seq, at, body from events where seq > ? order by seq limit ?",
+			`select e.seq, e.at, e.body from events e join (
+				select seq, sum(size) over (order by seq) - size as before from events where seq > ? order by seq limit ?
+			) p on p.seq = e.seq
+			where p.before = 0 or p.before + e.size <= ?
+			order by e.seq`,
 			seq,
 			limit,
+			budget,
 		)
 		.toArray()
 		// SAFETY: only appendEvent writes this table, from a typed ObserverEvent.

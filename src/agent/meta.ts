@@ -29,6 +29,20 @@ export class Meta {
 		this.sql.exec("delete from meta where key = ?", key);
 	}
 
+	/**
+	 * A random id for this object's storage, minted once. Outbox keys carry it
+	 * (unique across a storage reset), and observers resume against it (a
+	 * sequence number means nothing in another epoch's log).
+	 */
+	epoch(): string {
+		let epoch = this.get("epoch");
+		if (!epoch) {
+			epoch = crypto.randomUUID();
+			this.set("epoch", epoch);
+		}
+		return epoch;
+	}
+
 	/** Named deadlines sharing the object's single alarm slot. */
 	timers(): Map<string, number> {
 		const rows = this.sql

@@ -4,12 +4,23 @@
  * they left off and then receive each event as it is logged.
  */
 import { log } from "../log";
-import type { ObserverEvent, ObserverFrame } from "../protocol";
+import { type ObserverEvent, type ObserverFrame, StreamQuery } from "../protocol";
 import * as events from "./events";
 import type { Meta } from "./meta";
 
-/** Set (to the `since` value, or "") by the worker on a verified observer upgrade. */
-export const OBSERVER_SINCE_HEADER = "x-switchyard-observe-since";
+/** Set by the worker on a verified observer upgrade: the validated StreamQuery, as JSON. */
+export const OBSERVER_RESUME_HEADER = "x-switchyard-observe-resume";
+
+/** The resume point the worker forwarded, or null if the header is missing or not one. */
+export function parseResume(header: string | null): StreamQuery | null {
+	if (header === null) return null;
+	try {
+		const parsed = StreamQuery.safeParse(JSON.parse(header));
+		return parsed.success ? parsed.data : null;
+	} catch {
+		return null;
+	}
+}
 
 const OBSERVER_TAG = "observer";
 
@@ -30,9 +41,12 @@ export class Observers {
 
 	/**
 	 * Replays what the observer missed since `since` (or says that part is
-	 * gone), then it receives every new event.
+	 * gone), then it receives every new event. A resume point from another
+	 * storage epoch, or past the end of this log, means the log it was read
+	 * from no longer exists: the observer is told (`reset`) and replays this
+	 * log from its start.
 	 */
-	accept(agentId: string, since: number | undefined): Response {
+	accept(agentId: string, resume: StreamQuery): Response {
 		// Everything logged so far goes out to existing observers first, so the
 		// replay below and later broadcasts neither overlap nor leave a hole.
 		this.publish();
@@ -40,7 +54,13 @@ export class Observers {
 		const [client, server] = [pair[0], pair[1]];
 		this.ctx.acceptWebSocket(server, [OBSERVER_TAG]);
 		const latest = events.latestSeq(this.sql);
-		send(server, { type: "observing", agentId, latestSeq: latest });
+		const epoch = this.meta.epoch();
+		send(server, { type: "observing", agentId, epoch, latestSeq: latest });
+		let since = resume.since;
+		if (since !== undefined && ((resume.epoch !== undefined && resume.epoch !== epoch) || since > latest)) {
+			send(server, { type: "reset", since, epoch });
+			since = 0;
+		}
 		if (since !== undefined && since < latest) {
 			const pruned = events.prunedThrough(this.sql);
 			if (since < pruned) send(server, { type: "gap", since, through: pruned });
@@ -52,7 +72,7 @@ export class Observers {
 				from = page[page.length - 1]?.seq ?? latest;
 			}
 		}
-		log("info", "observer.attached", { agentId, since, latest, observers: this.ctx.getWebSockets(OBSERVER_TAG).length });
+		log("info", "observer.attached", { agentId, since: resume.since, latest, observers: this.ctx.getWebSockets(OBSERVER_TAG).length });
 		return new Response(null, { status: 101, webSocket: client });
 	}
 

@@ -43,6 +43,8 @@ const MIGRATIONS = [
 	create table if not exists stops (id text primary key, reason text not null, until integer not null);`,
 	`create table if not exists events (seq integer primary key autoincrement, at integer not null, body text not null);`,
 	`alter table commands add column first_dispatched_at integer;`,
+	`alter table commands add column cancel_actor text;`,
+	`alter table events add column size integer not null default 0;`,
 ];
 
 export function migrate(sql: SqlStorage): void {
@@ -77,6 +79,8 @@ const BufferedRow = z.object({
 	run_deadline: z.number().nullable(),
 	cancel_requested_at: z.number().nullable(),
 	cancel_deadline: z.number().nullable(),
+	/** Who asked for the cancel (api:<key id>), when an operator did through this object. */
+	cancel_actor: z.string().nullable(),
 	finished_at: z.number().nullable(),
 	synced_at: z.number().nullable(),
 	first_dispatched_at: z.number().nullable(),
@@ -213,7 +217,22 @@ export function moveTo(sql: SqlStorage, row: BufferedRow, to: CommandStatus, now
 		at: new Date(now).toISOString(),
 		attempts: row.attempts,
 		...extra,
+		...(terminal && row.cancel_requested_at !== null ? cancelAttribution(row, to, extra) : {}),
 	});
+}
+
+/**
+ * How a command whose cancel was requested ended names who asked: a
+ * `cancelled` end is theirs (the agent or a timer only carried it out), and
+ * any other end records the request in its detail, so the operator's key is
+ * in the trail however the command finished.
+ */
+function cancelAttribution(row: BufferedRow, to: CommandStatus, extra: Extra): Pick<Extra, "actor" | "detail"> {
+	const requestedBy = row.cancel_actor ?? "system";
+	return {
+		...(to === "cancelled" && !extra.actor ? { actor: requestedBy } : {}),
+		detail: { ...extra.detail, cancelRequestedBy: requestedBy },
+	};
 }
 
 export function fail(sql: SqlStorage, row: BufferedRow, now: number, code: FailureCode, error: string): void {

@@ -3,10 +3,12 @@ import {
 	bigint,
 	boolean,
 	check,
+	doublePrecision,
 	index,
 	integer,
 	jsonb,
 	pgTable,
+	primaryKey,
 	smallint,
 	text,
 	timestamp,
@@ -114,4 +116,23 @@ export const commandEvents = pgTable(
 			.on(t.dedupKey)
 			.where(sql`${t.dedupKey} is not null`),
 	],
+);
+
+/**
+ * Monotonic counters behind /metrics, kept apart from the rows they count so
+ * retention can delete those rows without making a counter step down.
+ * Written only by the triggers in migrations/0005 (so commands inserted with
+ * plain SQL are counted too). Each connection adds to its own shard, so
+ * concurrent flushes from many agents do not queue on one row lock; a read
+ * sums the shards.
+ */
+export const metricCounters = pgTable(
+	"metric_counters",
+	{
+		name: text("name").notNull(),
+		label: text("label").notNull().default(""),
+		shard: smallint("shard").notNull(),
+		value: doublePrecision("value").notNull().default(0),
+	},
+	(t) => [primaryKey({ columns: [t.name, t.label, t.shard] })],
 );

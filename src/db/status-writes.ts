@@ -70,6 +70,8 @@ export interface CommandUpdate {
 	taken_at: string | null;
 	cancel_requested_at: string | null;
 	output_append: string | null;
+	/** Output this batch held but did not carry, being past the cap already. */
+	output_dropped: boolean;
 }
 
 /**
@@ -98,6 +100,7 @@ export function foldEntries(entries: readonly OutboxEntry[]): CommandUpdate[] {
 				taken_at: null,
 				cancel_requested_at: null,
 				output_append: null,
+				output_dropped: false,
 			};
 			byId.set(e.commandId, u);
 		}
@@ -107,6 +110,9 @@ export function foldEntries(entries: readonly OutboxEntry[]): CommandUpdate[] {
 		else if (e.kind === "output") {
 			// Past the cap nothing more is kept, so do not carry it to Postgres either.
 			if ((u.output_append?.length ?? 0) <= OUTPUT_CAP_CHARS) u.output_append = (u.output_append ?? "") + e.data;
+			// Counted in UTF-16 units here and in characters by Postgres: say so
+			// explicitly rather than hope Postgres's length check notices.
+			else u.output_dropped = true;
 		}
 		else {
 			u.status = e.to;
@@ -187,7 +193,7 @@ export async function writeStatus(
 				command_id uuid, status text, attempts int, updated_at timestamptz,
 				dispatched_at timestamptz, first_dispatched_at timestamptz, acknowledged_at timestamptz, completed_at timestamptz,
 				has_result boolean, result jsonb, has_error boolean, error text, error_code text,
-				taken_at timestamptz, cancel_requested_at timestamptz, output_append text)
+				taken_at timestamptz, cancel_requested_at timestamptz, output_append text, output_dropped boolean)
 		), upd as (
 			update agent_commands c set
 				status = coalesce(u.status, c.status),
@@ -202,9 +208,11 @@ export async function writeStatus(
 				error_code = case when u.has_error then u.error_code else c.error_code end,
 				taken_at = coalesce(c.taken_at, u.taken_at),
 				cancel_requested_at = coalesce(c.cancel_requested_at, u.cancel_requested_at),
-				output = case when u.output_append is null then c.output
+				-- Once anything was cut, nothing later is appended: the stored output
+				-- is always a prefix, never a text with a hole in it.
+				output = case when u.output_append is null or c.output_truncated then c.output
 					else left(coalesce(c.output, '') || u.output_append, ${OUTPUT_CAP_CHARS}) end,
-				output_truncated = c.output_truncated
+				output_truncated = c.output_truncated or u.output_dropped
 					or length(coalesce(c.output, '')) + length(coalesce(u.output_append, '')) > ${OUTPUT_CAP_CHARS}
 			-- A finished command never moves again, whatever arrives late.
 			from u where c.id = u.command_id and c.status not in ('completed','failed','cancelled','expired')

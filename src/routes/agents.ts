@@ -1,7 +1,7 @@
 import { Hono } from "hono";
 import type { AppEnv } from "../app-env";
 import { z } from "zod";
-import { AGENT_ID_HEADER, OBSERVER_SINCE_HEADER } from "../agent/agent-hub";
+import { AGENT_ID_HEADER, OBSERVER_RESUME_HEADER } from "../agent/agent-hub";
 import { bearerToken, requireApiKey } from "../auth/api-key";
 import { signAgentToken, verifyAgentToken } from "../auth/agent-token";
 import { withDb } from "../db/client";
@@ -40,18 +40,18 @@ export const agentRoutes = new Hono<AppEnv>()
 	)
 	/**
 	 * A live view of one agent (operator key): presence, every command status
-	 * change and output, each numbered; `?since=<seq>` resumes without a gap.
+	 * change and output, each numbered; `?since=<seq>&epoch=<epoch>` resumes without a gap.
 	 * Forwarded to the agent's object, where the socket hibernates.
 	 */
 	.get("/agents/:agentId/stream", requireApiKey, params(AgentParam), query(StreamQuery), async (c) => {
 		const { agentId } = c.req.valid("param");
-		const { since } = c.req.valid("query");
+		const resume = c.req.valid("query");
 		if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
 			throw new ApiError(426, ErrorCode.UPGRADE_REQUIRED, "this endpoint takes a WebSocket upgrade");
 		}
 		const headers = forwardedHeaders(c.req.raw.headers);
 		headers.set(AGENT_ID_HEADER, agentId);
-		headers.set(OBSERVER_SINCE_HEADER, since === undefined ? "" : String(since));
+		headers.set(OBSERVER_RESUME_HEADER, JSON.stringify(resume));
 		return agentHub(c.env, agentId).fetch(new Request(c.req.url, { method: "GET", headers }));
 	})
 	/**

@@ -19,31 +19,31 @@ export function render(s: Snapshot): string {
 			["_sum", h.sum],
 			["_count", h.count],
 		]);
-	metric("switchyard_agents_connected", "gauge", "Agents with an open socket.", [["", s.agents_connected]]);
+	metric("switchyard_agents_connected", "gauge", "Agents with an open socket.", [["", s.agentsConnected]]);
 	metric(
 		"switchyard_commands",
 		"gauge",
 		"Commands by current status.",
-		COMMAND_STATUSES.map((st) => [`{status="${st}"}`, s.by_status?.[st] ?? 0]),
+		COMMAND_STATUSES.map((st) => [`{status="${st}"}`, s.byStatus[st] ?? 0]),
 	);
 	metric(
 		"switchyard_command_transitions_total",
 		"counter",
 		"Status transitions recorded, by the status entered.",
-		COMMAND_STATUSES.map((st) => [`{to="${st}"}`, s.transitions?.[st] ?? 0]),
+		COMMAND_STATUSES.map((st) => [`{to="${st}"}`, s.transitions[st] ?? 0]),
 	);
 	metric("switchyard_redeliveries_total", "counter", "Commands sent again (ack timeout, reconnect, lost).", [
 		["", s.redeliveries],
 	]);
-	metric("switchyard_pending_backlog", "gauge", "Commands waiting to be dispatched.", [["", s.by_status?.pending ?? 0]]);
+	metric("switchyard_pending_backlog", "gauge", "Commands waiting to be dispatched.", [["", s.byStatus.pending ?? 0]]);
 	metric("switchyard_pending_oldest_seconds", "gauge", "Age of the oldest pending command.", [
-		["", s.oldest_pending_seconds ?? 0],
+		["", s.oldestPendingSeconds ?? 0],
 	]);
 	metric("switchyard_outbox_depth", "gauge", "Status changes agent objects still hold for Postgres.", [
-		["", s.outbox_depth],
+		["", s.outboxDepth],
 	]);
-	hist("switchyard_enqueue_to_dispatch_seconds", "From enqueue to first dispatch.", s.enqueue_to_dispatch);
-	hist("switchyard_dispatch_to_completion_seconds", "From first dispatch to a finished status.", s.dispatch_to_completion);
+	hist("switchyard_enqueue_to_dispatch_seconds", "From enqueue to first dispatch.", s.enqueueToDispatch);
+	hist("switchyard_dispatch_to_completion_seconds", "From first dispatch to a finished status.", s.dispatchToCompletion);
 	return `${lines.join("\n")}\n`;
 }
 

@@ -14,6 +14,7 @@ import {
 	AgentSocket,
 	BASE,
 	api,
+	apiCommand,
 	enqueue,
 	query,
 	sql,
@@ -31,8 +32,9 @@ class Observer {
 		ws.addEventListener("message", (e) => this.frames.push(JSON.parse(String(e.data))));
 	}
 
-	static async attach(agentId: string, since?: number, key = API_KEY): Promise<Observer> {
-		const res = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/stream${since === undefined ? "" : `?since=${since}`}`, {
+	static async attach(agentId: string, resume: { since?: number; epoch?: string } = {}, key = API_KEY): Promise<Observer> {
+		const query = new URLSearchParams(Object.entries(resume).map(([k, v]) => [k, String(v)])).toString();
+		const res = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/stream${query ? `?${query}` : ""}`, {
 			headers: { upgrade: "websocket", authorization: `Bearer ${key}` },
 		});
 		if (!res.webSocket) throw new Error(`stream: ${res.status} ${await res.text()}`);
@@ -40,6 +42,10 @@ class Observer {
 		const o = new Observer(res.webSocket);
 		await waitFor(() => o.frames.some((f) => f.type === "observing"), "observing frame");
 		return o;
+	}
+
+	get epoch(): string {
+		return String(this.frames.find((f) => f.type === "observing")?.epoch);
 	}
 
 	events(): Frame[] {
@@ -102,14 +108,15 @@ describe("observer stream", () => {
 		await agent.next("command");
 		await waitFor(() => first.statusOf(a.id).length === 1, "first event");
 		const lastSeen = first.events().at(-1)?.seq as number;
+		const epoch = first.epoch;
 		first.close();
 
 		// Missed while away:
 		agent.send({ type: "ack", id: a.id });
 		agent.send({ type: "result", id: a.id, status: "completed" });
 		await waitForStatus(a.id, "completed");
-		const again = await Observer.attach(agentId, lastSeen);
-		expect(again.frames.filter((f) => f.type === "gap")).toEqual([]);
+		const again = await Observer.attach(agentId, { since: lastSeen, epoch });
+		expect(again.frames.filter((f) => f.type === "gap" || f.type === "reset")).toEqual([]);
 		expect(again.statusOf(a.id)).toEqual(["dispatched>acknowledged", "acknowledged>completed"]);
 		expect(again.events()[0]?.seq).toBe(lastSeen + 1);
 		// and then live:
@@ -133,7 +140,7 @@ describe("observer stream", () => {
 		});
 		agent.send({ type: "result", id: cmd.id, status: "completed" });
 		await waitForStatus(cmd.id, "completed");
-		const observer = await Observer.attach(agentId, 0);
+		const observer = await Observer.attach(agentId, { since: 0 });
 		const gap = observer.frames.find((f) => f.type === "gap");
 		expect(gap).toMatchObject({ since: 0 });
 		expect(gap?.through).toBeGreaterThan(0);
@@ -190,6 +197,38 @@ describe("observer stream", () => {
 		agent.close();
 	});
 
+	it("flags output cut by the cap even when the cut text is astral characters (UTF-16 units vs Postgres characters)", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "emoji" });
+		await agent.next("command");
+		await waitFor(async () => (await apiCommand(cmd.id)).status === "dispatched", "dispatched");
+		// Each chunk is 64 Ki UTF-16 units but only 32 Ki characters to Postgres.
+		const chunk = "😀".repeat(32 * 1024);
+		const n = Math.ceil(OUTPUT_CAP_CHARS / chunk.length) + 2;
+		const stub = agentHub(env, agentId);
+		// Postgres away, so every chunk reaches it in one flush: the case where the
+		// object drops what is past the cap before Postgres can measure it.
+		await fetch(`${env.TEST_RELAY_CONTROL}/down`);
+		try {
+			for (let i = 0; i < n; i++) agent.send({ type: "output", id: cmd.id, seq: i, data: chunk });
+			await waitFor(async () => (await stub.inspect()).outbox >= n, "chunks held in the outbox");
+		} finally {
+			await fetch(`${env.TEST_RELAY_CONTROL}/up`);
+		}
+		agent.send({ type: "result", id: cmd.id, status: "completed" });
+		const body = await waitFor(async () => {
+			const b = await (await api(`/v1/commands/${cmd.id}/output`)).json<{ output: string; truncated: boolean; status: string }>();
+			return b.status === "completed" ? b : undefined;
+		}, "completed", 30_000);
+		expect(body.truncated).toBe(true);
+		const kept = body.output.slice(0, -OUTPUT_TRUNCATION_MARKER.length);
+		expect(body.output.endsWith(OUTPUT_TRUNCATION_MARKER)).toBe(true);
+		expect(chunk.repeat(n).startsWith(kept)).toBe(true);
+		expect(kept.length).toBeGreaterThan(0);
+		agent.close();
+	}, 60_000);
+
 	it("100 observers all see the agent's events, and the agent's commands still flow", async () => {
 		const agentId = uniqueAgentId();
 		const observers = await Promise.all(Array.from({ length: 100 }, () => Observer.attach(agentId)));
@@ -207,6 +246,65 @@ describe("observer stream", () => {
 		agent.close();
 	});
 
+	it("replays a log of large output events page by page, bounded in bytes, and whole", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "verbose" });
+		await agent.next("command");
+		const chunk = (i: number) => `${i}:`.padEnd(60 * 1024, "z");
+		const n = 40;
+		for (let i = 0; i < n; i++) agent.send({ type: "output", id: cmd.id, seq: i, data: chunk(i) });
+		const stub = agentHub(env, agentId);
+		const page = await waitFor(
+			() =>
+				runInDurableObject(stub, async (_i: AgentHub, state) => {
+					const { eventsAfter, PAGE_BYTES } = await import("../../src/agent/events");
+					const all = state.storage.sql.exec("select count(*) as n from events where body like '%\"output\"%'").one().n;
+					if (all !== n) return undefined;
+					const first = eventsAfter(state.storage.sql, 0);
+					return { size: first.reduce((sum, e) => sum + JSON.stringify(e.event).length, 0), count: first.length, budget: PAGE_BYTES };
+				}),
+			"all output logged",
+		);
+		expect(page.count).toBeGreaterThan(1);
+		expect(page.count).toBeLessThan(n);
+		expect(page.size).toBeLessThanOrEqual(page.budget);
+		const observer = await Observer.attach(agentId, { since: 0 });
+		await waitFor(() => observer.events().filter((f) => f.type === "output").length === n, "every chunk replayed");
+		expect(observer.events().filter((f) => f.type === "output").map((f) => f.data)).toEqual(Array.from({ length: n }, (_, i) => chunk(i)));
+		observer.close();
+		agent.close();
+	});
+
+	it("tells an observer resuming from a log that no longer exists (storage reset), and replays this one from its start", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "after_reset" });
+		await agent.next("command");
+		const live = await Observer.attach(agentId);
+		const latest = live.frames.find((f) => f.type === "observing")?.latestSeq as number;
+		live.close();
+
+		// Its seq is from another epoch's log (what an object whose storage was reset looks like to it).
+		const otherEpoch = await Observer.attach(agentId, { since: 1, epoch: crypto.randomUUID() });
+		// Its seq is past the end of this log, and it did not say which epoch.
+		const pastEnd = await Observer.attach(agentId, { since: latest + 50 });
+		for (const [observer, since] of [[otherEpoch, 1], [pastEnd, latest + 50]] as const) {
+			const [observing, reset] = observer.frames;
+			expect(observing).toMatchObject({ type: "observing", epoch: live.epoch, latestSeq: latest });
+			expect(reset).toEqual({ type: "reset", since, epoch: live.epoch });
+			await waitFor(() => observer.events().length >= latest, "full replay");
+			expect(observer.events().map((f) => f.seq)).toEqual(Array.from({ length: latest }, (_, i) => i + 1));
+			expect(observer.statusOf(cmd.id)).toEqual(["pending>dispatched"]);
+			observer.close();
+		}
+		// The right epoch and a seq inside the log is an ordinary resume.
+		const same = await Observer.attach(agentId, { since: latest, epoch: live.epoch });
+		expect(same.frames.map((f) => f.type)).toEqual(["observing"]);
+		same.close();
+		agent.close();
+	});
+
 	it("needs an operator key, and observers cannot send commands", async () => {
 		const agentId = uniqueAgentId();
 		const res = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/stream`, { headers: { upgrade: "websocket" } });
@@ -215,6 +313,10 @@ describe("observer stream", () => {
 			headers: { upgrade: "websocket", authorization: `Bearer ${API_KEY}` },
 		});
 		expect(bad.status).toBe(400);
+		const badEpoch = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/stream?since=1&epoch=not-a-uuid`, {
+			headers: { upgrade: "websocket", authorization: `Bearer ${API_KEY}` },
+		});
+		expect(badEpoch.status).toBe(400);
 		const observer = await Observer.attach(agentId);
 		observer.ws.send(JSON.stringify({ type: "result", id: crypto.randomUUID(), status: "completed" }));
 		await waitFor(() => observer.frames.some((f) => f.type === "error"), "error frame");
@@ -228,7 +330,7 @@ describe("observer stream", () => {
 			headers: {
 				upgrade: "websocket",
 				authorization: `Bearer ${await tokenFor(agentId)}`,
-				"x-switchyard-observe-since": "0",
+				"x-switchyard-observe-resume": "{}",
 			},
 		});
 		res.webSocket?.accept();
@@ -263,7 +365,8 @@ describe("audit trail", () => {
 		expect(items[0]?.actor).toMatch(/^api:[0-9a-f]{8}$/);
 		expect(items[1]?.actor).toBe("system");
 		expect(items[2]?.actor).toBe(`agent:${agentId}`);
-		expect(items[3]?.actor).toBe(`agent:${agentId}`);
+		// The agent carried the cancel out; the operator who asked for it caused it.
+		expect(items[3]?.actor).toBe(items[0]?.actor);
 		expect((await api(`/v1/commands/${crypto.randomUUID()}/events`)).status).toBe(404);
 	});
 
@@ -278,6 +381,35 @@ describe("audit trail", () => {
 		expect(items[1]?.to).toBe("cancelled");
 		expect(items[1]?.actor).toMatch(/^api:[0-9a-f]{8}$/);
 		expect(items[1]?.actor).not.toBe(items[0]?.actor); // another key than the one that enqueued
+	});
+
+	it("names the operator who cancelled a command the agent already held, however it ended", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId, { hello: { concurrency: 2 } });
+		const stopped = await enqueue(agentId, { action: "stopped_on_request" });
+		const finishedAnyway = await enqueue(agentId, { action: "finished_anyway" });
+		await agent.commands(2);
+		for (const c of [stopped, finishedAnyway]) {
+			agent.send({ type: "ack", id: c.id });
+			await waitFor(async () => (await apiCommand(c.id)).status === "acknowledged", "acknowledged");
+			const res = await api(`/v1/commands/${c.id}/cancel`, { method: "POST", key: "test-second-key" });
+			expect(res.status).toBe(202);
+		}
+		agent.send({ type: "result", id: stopped.id, status: "cancelled" });
+		agent.send({ type: "result", id: finishedAnyway.id, status: "completed" });
+		await waitForStatus(stopped.id, "cancelled");
+		await waitForStatus(finishedAnyway.id, "completed");
+		const trail = async (id: string) =>
+			(await (await api(`/v1/commands/${id}/events`)).json<{ items: { to: string; actor: string; detail: Record<string, unknown> }[] }>()).items;
+		const [enqueuedBy] = await trail(stopped.id);
+		const operator = (await trail(stopped.id)).at(-1);
+		expect(operator?.to).toBe("cancelled");
+		expect(operator?.actor).toMatch(/^api:[0-9a-f]{8}$/);
+		expect(operator?.actor).not.toBe(enqueuedBy?.actor);
+		expect(operator?.detail.cancelRequestedBy).toBe(operator?.actor);
+		const completed = (await trail(finishedAnyway.id)).at(-1);
+		expect(completed).toMatchObject({ to: "completed", actor: `agent:${agentId}`, detail: { cancelRequestedBy: operator?.actor } });
+		agent.close();
 	});
 });
 
@@ -375,6 +507,62 @@ describe("metrics", () => {
 		);
 		expect(value(after, "switchyard_pending_oldest_seconds")).toBeGreaterThanOrEqual(0);
 		expect(waiting.status).toBe("pending");
+	});
+
+	it("counters and histograms never step down when retention deletes the rows they counted", async () => {
+		const agentId = uniqueAgentId("metrics-retained");
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "soon_deleted" });
+		await agent.next("command");
+		agent.send({ type: "result", id: cmd.id, status: "completed" });
+		await waitForStatus(cmd.id, "completed");
+		agent.close();
+		const before = await scrape();
+		await query(sql`update agent_commands set completed_at = now() - interval '400 days' where id = ${cmd.id}`);
+		expect(await deleteExpired(env, 365)).toBeGreaterThanOrEqual(1);
+		expect(await query(sql`select 1 from agent_commands where id = ${cmd.id}`)).toEqual([]);
+		const after = await scrape();
+		for (const series of [
+			'switchyard_command_transitions_total{to="completed"}',
+			'switchyard_command_transitions_total{to="pending"}',
+			"switchyard_enqueue_to_dispatch_seconds_count",
+			"switchyard_dispatch_to_completion_seconds_count",
+			"switchyard_dispatch_to_completion_seconds_sum",
+		]) {
+			expect(value(after, series), series).toBeGreaterThanOrEqual(value(before, series));
+		}
+	});
+
+	it("put each latency in the right bucket, whoever wrote the row (plain SQL included)", async () => {
+		const bounds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
+		// One latency inside each bucket, and one past the last bound.
+		const latencies = [...bounds.map((b) => b * 0.9), 400];
+		const agentId = uniqueAgentId("metrics-buckets");
+		const before = await scrape();
+		const rows = await query<{ id: string }>(sql`
+			insert into agent_commands (agent_id, action, created_at)
+			select ${agentId}, 'bucketed', now() - interval '1 hour' from generate_series(1, ${latencies.length})
+			returning id`);
+		let after: string;
+		try {
+			// A statement that first sets first_dispatched_at is what the histogram observes.
+			for (const [i, row] of rows.entries()) {
+				await query(sql`update agent_commands set first_dispatched_at = created_at + make_interval(secs => ${latencies[i]})
+					where id = ${row.id}`);
+			}
+			after = await scrape();
+			// A second statement touching the same rows observes nothing again.
+			await query(sql`update agent_commands set updated_at = now() where agent_id = ${agentId}`);
+		} finally {
+			await query(sql`delete from agent_commands where agent_id = ${agentId}`);
+		}
+		const delta = (series: string) => value(after, series) - value(before, series);
+		const name = "switchyard_enqueue_to_dispatch_seconds";
+		bounds.forEach((le, i) => expect(delta(`${name}_bucket{le="${le}"}`), `le=${le}`).toBe(i + 1));
+		expect(delta(`${name}_bucket{le="+Inf"}`)).toBe(latencies.length);
+		expect(delta(`${name}_count`)).toBe(latencies.length);
+		expect(delta(`${name}_sum`)).toBeCloseTo(latencies.reduce((a, b) => a + b, 0), 3);
+		expect(value(await scrape(), `${name}_count`)).toBe(value(after, `${name}_count`));
 	});
 
 	it("need an operator key", async () => {
