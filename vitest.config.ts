@@ -1,8 +1,12 @@
 import { cloudflareTest } from "@cloudflare/vitest-plugin";
 import { defineConfig } from "vitest/config";
-
-export const TEST_API_KEYS = "test-operator-key,test-second-key";
-export const TEST_TOKEN_SECRET = "test-agent-token-secret-0123456789abcdef";
+import {
+	TEST_ALLOWED_ORIGIN,
+	TEST_API_KEYS,
+	TEST_PREVIOUS_TOKEN_SECRET,
+	TEST_READ_KEY,
+	TEST_TOKEN_SECRET,
+} from "./test/helpers/test-secrets";
 
 export default defineConfig({
 	test: {
@@ -18,7 +22,10 @@ export default defineConfig({
 								DATABASE_URL: inject("databaseUrl"),
 								NEON_WS_PROXY: inject("relayProxy"),
 								API_KEYS: TEST_API_KEYS,
+								READ_API_KEYS: TEST_READ_KEY,
 								AGENT_TOKEN_SECRET: TEST_TOKEN_SECRET,
+								AGENT_TOKEN_SECRET_PREVIOUS: TEST_PREVIOUS_TOKEN_SECRET,
+								ALLOWED_ORIGINS: TEST_ALLOWED_ORIGIN,
 								TEST_DEAD_DATABASE_URL: inject("deadDatabaseUrl"),
 								TEST_RELAY_CONTROL: inject("relayControl"),
 							},

@@ -12,6 +12,8 @@ export class ApiError extends Error {
 		readonly code: ErrorCode,
 		message: string,
 		readonly issues?: unknown[],
+		/** Sent with the error response (e.g. Retry-After on a 429). */
+		readonly headers: Record<string, string> = {},
 	) {
 		super(message);
 		this.name = "ApiError";
@@ -32,7 +34,7 @@ const HTTP_EXCEPTION_CODES: Partial<Record<number, ErrorCode>> = {
 
 /** The one place an error becomes a response. Nothing internal (stack, SQL, driver text) leaves here. */
 export const onError: ErrorHandler = (err, c) => {
-	if (err instanceof ApiError) return c.json(body(err.code, err.message, err.issues), err.status);
+	if (err instanceof ApiError) return c.json(body(err.code, err.message, err.issues), err.status, err.headers);
 	if (err instanceof DbUnavailableError) {
 		log("warn", "http.db_unavailable", { path: c.req.path, ...errorFields(err) });
 		c.header("Retry-After", "5");

@@ -1,6 +1,7 @@
 /**
  * What Postgres' jsonb and text cannot hold, and what no payload needs:
- * NUL characters, unpaired UTF-16 surrogates, and absurd nesting. Checked at
+ * NUL characters, unpaired UTF-16 surrogates, absurd nesting, and integers
+ * too large to survive a JSON parser unrounded. Checked at
  * every boundary before zod (whose recursion a 10,000-level value could
  * overflow) and before anything is written, so one bad value can never
  * wedge a batch behind it.
@@ -25,6 +26,10 @@ export function jsonProblem(value: unknown): string | undefined {
 			if (p) return `${path} ${p}`;
 		} else if (typeof v === "number") {
 			if (!Number.isFinite(v)) return `${path} is not a finite number`;
+			// Parsing already rounded it: storing it would silently change the caller's value.
+			if (Number.isInteger(v) && !Number.isSafeInteger(v)) {
+				return `${path} is an integer beyond ±2^53-1, which JSON parsers round; send it as a string`;
+			}
 		} else if (v !== null && typeof v === "object") {
 			if (depth >= MAX_JSON_DEPTH) return `${path} is nested deeper than ${MAX_JSON_DEPTH} levels`;
 			if (Array.isArray(v)) {

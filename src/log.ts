@@ -19,3 +19,17 @@ export function errorFields(err: unknown): Record<string, unknown> {
 	}
 	return { error: String(err) };
 }
+
+/**
+ * What a log may say about a payload: its size and a digest, so two log
+ * lines can be matched to the same payload without the payload (which may
+ * hold secrets of the operator's) ever reaching the logs.
+ */
+export async function payloadFields(payload: unknown): Promise<{ payloadBytes: number; payloadSha256: string }> {
+	const bytes = new TextEncoder().encode(JSON.stringify(payload ?? null));
+	const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+	return {
+		payloadBytes: bytes.length,
+		payloadSha256: [...digest.slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join(""),
+	};
+}

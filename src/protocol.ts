@@ -107,8 +107,19 @@ export const CloseCode = {
 	REPLACED: 4001,
 	/** Nothing heard (not even a ping) for HEARTBEAT_MISSES intervals. Reconnect. */
 	HEARTBEAT_TIMEOUT: 4002,
+	/** The token the socket opened with expired and was not refreshed (`auth.refresh`). Reconnect with a fresh token. */
+	TOKEN_EXPIRED: 4003,
+	/** The agent's tokens were revoked. Terminal: no token minted before the revocation works again. */
+	TOKEN_REVOKED: 4004,
+	/** Frames kept coming far above the rate limit after `rate_limited` errors. Reconnect after a backoff. */
+	RATE_LIMITED: 4005,
+	/** Standard: a frame larger than MAX_FRAME_BYTES. */
+	MESSAGE_TOO_BIG: 1009,
 } as const;
-export const TERMINAL_CLOSE_CODES: ReadonlySet<number> = new Set([CloseCode.REPLACED]);
+export const TERMINAL_CLOSE_CODES: ReadonlySet<number> = new Set([CloseCode.REPLACED, CloseCode.TOKEN_REVOKED]);
+
+/** Largest frame either side accepts, and largest HTTP body. */
+export const MAX_FRAME_BYTES = 1024 * 1024;
 
 /** Machine-readable codes used in HTTP error bodies and `error` frames. */
 export const ErrorCode = {
@@ -116,6 +127,12 @@ export const ErrorCode = {
 	VALIDATION_FAILED: "validation_failed",
 	INVALID_JSON: "invalid_json",
 	UNAUTHORIZED: "unauthorized",
+	/** A valid key without the scope the route needs (a read-only key on a write route). */
+	FORBIDDEN: "forbidden",
+	/** A browser request from a site not in ALLOWED_ORIGINS. */
+	ORIGIN_NOT_ALLOWED: "origin_not_allowed",
+	/** Over a rate limit: HTTP 429 with Retry-After, or an `error` frame. */
+	RATE_LIMITED: "rate_limited",
 	NOT_FOUND: "not_found",
 	METHOD_NOT_ALLOWED: "method_not_allowed",
 	PAYLOAD_TOO_LARGE: "payload_too_large",
@@ -129,6 +146,8 @@ export const ErrorCode = {
 	INVALID_FRAME: "invalid_frame",
 	UNKNOWN_COMMAND: "unknown_command",
 	NOT_DISPATCHED: "not_dispatched",
+	/** `auth.refresh` with a token that is not a valid token for this agent. */
+	INVALID_TOKEN: "invalid_token",
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -285,6 +304,8 @@ export const WelcomeFrame = z.object({
 	protocol: z.literal(PROTOCOL_VERSION),
 	agentId: AgentId,
 	generation: z.number().int(),
+	/** When the token this socket opened with expires (ISO); refresh before it with `auth.refresh`. */
+	tokenExpiresAt: z.iso.datetime({ offset: true }).optional(),
 });
 export const CommandFrame = z.object({
 	type: z.literal("command"),
@@ -310,6 +331,12 @@ export const ErrorFrame = z.object({
 	id: z.string().optional(),
 });
 export type ErrorFrame = z.infer<typeof ErrorFrame>;
+/** Answer to `auth.refresh`: a new token for this agent, and when it expires; the socket now lives until then. */
+export const AuthRefreshedFrame = z.object({
+	type: z.literal("auth.refreshed"),
+	token: z.string(),
+	expiresAt: z.iso.datetime({ offset: true }),
+});
 
 export const ServerFrame = z.discriminatedUnion("type", [
 	WelcomeFrame,
@@ -317,6 +344,7 @@ export const ServerFrame = z.discriminatedUnion("type", [
 	CancelFrame,
 	PongFrame,
 	ErrorFrame,
+	AuthRefreshedFrame,
 ]);
 export type ServerFrame = z.infer<typeof ServerFrame>;
 
@@ -353,7 +381,21 @@ export const OutputFrame = z.object({
 });
 export type OutputFrame = z.infer<typeof OutputFrame>;
 
-export const AgentFrame = z.discriminatedUnion("type", [HelloFrame, AckFrame, ResultFrame, OutputFrame, PingFrame]);
+/** Trade the socket's still-valid token for a new one, so a long-lived connection never has to drop to renew. */
+export const AuthRefreshFrame = z.object({
+	type: z.literal("auth.refresh"),
+	token: z.string().max(4096),
+});
+export type AuthRefreshFrame = z.infer<typeof AuthRefreshFrame>;
+
+export const AgentFrame = z.discriminatedUnion("type", [
+	HelloFrame,
+	AckFrame,
+	ResultFrame,
+	OutputFrame,
+	PingFrame,
+	AuthRefreshFrame,
+]);
 export type AgentFrame = z.infer<typeof AgentFrame>;
 
 /**

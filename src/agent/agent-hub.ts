@@ -11,6 +11,7 @@ import {
 	type ErrorFrame,
 	HEARTBEAT_INTERVAL_SECONDS,
 	HEARTBEAT_MISSES,
+	MAX_FRAME_BYTES,
 	PING_TEXT,
 	PONG_TEXT,
 	PROTOCOL_VERSION,
@@ -23,10 +24,14 @@ import * as storage from "./storage";
 import * as events from "./events";
 import { Meta } from "./meta";
 import { OBSERVER_RESUME_HEADER, Observers, parseResume } from "./observers";
+import { AgentAuth, TOKEN_EXPIRES_HEADER, TOKEN_VERSION_HEADER } from "./agent-auth";
+import { FrameRateLimiter, frameRateLimit, frameTooLarge } from "./frame-limits";
+import { acceptedSubprotocol } from "../auth/credentials";
 
 /** Header through which the worker tells the object which agent a verified upgrade is for. */
 export const AGENT_ID_HEADER = "x-switchyard-agent-id";
 export { OBSERVER_RESUME_HEADER } from "./observers";
+export { TOKEN_EXPIRES_HEADER, TOKEN_VERSION_HEADER } from "./agent-auth";
 
 const AGENT_TAG = "agent";
 const OUTBOX_BATCH = 500;
@@ -85,6 +90,9 @@ export class AgentHub extends DurableObject<Env> {
 	private readonly sql: SqlStorage;
 	private readonly meta: Meta;
 	private readonly observers: Observers;
+	private readonly auth: AgentAuth;
+	/** The current connection's frame budget (in memory: see frame-limits.ts). */
+	private limiter: { generation: number; bucket: FrameRateLimiter } | undefined;
 	private flushing: Promise<void> | null = null;
 	private flushAgain = false;
 
@@ -93,6 +101,7 @@ export class AgentHub extends DurableObject<Env> {
 		this.sql = ctx.storage.sql;
 		this.meta = new Meta(this.sql);
 		this.observers = new Observers(ctx, this.sql, this.meta);
+		this.auth = new AgentAuth(this.meta, env);
 		ctx.blockConcurrencyWhile(async () => {
 			storage.migrate(this.sql);
 		});
@@ -165,6 +174,25 @@ export class AgentHub extends DurableObject<Env> {
 		return { outcome };
 	}
 
+	/** The version a token minted now must carry to be admitted. */
+	async tokenVersion(agentId: string): Promise<number> {
+		this.bindAgent(agentId);
+		return this.auth.version();
+	}
+
+	/**
+	 * Revokes every token minted for this agent so far and closes its socket
+	 * (4004, which the SDK does not reconnect after). Tokens minted afterwards work.
+	 */
+	async revokeTokens(agentId: string): Promise<{ version: number; closed: boolean }> {
+		this.bindAgent(agentId);
+		const version = this.auth.revoke();
+		const ws = this.currentSocket();
+		if (ws) await this.closeSocket(ws, CloseCode.TOKEN_REVOKED, "agent tokens revoked", "revoked", { version });
+		log("warn", "agent.tokens_revoked", { agentId, version, closed: ws !== undefined });
+		return { version, closed: ws !== undefined };
+	}
+
 	/** The object's own view, for tests and diagnostics. */
 	async inspect(): Promise<{
 		agentId: string | undefined;
@@ -192,15 +220,25 @@ export class AgentHub extends DurableObject<Env> {
 	override async fetch(request: Request): Promise<Response> {
 		const agentId = AgentId.safeParse(request.headers.get(AGENT_ID_HEADER));
 		const resume = parseResume(request.headers.get(OBSERVER_RESUME_HEADER));
+		const protocol = acceptedSubprotocol(request.headers);
 		if (resume !== null && agentId.success && request.headers.get("upgrade")?.toLowerCase() === "websocket") {
 			this.bindAgent(agentId.data);
-			return this.observers.accept(agentId.data, resume);
+			return this.observers.accept(agentId.data, resume, protocol);
 		}
 		if (request.headers.get("upgrade")?.toLowerCase() !== "websocket" || !agentId.success) {
 			// Only the worker calls this, after verifying the token; anything else is a wiring bug.
 			return new Response("expected a verified agent WebSocket upgrade", { status: 400 });
 		}
 		this.bindAgent(agentId.data);
+		// Checked here, not only in the worker: this object is where a revocation lives.
+		if (!this.auth.admits(Number(request.headers.get(TOKEN_VERSION_HEADER) ?? 0))) {
+			log("warn", "agent.auth_refused", { agentId: agentId.data, reason: "agent token was revoked" });
+			return Response.json(
+				{ error: { code: ErrorCode.UNAUTHORIZED, message: "agent token was revoked: mint a new one" } },
+				{ status: 401 },
+			);
+		}
+		const tokenExpiresAt = Number(request.headers.get(TOKEN_EXPIRES_HEADER));
 		const generation = (this.meta.getNumber("generation") ?? 0) + 1;
 		this.meta.set("generation", generation);
 
@@ -229,12 +267,19 @@ export class AgentHub extends DurableObject<Env> {
 			this.meta.set("last_seen_at", now);
 			this.meta.set("presence_dirty", true);
 			this.meta.set("concurrency", DEFAULT_CONCURRENCY);
+			if (Number.isFinite(tokenExpiresAt)) this.auth.startSession(tokenExpiresAt);
 			events.appendEvent(this.sql, { type: "presence", state: "connected", generation }, now);
 			return buffer.requeueDispatched(this.sql, now, "reconnect");
 		});
 
 		this.meta.setTimer("hello", now + HELLO_GRACE_MS);
-		this.send(server, { type: "welcome", protocol: PROTOCOL_VERSION, agentId: agentId.data, generation });
+		this.send(server, {
+			type: "welcome",
+			protocol: PROTOCOL_VERSION,
+			agentId: agentId.data,
+			generation,
+			...(Number.isFinite(tokenExpiresAt) ? { tokenExpiresAt: new Date(tokenExpiresAt).toISOString() } : {}),
+		});
 		for (const c of buffer.cancelsOwed(this.sql, now)) this.send(server, { type: "cancel", id: c.id, reason: c.reason });
 		const sent = this.pump();
 		log("info", "agent.connected", { agentId: agentId.data, generation, requeued, sent });
@@ -244,10 +289,19 @@ export class AgentHub extends DurableObject<Env> {
 		this.ctx.waitUntil(this.catchUp().catch(() => {}));
 		this.scheduleFlush();
 		await this.armAlarm();
-		return new Response(null, { status: 101, webSocket: client });
+		return new Response(null, {
+			status: 101,
+			webSocket: client,
+			headers: protocol ? { "sec-websocket-protocol": protocol } : {},
+		});
 	}
 
 	override async webSocketMessage(ws: WebSocket, message: string | ArrayBuffer): Promise<void> {
+		if (frameTooLarge(message, MAX_FRAME_BYTES)) {
+			// Before parsing: a frame this size is refused unread.
+			await this.closeSocket(ws, CloseCode.MESSAGE_TOO_BIG, `frames are limited to ${MAX_FRAME_BYTES} bytes`, "too_big", {});
+			return;
+		}
 		if (this.observers.has(ws)) {
 			// Observers only listen (their exact-text pings are answered at the edge).
 			this.send(ws, { type: "error", code: ErrorCode.INVALID_FRAME, message: "observers only listen" });
@@ -258,6 +312,11 @@ export class AgentHub extends DurableObject<Env> {
 			if (!att || att.generation !== this.meta.getNumber("generation")) {
 				// A frame from a socket already replaced: it has no say over state any more.
 				log("warn", "frame.stale_socket", { agentId: att?.agentId, generation: att?.generation });
+				return;
+			}
+			const verdict = this.takeFrameBudget(att.generation);
+			if (verdict === "abusive") {
+				await this.closeSocket(ws, CloseCode.RATE_LIMITED, "frame rate limit exceeded", "rate_limited", {});
 				return;
 			}
 			if (typeof message !== "string") {
@@ -278,6 +337,28 @@ export class AgentHub extends DurableObject<Env> {
 			this.meta.set("last_seen_at", now);
 			if (frame.type === "ping") {
 				this.send(ws, { type: "pong" });
+				return;
+			}
+			// Over budget, acks and results are still taken: they answer commands this
+			// object sent (its window bounds them), and refusing one would run it twice.
+			if (verdict === "refused" && frame.type !== "ack" && frame.type !== "result") {
+				this.send(ws, {
+					type: "error",
+					code: ErrorCode.RATE_LIMITED,
+					message: `over ${this.limiter?.bucket.rate ?? 0} frames per second; this ${frame.type} frame was dropped`,
+					...("id" in frame ? { id: frame.id } : {}),
+				});
+				return;
+			}
+			if (frame.type === "auth.refresh") {
+				const answer = await this.auth.refresh(att.agentId, frame.token, now);
+				this.send(ws, answer);
+				log(answer.type === "error" ? "warn" : "info", "agent.token_refresh", {
+					agentId: att.agentId,
+					generation: att.generation,
+					outcome: answer.type === "error" ? "refused" : "refreshed",
+				});
+				await this.armAlarm();
 				return;
 			}
 			if (frame.type === "output") {
@@ -365,6 +446,7 @@ export class AgentHub extends DurableObject<Env> {
 			const ws = this.currentSocket();
 			if (ws) for (const id of stop) this.send(ws, { type: "cancel", id, reason: "timeout" });
 			await this.checkHeartbeat(now);
+			await this.checkTokenExpiry(now);
 			const timers = this.meta.timers();
 			if ((timers.get("hello") ?? Number.POSITIVE_INFINITY) <= now) this.assumeNothingRunning(now);
 			this.pump();
@@ -424,13 +506,36 @@ export class AgentHub extends DurableObject<Env> {
 		if (!ws) return;
 		const silentFor = now - this.lastActivity(ws);
 		if (silentFor < SILENCE_LIMIT_MS) return;
+		await this.closeSocket(ws, CloseCode.HEARTBEAT_TIMEOUT, `no ping for ${Math.round(silentFor / 1000)} s`, "timed_out", {
+			silentMs: silentFor,
+		});
+	}
+
+	private async checkTokenExpiry(now: number): Promise<void> {
+		if (!this.auth.expired(now)) return;
+		this.auth.endSession();
+		const ws = this.currentSocket();
+		if (ws) await this.closeSocket(ws, CloseCode.TOKEN_EXPIRED, "agent token expired; refresh it with auth.refresh before it does", "token_expired", {});
+	}
+
+	/** Closes a socket and treats the agent as gone now: a misbehaving or dead peer may never finish the close handshake. */
+	private async closeSocket(ws: WebSocket, code: number, reason: string, how: string, detail: Record<string, unknown>): Promise<void> {
 		try {
-			ws.close(CloseCode.HEARTBEAT_TIMEOUT, `no ping for ${Math.round(silentFor / 1000)} s`);
+			ws.close(code, reason);
 		} catch {
 			// already closing
 		}
-		// A dead peer never completes the close handshake: do not wait for webSocketClose.
-		await this.onSocketGone(ws, "timed_out", { silentMs: silentFor });
+		if (!this.observers.has(ws)) await this.onSocketGone(ws, how, { code, ...detail });
+	}
+
+	private takeFrameBudget(generation: number): "ok" | "refused" | "abusive" {
+		const rate = frameRateLimit(this.env);
+		if (rate === null) return "ok";
+		const now = Date.now();
+		if (this.limiter?.generation !== generation || this.limiter.bucket.rate !== rate) {
+			this.limiter = { generation, bucket: new FrameRateLimiter(rate, now) };
+		}
+		return this.limiter.bucket.take(now);
 	}
 
 	private lastActivity(ws: WebSocket): number {
@@ -685,6 +790,7 @@ export class AgentHub extends DurableObject<Env> {
 			if (!current) return;
 			const now = Date.now();
 			const requeued = this.ctx.storage.transactionSync(() => {
+				this.auth.endSession();
 				this.meta.set("connected", false);
 				this.meta.set("last_seen_at", now);
 				this.meta.set("presence_dirty", true);

@@ -46,7 +46,7 @@ export class Observers {
 	 * from no longer exists: the observer is told (`reset`) and replays this
 	 * log from its start.
 	 */
-	accept(agentId: string, resume: StreamQuery): Response {
+	accept(agentId: string, resume: StreamQuery, protocol?: string): Response {
 		// Everything logged so far goes out to existing observers first, so the
 		// replay below and later broadcasts neither overlap nor leave a hole.
 		this.publish();
@@ -73,7 +73,11 @@ export class Observers {
 			}
 		}
 		log("info", "observer.attached", { agentId, since: resume.since, latest, observers: this.ctx.getWebSockets(OBSERVER_TAG).length });
-		return new Response(null, { status: 101, webSocket: client });
+		return new Response(null, {
+			status: 101,
+			webSocket: client,
+			headers: protocol ? { "sec-websocket-protocol": protocol } : {},
+		});
 	}
 
 	/** Sends every event logged since the last publish to every observer. */

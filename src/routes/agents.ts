@@ -1,9 +1,10 @@
 import { Hono } from "hono";
 import type { AppEnv } from "../app-env";
 import { z } from "zod";
-import { AGENT_ID_HEADER, OBSERVER_RESUME_HEADER } from "../agent/agent-hub";
-import { bearerToken, requireApiKey } from "../auth/api-key";
-import { signAgentToken, verifyAgentToken } from "../auth/agent-token";
+import { AGENT_ID_HEADER, OBSERVER_RESUME_HEADER, TOKEN_EXPIRES_HEADER, TOKEN_VERSION_HEADER } from "../agent/agent-hub";
+import { readAccess, writeAccess } from "../auth/api-key";
+import { signAgentToken, tokenSecrets, verifyAgentToken } from "../auth/agent-token";
+import { checkOrigin, presentedCredential, protocolsWithoutCredential } from "../auth/credentials";
 import { withDb } from "../db/client";
 import { getAgent, listAgents } from "../db/agents";
 import { ApiError } from "../errors";
@@ -15,12 +16,12 @@ import { agentHub } from "./commands";
 const AgentParam = z.object({ agentId: AgentId });
 
 export const agentRoutes = new Hono<AppEnv>()
-	.get("/agents", requireApiKey, query(ListAgentsQuery), async (c) => {
+	.get("/agents", readAccess, query(ListAgentsQuery), async (c) => {
 		const q = c.req.valid("query");
 		const page = await withDb(c.env, (db) => listAgents(db, { limit: q.limit, afterId: q.cursor }));
 		return c.json(page);
 	})
-	.get("/agents/:agentId", requireApiKey, params(AgentParam), async (c) => {
+	.get("/agents/:agentId", readAccess, params(AgentParam), async (c) => {
 		const { agentId } = c.req.valid("param");
 		const agent = await withDb(c.env, (db) => getAgent(db, agentId));
 		if (!agent) throw new ApiError(404, ErrorCode.NOT_FOUND, `no agent with id ${agentId}`);
@@ -28,22 +29,36 @@ export const agentRoutes = new Hono<AppEnv>()
 	})
 	.post(
 		"/agents/:agentId/token",
-		requireApiKey,
+		writeAccess,
 		params(AgentParam),
 		optionalJsonBody(TokenRequest),
 		async (c) => {
 			const { agentId } = c.req.valid("param");
 			const { ttlSeconds } = c.req.valid("json");
-			const token = await signAgentToken(agentId, tokenSecret(c.env), ttlSeconds);
+			// The object knows the agent's current token version (raised by each revocation).
+			const version = await agentHub(c.env, agentId).tokenVersion(agentId);
+			const token = await signAgentToken(agentId, tokenSecrets(c.env), ttlSeconds, { version });
+			log("info", "agent.token_minted", { agentId, apiKeyId: c.get("apiKeyId"), ttlSeconds, version });
 			return c.json({ agentId, ...token }, 201);
 		},
 	)
+	/**
+	 * Revokes every token minted for the agent so far and closes its open
+	 * socket (4004). Mint a new token to let it back in.
+	 */
+	.post("/agents/:agentId/revoke", writeAccess, params(AgentParam), async (c) => {
+		const { agentId } = c.req.valid("param");
+		const { version, closed } = await agentHub(c.env, agentId).revokeTokens(agentId);
+		log("warn", "agent.revoked", { agentId, apiKeyId: c.get("apiKeyId"), version });
+		return c.json({ agentId, revoked: true, socketClosed: closed });
+	})
 	/**
 	 * A live view of one agent (operator key): presence, every command status
 	 * change and output, each numbered; `?since=<seq>&epoch=<epoch>` resumes without a gap.
 	 * Forwarded to the agent's object, where the socket hibernates.
 	 */
-	.get("/agents/:agentId/stream", requireApiKey, params(AgentParam), query(StreamQuery), async (c) => {
+	.get("/agents/:agentId/stream", readAccess, params(AgentParam), query(StreamQuery), async (c) => {
+		checkOrigin(c.req.raw, c.env);
 		const { agentId } = c.req.valid("param");
 		const resume = c.req.valid("query");
 		if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
@@ -61,11 +76,12 @@ export const agentRoutes = new Hono<AppEnv>()
 	 */
 	.get("/agents/:agentId/connect", params(AgentParam), async (c) => {
 		const { agentId } = c.req.valid("param");
-		const token = bearerToken(c.req.header("authorization"));
+		checkOrigin(c.req.raw, c.env);
+		const token = presentedCredential(c.req.raw);
 		if (!token) {
 			throw new ApiError(401, ErrorCode.UNAUTHORIZED, "missing agent token: send Authorization: Bearer <token>");
 		}
-		const check = await verifyAgentToken(token, tokenSecret(c.env), agentId);
+		const check = await verifyAgentToken(token, tokenSecrets(c.env), agentId);
 		if (!check.ok) {
 			log("warn", "agent.auth_refused", { agentId, reason: check.reason });
 			throw new ApiError(401, ErrorCode.UNAUTHORIZED, check.reason);
@@ -77,6 +93,8 @@ export const agentRoutes = new Hono<AppEnv>()
 		}
 		const headers = forwardedHeaders(c.req.raw.headers);
 		headers.set(AGENT_ID_HEADER, agentId);
+		headers.set(TOKEN_EXPIRES_HEADER, String(check.claims.exp * 1000));
+		headers.set(TOKEN_VERSION_HEADER, String(check.claims.ver));
 		return agentHub(c.env, agentId).fetch(new Request(c.req.url, { method: "GET", headers }));
 	});
 
@@ -87,15 +105,9 @@ export const agentRoutes = new Hono<AppEnv>()
 function forwardedHeaders(raw: Headers): Headers {
 	const headers = new Headers();
 	for (const [k, v] of raw) {
-		if (!k.startsWith("x-switchyard-") && k !== "authorization") headers.set(k, v);
+		if (k.startsWith("x-switchyard-") || k === "authorization") continue;
+		// The credential has been checked; the object gets the protocols without it.
+		headers.set(k, k === "sec-websocket-protocol" ? protocolsWithoutCredential(v) : v);
 	}
 	return headers;
-}
-
-function tokenSecret(env: Env): string {
-	if (!env.AGENT_TOKEN_SECRET || env.AGENT_TOKEN_SECRET.length < 32) {
-		// A deploy without a real secret must not mint or accept guessable tokens.
-		throw new Error("AGENT_TOKEN_SECRET is missing or shorter than 32 characters");
-	}
-	return env.AGENT_TOKEN_SECRET;
 }

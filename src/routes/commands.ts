@@ -2,7 +2,8 @@ import { Hono } from "hono";
 import type { AppEnv } from "../app-env";
 import { z } from "zod";
 import { type AgentHub, toBufferInput } from "../agent/agent-hub";
-import { requireApiKey } from "../auth/api-key";
+import { readAccess, writeAccess } from "../auth/api-key";
+import { enqueueRateLimit } from "../rate-limit";
 import { withDb } from "../db/client";
 import {
 	type CommandRecord,
@@ -16,7 +17,7 @@ import {
 	toApiCommand,
 } from "../db/commands";
 import { ApiError } from "../errors";
-import { errorFields, log } from "../log";
+import { errorFields, log, payloadFields } from "../log";
 import {
 	AgentId,
 	BatchEnqueueRequest,
@@ -71,9 +72,10 @@ async function callHub<T>(agentId: string, call: () => Promise<T>): Promise<T> {
 export const commandRoutes = new Hono<AppEnv>()
 	.post(
 		"/agents/:agentId/commands",
-		requireApiKey,
+		writeAccess,
 		params(z.object({ agentId: AgentId })),
 		jsonBody(EnqueueRequest),
+		enqueueRateLimit,
 		async (c) => {
 			const { agentId } = c.req.valid("param");
 			const body = c.req.valid("json");
@@ -83,13 +85,14 @@ export const commandRoutes = new Hono<AppEnv>()
 				commandId: command.id,
 				action: command.action,
 				priority: command.priority,
+				...(await payloadFields(command.payload)),
 			});
 			// A replay forwards again: harmless for the object, and it heals a first forward that failed.
 			if (!TERMINAL_STATUSES.has(command.status)) await forward(c.env, [command]);
 			return c.json(toApiCommand(command), created ? 201 : 200);
 		},
 	)
-	.post("/commands/batch", requireApiKey, jsonBody(BatchEnqueueRequest), async (c) => {
+	.post("/commands/batch", writeAccess, jsonBody(BatchEnqueueRequest), enqueueRateLimit, async (c) => {
 		const body = c.req.valid("json");
 		const results = await withDb(c.env, (db) => insertBatch(db, body, c.get("apiKeyId")));
 		const fresh = results.filter((r) => !TERMINAL_STATUSES.has(r.command.status)).map((r) => r.command);
@@ -106,7 +109,7 @@ export const commandRoutes = new Hono<AppEnv>()
 	})
 	.get(
 		"/agents/:agentId/commands",
-		requireApiKey,
+		readAccess,
 		params(z.object({ agentId: AgentId })),
 		query(ListCommandsQuery),
 		async (c) => {
@@ -122,7 +125,7 @@ export const commandRoutes = new Hono<AppEnv>()
 			return c.json({ items: page.items.map(toApiCommand), nextCursor: page.nextCursor });
 		},
 	)
-	.get("/commands/:id", requireApiKey, params(z.object({ id: CommandId })), async (c) => {
+	.get("/commands/:id", readAccess, params(z.object({ id: CommandId })), async (c) => {
 		const { id } = c.req.valid("param");
 		const cmd = await withDb(c.env, (db) => getCommand(db, id));
 		if (!cmd) throw new ApiError(404, ErrorCode.NOT_FOUND, `no command with id ${id}`);
@@ -132,7 +135,7 @@ export const commandRoutes = new Hono<AppEnv>()
 	 * 200 `cancelled`: it had not been sent and never will be. 202
 	 * `cancel_requested`: the agent has it and was asked to stop. 409: already finished.
 	 */
-	.post("/commands/:id/cancel", requireApiKey, params(z.object({ id: CommandId })), async (c) => {
+	.post("/commands/:id/cancel", writeAccess, params(z.object({ id: CommandId })), async (c) => {
 		const { id } = c.req.valid("param");
 		const before = await withDb(c.env, (db) => getCommand(db, id));
 		if (!before) throw new ApiError(404, ErrorCode.NOT_FOUND, `no command with id ${id}`);
@@ -157,19 +160,19 @@ export const commandRoutes = new Hono<AppEnv>()
 		}
 		return c.json({ outcome, command: { ...command, blockedReason: "cancel_requested" as const } }, 202);
 	})
-	.get("/commands/:id/output", requireApiKey, params(z.object({ id: CommandId })), async (c) => {
+	.get("/commands/:id/output", readAccess, params(z.object({ id: CommandId })), async (c) => {
 		const { id } = c.req.valid("param");
 		const out = await withDb(c.env, (db) => getOutput(db, id));
 		if (!out) throw new ApiError(404, ErrorCode.NOT_FOUND, `no command with id ${id}`);
 		return c.json(out);
 	})
-	.get("/commands/:id/events", requireApiKey, params(z.object({ id: CommandId })), async (c) => {
+	.get("/commands/:id/events", readAccess, params(z.object({ id: CommandId })), async (c) => {
 		const { id } = c.req.valid("param");
 		const found = await withDb(c.env, async (db) => ((await getCommand(db, id)) ? listEvents(db, id) : undefined));
 		if (!found) throw new ApiError(404, ErrorCode.NOT_FOUND, `no command with id ${id}`);
 		return c.json({ items: found });
 	})
-	.post("/agents/:agentId/reconcile", requireApiKey, params(z.object({ agentId: AgentId })), async (c) => {
+	.post("/agents/:agentId/reconcile", writeAccess, params(z.object({ agentId: AgentId })), async (c) => {
 		const { agentId } = c.req.valid("param");
 		const { added } = await callHub(agentId, () => agentHub(c.env, agentId).reconcile(agentId));
 		return c.json({ agentId, added });

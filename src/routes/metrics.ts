@@ -1,6 +1,6 @@
 import { Hono } from "hono";
 import type { AppEnv } from "../app-env";
-import { requireApiKey } from "../auth/api-key";
+import { readAccess } from "../auth/api-key";
 import { withDb } from "../db/client";
 import { type Histogram, LATENCY_BUCKETS, type Snapshot, snapshot } from "../db/metrics";
 import { COMMAND_STATUSES } from "../protocol";
@@ -47,7 +47,7 @@ export function render(s: Snapshot): string {
 	return `${lines.join("\n")}\n`;
 }
 
-export const metricsRoutes = new Hono<AppEnv>().get("/metrics", requireApiKey, async (c) => {
+export const metricsRoutes = new Hono<AppEnv>().get("/metrics", readAccess, async (c) => {
 	const s = await withDb(c.env, (db) => snapshot(db));
 	return c.text(render(s), 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
 });

@@ -25,6 +25,8 @@ import {
 } from "../protocol";
 import { Backoff, type BackoffOptions } from "./backoff";
 import { Recent } from "./recent";
+import { TokenKeeper, type TokenSource } from "./token-keeper";
+import { OutputPacer } from "./output-pacer";
 import { stringProblem } from "../json-safety";
 import {
 	type Connector,
@@ -56,8 +58,14 @@ export interface AgentOptions {
 	/** The control plane's base URL (http(s) or ws(s)); `/v1/agents/{agentId}/connect` is appended. */
 	url: string;
 	agentId: string;
-	/** The agent token, or a function that returns a fresh one before every connection attempt. */
-	token: string | (() => string | Promise<string>);
+	/**
+	 * The agent token, or a function that returns a fresh one before a
+	 * connection attempt. While connected, the agent trades its token for a
+	 * new one before it expires (`auth.refresh`), and reconnects with that.
+	 */
+	token: TokenSource;
+	/** Output frames per second, at most (coalesced beyond that). Default 50: half the server's default frame limit. */
+	outputFramesPerSecond?: number;
 	/** Commands run at once (1-1000). Default 1: one at a time, in order. */
 	concurrency?: number;
 	backoff?: BackoffOptions;
@@ -89,7 +97,6 @@ interface Running {
 	controller: AbortController;
 	/** Set when the agent itself gave up on the command (shutdown): no result is reported. */
 	abandoned: boolean;
-	outputSeq: number;
 }
 
 class CancelledError extends Error {
@@ -107,6 +114,8 @@ export class Agent {
 	private readonly connector: Connector;
 	private readonly concurrency: number;
 	private readonly heartbeatMs: number;
+	private readonly tokens: TokenKeeper;
+	private readonly pacer: OutputPacer;
 	private ws: SocketLike | undefined;
 	private heartbeat: ReturnType<typeof setInterval> | undefined;
 	private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
@@ -128,6 +137,12 @@ export class Agent {
 		this.connector = opts.connect ?? defaultConnector;
 		this.heartbeatMs = opts.heartbeatMs ?? HEARTBEAT_INTERVAL_SECONDS * 1000;
 		this.results = new Recent(opts.rememberResults ?? 10_000);
+		this.tokens = new TokenKeeper(opts.token);
+		this.pacer = new OutputPacer((id, seq, data) => {
+			const ws = this.ws;
+			// Best effort while disconnected, as documented on CommandContext.output.
+			if (ws && ws.readyState === OPEN) this.sendRaw(ws, { type: "output", id, seq, data });
+		}, opts.outputFramesPerSecond);
 	}
 
 	get state(): AgentState {
@@ -228,7 +243,7 @@ export class Agent {
 		const base = this.opts.url.replace(/\/+$/, "").replace(/^http/, "ws");
 		const url = `${base}/v1/agents/${encodeURIComponent(this.opts.agentId)}/connect`;
 		try {
-			token = typeof this.opts.token === "function" ? await this.opts.token() : this.opts.token;
+			token = await this.tokens.forConnect();
 			ws = await this.connector(url, token);
 		} catch (err) {
 			this.emit({ type: "error", error: asError(err) });
@@ -309,6 +324,7 @@ export class Agent {
 		if (ws !== this.ws) return;
 		this.ws = undefined;
 		if (this.heartbeat !== undefined) clearInterval(this.heartbeat);
+		this.tokens.cancel();
 		this.emit({ type: "closed", code, reason });
 		if (this.current === "stopped" || this.current === "draining") return;
 		const terminal =
@@ -332,6 +348,8 @@ export class Agent {
 		const ws = this.ws;
 		if (this.heartbeat !== undefined) clearInterval(this.heartbeat);
 		if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
+		this.tokens.cancel();
+		this.pacer.stop();
 		if (ws && ws.readyState === OPEN) {
 			this.flushUnsent(ws);
 			ws.close(code ?? 1000, "agent stopping");
@@ -362,7 +380,11 @@ export class Agent {
 				// Results that finished between socket open and now.
 				this.flushUnsent(ws);
 				this.backoff.reset();
+				this.tokens.schedule(frame.tokenExpiresAt, (token) => this.refreshToken(ws, token));
 				this.emit({ type: "open", generation: frame.generation });
+				return;
+			case "auth.refreshed":
+				this.tokens.accept(frame.token, frame.expiresAt, (token) => this.refreshToken(ws, token));
 				return;
 			case "command":
 				this.onCommand(ws, frame);
@@ -379,6 +401,10 @@ export class Agent {
 			case "pong":
 				return;
 		}
+	}
+
+	private refreshToken(ws: SocketLike, token: string): void {
+		if (ws === this.ws && ws.readyState === OPEN) this.sendRaw(ws, { type: "auth.refresh", token });
 	}
 
 	private onCommand(ws: SocketLike, frame: CommandFrame): void {
@@ -408,7 +434,7 @@ export class Agent {
 	}
 
 	private async run(frame: CommandFrame): Promise<void> {
-		const entry: Running = { controller: new AbortController(), abandoned: false, outputSeq: 0 };
+		const entry: Running = { controller: new AbortController(), abandoned: false };
 		this.running.set(frame.id, entry);
 		const ctx: CommandContext = {
 			id: frame.id,
@@ -417,10 +443,15 @@ export class Agent {
 			sessionId: frame.sessionId,
 			priority: frame.priority,
 			signal: entry.controller.signal,
-			output: (chunk) => this.output(frame.id, entry, chunk),
+			output: (chunk) => {
+				if (this.running.has(frame.id)) this.pacer.write(frame.id, chunk);
+			},
 		};
 		const outcome = await this.execute(frame, ctx, entry.controller.signal);
 		this.running.delete(frame.id);
+		// Output before the result, all of it: observers see a command's output end before it finishes.
+		if (!entry.abandoned) this.pacer.flush(frame.id);
+		this.pacer.forget(frame.id);
 		if (entry.abandoned) return;
 		const result: ResultFrame = { type: "result", id: frame.id, ...outcome };
 		this.results.set(frame.id, result);
@@ -445,19 +476,6 @@ export class Agent {
 			return checkResult(value === undefined ? null : value);
 		} catch (err) {
 			return { status: signal.aborted ? "cancelled" : "failed", error: storableText(asError(err).message) };
-		}
-	}
-
-	private output(id: string, entry: Running, chunk: string): void {
-		const ws = this.ws;
-		if (!ws || ws.readyState !== OPEN || !this.running.has(id)) return;
-		for (let i = 0; i < chunk.length; ) {
-			let end = Math.min(i + MAX_OUTPUT_CHUNK, chunk.length);
-			// Never cut a surrogate pair: each half alone is refused by the server.
-			const last = chunk.charCodeAt(end - 1);
-			if (end < chunk.length && last >= 0xd800 && last <= 0xdbff) end--;
-			this.sendRaw(ws, { type: "output", id, seq: entry.outputSeq++, data: chunk.slice(i, end) });
-			i = end;
 		}
 	}
 

@@ -287,3 +287,59 @@ describe("agent", () => {
 		await agent.stop();
 	});
 });
+
+describe("tokens", () => {
+	it("trades its token in before it expires and reconnects with the new one", async () => {
+		const { agent, conn } = makeAgent();
+		agent.start();
+		const ws = await conn.next();
+		ws.openOnly();
+		ws.deliver({ type: "welcome", protocol: 1, agentId: "a", generation: 1, tokenExpiresAt: new Date(Date.now() + 1_500).toISOString() });
+		// At 80% of its remaining life.
+		await until(() => ws.of("auth.refresh").length === 1, "auth.refresh", 3_000);
+		expect(ws.of("auth.refresh")[0]).toEqual({ type: "auth.refresh", token: "t" });
+		ws.deliver({ type: "auth.refreshed", token: "t2", expiresAt: new Date(Date.now() + 3_600_000).toISOString() });
+		ws.close(1006, "network");
+		const next = await conn.next();
+		expect(conn.tokens).toEqual(["t", "t2"]);
+		next.open(2);
+		await agent.stop();
+	});
+
+	it("stops for good when its tokens are revoked (4004), and reconnects after a token expiry (4003)", async () => {
+		const { agent, conn } = makeAgent();
+		agent.start();
+		const first = await conn.next();
+		first.open();
+		first.close(4003, "agent token expired");
+		const second = await conn.next();
+		second.open(2);
+		second.close(4004, "agent tokens revoked");
+		await until(() => agent.state === "stopped", "stopped");
+		expect(agent.stoppedReason).toMatch(/4004/);
+		expect(conn.sockets).toHaveLength(2);
+	});
+});
+
+describe("output pacing", () => {
+	it("coalesces output beyond its frame budget, keeps it in order, and sends all of it before the result", async () => {
+		const { agent, conn } = makeAgent({ outputFramesPerSecond: 10 });
+		agent.handle("chatty", (_p, ctx) => {
+			for (let i = 0; i < 100; i++) ctx.output(`${i},`);
+			return "done";
+		});
+		agent.start();
+		const ws = await conn.next();
+		ws.open();
+		ws.command(ID1, "chatty");
+		await until(() => ws.of("result").length === 1, "result");
+		const outputs = ws.of("output");
+		expect(outputs.map((f) => f.data).join("")).toBe(Array.from({ length: 100 }, (_, i) => `${i},`).join(""));
+		expect(outputs.map((f) => f.seq)).toEqual(outputs.map((_, i) => i));
+		// Ten frames of budget, then the rest in one frame flushed ahead of the result.
+		expect(outputs.length).toBeLessThanOrEqual(11);
+		const order = ws.sent.map((f) => f.type).filter((t) => t === "output" || t === "result");
+		expect(order.at(-1)).toBe("result");
+		await agent.stop();
+	});
+});

@@ -59,13 +59,22 @@ export class FakeSocket implements SocketLike {
 }
 
 /** A connector that hands out fresh FakeSockets; `next()` yields them in order, waiting if needed. */
-export function fakeConnector(): { connect: Connector; sockets: FakeSocket[]; next(): Promise<FakeSocket> } {
+export function fakeConnector(): {
+	connect: Connector;
+	sockets: FakeSocket[];
+	/** The token each connection attempt presented, in order. */
+	tokens: string[];
+	next(): Promise<FakeSocket>;
+} {
 	const sockets: FakeSocket[] = [];
+	const tokens: string[] = [];
 	let taken = 0;
 	let wake: (() => void) | undefined;
 	return {
 		sockets,
-		connect: async () => {
+		tokens,
+		connect: async (_url, token) => {
+			tokens.push(token);
 			const s = new FakeSocket();
 			sockets.push(s);
 			wake?.();

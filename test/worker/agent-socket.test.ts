@@ -38,8 +38,8 @@ describe("who may connect", () => {
 	it("refuses missing, garbage, expired, wrongly signed and alg=none tokens", async () => {
 		const agentId = uniqueAgentId();
 		const now = Math.floor(Date.now() / 1000);
-		const expired = await signAgentToken(agentId, env.AGENT_TOKEN_SECRET, 60, Date.now() - 3_600_000);
-		const wrongSecret = await signAgentToken(agentId, "another-secret-that-is-long-enough-000", 600);
+		const expired = await signAgentToken(agentId, { current: env.AGENT_TOKEN_SECRET }, 60, { now: Date.now() - 3_600_000 });
+		const wrongSecret = await signAgentToken(agentId, { current: "another-secret-that-is-long-enough-000" }, 600);
 		const b64 = (o: object) => btoa(JSON.stringify(o)).replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
 		const algNone = `${b64({ alg: "none", typ: "JWT" })}.${b64({ sub: agentId, aud: "switchyard-agent", iat: now, exp: now + 600 })}.`;
 		const noAudience = await sign({ sub: agentId, iat: now, exp: now + 600 }, env.AGENT_TOKEN_SECRET, "HS256");

@@ -46,7 +46,7 @@ export async function query<T = Record<string, unknown>>(q: SQL): Promise<T[]> {
 export { sql };
 
 export async function tokenFor(agentId: string, ttlSeconds = 3600): Promise<string> {
-	return (await signAgentToken(agentId, env.AGENT_TOKEN_SECRET, ttlSeconds)).token;
+	return (await signAgentToken(agentId, { current: env.AGENT_TOKEN_SECRET }, ttlSeconds)).token;
 }
 
 /** Polls until `check` returns a value other than undefined/false, or fails after `timeoutMs`. */

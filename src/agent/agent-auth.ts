@@ -1,0 +1,75 @@
+/**
+ * The agent object's side of agent tokens: which token versions it still
+ * admits (revocation), when the open socket's token runs out, and in-band
+ * refresh. The object is the one place every connect and every frame of an
+ * agent passes through, so it is where a revocation takes effect at once.
+ */
+import { signAgentToken, tokenSecrets, verifyAgentToken } from "../auth/agent-token";
+import { ErrorCode, type ServerFrame } from "../protocol";
+import type { Meta } from "./meta";
+
+/** Set by the worker on a verified agent upgrade: the token's `exp` (ms) and `ver`. */
+export const TOKEN_EXPIRES_HEADER = "x-switchyard-token-expires";
+export const TOKEN_VERSION_HEADER = "x-switchyard-token-version";
+
+const VERSION_KEY = "token_version";
+const EXPIRY_TIMER = "token_expiry";
+
+export class AgentAuth {
+	constructor(
+		private readonly meta: Meta,
+		private readonly env: Env,
+	) {}
+
+	/** Tokens minted now carry this version; revoking raises it past every earlier token. */
+	version(): number {
+		return this.meta.getNumber(VERSION_KEY) ?? 0;
+	}
+
+	admits(tokenVersion: number): boolean {
+		return tokenVersion >= this.version();
+	}
+
+	/** Every token minted so far stops working, on connect and on refresh. */
+	revoke(): number {
+		const next = this.version() + 1;
+		this.meta.set(VERSION_KEY, next);
+		this.meta.clearTimer(EXPIRY_TIMER);
+		return next;
+	}
+
+	/** The socket just opened lives until its token expires, unless refreshed. */
+	startSession(expiresAt: number): void {
+		this.meta.setTimer(EXPIRY_TIMER, expiresAt);
+	}
+
+	endSession(): void {
+		this.meta.clearTimer(EXPIRY_TIMER);
+	}
+
+	expiresAt(): number | undefined {
+		return this.meta.timers().get(EXPIRY_TIMER);
+	}
+
+	expired(now: number): boolean {
+		return (this.expiresAt() ?? Number.POSITIVE_INFINITY) <= now;
+	}
+
+	/**
+	 * Trades the socket's still-valid token for a new one with the same
+	 * lifetime, and moves the socket's deadline to the new expiry. A refused
+	 * refresh changes nothing: the socket still closes when its token runs out.
+	 */
+	async refresh(agentId: string, token: string, now: number): Promise<ServerFrame> {
+		const secrets = tokenSecrets(this.env);
+		const check = await verifyAgentToken(token, secrets, agentId, now);
+		if (!check.ok || !this.admits(check.claims.ver)) {
+			const reason = check.ok ? "agent token was revoked" : check.reason;
+			return { type: "error", code: ErrorCode.INVALID_TOKEN, message: `refresh refused: ${reason}` };
+		}
+		const lifetime = check.claims.exp - check.claims.iat;
+		const fresh = await signAgentToken(agentId, secrets, lifetime, { version: this.version(), now });
+		this.startSession(Date.parse(fresh.expiresAt));
+		return { type: "auth.refreshed", token: fresh.token, expiresAt: fresh.expiresAt };
+	}
+}

@@ -1,0 +1,72 @@
+/**
+ * How much an agent socket may send: a token bucket per connection, and a
+ * line past which refusing frames is no longer enough and the socket is
+ * closed. Plain functions of time, so they are tested without a socket.
+ *
+ * The bucket lives in memory. A socket whose object hibernated was idle, so
+ * its bucket would have been full anyway; a rebuilt one starts full.
+ */
+export const DEFAULT_FRAMES_PER_SECOND = 100;
+/** Refusals within one window, in seconds of the rate, that close the socket (4005). */
+const ABUSE_WINDOW_MS = 10_000;
+
+export type FrameVerdict = "ok" | "refused" | "abusive";
+
+export class FrameRateLimiter {
+	private tokens: number;
+	private last: number;
+	private windowStart: number;
+	private refusedInWindow = 0;
+
+	/** `rate` frames per second, bursts of twice that. */
+	constructor(
+		readonly rate: number,
+		now: number,
+	) {
+		this.tokens = this.burst;
+		this.last = now;
+		this.windowStart = now;
+	}
+
+	get burst(): number {
+		return this.rate * 2;
+	}
+
+	/**
+	 * Takes one frame's token. `refused` once the bucket is empty; `abusive`
+	 * once more frames were refused in the last window than the rate allows in
+	 * the whole window (the sender ignores the `rate_limited` errors).
+	 */
+	take(now: number): FrameVerdict {
+		this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
+		this.last = now;
+		if (this.tokens >= 1) {
+			this.tokens -= 1;
+			return "ok";
+		}
+		if (now - this.windowStart >= ABUSE_WINDOW_MS) {
+			this.windowStart = now;
+			this.refusedInWindow = 0;
+		}
+		this.refusedInWindow++;
+		return this.refusedInWindow > (this.rate * ABUSE_WINDOW_MS) / 1000 ? "abusive" : "refused";
+	}
+}
+
+/** AGENT_FRAME_RATE_LIMIT: frames per second per agent socket; "0" turns the limit off. */
+export function frameRateLimit(env: { AGENT_FRAME_RATE_LIMIT?: string }): number | null {
+	const raw = env.AGENT_FRAME_RATE_LIMIT;
+	if (raw === undefined || raw.trim() === "") return DEFAULT_FRAMES_PER_SECOND;
+	const n = Number(raw);
+	if (!Number.isFinite(n) || n < 0) return DEFAULT_FRAMES_PER_SECOND;
+	return n === 0 ? null : n;
+}
+
+/** Whether a frame is over `max` UTF-8 bytes, decided before anything parses it. */
+export function frameTooLarge(message: string | ArrayBuffer, max: number): boolean {
+	if (typeof message !== "string") return message.byteLength > max;
+	// A UTF-16 unit is at most three UTF-8 bytes: most frames are decided without encoding.
+	if (message.length * 3 <= max) return false;
+	if (message.length > max) return true;
+	return new TextEncoder().encode(message).length > max;
+}

@@ -1,0 +1,307 @@
+/**
+ * Who gets in, with what, and what they may do: API key scopes on every
+ * route, agent tokens (rotation, refresh, expiry, revocation), the browser
+ * form of a credential and its Origin check, and the limits on frames and
+ * enqueue requests.
+ */
+import { runDurableObjectAlarm } from "cloudflare:test";
+import { env, exports } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { signAgentToken } from "../../src/auth/agent-token";
+import { matchApiKey } from "../../src/auth/api-key";
+import { CloseCode, ErrorCode, ServerFrame } from "../../src/protocol";
+import { agentHub } from "../../src/routes/commands";
+import {
+	TEST_ALLOWED_ORIGIN,
+	TEST_PREVIOUS_TOKEN_SECRET,
+	TEST_READ_KEY,
+} from "../helpers/test-secrets";
+import {
+	API_KEY,
+	AgentSocket,
+	BASE,
+	api,
+	enqueue,
+	tokenFor,
+	uniqueAgentId,
+	waitFor,
+	waitForStatus,
+} from "../helpers/worker/harness";
+
+type ErrorBody = { error: { code: string; message: string } };
+
+async function expectError(res: Response, status: number, code: string): Promise<string> {
+	expect(res.status, `${res.url} ${await res.clone().text()}`).toBe(status);
+	const body = await res.json<ErrorBody>();
+	expect(body.error.code).toBe(code);
+	expect(typeof body.error.message).toBe("string");
+	return body.error.message;
+}
+
+function connect(agentId: string, headers: Record<string, string>): Promise<Response> {
+	return exports.default.fetch(`${BASE}/v1/agents/${agentId}/connect`, { headers: { upgrade: "websocket", ...headers } });
+}
+
+async function mint(agentId: string, ttlSeconds = 3600): Promise<{ token: string; expiresAt: string }> {
+	const res = await api(`/v1/agents/${agentId}/token`, { method: "POST", json: { ttlSeconds } });
+	expect(res.status).toBe(201);
+	return res.json();
+}
+
+const b64url = (s: string) => btoa(s).replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
+
+describe("every operator route refuses a missing, malformed, wrong or out-of-scope credential", () => {
+	const id = "5ba5f0b4-6c0e-4a43-9a7f-0d6f3c1c2b1a";
+	const routes: { method: string; path: string; write: boolean; json?: unknown; upgrade?: boolean }[] = [
+		{ method: "POST", path: "/v1/agents/sec-a/commands", write: true, json: { action: "x" } },
+		{ method: "GET", path: "/v1/agents/sec-a/commands", write: false },
+		{ method: "POST", path: "/v1/commands/batch", write: true, json: { commands: [{ agentId: "sec-a", action: "x" }] } },
+		{ method: "GET", path: `/v1/commands/${id}`, write: false },
+		{ method: "POST", path: `/v1/commands/${id}/cancel`, write: true },
+		{ method: "GET", path: `/v1/commands/${id}/output`, write: false },
+		{ method: "GET", path: `/v1/commands/${id}/events`, write: false },
+		{ method: "POST", path: "/v1/agents/sec-a/reconcile", write: true },
+		{ method: "POST", path: "/v1/agents/sec-a/token", write: true },
+		{ method: "POST", path: "/v1/agents/sec-a/revoke", write: true },
+		{ method: "GET", path: "/v1/agents", write: false },
+		{ method: "GET", path: "/v1/agents/sec-a", write: false },
+		{ method: "GET", path: "/v1/agents/sec-a/stream", write: false, upgrade: true },
+		{ method: "GET", path: "/metrics", write: false },
+	];
+	const send = async (r: (typeof routes)[number], authorization?: string) =>
+		exports.default.fetch(`${BASE}${r.path}`, {
+			method: r.method,
+			headers: {
+				...(authorization === undefined ? {} : { authorization }),
+				...(r.json === undefined ? {} : { "content-type": "application/json" }),
+				...(r.upgrade ? { upgrade: "websocket" } : {}),
+			},
+			body: r.json === undefined ? undefined : JSON.stringify(r.json),
+		});
+
+	it.each(routes)("$method $path", async (r) => {
+		const agentToken = await tokenFor("sec-a");
+		for (const [authorization, why] of [
+			[undefined, "missing"],
+			["Bearer", "malformed: no credential"],
+			["Basic dGVzdDp0ZXN0", "malformed: another scheme"],
+			[`Bearer ${API_KEY} extra`, "malformed: trailing junk"],
+			["Bearer not-a-configured-key", "wrong key"],
+			[`Bearer ${agentToken}`, "an agent token is not an API key"],
+		] as const) {
+			const res = await send(r, authorization);
+			expect(res.status, why).toBe(401);
+			expect((await res.json<ErrorBody>()).error.code, why).toBe(ErrorCode.UNAUTHORIZED);
+		}
+		const readOnly = await send(r, `Bearer ${TEST_READ_KEY}`);
+		if (r.write) {
+			await expectError(readOnly, 403, ErrorCode.FORBIDDEN);
+		} else {
+			expect([200, 101, 404]).toContain(readOnly.status);
+			readOnly.webSocket?.accept();
+			readOnly.webSocket?.close(1000);
+		}
+	});
+
+	it("a read-only key watches an agent's stream and reads its commands, and cannot change anything", async () => {
+		const agentId = uniqueAgentId("ro");
+		const cmd = await enqueue(agentId, { action: "visible" });
+		expect((await api(`/v1/commands/${cmd.id}`, { key: TEST_READ_KEY })).status).toBe(200);
+		await expectError(await api(`/v1/commands/${cmd.id}/cancel`, { method: "POST", key: TEST_READ_KEY }), 403, "forbidden");
+		expect((await api(`/v1/commands/${cmd.id}`)).status).toBe(200);
+		expect((await (await api(`/v1/commands/${cmd.id}`)).json<{ status: string }>()).status).toBe("pending");
+	});
+});
+
+describe("agent tokens", () => {
+	it("refuses missing, malformed, expired, wrong-agent, forged and wrong-scope tokens on the agent socket", async () => {
+		const agentId = uniqueAgentId();
+		const now = Math.floor(Date.now() / 1000);
+		const expired = await signAgentToken(agentId, { current: env.AGENT_TOKEN_SECRET }, 60, { now: Date.now() - 3_600_000 });
+		const otherAgent = await tokenFor(uniqueAgentId("other"));
+		const claims = b64url(JSON.stringify({ sub: agentId, aud: "switchyard-agent", iat: now, exp: now + 600 }));
+		const rs256 = `${b64url(JSON.stringify({ alg: "RS256", typ: "JWT" }))}.${claims}.c2ln`;
+		const unknownKid = await signAgentToken(agentId, { current: "a-secret-nobody-configured-0123456789" }, 600);
+		const cases: [Record<string, string>, string | RegExp][] = [
+			[{}, /missing/],
+			[{ authorization: "Bearer" }, /missing/],
+			[{ authorization: "Token abc" }, /missing/],
+			[{ authorization: `Bearer ${expired.token}` }, /expired/],
+			[{ authorization: `Bearer ${otherAgent}` }, /another agent/],
+			[{ authorization: `Bearer ${rs256}` }, "invalid agent token"],
+			[{ authorization: `Bearer ${unknownKid.token}` }, "invalid agent token"],
+			[{ authorization: `Bearer ${API_KEY}` }, "invalid agent token"],
+			[{ authorization: `Bearer ${"x".repeat(10_000)}` }, "invalid agent token"],
+		];
+		for (const [headers, message] of cases) {
+			const text = await expectError(await connect(agentId, headers), 401, ErrorCode.UNAUTHORIZED);
+			expect(text).toMatch(message);
+		}
+		expect((await agentHub(env, agentId).inspect()).generation).toBe(0);
+	});
+
+	it("rotation: tokens signed with the previous secret still work while it is configured, new ones use the current", async () => {
+		const agentId = uniqueAgentId();
+		const old = await signAgentToken(agentId, { current: TEST_PREVIOUS_TOKEN_SECRET }, 600);
+		const agent = await AgentSocket.connect(agentId, { token: old.token });
+		agent.close();
+		const fresh = await mint(agentId);
+		const [header] = fresh.token.split(".");
+		const kid = JSON.parse(atob((header ?? "").replace(/-/g, "+").replace(/_/g, "/"))).kid;
+		const oldKid = JSON.parse(atob((old.token.split(".")[0] ?? "").replace(/-/g, "+").replace(/_/g, "/"))).kid;
+		expect(kid).toMatch(/^[0-9a-f]{8}$/);
+		expect(kid).not.toBe(oldKid);
+		(await AgentSocket.connect(agentId, { token: fresh.token })).close();
+	});
+
+	it("refreshes in band: a new token for the same agent, and the socket outlives the token it opened with", async () => {
+		const agentId = uniqueAgentId();
+		const short = await signAgentToken(agentId, { current: env.AGENT_TOKEN_SECRET }, 6);
+		const agent = await AgentSocket.connect(agentId, { token: short.token });
+		// Halfway through its life, as the SDK would (it refreshes at 80%).
+		await new Promise((r) => setTimeout(r, 3_100));
+		agent.send({ type: "auth.refresh", token: short.token });
+		const refreshed = await agent.next("auth.refreshed");
+		expect(Date.parse(refreshed.expiresAt)).toBeGreaterThan(Date.parse(short.expiresAt));
+		// The new token opens a socket of its own, for this agent only.
+		await expectError(await connect(uniqueAgentId("else"), { authorization: `Bearer ${refreshed.token}` }), 401, "unauthorized");
+		// A refresh with a token that is not this agent's is refused and changes nothing.
+		agent.send({ type: "auth.refresh", token: await tokenFor(uniqueAgentId("else")) });
+		expect((await agent.next("error")).code).toBe(ErrorCode.INVALID_TOKEN);
+		agent.send({ type: "auth.refresh", token: "garbage" });
+		expect((await agent.next("error")).code).toBe(ErrorCode.INVALID_TOKEN);
+		// Past the first token's expiry (the new one has seconds left), the alarm finds nothing to close.
+		await waitFor(() => Date.now() > Date.parse(short.expiresAt) + 300, "the first token's expiry", 10_000);
+		await runDurableObjectAlarm(agentHub(env, agentId));
+		const cmd = await enqueue(agentId, { action: "still_here" });
+		expect((await agent.next("command")).id).toBe(cmd.id);
+		agent.close();
+	});
+
+	it("closes a socket whose token expired unrefreshed with 4003", async () => {
+		const agentId = uniqueAgentId();
+		const short = await signAgentToken(agentId, { current: env.AGENT_TOKEN_SECRET }, 2);
+		const agent = await AgentSocket.connect(agentId, { token: short.token });
+		await new Promise((r) => setTimeout(r, 2_200));
+		await waitFor(async () => {
+			await runDurableObjectAlarm(agentHub(env, agentId));
+			return (await agentHub(env, agentId).inspect()).connected === false;
+		}, "expired socket closed");
+		expect((await agent.closed).code).toBe(CloseCode.TOKEN_EXPIRED);
+	});
+
+	it("revocation closes the open socket with 4004, refuses every earlier token, and a newly minted one works", async () => {
+		const agentId = uniqueAgentId();
+		const before = await mint(agentId);
+		const agent = await AgentSocket.connect(agentId, { token: before.token });
+		const res = await api(`/v1/agents/${agentId}/revoke`, { method: "POST" });
+		expect(res.status).toBe(200);
+		expect(await res.json()).toMatchObject({ agentId, revoked: true, socketClosed: true });
+		expect((await agent.closed).code).toBe(CloseCode.TOKEN_REVOKED);
+		const refused = await expectError(await connect(agentId, { authorization: `Bearer ${before.token}` }), 401, "unauthorized");
+		expect(refused).toMatch(/revoked/);
+		const after = await mint(agentId);
+		const back = await AgentSocket.connect(agentId, { token: after.token });
+		// An old token cannot be refreshed into a new one either.
+		back.send({ type: "auth.refresh", token: before.token });
+		expect((await back.next("error")).code).toBe(ErrorCode.INVALID_TOKEN);
+		back.close();
+	});
+});
+
+describe("browsers", () => {
+	const credential = (secret: string) => `switchyard.v1, switchyard.auth.${b64url(secret)}`;
+
+	it("take the credential in Sec-WebSocket-Protocol and are answered with switchyard.v1 only", async () => {
+		const agentId = uniqueAgentId();
+		const observer = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/stream`, {
+			headers: { upgrade: "websocket", "sec-websocket-protocol": credential(TEST_READ_KEY), origin: TEST_ALLOWED_ORIGIN },
+		});
+		expect(observer.status).toBe(101);
+		expect(observer.headers.get("sec-websocket-protocol")).toBe("switchyard.v1");
+		observer.webSocket?.accept();
+		observer.webSocket?.close(1000);
+
+		const token = await tokenFor(agentId);
+		const agent = await connect(agentId, { "sec-websocket-protocol": credential(token), origin: TEST_ALLOWED_ORIGIN });
+		expect(agent.status).toBe(101);
+		expect(agent.headers.get("sec-websocket-protocol")).toBe("switchyard.v1");
+		agent.webSocket?.accept();
+		agent.webSocket?.close(1000);
+
+		const wrong = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/stream`, {
+			headers: { upgrade: "websocket", "sec-websocket-protocol": credential("nope"), origin: TEST_ALLOWED_ORIGIN },
+		});
+		await expectError(wrong, 401, "unauthorized");
+	});
+
+	it("refuse a page from an origin not in ALLOWED_ORIGINS (cross-site WebSocket hijacking)", async () => {
+		const agentId = uniqueAgentId();
+		for (const path of [`/v1/agents/${agentId}/stream`, `/v1/agents/${agentId}/connect`]) {
+			const key = path.endsWith("stream") ? API_KEY : await tokenFor(agentId);
+			const res = await exports.default.fetch(`${BASE}${path}`, {
+				headers: { upgrade: "websocket", authorization: `Bearer ${key}`, origin: "https://evil.example" },
+			});
+			await expectError(res, 403, ErrorCode.ORIGIN_NOT_ALLOWED);
+		}
+		expect((await agentHub(env, agentId).inspect()).generation).toBe(0);
+	});
+});
+
+describe("limits", () => {
+	it("closes a socket that sends a frame over 1 MiB with 1009, before parsing it", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		agent.send(`{"type":"ping","pad":"${"x".repeat(1024 * 1024)}"}`);
+		expect((await agent.closed).code).toBe(CloseCode.MESSAGE_TOO_BIG);
+		// The agent comes back and is served as usual.
+		const again = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "after_big_frame" });
+		expect((await again.next("command")).id).toBe(cmd.id);
+		again.close();
+	});
+
+	it("answers frames over the rate with rate_limited errors, still takes acks and results, and closes a sender that ignores them with 4005", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "limited" });
+		await agent.next("command");
+		// Empty the bucket (bursts of 200 at the default 100 frames/s) with frames
+		// that cost the object almost nothing, then send output it must drop.
+		for (let i = 0; i < 600; i++) agent.send('{"type":"not_a_frame"}');
+		for (let i = 0; i < 20; i++) agent.send({ type: "output", id: cmd.id, seq: i, data: "." });
+		agent.send({ type: "ack", id: cmd.id });
+		agent.send({ type: "result", id: cmd.id, status: "completed" });
+		const isLimited = (f: ServerFrame): f is Extract<ServerFrame, { type: "error" }> =>
+			f.type === "error" && f.code === ErrorCode.RATE_LIMITED;
+		await waitFor(() => agent.frames.some(isLimited), "rate_limited");
+		expect(agent.frames.filter(isLimited)[0]?.id).toBe(cmd.id);
+		// Over budget, the result was still taken: the command is not run twice.
+		await waitForStatus(cmd.id, "completed");
+		expect(agent.frames.filter((f) => f.type === "error" && f.id === cmd.id && !isLimited(f))).toEqual([]);
+		// A sender that keeps going regardless is closed.
+		for (let i = 0; i < 4_000; i++) agent.send('{"type":"not_a_frame"}');
+		expect((await agent.closed).code).toBe(CloseCode.RATE_LIMITED);
+		// and may come back (4005 is not terminal).
+		(await AgentSocket.connect(agentId)).close();
+	});
+
+	it("answers enqueues over the per-key rate with 429, Retry-After and the error shape; other keys are not affected", async () => {
+		const agentId = uniqueAgentId("limited");
+		const key = "test-ratelimited-key";
+		// The worker's own limiter, used up for this key the way 1,000 requests in 10 s would.
+		const keyId = await matchApiKey(key, key);
+		for (let i = 0; i < 1_000; i++) await env.ENQUEUE_LIMITER.limit({ key: keyId ?? "" });
+		const single = await api(`/v1/agents/${agentId}/commands`, { method: "POST", key, json: { action: "x" } });
+		expect(single.headers.get("retry-after")).toBe("10");
+		await expectError(single, 429, ErrorCode.RATE_LIMITED);
+		const batch = await api("/v1/commands/batch", { method: "POST", key, json: { commands: [{ agentId, action: "x" }] } });
+		await expectError(batch, 429, ErrorCode.RATE_LIMITED);
+		// Nothing was written for the refused requests.
+		expect((await (await api(`/v1/agents/${agentId}/commands`)).json<{ items: unknown[] }>()).items).toEqual([]);
+		// A malformed request is refused for what it is.
+		await expectError(await api(`/v1/agents/${agentId}/commands`, { method: "POST", key, json: {} }), 400, "validation_failed");
+		// Another key is not affected.
+		expect((await api(`/v1/agents/${agentId}/commands`, { method: "POST", json: { action: "x" } })).status).toBe(201);
+	});
+});
