@@ -12,6 +12,8 @@ export default defineConfig({
 	test: {
 		// Every test logs structured lines; show them only where a test failed.
 		silent: "passed-only",
+		// …but what tests annotate about themselves (counts of inputs tried) is always shown.
+		reporters: ["default", "./test/helpers/node/annotation-reporter.ts"],
 		projects: [
 			{
 				plugins: [

@@ -290,15 +290,20 @@ describe("limits", () => {
 		const agentId = uniqueAgentId("limited");
 		const key = "test-ratelimited-key";
 		// The worker's own limiter, used up for this key the way 1,000 requests in 10 s would.
-		const keyId = await matchApiKey(key, key);
-		for (let i = 0; i < 1_000; i++) await env.ENQUEUE_LIMITER.limit({ key: keyId ?? "" });
-		const single = await api(`/v1/agents/${agentId}/commands`, { method: "POST", key, json: { action: "x" } });
+		// Its windows are fixed: if one rolls over between using it up and asking, use it up again.
+		const keyId = (await matchApiKey(key, key)) ?? "";
+		let single: Response | undefined;
+		for (let attempt = 0; attempt < 3 && single?.status !== 429; attempt++) {
+			for (let i = 0; i < 3_000; i++) if (!(await env.ENQUEUE_LIMITER.limit({ key: keyId })).success) break;
+			single = await api(`/v1/agents/${agentId}/commands`, { method: "POST", key, json: { action: "x", idempotencyKey: "limited" } });
+		}
+		if (!single) throw new Error("unreachable");
 		expect(single.headers.get("retry-after")).toBe("10");
 		await expectError(single, 429, ErrorCode.RATE_LIMITED);
 		const batch = await api("/v1/commands/batch", { method: "POST", key, json: { commands: [{ agentId, action: "x" }] } });
 		await expectError(batch, 429, ErrorCode.RATE_LIMITED);
-		// Nothing was written for the refused requests.
-		expect((await (await api(`/v1/agents/${agentId}/commands`)).json<{ items: unknown[] }>()).items).toEqual([]);
+		// Nothing was written for the refused requests (a rolled-over window may have let one idempotent row in).
+		expect((await (await api(`/v1/agents/${agentId}/commands`)).json<{ items: unknown[] }>()).items.length).toBeLessThanOrEqual(1);
 		// A malformed request is refused for what it is.
 		await expectError(await api(`/v1/agents/${agentId}/commands`, { method: "POST", key, json: {} }), 400, "validation_failed");
 		// Another key is not affected.

@@ -29,8 +29,9 @@ export function api(path: string, init: RequestInit & { json?: unknown; key?: st
 export async function enqueue(
 	agentId: string,
 	body: Record<string, unknown>,
+	key = API_KEY,
 ): Promise<{ id: string; status: string; [k: string]: unknown }> {
-	const res = await api(`/v1/agents/${agentId}/commands`, { method: "POST", json: body });
+	const res = await api(`/v1/agents/${agentId}/commands`, { method: "POST", json: body, key });
 	if (res.status !== 201) throw new Error(`enqueue: ${res.status} ${await res.text()}`);
 	return res.json();
 }
