@@ -310,3 +310,19 @@ describe("limits", () => {
 		expect((await api(`/v1/agents/${agentId}/commands`, { method: "POST", json: { action: "x" } })).status).toBe(201);
 	});
 });
+
+describe("errors", () => {
+	it("never carry a stack, SQL or a driver's words to the client", async () => {
+		const { Hono } = await import("hono");
+		const { onError } = await import("../../src/errors");
+		const app = new Hono().get("/boom", () => {
+			throw new Error('relation "agent_commands" violates constraint: select * from secrets where key = $1');
+		});
+		app.onError(onError);
+		const res = await app.request("/boom");
+		expect(res.status).toBe(500);
+		const text = await res.text();
+		expect(JSON.parse(text)).toEqual({ error: { code: "internal", message: "internal error" } });
+		expect(text).not.toMatch(/select|relation|at |\.ts/);
+	});
+});
