@@ -25,6 +25,7 @@ usage: switchyard <noun> <verb> [arguments] [flags]
   agent list
   agent get <id>
   agent token <id> [--ttl S]
+  agent revoke <id>               revoke its tokens and close its socket
   agent run <id> [--concurrency N] [--allow-exec]
                                   run a demo agent (echo, sleep, fail; exec with --allow-exec)
 
@@ -172,6 +173,11 @@ export async function main(argv: string[], io = { out: (s: string) => void proce
 			case "agent token": {
 				const token = await client.token(need(positionals, 2, "<id>"), int("ttl", flags.ttl));
 				print(token, () => token.token);
+				return EXIT.OK;
+			}
+			case "agent revoke": {
+				const revoked = await client.revoke(need(positionals, 2, "<id>"));
+				print(revoked, () => `revoked the tokens of ${revoked.agentId}${revoked.socketClosed ? "; its socket was closed" : ""}`);
 				return EXIT.OK;
 			}
 			case "agent run": {

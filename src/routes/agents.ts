@@ -89,6 +89,10 @@ export const agentRoutes = new Hono<AppEnv>()
 		// After the token check, so a plain GET tells a client whose upgrade
 		// failed whether its token was the reason (the SDK asks this way).
 		if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
+			// The probe must see a revocation too (on an upgrade, the object checks it).
+			if (check.claims.ver < (await agentHub(c.env, agentId).tokenVersion(agentId))) {
+				throw new ApiError(401, ErrorCode.UNAUTHORIZED, "agent token was revoked: mint a new one");
+			}
 			throw new ApiError(426, ErrorCode.UPGRADE_REQUIRED, "this endpoint takes a WebSocket upgrade");
 		}
 		const headers = forwardedHeaders(c.req.raw.headers);

@@ -96,6 +96,11 @@ export class SwitchyardClient {
 			.then(unwrap);
 	}
 
+	/** Revokes every token minted for the agent so far and closes its socket; mint a new token to let it back. */
+	revoke(agentId: string) {
+		return this.rpc.v1.agents[":agentId"].revoke.$post({ param: { agentId } }).then(unwrap);
+	}
+
 	reconcile(agentId: string) {
 		return this.rpc.v1.agents[":agentId"].reconcile.$post({ param: { agentId } }).then(unwrap);
 	}

@@ -138,6 +138,21 @@ describe("two SDK agents, the typed client and the CLI", () => {
 		expect(table.stdout).toMatch(new RegExp(`${beta}\\s+true`));
 	}, 60_000);
 
+	it("the CLI revokes an agent: the SDK agent stops for good (4004) and its tokens no longer connect", async () => {
+		const delta = `delta-${Date.now()}`;
+		const agent = await startAgent(delta, 1, (a) => a.handle("echo", (p) => p));
+		const oldToken = (await client.token(delta)).token;
+		const stopped = new Promise<string>((r) => agent.on("stopped", (e) => r(e.reason)));
+		const revoked = await cli(["agent", "revoke", delta, "--json"]);
+		expect(revoked.code).toBe(0);
+		expect(JSON.parse(revoked.stdout)).toMatchObject({ agentId: delta, revoked: true, socketClosed: true });
+		expect(await stopped).toMatch(/4004/);
+		const retry = new Agent({ url: stack.base, agentId: delta, token: oldToken });
+		const refused = new Promise<string>((r) => retry.on("stopped", (e) => r(e.reason)));
+		retry.start();
+		expect(await refused).toMatch(/HTTP 401.*revoked/);
+	});
+
 	it("the CLI's errors say what failed, with documented exit codes", async () => {
 		const notFound = await cli(["command", "get", crypto.randomUUID()]);
 		expect(notFound.code).toBe(3);
