@@ -27,6 +27,7 @@ import { OBSERVER_RESUME_HEADER, Observers, parseResume } from "./observers";
 import { AgentAuth, TOKEN_EXPIRES_HEADER, TOKEN_VERSION_HEADER } from "./agent-auth";
 import { FrameRateLimiter, frameRateLimit, frameTooLarge } from "./frame-limits";
 import { acceptedSubprotocol } from "../auth/credentials";
+import { recordAnalytics, salvage } from "./outbox-writes";
 
 /** Header through which the worker tells the object which agent a verified upgrade is for. */
 export const AGENT_ID_HEADER = "x-switchyard-agent-id";
@@ -635,7 +636,7 @@ export class AgentHub extends DurableObject<Env> {
 			try {
 				await withDb(this.env, (db) => writeStatus(db, entries, presence, agentId)).catch((err: unknown) => {
 					if (!(err instanceof DbQueryError)) throw err;
-					return this.salvage(entries, presence, err);
+					return salvage(this.env, entries, presence, err);
 				});
 			} catch (err) {
 				const failures = (this.meta.getNumber("flush_failures") ?? 0) + 1;
@@ -650,7 +651,7 @@ export class AgentHub extends DurableObject<Env> {
 				});
 				return;
 			}
-			this.recordAnalytics(agentId, entries);
+			recordAnalytics(this.env, agentId, entries);
 			this.ctx.storage.transactionSync(() => {
 				storage.dropOutbox(this.sql, lastSeq);
 				storage.markSynced(this.sql, terminalIds(entries), Date.now());
@@ -666,60 +667,6 @@ export class AgentHub extends DurableObject<Env> {
 		storage.prune(this.sql, Date.now());
 		events.pruneEvents(this.sql, Date.now());
 		await this.armAlarm();
-	}
-
-	/**
-	 * Postgres refused a batch (not an outage): write it entry by entry so one
-	 * bad entry cannot wedge the outbox. A result Postgres cannot store is
-	 * replaced by an explanation, so the status still lands; an entry refused
-	 * even then is logged and skipped. Frames are checked on arrival, so this
-	 * is a backstop.
-	 */
-	private async salvage(entries: KeyedEntry[], presence: Presence, cause: DbQueryError): Promise<void> {
-		const agentId = presence.agentId;
-		log("error", "outbox.batch_refused", { agentId, size: entries.length, ...errorFields(cause) });
-		await withDb(this.env, async (db) => {
-			await writeStatus(db, [], presence);
-			for (const entry of entries) {
-				try {
-					await writeStatus(db, [entry], null, agentId);
-				} catch (err) {
-					if (!(err instanceof DbQueryError)) throw err;
-					if (entry.kind !== "transition") {
-						log("error", "outbox.entry_dropped", { agentId, commandId: entry.commandId, ...errorFields(err) });
-						continue;
-					}
-					const plain = {
-						...entry,
-						result: entry.result === undefined ? undefined : null,
-						error: "the agent's result could not be stored",
-						detail: { ...entry.detail, unstorable: true },
-					};
-					await writeStatus(db, [plain], null, agentId).catch((again: unknown) => {
-						if (!(again instanceof DbQueryError)) throw again;
-						log("error", "outbox.entry_dropped", { agentId, commandId: entry.commandId, ...errorFields(again) });
-					});
-				}
-			}
-		});
-	}
-
-	/**
-	 * Fleet-wide dashboards: when an Analytics Engine dataset is bound as
-	 * ANALYTICS, each transition Postgres accepted becomes a data point
-	 * (blobs: agent, to, from, errorCode; doubles: attempts; index: agent).
-	 */
-	private recordAnalytics(agentId: string, entries: readonly KeyedEntry[]): void {
-		const dataset = (this.env as Env & { ANALYTICS?: AnalyticsEngineDataset }).ANALYTICS;
-		if (!dataset) return;
-		for (const e of entries) {
-			if (e.kind !== "transition") continue;
-			dataset.writeDataPoint({
-				blobs: [agentId, e.to, e.from ?? "", e.errorCode ?? ""],
-				doubles: [e.attempts],
-				indexes: [agentId],
-			});
-		}
 	}
 
 	private presence(agentId: string): Omit<Presence, "outboxDepth"> {

@@ -15,6 +15,7 @@
  */
 import { z } from "zod";
 import { AgentId } from "../protocol";
+import { decodeBase64url, decodeBase64urlText, encodeBase64url } from "./base64url";
 
 const AUDIENCE = "switchyard-agent";
 const ALG = "HS256";
@@ -52,27 +53,11 @@ export function tokenSecrets(env: Pick<Env, "AGENT_TOKEN_SECRET"> & { AGENT_TOKE
 
 const encoder = new TextEncoder();
 
-function base64url(bytes: Uint8Array): string {
-	let s = "";
-	for (const b of bytes) s += String.fromCharCode(b);
-	return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
-
-function fromBase64url(s: string): Uint8Array | undefined {
-	if (!/^[A-Za-z0-9_-]*$/.test(s)) return undefined;
-	try {
-		const bin = atob(s.replace(/-/g, "+").replace(/_/g, "/") + "=".repeat((4 - (s.length % 4)) % 4));
-		return Uint8Array.from(bin, (c) => c.charCodeAt(0));
-	} catch {
-		return undefined;
-	}
-}
-
 function decodeJson(part: string): unknown {
-	const bytes = fromBase64url(part);
-	if (!bytes) return undefined;
+	const text = decodeBase64urlText(part);
+	if (text === undefined) return undefined;
 	try {
-		return JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: false }).decode(bytes));
+		return JSON.parse(text);
 	} catch {
 		return undefined;
 	}
@@ -102,9 +87,9 @@ export async function signAgentToken(
 	const exp = iat + ttlSeconds;
 	const header = { alg: ALG, typ: "JWT", kid: await keyId(secrets.current) };
 	const claims: AgentTokenClaims = { sub: agentId, aud: AUDIENCE, iat, exp, ver: opts.version ?? 0 };
-	const input = `${base64url(encoder.encode(JSON.stringify(header)))}.${base64url(encoder.encode(JSON.stringify(claims)))}`;
+	const input = `${encodeBase64url(encoder.encode(JSON.stringify(header)))}.${encodeBase64url(encoder.encode(JSON.stringify(claims)))}`;
 	const sig = new Uint8Array(await crypto.subtle.sign("HMAC", await hmacKey(secrets.current), encoder.encode(input)));
-	return { token: `${input}.${base64url(sig)}`, expiresAt: new Date(exp * 1000).toISOString() };
+	return { token: `${input}.${encodeBase64url(sig)}`, expiresAt: new Date(exp * 1000).toISOString() };
 }
 
 export type TokenCheck = { ok: true; claims: AgentTokenClaims } | { ok: false; reason: string };
@@ -128,7 +113,7 @@ export async function verifyAgentToken(
 	const [h = "", p = "", s = ""] = parts;
 	const header = Header.safeParse(decodeJson(h));
 	if (!header.success) return INVALID;
-	const signature = fromBase64url(s);
+	const signature = decodeBase64url(s);
 	if (!signature) return INVALID;
 	// A token without kid predates rotation: only the current secret may have signed it.
 	const candidates = [secrets.current, ...(secrets.previous ? [secrets.previous] : [])];

@@ -14,6 +14,7 @@
  */
 import { ApiError } from "../errors";
 import { ErrorCode } from "../protocol";
+import { decodeBase64urlText } from "./base64url";
 
 export const SUBPROTOCOL = "switchyard.v1";
 const AUTH_PREFIX = "switchyard.auth.";
@@ -25,23 +26,13 @@ function offeredProtocols(request: Request): string[] {
 		.filter(Boolean);
 }
 
-function decodeBase64url(s: string): string | undefined {
-	if (!/^[A-Za-z0-9_-]+$/.test(s)) return undefined;
-	try {
-		const bin = atob(s.replace(/-/g, "+").replace(/_/g, "/") + "=".repeat((4 - (s.length % 4)) % 4));
-		return new TextDecoder("utf-8", { fatal: true, ignoreBOM: false }).decode(Uint8Array.from(bin, (c) => c.charCodeAt(0)));
-	} catch {
-		return undefined;
-	}
-}
-
 /** The bearer credential of a request: the Authorization header, or on a WebSocket upgrade the auth subprotocol. */
 export function presentedCredential(request: Request): string | undefined {
 	const m = /^Bearer[ ]+([^\s]+)\s*$/i.exec(request.headers.get("authorization") ?? "");
 	if (m?.[1]) return m[1];
 	if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") return undefined;
 	const offered = offeredProtocols(request).find((p) => p.startsWith(AUTH_PREFIX));
-	return offered ? decodeBase64url(offered.slice(AUTH_PREFIX.length)) : undefined;
+	return offered ? decodeBase64urlText(offered.slice(AUTH_PREFIX.length)) : undefined;
 }
 
 /** The subprotocol to answer with, if the client offered ours (a browser fails the socket otherwise). */

@@ -17,7 +17,6 @@ import {
 	HEARTBEAT_MISSES,
 	MAX_BODY_BYTES,
 	MAX_CONCURRENCY,
-	MAX_OUTPUT_CHUNK,
 	PING_TEXT,
 	type ResultFrame,
 	ServerFrame,
