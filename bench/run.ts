@@ -15,7 +15,7 @@ import { parseArgs } from "node:util";
 import { runFloors } from "./figures/floor.ts";
 import { runPeers } from "./figures/peers.ts";
 import { connectionRamp, reconnectStorm, streaming, switchyardTarget } from "./figures/switchyard.ts";
-import { latencyRun, throughputRun } from "./figures/common.ts";
+import { latencyFigure, latencyRun, throughputRun } from "./figures/common.ts";
 import { type Config, config } from "./config.ts";
 import { stopAllGroups } from "./lib/procs.ts";
 import { machine, Results, versions } from "./lib/results.ts";
@@ -44,10 +44,11 @@ async function switchyard(db: DbKind): Promise<void> {
 		const target = switchyardTarget(stack);
 		const sys = "switchyard";
 		if (only.has("f1")) {
-			for (const agents of cfg.f1.agents) {
-				const fig = results.figure(`f1.latency.${agents}`, `Enqueue → agent receipt, ${agents} agent${agents > 1 ? "s" : ""} (p50)`, "ms", true);
-				await results.measure(fig, sys, db, () =>
-					latencyRun(target, { tag: `f1-${db}-${agents}`, agents, count: cfg.f1.count, rate: cfg.f1.rate }),
+			for (const [i, agents] of cfg.f1.agents.entries()) {
+				const count = db === "real" ? (cfg.f1.count[i] ?? 0) : cfg.f1Others.count;
+				const rate = db === "real" ? (cfg.f1.rate[i] ?? 1) : cfg.f1Others.rate;
+				await results.measure(latencyFigure(results, agents), sys, db, () =>
+					latencyRun(target, { tag: `f1-${db}-${agents}`, agents, count, rate }),
 				);
 			}
 		}
@@ -65,11 +66,11 @@ async function switchyard(db: DbKind): Promise<void> {
 			const fig = results.figure("f5.streaming", "Agent output chunk → observer receipt (p50)", "ms", true);
 			await results.measure(fig, sys, db, () => streaming(stack, { tag: `f5-${db}`, chunks: cfg.f5.chunks, rate: cfg.f5.rate }));
 		}
-		if (only.has("f4")) {
+		if (only.has("f4") && cfg.heavyDbs.includes(db)) {
 			const fig = results.figure("f4.storm", `Reconnect storm: restart → all ${cfg.f4.agents} agents reconnected with their command`, "s", true);
 			await results.measure(fig, sys, db, () => reconnectStorm(stack, { tag: `f4-${db}`, agents: cfg.f4.agents }));
 		}
-		if (only.has("f3")) {
+		if (only.has("f3") && cfg.heavyDbs.includes(db)) {
 			for (const deflate of [false, true]) {
 				// A fresh workerd for each ramp, so the baseline holds no earlier objects.
 				await stack.stop();
@@ -82,7 +83,7 @@ async function switchyard(db: DbKind): Promise<void> {
 				);
 				const s = stack;
 				await results.measure(fig, sys, db, async () => ({
-					...(await connectionRamp(s, { tag: `f3-${db}-${deflate ? "z" : "p"}`, steps: cfg.f3.steps, deflate })),
+					...(await connectionRamp(s, { tag: `f3-${db}-${deflate ? "z" : "p"}`, steps: cfg.f3.steps, deflate, budgetMs: cfg.f3.budgetMs })),
 				}));
 			}
 		}

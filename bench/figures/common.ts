@@ -6,6 +6,7 @@
  */
 import type { Transport } from "../load/enqueue.ts";
 import { agentIds } from "../lib/payload.ts";
+import type { Results } from "../lib/results.ts";
 import { type Child, spawnChild } from "../lib/rpc.ts";
 import { summarize, wallNow } from "../lib/stats.ts";
 
@@ -52,6 +53,10 @@ export async function withFleet<T>(
 		await fleet.call("close").catch(() => {});
 		fleet.stop();
 	}
+}
+
+export function latencyFigure(results: Results, agents: number) {
+	return results.figure(`f1.latency.${agents}`, `Enqueue → agent receipt, ${agents} agent${agents > 1 ? "s" : ""}`, "ms", true);
 }
 
 /** Figure 1: `count` commands at `rate`/s over `agents` agents; enqueue start to agent receipt. */

@@ -14,7 +14,7 @@ import { spawnChild } from "../lib/rpc.ts";
 import { startEmbeddedPostgres } from "../../src/dev/embedded-postgres.ts";
 import { freshDatabase } from "../lib/stack.ts";
 import { summarize } from "../lib/stats.ts";
-import { latencyRun, pollUntil, type Target, throughputRun } from "./common.ts";
+import { latencyFigure, latencyRun, pollUntil, type Target, throughputRun } from "./common.ts";
 import { connectionRamp } from "./switchyard.ts";
 
 const FLOOR_CONFIG = fileURLToPath(new URL("../floor/wrangler.toml", import.meta.url));
@@ -76,9 +76,8 @@ async function bareDo(results: Results, cfg: Config, only: Set<string>): Promise
 		await waitUntil(async () => (await fetch(`${base}/v1/agents/x/none`).catch(() => undefined))?.status === 404, "floor worker", 120_000);
 		const target = floorTarget(base);
 		for (const agents of cfg.f1.agents) {
-			const fig = results.figure(`f1.latency.${agents}`, `Enqueue → agent receipt, ${agents} agent${agents > 1 ? "s" : ""} (p50)`, "ms", true);
-			await results.measure(fig, "floor:bare-do", undefined, () =>
-				latencyRun(target, { tag: `floor-f1-${agents}`, agents, count: cfg.f1.count, rate: cfg.f1.rate }),
+			await results.measure(latencyFigure(results, agents), "floor:bare-do", undefined, () =>
+				latencyRun(target, { tag: `floor-f1-${agents}`, agents, count: cfg.f1Others.count, rate: cfg.f1Others.rate }),
 			);
 		}
 		const tput = results.figure("f2.throughput.single", `Throughput, ${cfg.f2.agents} agents, single enqueue`, "cmd/s", false);
@@ -88,7 +87,7 @@ async function bareDo(results: Results, cfg: Config, only: Set<string>): Promise
 		if (only.has("f3")) {
 			const fig = results.figure("f3.memory.plain", "Resident memory per idle agent (workerd)", "KiB", true);
 			const stack = { wsBase: base.replace(/^http/, "ws"), secret: "", workerdRss: () => workerdRss(w.child.pid ?? -1) };
-			await results.measure(fig, "floor:bare-do", undefined, () => connectionRamp(stack, { tag: "floor-f3", steps: cfg.f3.steps, deflate: false }));
+			await results.measure(fig, "floor:bare-do", undefined, () => connectionRamp(stack, { tag: "floor-f3", steps: cfg.f3.steps, deflate: false, budgetMs: cfg.f3.budgetMs }));
 		}
 	} finally {
 		await w.stop();

@@ -8,19 +8,18 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import type { Config } from "../config.ts";
-import { freePort, tcpOpen, waitUntil } from "../lib/procs.ts";
+import { freePort, tcpOpen, track, waitUntil } from "../lib/procs.ts";
 import type { Results } from "../lib/results.ts";
 import { type Child, spawnChild } from "../lib/rpc.ts";
 import { freshDatabase } from "../lib/stack.ts";
 import { runMigrations } from "../../src/dev/migrate.ts";
-import { latencyRun, pollUntil, type Target, throughputRun } from "./common.ts";
+import { latencyFigure, latencyRun, pollUntil, type Target, throughputRun } from "./common.ts";
 
 const NATS_URL = "nats://127.0.0.1:4222";
 
 async function figures(results: Results, cfg: Config, system: string, target: Target): Promise<void> {
 	for (const agents of cfg.f1.agents) {
-		const fig = results.figure(`f1.latency.${agents}`, `Enqueue → agent receipt, ${agents} agent${agents > 1 ? "s" : ""} (p50)`, "ms", true);
-		await results.measure(fig, system, undefined, () => latencyRun(target, { tag: `${system}-f1-${agents}`, agents, count: cfg.f1.count, rate: cfg.f1.rate }));
+		await results.measure(latencyFigure(results, agents), system, undefined, () => latencyRun(target, { tag: `${system}-f1-${agents}`, agents, count: cfg.f1Others.count, rate: cfg.f1Others.rate }));
 	}
 	const fig = results.figure("f2.throughput.single", `Throughput, ${cfg.f2.agents} agents, single enqueue`, "cmd/s", false);
 	await results.measure(fig, system, undefined, () =>
@@ -74,7 +73,7 @@ async function fastifyBullmq(results: Results, cfg: Config): Promise<void> {
 	// A private Redis with the durable setting Redis offers (the shared one keeps nothing on disk).
 	const dir = mkdtempSync(join(tmpdir(), "switchyard-bench-redis-"));
 	const redisPort = await freePort();
-	const redis = spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--dir", dir, "--appendonly", "yes", "--appendfsync", "always", "--save", ""], { stdio: "ignore" });
+	const redis = track(spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--dir", dir, "--appendonly", "yes", "--appendfsync", "always", "--save", ""], { stdio: "ignore" }));
 	const hub = spawnChild("peers/bullmq.ts");
 	try {
 		await waitUntil(() => tcpOpen(redisPort), "redis-server", 20_000);

@@ -59,10 +59,7 @@ async function breakdown(stack: Stack, action: string): Promise<Record<string, u
 
 type Fleets = Child[];
 
-/** A ramp step that cannot connect its agents within this long is where the ramp stops. */
-const STEP_BUDGET_MS = 240_000;
-
-async function connectFleets(stack: Stack, ids: string[], deflate: boolean, reconnect: boolean, perProcess = 5000): Promise<{ fleets: Fleets; ms: number; connected: number; errors: string[] }> {
+async function connectFleets(stack: Stack, ids: string[], deflate: boolean, reconnect: boolean, perProcess = 5000, budgetMs?: number): Promise<{ fleets: Fleets; ms: number; connected: number; errors: string[] }> {
 	const fleets: Fleets = [];
 	const started = wallNow();
 	const parts: string[][] = [];
@@ -80,7 +77,7 @@ async function connectFleets(stack: Stack, ids: string[], deflate: boolean, reco
 				reconnect,
 				concurrency: 10,
 				connectTimeoutMs: 120_000,
-				budgetMs: STEP_BUDGET_MS,
+				budgetMs,
 			});
 		}),
 	);
@@ -116,15 +113,18 @@ export interface RampStep {
  * Figure 3: idle agents held at once, in steps, and workerd's resident memory
  * per connected agent. Stops at the first step that cannot connect fully.
  */
-export async function connectionRamp(stack: Pick<Stack, "wsBase" | "secret" | "workerdRss">, a: { tag: string; steps: number[]; deflate: boolean }) {
+export async function connectionRamp(stack: Pick<Stack, "wsBase" | "secret" | "workerdRss">, a: { tag: string; steps: number[]; deflate: boolean; budgetMs: number }) {
 	const baseline = await settledRss(stack as Stack);
 	const steps: RampStep[] = [];
 	const fleets: Fleets = [];
 	let held = 0;
+	const started = wallNow();
 	try {
 		for (const target of a.steps) {
+			const left = a.budgetMs - (wallNow() - started);
+			if (left <= 0) break;
 			const ids = agentIds(a.tag, target - held, held);
-			const r = await connectFleets(stack as Stack, ids, a.deflate, false);
+			const r = await connectFleets(stack as Stack, ids, a.deflate, false, 5000, left);
 			fleets.push(...r.fleets);
 			held += r.connected;
 			const rss = await settledRss(stack as Stack);
@@ -145,7 +145,7 @@ export async function connectionRamp(stack: Pick<Stack, "wsBase" | "secret" | "w
 	const last = steps[steps.length - 1];
 	return {
 		value: (last?.bytesPerAgent ?? Number.NaN) / 1024,
-		detail: { baselineRssBytes: baseline, maxConnected: last?.connected ?? 0, reachedTarget: last ? last.connected >= last.target : false, steps, deflateOffered: a.deflate },
+		detail: { budgetSeconds: a.budgetMs / 1000, baselineRssBytes: baseline, maxConnected: last?.connected ?? 0, reachedTarget: last ? last.connected >= last.target : false, steps, deflateOffered: a.deflate },
 	};
 }
 

@@ -10,7 +10,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freePort, tcpOpen, waitUntil } from "./procs.ts";
+import { freePort, tcpOpen, track, waitUntil } from "./procs.ts";
 
 export const POOL_SIZE = 40;
 
@@ -22,7 +22,8 @@ export interface Bouncer {
 
 export async function startPgBouncer(database: string): Promise<Bouncer> {
 	const dir = mkdtempSync(join(tmpdir(), "switchyard-bench-pgbouncer-"));
-	chmodSync(dir, 0o755);
+	// Readable and writable by the postgres user PgBouncer drops to (its log file).
+	chmodSync(dir, 0o777);
 	const port = await freePort();
 	writeFileSync(join(dir, "users.txt"), '"postgres" ""\n');
 	writeFileSync(
@@ -45,9 +46,9 @@ export async function startPgBouncer(database: string): Promise<Bouncer> {
 		].join("\n"),
 	);
 	// PgBouncer refuses to run as root; -u drops to the postgres user.
-	const child: ChildProcess = spawn("pgbouncer", ...[process.getuid?.() === 0 ? ["-u", "postgres", join(dir, "pgbouncer.ini")] : [join(dir, "pgbouncer.ini")]], {
+	const child: ChildProcess = track(spawn("pgbouncer", ...[process.getuid?.() === 0 ? ["-u", "postgres", join(dir, "pgbouncer.ini")] : [join(dir, "pgbouncer.ini")]], {
 		stdio: "ignore",
-	});
+	}));
 	await waitUntil(() => tcpOpen(port), "pgbouncer", 20_000);
 	return {
 		port,

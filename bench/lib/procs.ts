@@ -56,9 +56,20 @@ export async function stopGroup(child: ChildProcess, graceMs = 3_000): Promise<v
 	started.delete(child);
 }
 
+/** Servers started without their own group (pgbouncer, redis-server): stopped by pid on an abort. */
+const plain = new Set<ChildProcess>();
+
+export function track(child: ChildProcess): ChildProcess {
+	plain.add(child);
+	child.once("exit", () => plain.delete(child));
+	return child;
+}
+
 export function stopAllGroups(): void {
 	for (const child of started) killGroup(child, "SIGKILL");
 	started.clear();
+	for (const child of plain) child.kill("SIGKILL");
+	plain.clear();
 }
 
 /** The workerd processes under `root`. */
