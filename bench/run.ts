@@ -6,6 +6,7 @@
  *   npm run bench -- --quick          small N smoke run (~3 min)
  *   npm run bench -- --only f1,floor  some figures: f1 f2 f3 f4 f5 floor peers
  *   npm run bench -- --db real        one Postgres: embedded | real (default both)
+ *   npm run bench -- --storm-agents N figure 4 with N agents instead of 5,000
  *
  * Exits non-zero only when a run broke (errors, lost commands), never on a
  * slow figure.
@@ -28,10 +29,12 @@ const { values } = parseArgs({
 		only: { type: "string" },
 		db: { type: "string" },
 		out: { type: "string" },
+		"storm-agents": { type: "string" },
 	},
 });
 
 const cfg: Config = config(values.quick ?? false);
+if (values["storm-agents"]) cfg.f4.agents = Number(values["storm-agents"]);
 const only = new Set((values.only ?? "f1,f2,f3,f4,f5,floor,peers").split(",").map((s) => s.trim()));
 const dbs: DbKind[] = values.db ? [values.db as DbKind] : ["embedded", "real"];
 const results = new Results();
