@@ -2,7 +2,7 @@
  * `npm run bench`: Switchyard against the machine's limits and its peers, in
  * one run. Prints a table and writes bench/results/<date>.json.
  *
- *   npm run bench                     full run (~20 min)
+ *   npm run bench                     full run (~30 min on a shared 2-core machine)
  *   npm run bench -- --quick          small N smoke run (~3 min)
  *   npm run bench -- --only f1,floor  some figures: f1 f2 f3 f4 f5 floor peers
  *   npm run bench -- --db real        one Postgres: embedded | real (default both)
