@@ -1,0 +1,227 @@
+/** Switchyard's figures against one running stack (embedded or real Postgres). */
+import { agentIds } from "../lib/payload.ts";
+import { spawnChild, type Child } from "../lib/rpc.ts";
+import type { Stack } from "../lib/stack.ts";
+import { sleep, summarize, wallNow } from "../lib/stats.ts";
+import { pollUntil, type Target } from "./common.ts";
+
+export function switchyardTarget(stack: Stack): Target {
+	return {
+		fleet: "load/agents.ts",
+		connectArgs: (ids) => ({ wsBase: stack.wsBase, ids, secret: stack.secret, deflate: false, parallel: 20, reconnect: false, concurrency: 1000 }),
+		transport: (action, batch) =>
+			batch
+				? { kind: "http-batch", base: stack.base, apiKey: stack.apiKey, action, size: batch }
+				: { kind: "http", base: stack.base, apiKey: stack.apiKey, action },
+		verify: async (action, expected, timeoutMs) => {
+			const doneAt = await pollUntil(async () => {
+				const { rows } = await stack.pg.query<{ status: string; n: string }>(
+					"select status, count(*) as n from agent_commands where action = $1 group by status",
+					[action],
+				);
+				const by = Object.fromEntries(rows.map((r) => [r.status, Number(r.n)]));
+				const total = rows.reduce((s, r) => s + Number(r.n), 0);
+				const bad = (by.failed ?? 0) + (by.cancelled ?? 0) + (by.expired ?? 0);
+				return {
+					done: (by.completed ?? 0) === expected && total === expected,
+					fail: bad > 0 || total > expected ? `commands ${JSON.stringify(by)}, expected ${expected} completed` : undefined,
+					progress: JSON.stringify(by),
+				};
+			}, timeoutMs);
+			return { doneAt, detail: { whereTheTimeGoes: await breakdown(stack, action) } };
+		},
+	};
+}
+
+/**
+ * Per-command segments from the row's own timestamps (all on this machine's
+ * clock): the enqueuer's send time (payload.t) to the row's insert
+ * (created_at: HTTP, worker, Postgres), to the object's dispatch
+ * (dispatched_at: RPC into the object, SQLite buffer), to the object hearing
+ * the result (completed_at: socket out, agent, socket back).
+ */
+async function breakdown(stack: Stack, action: string): Promise<Record<string, unknown>> {
+	const { rows } = await stack.pg.query<{ sent: number; created: number; dispatched: number; completed: number }>(
+		`select (payload->>'t')::float8 as sent,
+			extract(epoch from created_at) * 1000 as created,
+			extract(epoch from dispatched_at) * 1000 as dispatched,
+			extract(epoch from completed_at) * 1000 as completed
+		from agent_commands where action = $1`,
+		[action],
+	);
+	const seg = (f: (r: (typeof rows)[number]) => number) => summarize(rows.map((r) => f(r)).filter(Number.isFinite));
+	return {
+		enqueueToRowInsertedMs: seg((r) => Number(r.created) - Number(r.sent)),
+		rowInsertedToObjectDispatchMs: seg((r) => Number(r.dispatched) - Number(r.created)),
+		dispatchToResultAtObjectMs: seg((r) => Number(r.completed) - Number(r.dispatched)),
+	};
+}
+
+type Fleets = Child[];
+
+async function connectFleets(stack: Stack, ids: string[], deflate: boolean, reconnect: boolean, perProcess = 5000, budgetMs?: number): Promise<{ fleets: Fleets; ms: number; connected: number; errors: string[] }> {
+	const fleets: Fleets = [];
+	const started = wallNow();
+	const parts: string[][] = [];
+	for (let i = 0; i < ids.length; i += perProcess) parts.push(ids.slice(i, i + perProcess));
+	const results = await Promise.all(
+		parts.map(async (part) => {
+			const fleet = spawnChild("load/agents.ts");
+			fleets.push(fleet);
+			return fleet.call<{ connected: number; failed: number; errors: string[] }>("connect", {
+				wsBase: stack.wsBase,
+				ids: part,
+				secret: stack.secret,
+				deflate,
+				parallel: 25,
+				reconnect,
+				concurrency: 10,
+				connectTimeoutMs: 120_000,
+				budgetMs,
+			});
+		}),
+	);
+	return {
+		fleets,
+		ms: wallNow() - started,
+		connected: results.reduce((s, r) => s + r.connected, 0),
+		errors: results.flatMap((r) => r.errors).slice(0, 5),
+	};
+}
+
+async function closeFleets(fleets: Fleets): Promise<void> {
+	await Promise.all(fleets.map((f) => f.call("close").catch(() => {})));
+	for (const f of fleets) f.stop();
+}
+
+/** RSS after the object count settles: workerd frees and allocates lazily, so wait a moment. */
+async function settledRss(stack: Stack): Promise<number> {
+	await sleep(3_000);
+	return stack.workerdRss();
+}
+
+export interface RampStep {
+	target: number;
+	connected: number;
+	connectSeconds: number;
+	rssBytes: number;
+	bytesPerAgent: number;
+	errors: string[];
+}
+
+/**
+ * Figure 3: idle agents held at once, in steps, and workerd's resident memory
+ * per connected agent. Stops at the first step that cannot connect fully.
+ */
+export async function connectionRamp(stack: Pick<Stack, "wsBase" | "secret" | "workerdRss">, a: { tag: string; steps: number[]; deflate: boolean; budgetMs: number }) {
+	const baseline = await settledRss(stack as Stack);
+	const steps: RampStep[] = [];
+	const fleets: Fleets = [];
+	let held = 0;
+	const started = wallNow();
+	try {
+		for (const target of a.steps) {
+			const left = a.budgetMs - (wallNow() - started);
+			if (left <= 0) break;
+			const ids = agentIds(a.tag, target - held, held);
+			const r = await connectFleets(stack as Stack, ids, a.deflate, false, 5000, left);
+			fleets.push(...r.fleets);
+			held += r.connected;
+			const rss = await settledRss(stack as Stack);
+			steps.push({
+				target,
+				connected: held,
+				connectSeconds: r.ms / 1000,
+				rssBytes: rss,
+				bytesPerAgent: Math.round((rss - baseline) / held),
+				errors: r.errors,
+			});
+			process.stdout.write(`[bench]     ${a.tag}: ${held}/${target} connected in ${(r.ms / 1000).toFixed(1)} s, workerd RSS ${(rss / 2 ** 20).toFixed(0)} MiB\n`);
+			if (held < target) break;
+		}
+	} finally {
+		await closeFleets(fleets);
+	}
+	const last = steps[steps.length - 1];
+	return {
+		value: (last?.bytesPerAgent ?? Number.NaN) / 1024,
+		detail: { budgetSeconds: a.budgetMs / 1000, baselineRssBytes: baseline, maxConnected: last?.connected ?? 0, reachedTarget: last ? last.connected >= last.target : false, steps, deflateOffered: a.deflate },
+	};
+}
+
+/**
+ * Figure 4: `n` agents connected (reconnecting with the SDK's backoff and
+ * jitter); wrangler dev is killed, one command per agent is inserted straight
+ * into Postgres while it is down, and wrangler dev starts again. Timed from
+ * the restart until every agent is back and has its command.
+ */
+export async function reconnectStorm(stack: Stack, a: { tag: string; agents: number }) {
+	const ids = agentIds(a.tag, a.agents);
+	const r = await connectFleets(stack, ids, false, true, 2500);
+	try {
+		if (r.connected < ids.length) throw new Error(`only ${r.connected} of ${ids.length} agents connected before the storm: ${r.errors.join("; ")}`);
+		await Promise.all(r.fleets.map((f) => f.call("mark")));
+		const killedAt = wallNow();
+		await stack.stopWrangler();
+		const action = `${a.tag}.cmd`;
+		await stack.pg.query(
+			`insert into agent_commands (agent_id, action, payload)
+			 select $1 || '-' || i, $2, jsonb_build_object('storm', true) from generate_series(0, $3::int - 1) as i`,
+			[a.tag, action, a.agents],
+		);
+		const restartAt = wallNow();
+		await stack.startWrangler();
+		const healthyAt = wallNow();
+		const waits = await Promise.all(
+			r.fleets.map((f) =>
+				f.call<{ complete: boolean; agents: number; reconnected: number; gotCommand: number; lastWelcomeAt: number; lastCommandAt: number; firstCommandTimes: number[] }>(
+					"waitEveryAgent",
+					{ timeoutMs: 300_000 },
+				),
+			),
+		);
+		const complete = waits.every((w) => w.complete);
+		const gotCommand = waits.reduce((s, w) => s + w.gotCommand, 0);
+		if (!complete) throw new Error(`storm incomplete after 300 s: ${waits.reduce((s, w) => s + w.reconnected, 0)} reconnected, ${gotCommand} got their command`);
+		const lastCommandAt = Math.max(...waits.map((w) => w.lastCommandAt));
+		await pollUntil(async () => {
+			const { rows } = await stack.pg.query<{ n: string }>("select count(*) as n from agent_commands where action = $1 and status = 'completed'", [action]);
+			return { done: Number(rows[0]?.n) === a.agents, progress: `${rows[0]?.n} completed` };
+		}, 120_000);
+		const perAgent = waits.flatMap((w) => w.firstCommandTimes).map((t) => (t - restartAt) / 1000);
+		return {
+			value: (lastCommandAt - restartAt) / 1000,
+			samples: perAgent,
+			detail: {
+				agents: a.agents,
+				downSeconds: (restartAt - killedAt) / 1000,
+				restartToHealthySeconds: (healthyAt - restartAt) / 1000,
+				healthyToAllCommandsSeconds: (lastCommandAt - healthyAt) / 1000,
+				restartToLastReconnectSeconds: (Math.max(...waits.map((w) => w.lastWelcomeAt)) - restartAt) / 1000,
+				note: "samples: seconds from restart to each agent's command",
+			},
+		};
+	} finally {
+		await closeFleets(r.fleets);
+	}
+}
+
+/** Figure 5: agent output chunk to observer receipt. */
+export async function streaming(stack: Stack, a: { tag: string; chunks: number; rate: number }) {
+	const child = spawnChild("load/agents.ts");
+	try {
+		const r = await child.call<{ latency: number[]; sent: number }>("stream", {
+			wsBase: stack.wsBase,
+			base: stack.base,
+			apiKey: stack.apiKey,
+			secret: stack.secret,
+			agentId: `${a.tag}-0`,
+			chunks: a.chunks,
+			rate: a.rate,
+		});
+		if (r.latency.length < r.sent) throw new Error(`observer received ${r.latency.length} of ${r.sent} chunks`);
+		return { value: summarize(r.latency).median, samples: r.latency, detail: { chunks: a.chunks, rate: a.rate } };
+	} finally {
+		child.stop();
+	}
+}

@@ -1,0 +1,63 @@
+/**
+ * PgBouncer in front of the machine's PostgreSQL, as Neon's pooled endpoint
+ * sits in front of Neon's. The worker opens one connection per request and
+ * per Durable Object event; without a pooler the shared server's
+ * max_connections (100) is exhausted at a few dozen requests per second and
+ * the API answers 503 (see docs/performance.md). Session pooling: a client
+ * waits for a server connection instead of being refused.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { freePort, tcpOpen, track, waitUntil } from "./procs.ts";
+
+export const POOL_SIZE = 40;
+
+export interface Bouncer {
+	port: number;
+	url: string;
+	stop(): Promise<void>;
+}
+
+export async function startPgBouncer(database: string): Promise<Bouncer> {
+	const dir = mkdtempSync(join(tmpdir(), "switchyard-bench-pgbouncer-"));
+	// Readable and writable by the postgres user PgBouncer drops to (its log file).
+	chmodSync(dir, 0o777);
+	const port = await freePort();
+	writeFileSync(join(dir, "users.txt"), '"postgres" ""\n');
+	writeFileSync(
+		join(dir, "pgbouncer.ini"),
+		[
+			"[databases]",
+			`${database} = host=127.0.0.1 port=5432 dbname=${database}`,
+			"[pgbouncer]",
+			"listen_addr = 127.0.0.1",
+			`listen_port = ${port}`,
+			"unix_socket_dir =",
+			"auth_type = trust",
+			`auth_file = ${join(dir, "users.txt")}`,
+			"pool_mode = session",
+			"max_client_conn = 20000",
+			`default_pool_size = ${POOL_SIZE}`,
+			"ignore_startup_parameters = extra_float_digits,options",
+			`logfile = ${join(dir, "pgbouncer.log")}`,
+			"",
+		].join("\n"),
+	);
+	// PgBouncer refuses to run as root; -u drops to the postgres user.
+	const child: ChildProcess = track(spawn("pgbouncer", ...[process.getuid?.() === 0 ? ["-u", "postgres", join(dir, "pgbouncer.ini")] : [join(dir, "pgbouncer.ini")]], {
+		stdio: "ignore",
+	}));
+	await waitUntil(() => tcpOpen(port), "pgbouncer", 20_000);
+	return {
+		port,
+		url: `postgres://postgres@127.0.0.1:${port}/${database}`,
+		stop: async () => {
+			child.kill("SIGINT");
+			await new Promise((r) => setTimeout(r, 300));
+			if (child.exitCode === null) child.kill("SIGKILL");
+			rmSync(dir, { recursive: true, force: true });
+		},
+	};
+}

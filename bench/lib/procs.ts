@@ -1,0 +1,129 @@
+/** Processes the harness starts: wrangler dev in its own group, with a raised file limit. */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { createConnection } from "node:net";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { descendants, killGroup } from "../../test/helpers/node/processes.ts";
+
+export { freePort, killGroup, waitHealthy, waitUntil } from "../../test/helpers/node/processes.ts";
+
+/** Every process group the harness started, so an abort can stop them all (and only them). */
+const started = new Set<ChildProcess>();
+
+/** Agent sockets need one descriptor each; the soft limit is raised up to the hard one. */
+export const NOFILE = 65_536;
+
+export interface Wrangler {
+	child: ChildProcess;
+	output(): string;
+	stop(): Promise<void>;
+}
+
+/** `wrangler dev` as the launcher runs it (own process group), for a config and vars. */
+export function startWrangler(opts: { port: number; persistTo: string; config?: string; vars: Record<string, string> }): Wrangler {
+	const bin = join(dirname(createRequire(import.meta.url).resolve("wrangler/package.json")), "bin", "wrangler.js");
+	const args = [bin, "dev", "--ip", "127.0.0.1", "--port", String(opts.port), "--persist-to", opts.persistTo];
+	if (opts.config) args.push("--config", opts.config);
+	args.push("--show-interactive-dev-session=false");
+	for (const [k, v] of Object.entries(opts.vars)) args.push("--var", `${k}:${v}`);
+	// `ulimit` in a shell that then becomes node: workerd inherits the limit.
+	const child = spawn("sh", ["-c", `ulimit -n ${NOFILE} 2>/dev/null || ulimit -n $(ulimit -Hn); exec "$@"`, "sh", process.execPath, ...args], {
+		stdio: ["ignore", "pipe", "pipe"],
+		detached: true,
+	});
+	started.add(child);
+	let out = "";
+	const keep = (d: Buffer) => {
+		out = (out + d.toString()).slice(-200_000);
+	};
+	child.stdout?.on("data", keep);
+	child.stderr?.on("data", keep);
+	return { child, output: () => out, stop: () => stopGroup(child) };
+}
+
+/** SIGTERM to the group, SIGKILL after a grace: the node shim does not pass SIGTERM on (NOTES.md). */
+export async function stopGroup(child: ChildProcess, graceMs = 3_000): Promise<void> {
+	if (child.exitCode === null && child.signalCode === null) {
+		const exited = new Promise<void>((r) => child.once("exit", () => r()));
+		killGroup(child, "SIGTERM");
+		const timer = setTimeout(() => killGroup(child, "SIGKILL"), graceMs);
+		await exited;
+		clearTimeout(timer);
+	}
+	// wrangler can exit before its workerd child does.
+	killGroup(child, "SIGKILL");
+	started.delete(child);
+}
+
+/** Servers started without their own group (pgbouncer, redis-server): stopped by pid on an abort. */
+const plain = new Set<ChildProcess>();
+
+export function track(child: ChildProcess): ChildProcess {
+	plain.add(child);
+	child.once("exit", () => plain.delete(child));
+	return child;
+}
+
+export function stopAllGroups(): void {
+	for (const child of started) killGroup(child, "SIGKILL");
+	started.clear();
+	for (const child of plain) child.kill("SIGKILL");
+	plain.clear();
+}
+
+/** The workerd processes under `root`. */
+export function workerdPids(root: number): number[] {
+	return descendants(root).filter((pid) => {
+		try {
+			return readFileSync(`/proc/${pid}/comm`, "utf8").trim() === "workerd";
+		} catch {
+			return false;
+		}
+	});
+}
+
+function statusField(pid: number, field: string): number {
+	try {
+		const m = new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+		return Number(m?.[1] ?? 0);
+	} catch {
+		return 0;
+	}
+}
+
+/** Resident memory of the workerd processes under `root`, in bytes (VmRSS). */
+export function workerdRss(root: number): number {
+	return workerdPids(root).reduce((sum, pid) => sum + statusField(pid, "VmRSS") * 1024, 0);
+}
+
+/** The open-file limit workerd actually runs with. */
+export function workerdNofile(root: number): number | undefined {
+	const pid = workerdPids(root)[0];
+	if (pid === undefined) return undefined;
+	const m = /^Max open files\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/limits`, "utf8"));
+	return m?.[1] ? Number(m[1]) : undefined;
+}
+
+export function loadAverage(): number[] {
+	return readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).map(Number);
+}
+
+/** A command's first line of output, or undefined when it is not installed. */
+export function versionOf(cmd: string, args: string[]): string | undefined {
+	try {
+		return execFileSync(cmd, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 20_000 }).trim().split("\n")[0];
+	} catch {
+		return undefined;
+	}
+}
+
+/** Whether something accepts TCP connections on 127.0.0.1:`port`. */
+export function tcpOpen(port: number): Promise<boolean> {
+	return new Promise<boolean>((resolve) => {
+		const s = createConnection(port, "127.0.0.1", () => {
+			s.end();
+			resolve(true);
+		}).on("error", () => resolve(false));
+	});
+}

@@ -1,0 +1,130 @@
+/**
+ * The real local stack, put together from the launcher's own parts
+ * (src/dev: embedded Postgres, the relay, migrations, `wrangler dev` with the
+ * same flags). The harness composes them itself rather than running the
+ * launcher so that figure 4 can kill wrangler dev alone and bring it back on
+ * the same port while Postgres stays up.
+ */
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pg from "pg";
+import { ensureDevVars, parseDevVars } from "../../src/dev/dev-vars.ts";
+import { type EmbeddedPostgres, startEmbeddedPostgres } from "../../src/dev/embedded-postgres.ts";
+import { runMigrations } from "../../src/dev/migrate.ts";
+import { type Relay, startRelay } from "../../src/dev/relay.ts";
+import { type Bouncer, startPgBouncer } from "./pgbouncer.ts";
+import { freePort, startWrangler, waitHealthy, type Wrangler, workerdNofile, workerdRss } from "./procs.ts";
+
+export type DbKind = "embedded" | "real";
+
+/** Rate limits the security work adds; the benchmark measures the path, not the limiter. */
+export const BENCH_VARS = { AGENT_FRAME_RATE_LIMIT: "0", ENQUEUE_RATE_LIMIT: "off" };
+
+export const REAL_PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/** Drops and creates a database on the machine's PostgreSQL; returns its URL. */
+export async function freshDatabase(name: string): Promise<string> {
+	const admin = new pg.Client({ connectionString: REAL_PG_ADMIN });
+	await admin.connect();
+	try {
+		await admin.query(`drop database if exists ${name} with (force)`);
+		await admin.query(`create database ${name}`);
+	} finally {
+		await admin.end();
+	}
+	return REAL_PG_ADMIN.replace(/\/postgres$/, `/${name}`);
+}
+
+export interface Stack {
+	db: DbKind;
+	base: string;
+	wsBase: string;
+	apiKey: string;
+	secret: string;
+	databaseUrl: string;
+	/** Direct `pg` pool for verification queries. */
+	pg: pg.Pool;
+	workerdRss(): number;
+	/** The tail of wrangler dev's output (logs), for diagnosing a broken figure. */
+	output(): string;
+	nofile(): number | undefined;
+	/** Kills wrangler dev's process group (workerd included). */
+	stopWrangler(): Promise<void>;
+	/** Starts wrangler dev again on the same port and state; resolves when healthy. */
+	startWrangler(): Promise<void>;
+	stop(): Promise<void>;
+}
+
+export async function startSwitchyard(db: DbKind): Promise<Stack> {
+	const root = process.cwd();
+	const stateDir = mkdtempSync(join(tmpdir(), `switchyard-bench-${db}-`));
+	ensureDevVars(join(root, ".dev.vars"));
+	const vars = parseDevVars(readFileSync(join(root, ".dev.vars"), "utf8"));
+	const apiKey = (vars.get("API_KEYS") ?? "").split(",")[0]?.trim() ?? "";
+	const secret = vars.get("AGENT_TOKEN_SECRET") ?? "";
+
+	let embedded: EmbeddedPostgres | undefined;
+	let bouncer: Bouncer | undefined;
+	/** What the harness verifies against (direct); the worker may reach it through PgBouncer. */
+	let databaseUrl: string;
+	let workerUrl: string;
+	if (db === "embedded") {
+		embedded = await startEmbeddedPostgres({ dataDir: join(stateDir, "pgdata") });
+		databaseUrl = embedded.url;
+		workerUrl = databaseUrl;
+	} else {
+		databaseUrl = await freshDatabase("switchyard_bench");
+		bouncer = await startPgBouncer("switchyard_bench");
+		workerUrl = bouncer.url;
+	}
+	const target = new URL(workerUrl);
+	const relay: Relay = await startRelay({
+		allow: (h, p) => h === target.hostname && p === Number(target.port || 5432),
+	});
+	await runMigrations(databaseUrl);
+
+	const port = await freePort();
+	let wrangler: Wrangler | undefined;
+	const base = `http://127.0.0.1:${port}`;
+	const start = async () => {
+		wrangler = startWrangler({
+			port,
+			persistTo: join(stateDir, "wrangler"),
+			vars: { DATABASE_URL: workerUrl, NEON_WS_PROXY: relay.proxy, ...BENCH_VARS },
+		});
+		try {
+			await waitHealthy(base, 120_000);
+		} catch (err) {
+			throw new Error(`${err instanceof Error ? err.message : String(err)}\n${wrangler.output().slice(-3000)}`);
+		}
+	};
+	await start();
+	const pool = new pg.Pool({ connectionString: databaseUrl, max: 2 });
+	pool.on("error", () => {});
+	const pid = () => wrangler?.child.pid ?? -1;
+	return {
+		db,
+		base,
+		wsBase: base.replace(/^http/, "ws"),
+		apiKey,
+		secret,
+		databaseUrl,
+		pg: pool,
+		workerdRss: () => workerdRss(pid()),
+		output: () => wrangler?.output() ?? "",
+		nofile: () => workerdNofile(pid()),
+		stopWrangler: async () => {
+			await wrangler?.stop();
+		},
+		startWrangler: start,
+		stop: async () => {
+			await wrangler?.stop();
+			await pool.end().catch(() => {});
+			await relay.close();
+			await embedded?.stop().catch(() => {});
+			await bouncer?.stop();
+			rmSync(stateDir, { recursive: true, force: true });
+		},
+	};
+}

@@ -1,0 +1,251 @@
+/**
+ * A fleet of agents in one process: raw `ws` clients speaking Switchyard's
+ * wire protocol (docs/protocol.md). The floor worker and the WebSocket peers
+ * speak the same frames, so this one fleet drives all of them.
+ *
+ * Each agent answers every `command` with `ack` then `result: completed`,
+ * and records the time from the enqueuer's send (`payload.t`) to receipt.
+ */
+import WebSocket from "ws";
+import { signAgentToken } from "../../src/auth/agent-token.ts";
+import { Backoff } from "../../src/sdk/backoff.ts";
+import { sentAt } from "../lib/payload.ts";
+import { serve } from "../lib/rpc.ts";
+import { sleep, wallNow } from "../lib/stats.ts";
+
+interface ConnectArgs {
+	/** ws://host:port */
+	wsBase: string;
+	ids: string[];
+	/** AGENT_TOKEN_SECRET; tokens are signed here instead of one HTTP call per agent. */
+	secret?: string;
+	deflate: boolean;
+	/** Sockets opening at once. */
+	parallel: number;
+	/** Reconnect with the SDK's backoff and full jitter after any close. */
+	reconnect: boolean;
+	/** `hello.concurrency`: high, so the window never limits a throughput run. */
+	concurrency: number;
+	connectTimeoutMs?: number;
+	/** Stop opening new sockets after this long; the rest count as not connected. */
+	budgetMs?: number;
+}
+
+interface Agent {
+	id: string;
+	ws?: WebSocket;
+	welcomed: boolean;
+	backoff: Backoff;
+	/** Wall time of the first command received since the last `mark`. */
+	firstCommandAt?: number;
+	welcomedAt?: number;
+}
+
+const agents = new Map<string, Agent>();
+let latencies: number[] = [];
+let received = 0;
+let duplicates = 0;
+const seen = new Set<string>();
+let stopping = false;
+let errors: string[] = [];
+
+function note(err: string): void {
+	if (errors.length < 20) errors.push(err);
+}
+
+async function open(agent: Agent, a: ConnectArgs): Promise<void> {
+	const headers: Record<string, string> = {};
+	if (a.secret) headers.authorization = `Bearer ${(await signAgentToken(agent.id, { current: a.secret }, 24 * 3600)).token}`;
+	const ws = new WebSocket(`${a.wsBase}/v1/agents/${encodeURIComponent(agent.id)}/connect`, {
+		headers,
+		perMessageDeflate: a.deflate,
+	});
+	agent.ws = ws;
+	agent.welcomed = false;
+	return new Promise<void>((resolve, reject) => {
+		const timer = setTimeout(() => {
+			reject(new Error(`${agent.id}: no welcome within ${a.connectTimeoutMs ?? 60_000} ms`));
+			ws.terminate();
+		}, a.connectTimeoutMs ?? 60_000);
+		ws.on("message", (data) => {
+			const frame = JSON.parse(data.toString()) as { type: string; id?: string; payload?: unknown };
+			if (frame.type === "welcome") {
+				agent.welcomed = true;
+				agent.welcomedAt = wallNow();
+				agent.backoff.reset();
+				ws.send(JSON.stringify({ type: "hello", concurrency: a.concurrency, running: [] }));
+				clearTimeout(timer);
+				resolve();
+			} else if (frame.type === "command" && frame.id) {
+				const now = wallNow();
+				const t = sentAt(frame.payload);
+				if (t !== undefined) latencies.push(now - t);
+				received++;
+				if (seen.has(frame.id)) duplicates++;
+				seen.add(frame.id);
+				agent.firstCommandAt ??= now;
+				ws.send(JSON.stringify({ type: "ack", id: frame.id }));
+				ws.send(JSON.stringify({ type: "result", id: frame.id, status: "completed", result: { ok: true } }));
+			} else if (frame.type === "error") {
+				note(`${agent.id}: error frame ${data.toString().slice(0, 200)}`);
+			}
+		});
+		ws.on("error", (err) => {
+			clearTimeout(timer);
+			reject(err);
+		});
+		ws.on("close", (code) => {
+			clearTimeout(timer);
+			if (!agent.welcomed) reject(new Error(`${agent.id}: closed ${code} before welcome`));
+			agent.welcomed = false;
+			if (a.reconnect && !stopping) setTimeout(() => retry(agent, a), agent.backoff.next());
+		});
+	});
+}
+
+/** One reconnect attempt; a failure schedules the next through the close handler. */
+function retry(agent: Agent, a: ConnectArgs): void {
+	if (stopping) return;
+	open(agent, a).catch(() => {
+		// the close handler already scheduled the next attempt
+	});
+}
+
+const methods = {
+	async connect(a: ConnectArgs) {
+		stopping = false;
+		const started = wallNow();
+		let failed = 0;
+		const queue = a.ids.map((id) => {
+			const agent: Agent = { id, welcomed: false, backoff: new Backoff() };
+			agents.set(id, agent);
+			return agent;
+		});
+		const worker = async () => {
+			for (let agent = queue.shift(); agent; agent = queue.shift()) {
+				if (a.budgetMs !== undefined && wallNow() - started > a.budgetMs) {
+					failed++;
+					continue;
+				}
+				try {
+					await open(agent, { ...a, reconnect: false });
+				} catch (err) {
+					failed++;
+					note(err instanceof Error ? err.message : String(err));
+				}
+			}
+		};
+		await Promise.all(Array.from({ length: a.parallel }, worker));
+		// Reconnects apply only once every agent had its first try.
+		if (a.reconnect) {
+			for (const agent of agents.values()) {
+				agent.ws?.on("close", () => {
+					if (!stopping) setTimeout(() => retry(agent, a), agent.backoff.next());
+				});
+			}
+		}
+		return { connected: a.ids.length - failed, failed, ms: wallNow() - started, errors: errors.splice(0) };
+	},
+	/** Latency samples since the last call, and counters. */
+	async drain() {
+		const out = { latencies, received, duplicates, connected: [...agents.values()].filter((x) => x.welcomed).length, errors: errors.splice(0) };
+		latencies = [];
+		return out;
+	},
+	async waitReceived(a: { n: number; timeoutMs: number }) {
+		const deadline = Date.now() + a.timeoutMs;
+		while (received < a.n && Date.now() < deadline) await sleep(50);
+		return { received };
+	},
+	/** Forget who got a command, so `waitEveryAgent` times the next round. */
+	async mark() {
+		for (const agent of agents.values()) agent.firstCommandAt = undefined;
+		return null;
+	},
+	/** Waits until every agent is connected again and got a command since `mark`; returns the last times. */
+	async waitEveryAgent(a: { timeoutMs: number }) {
+		const deadline = Date.now() + a.timeoutMs;
+		const done = () => [...agents.values()].every((x) => x.welcomed && x.firstCommandAt !== undefined);
+		while (!done() && Date.now() < deadline) await sleep(100);
+		const all = [...agents.values()];
+		return {
+			complete: done(),
+			agents: all.length,
+			reconnected: all.filter((x) => x.welcomed).length,
+			gotCommand: all.filter((x) => x.firstCommandAt !== undefined).length,
+			lastWelcomeAt: Math.max(...all.map((x) => x.welcomedAt ?? 0)),
+			lastCommandAt: Math.max(...all.map((x) => x.firstCommandAt ?? 0)),
+			firstCommandTimes: all.map((x) => x.firstCommandAt ?? Number.NaN),
+		};
+	},
+	async close() {
+		stopping = true;
+		for (const agent of agents.values()) agent.ws?.terminate();
+		agents.clear();
+		seen.clear();
+		received = 0;
+		duplicates = 0;
+		latencies = [];
+		return null;
+	},
+	stream,
+};
+
+/**
+ * Figure 5: one agent streams `chunks` output frames at `rate` per second
+ * for one running command; an observer on the agent's stream receives them.
+ * Each chunk carries its send time.
+ */
+async function stream(a: { wsBase: string; base: string; apiKey: string; secret: string; agentId: string; chunks: number; rate: number }) {
+	const latency: number[] = [];
+	const observer = new WebSocket(`${a.wsBase}/v1/agents/${a.agentId}/stream`, {
+		headers: { authorization: `Bearer ${a.apiKey}` },
+		perMessageDeflate: false,
+	});
+	await new Promise<void>((resolve, reject) => {
+		observer.on("message", (data) => {
+			const frame = JSON.parse(data.toString()) as { type: string; data?: string };
+			if (frame.type === "observing") resolve();
+			else if (frame.type === "output" && frame.data) latency.push(wallNow() - (JSON.parse(frame.data) as { t: number }).t);
+		});
+		observer.on("error", reject);
+	});
+	const token = (await signAgentToken(a.agentId, { current: a.secret }, 3600)).token;
+	const ws = new WebSocket(`${a.wsBase}/v1/agents/${a.agentId}/connect`, {
+		headers: { authorization: `Bearer ${token}` },
+		perMessageDeflate: false,
+	});
+	const done = new Promise<void>((resolve, reject) => {
+		ws.on("error", reject);
+		ws.on("message", async (data) => {
+			const frame = JSON.parse(data.toString()) as { type: string; id?: string };
+			if (frame.type === "welcome") ws.send(JSON.stringify({ type: "hello", concurrency: 1, running: [] }));
+			if (frame.type !== "command" || !frame.id) return;
+			ws.send(JSON.stringify({ type: "ack", id: frame.id }));
+			const start = wallNow();
+			for (let seq = 0; seq < a.chunks; seq++) {
+				const wait = start + (seq / a.rate) * 1000 - wallNow();
+				if (wait > 1) await sleep(wait);
+				const data = JSON.stringify({ t: wallNow(), line: "log line from the benchmark agent ".padEnd(160, ".") });
+				ws.send(JSON.stringify({ type: "output", id: frame.id, seq, data }));
+			}
+			ws.send(JSON.stringify({ type: "result", id: frame.id, status: "completed", result: { ok: true } }));
+			resolve();
+		});
+	});
+	await new Promise<void>((resolve) => ws.once("open", () => resolve()));
+	const res = await fetch(`${a.base}/v1/agents/${a.agentId}/commands`, {
+		method: "POST",
+		headers: { "content-type": "application/json", authorization: `Bearer ${a.apiKey}` },
+		body: JSON.stringify({ action: "bench.f5", payload: { stream: true } }),
+	});
+	if (res.status !== 201) throw new Error(`enqueue for streaming: HTTP ${res.status} ${await res.text()}`);
+	await done;
+	const deadline = Date.now() + 30_000;
+	while (latency.length < a.chunks && Date.now() < deadline) await sleep(50);
+	ws.close();
+	observer.close();
+	return { latency, sent: a.chunks };
+}
+
+serve(methods);

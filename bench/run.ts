@@ -1,0 +1,148 @@
+/**
+ * `npm run bench`: Switchyard against the machine's limits and its peers, in
+ * one run. Prints a table and writes bench/results/<date>.json.
+ *
+ *   npm run bench                     full run (~30 min on a shared 2-core machine)
+ *   npm run bench -- --quick          small N smoke run (~3 min)
+ *   npm run bench -- --only f1,floor  some figures: f1 f2 f3 f4 f5 floor peers
+ *   npm run bench -- --db real        one Postgres: embedded | real (default both)
+ *   npm run bench -- --storm-agents N figure 4 with N agents instead of 5,000
+ *
+ * Exits non-zero only when a run broke (errors, lost commands), never on a
+ * slow figure.
+ */
+import { mkdirSync, writeFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { runFloors } from "./figures/floor.ts";
+import { runPeers } from "./figures/peers.ts";
+import { connectionRamp, reconnectStorm, streaming, switchyardTarget } from "./figures/switchyard.ts";
+import { latencyFigure, latencyRun, throughputRun } from "./figures/common.ts";
+import { type Config, config } from "./config.ts";
+import { stopAllGroups } from "./lib/procs.ts";
+import { machine, Results, versions } from "./lib/results.ts";
+import { type DbKind, startSwitchyard } from "./lib/stack.ts";
+import { printTable } from "./table.ts";
+
+const { values } = parseArgs({
+	options: {
+		quick: { type: "boolean", default: false },
+		only: { type: "string" },
+		db: { type: "string" },
+		out: { type: "string" },
+		"storm-agents": { type: "string" },
+	},
+});
+
+const cfg: Config = config(values.quick ?? false);
+if (values["storm-agents"]) cfg.f4.agents = Number(values["storm-agents"]);
+const only = new Set((values.only ?? "f1,f2,f3,f4,f5,floor,peers").split(",").map((s) => s.trim()));
+const dbs: DbKind[] = values.db ? [values.db as DbKind] : ["embedded", "real"];
+const results = new Results();
+
+async function switchyard(db: DbKind): Promise<void> {
+	const pgName = db === "embedded" ? "embedded (PGlite)" : "real (PostgreSQL)";
+	process.stdout.write(`[bench] starting Switchyard with ${pgName} Postgres\n`);
+	let stack = await startSwitchyard(db);
+	try {
+		const target = switchyardTarget(stack);
+		const sys = "switchyard";
+		if (only.has("f1")) {
+			for (const [i, agents] of cfg.f1.agents.entries()) {
+				const count = db === "real" ? (cfg.f1.count[i] ?? 0) : cfg.f1Others.count;
+				const rate = db === "real" ? (cfg.f1.rate[i] ?? 1) : cfg.f1Others.rate;
+				await results.measure(latencyFigure(results, agents), sys, db, () =>
+					latencyRun(target, { tag: `f1-${db}-${agents}`, agents, count, rate }),
+				);
+			}
+		}
+		if (only.has("f2")) {
+			const single = results.figure("f2.throughput.single", `Throughput, enqueue → completed in Postgres, ${cfg.f2.agents} agents, single enqueue`, "cmd/s", false);
+			await results.measure(single, sys, db, () =>
+				throughputRun(target, { tag: `f2s-${db}`, agents: cfg.f2.agents, durationMs: cfg.f2.durationMs, concurrency: cfg.f2.concurrency }),
+			);
+			const batch = results.figure("f2.throughput.batch", `Throughput, ${cfg.f2.agents} agents, batch enqueue (${cfg.f2.batch} per call)`, "cmd/s", false);
+			await results.measure(batch, sys, db, () =>
+				throughputRun(target, { tag: `f2b-${db}`, agents: cfg.f2.agents, durationMs: cfg.f2.durationMs, concurrency: cfg.f2.batchConcurrency, batch: cfg.f2.batch }),
+			);
+		}
+		if (only.has("f5")) {
+			const fig = results.figure("f5.streaming", "Agent output chunk → observer receipt (p50)", "ms", true);
+			await results.measure(fig, sys, db, () => streaming(stack, { tag: `f5-${db}`, chunks: cfg.f5.chunks, rate: cfg.f5.rate }));
+		}
+		if (only.has("f4") && cfg.heavyDbs.includes(db)) {
+			const fig = results.figure("f4.storm", `Reconnect storm: restart → all ${cfg.f4.agents} agents reconnected with their command`, "s", true);
+			await results.measure(fig, sys, db, () => reconnectStorm(stack, { tag: `f4-${db}`, agents: cfg.f4.agents }));
+		}
+		if (only.has("f3") && cfg.heavyDbs.includes(db)) {
+			for (const deflate of [false, true]) {
+				// A fresh workerd for each ramp, so the baseline holds no earlier objects.
+				await stack.stop();
+				stack = await startSwitchyard(db);
+				const fig = results.figure(
+					`f3.memory.${deflate ? "deflate" : "plain"}`,
+					`Resident memory per idle agent (workerd), client ${deflate ? "offers" : "does not offer"} permessage-deflate, up to ${cfg.f3.steps.at(-1)} agents`,
+					"KiB",
+					true,
+				);
+				const s = stack;
+				await results.measure(fig, sys, db, async () => ({
+					...(await connectionRamp(s, { tag: `f3-${db}-${deflate ? "z" : "p"}`, steps: cfg.f3.steps, deflate, budgetMs: cfg.f3.budgetMs })),
+				}));
+			}
+		}
+	} finally {
+		await stack.stop();
+	}
+}
+
+async function main(): Promise<void> {
+	const date = new Date().toISOString().slice(0, 10);
+	const meta = { startedAt: new Date().toISOString(), quick: values.quick ?? false, machine: machine(), versions: versions(), config: cfg };
+	process.stdout.write(`[bench] ${meta.quick ? "quick" : "full"} run; figures: ${[...only].join(", ")}; Postgres: ${dbs.join(", ")}\n`);
+	if (only.has("floor")) await runFloors(results, cfg, only);
+	for (const db of dbs) {
+		if (["f1", "f2", "f3", "f4", "f5"].some((f) => only.has(f))) {
+			await switchyard(db).catch((err: unknown) => {
+				results.problems.push({ figure: "stack", system: `switchyard/${db}`, error: err instanceof Error ? err.message : String(err) });
+			});
+		}
+	}
+	if (only.has("peers")) await runPeers(results, cfg);
+
+	const out = {
+		...meta,
+		endedAt: new Date().toISOString(),
+		settings: {
+			workerVars: { AGENT_FRAME_RATE_LIMIT: "0", ENQUEUE_RATE_LIMIT: "off" },
+			note: "Load averages are recorded per entry: the machine has 2 cores and other work ran beside the benchmark.",
+		},
+		figures: [...results.figures.values()],
+		problems: results.problems,
+	};
+	mkdirSync("bench/results", { recursive: true });
+	const file = values.out ?? `bench/results/${date}${meta.quick ? "-quick" : ""}.json`;
+	writeFileSync(file, `${JSON.stringify(out, null, "\t")}\n`);
+	printTable(results);
+	process.stdout.write(`[bench] wrote ${file}\n`);
+	if (results.problems.length) {
+		process.stdout.write(`[bench] ${results.problems.length} problem(s):\n${results.problems.map((p) => `  ${p.figure} ${p.system}: ${p.error.slice(0, 500)}`).join("\n")}\n`);
+		process.exitCode = 1;
+	}
+}
+
+for (const sig of ["SIGINT", "SIGTERM"] as const) {
+	process.on(sig, () => {
+		stopAllGroups();
+		process.exit(130);
+	});
+}
+process.on("exit", stopAllGroups);
+
+main().then(
+	() => process.exit(),
+	(err: unknown) => {
+		process.stderr.write(`[bench] failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+		stopAllGroups();
+		process.exit(1);
+	},
+);
