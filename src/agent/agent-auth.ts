@@ -13,6 +13,12 @@ export const TOKEN_EXPIRES_HEADER = "x-switchyard-token-expires";
 export const TOKEN_VERSION_HEADER = "x-switchyard-token-version";
 
 const VERSION_KEY = "token_version";
+/**
+ * However often a token is refreshed, the chain ends this long after the
+ * token that started it was minted: a stolen token cannot be kept alive
+ * forever by refreshing it (the longest a minted token lives, 30 days).
+ */
+export const MAX_SESSION_SECONDS = 30 * 24 * 60 * 60;
 const EXPIRY_TIMER = "token_expiry";
 
 export class AgentAuth {
@@ -67,8 +73,17 @@ export class AgentAuth {
 			const reason = check.ok ? "agent token was revoked" : check.reason;
 			return { type: "error", code: ErrorCode.INVALID_TOKEN, message: `refresh refused: ${reason}` };
 		}
-		const lifetime = check.claims.exp - check.claims.iat;
-		const fresh = await signAgentToken(agentId, secrets, lifetime, { version: this.version(), now });
+		const sessionStart = check.claims.ses ?? check.claims.iat;
+		const left = sessionStart + MAX_SESSION_SECONDS - Math.floor(now / 1000);
+		if (left <= 0) {
+			return { type: "error", code: ErrorCode.INVALID_TOKEN, message: "refresh refused: the session is 30 days old; mint a new token" };
+		}
+		const lifetime = Math.min(check.claims.exp - check.claims.iat, left);
+		const fresh = await signAgentToken(agentId, secrets, lifetime, { version: this.version(), now, sessionStart });
+		// A revocation may have landed while signing: it wins.
+		if (!this.admits(check.claims.ver)) {
+			return { type: "error", code: ErrorCode.INVALID_TOKEN, message: "refresh refused: agent token was revoked" };
+		}
 		this.startSession(Date.parse(fresh.expiresAt));
 		return { type: "auth.refreshed", token: fresh.token, expiresAt: fresh.expiresAt };
 	}

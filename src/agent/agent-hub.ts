@@ -315,6 +315,11 @@ export class AgentHub extends DurableObject<Env> {
 				log("warn", "frame.stale_socket", { agentId: att?.agentId, generation: att?.generation });
 				return;
 			}
+			// The alarm closes an expired socket; until it runs, its frames are not taken either.
+			if (this.auth.expired(Date.now())) {
+				await this.checkTokenExpiry(Date.now());
+				return;
+			}
 			const verdict = this.takeFrameBudget(att.generation);
 			if (verdict === "abusive") {
 				await this.closeSocket(ws, CloseCode.RATE_LIMITED, "frame rate limit exceeded", "rate_limited", {});
@@ -342,7 +347,12 @@ export class AgentHub extends DurableObject<Env> {
 			}
 			// Over budget, acks and results are still taken: they answer commands this
 			// object sent (its window bounds them), and refusing one would run it twice.
-			if (verdict === "refused" && frame.type !== "ack" && frame.type !== "result") {
+			// Over budget, an ack or result for a command this agent really holds is
+			// still taken (dropping it would run the command twice) and not held against
+			// the sender; anything else is dropped.
+			const owed = (frame.type === "ack" || frame.type === "result") && buffer.acceptsOutput(this.sql, frame.id) === "applied";
+			if (verdict === "refused" && owed) this.limiter?.bucket.pardon();
+			if (verdict === "refused" && !owed) {
 				this.send(ws, {
 					type: "error",
 					code: ErrorCode.RATE_LIMITED,
@@ -441,13 +451,18 @@ export class AgentHub extends DurableObject<Env> {
 		const agentId = this.meta.get("agent_id");
 		let failed = false;
 		try {
+			// On its own: nothing else failing may keep an expired socket open.
+			await this.checkTokenExpiry(Date.now());
+		} catch (err) {
+			log("error", "agent.expiry_check_failed", { agentId, ...errorFields(err) });
+		}
+		try {
 			// Command deadlines first: they must not wait behind a slow database.
 			const now = Date.now();
 			const { stop } = this.ctx.storage.transactionSync(() => buffer.runDueTimers(this.sql, now));
 			const ws = this.currentSocket();
 			if (ws) for (const id of stop) this.send(ws, { type: "cancel", id, reason: "timeout" });
 			await this.checkHeartbeat(now);
-			await this.checkTokenExpiry(now);
 			const timers = this.meta.timers();
 			if ((timers.get("hello") ?? Number.POSITIVE_INFINITY) <= now) this.assumeNothingRunning(now);
 			this.pump();

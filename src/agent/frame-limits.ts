@@ -51,6 +51,11 @@ export class FrameRateLimiter {
 		this.refusedInWindow++;
 		return this.refusedInWindow > (this.rate * ABUSE_WINDOW_MS) / 1000 ? "abusive" : "refused";
 	}
+
+	/** A refused frame turned out to be owed (an ack or result for a command the agent holds): not held against it. */
+	pardon(): void {
+		this.refusedInWindow = Math.max(0, this.refusedInWindow - 1);
+	}
 }
 
 /** AGENT_FRAME_RATE_LIMIT: frames per second per agent socket; "0" turns the limit off. */

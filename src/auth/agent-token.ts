@@ -32,6 +32,8 @@ const Claims = z.object({
 	iat: z.number().int(),
 	exp: z.number().int(),
 	ver: z.number().int().min(0).default(0),
+	/** When the chain of refreshes this token belongs to began (seconds); absent on a minted token: its iat. */
+	ses: z.number().int().optional(),
 });
 export type AgentTokenClaims = z.infer<typeof Claims>;
 
@@ -81,12 +83,19 @@ export async function signAgentToken(
 	agentId: string,
 	secrets: TokenSecrets,
 	ttlSeconds: number,
-	opts: { version?: number; now?: number } = {},
+	opts: { version?: number; now?: number; sessionStart?: number } = {},
 ): Promise<{ token: string; expiresAt: string }> {
 	const iat = Math.floor((opts.now ?? Date.now()) / 1000);
 	const exp = iat + ttlSeconds;
 	const header = { alg: ALG, typ: "JWT", kid: await keyId(secrets.current) };
-	const claims: AgentTokenClaims = { sub: agentId, aud: AUDIENCE, iat, exp, ver: opts.version ?? 0 };
+	const claims: AgentTokenClaims = {
+		sub: agentId,
+		aud: AUDIENCE,
+		iat,
+		exp,
+		ver: opts.version ?? 0,
+		...(opts.sessionStart === undefined ? {} : { ses: opts.sessionStart }),
+	};
 	const input = `${encodeBase64url(encoder.encode(JSON.stringify(header)))}.${encodeBase64url(encoder.encode(JSON.stringify(claims)))}`;
 	const sig = new Uint8Array(await crypto.subtle.sign("HMAC", await hmacKey(secrets.current), encoder.encode(input)));
 	return { token: `${input}.${encodeBase64url(sig)}`, expiresAt: new Date(exp * 1000).toISOString() };

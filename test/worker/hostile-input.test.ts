@@ -271,7 +271,12 @@ describe("hostile input", () => {
 					sockets++;
 					// One answer per frame: an error for every refusal, a pong for every ping.
 					await waitFor(() => agent.frames.length >= frames.length, `answers to ${frames.length} frames`, 30_000);
-					const answers = agent.frames.splice(0);
+					// and no more than one: a ping sent last, answered last, marks the end.
+					agent.send('{"type": "ping"}');
+					await waitFor(() => agent.frames.length > frames.length, "the marker's pong", 10_000);
+					expect(agent.frames.length).toBe(frames.length + 1);
+					const answers = agent.frames.splice(0, frames.length);
+					expect(agent.frames.splice(0)).toEqual([{ type: "pong" }]);
 					expect(answers.every((a) => ServerFrame.safeParse(a).success)).toBe(true);
 					expect(answers.filter((a) => a.type !== "error" && a.type !== "pong")).toEqual([]);
 					errors += answers.filter((a) => a.type === "error").length;

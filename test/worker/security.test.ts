@@ -178,6 +178,43 @@ describe("agent tokens", () => {
 		agent.close();
 	});
 
+	it("refuses to refresh a session older than 30 days, and moves a previous-secret token to the current secret", async () => {
+		const agentId = uniqueAgentId();
+		const now = Date.now();
+		const ancient = await signAgentToken(agentId, { current: env.AGENT_TOKEN_SECRET }, 600, {
+			sessionStart: Math.floor(now / 1000) - 31 * 24 * 3600,
+		});
+		const agent = await AgentSocket.connect(agentId, { token: ancient.token });
+		agent.send({ type: "auth.refresh", token: ancient.token });
+		expect((await agent.next("error")).message).toMatch(/30 days/);
+		agent.close();
+
+		const old = await signAgentToken(agentId, { current: TEST_PREVIOUS_TOKEN_SECRET }, 600);
+		const rotating = await AgentSocket.connect(agentId, { token: old.token });
+		rotating.send({ type: "auth.refresh", token: old.token });
+		const fresh = await rotating.next("auth.refreshed");
+		const kidOf = (t: string) => JSON.parse(atob((t.split(".")[0] ?? "").replace(/-/g, "+").replace(/_/g, "/"))).kid;
+		expect(kidOf(fresh.token)).toBe(kidOf((await mint(agentId)).token));
+		expect(kidOf(fresh.token)).not.toBe(kidOf(old.token));
+		rotating.close();
+	});
+
+	it("closes an expired socket on its own (the expiry is armed on the object's alarm) and takes no frame after expiry", async () => {
+		const agentId = uniqueAgentId();
+		const short = await signAgentToken(agentId, { current: env.AGENT_TOKEN_SECRET }, 2);
+		const agent = await AgentSocket.connect(agentId, { token: short.token });
+		await waitFor(() => Date.now() > Date.parse(short.expiresAt) + 50, "expiry", 5_000);
+		try {
+			// Whichever comes first, this frame or the alarm, the socket closes unanswered.
+			agent.send('{"type": "ping"}');
+		} catch {
+			// already closed by the alarm
+		}
+		const closed = await Promise.race([agent.closed, new Promise<undefined>((r) => setTimeout(r, 5_000))]);
+		expect(closed?.code).toBe(CloseCode.TOKEN_EXPIRED);
+		expect(agent.frames.filter((f) => f.type === "pong")).toEqual([]);
+	});
+
 	it("closes a socket whose token expired unrefreshed with 4003", async () => {
 		const agentId = uniqueAgentId();
 		const short = await signAgentToken(agentId, { current: env.AGENT_TOKEN_SECRET }, 2);
@@ -200,6 +237,9 @@ describe("agent tokens", () => {
 		expect((await agent.closed).code).toBe(CloseCode.TOKEN_REVOKED);
 		const refused = await expectError(await connect(agentId, { authorization: `Bearer ${before.token}` }), 401, "unauthorized");
 		expect(refused).toMatch(/revoked/);
+		// The plain GET an SDK sends to learn why its upgrade failed says so too.
+		const probe = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/connect`, { headers: { authorization: `Bearer ${before.token}` } });
+		expect(await expectError(probe, 401, "unauthorized")).toMatch(/revoked/);
 		const after = await mint(agentId);
 		const back = await AgentSocket.connect(agentId, { token: after.token });
 		// An old token cannot be refreshed into a new one either.
