@@ -2,6 +2,8 @@
  * One JSON object per line, so `wrangler tail` and the dashboard's log search
  * can filter on fields. Never pass tokens, keys or payloads in `fields`.
  */
+import { hexPrefix } from "./hex";
+
 type Level = "debug" | "info" | "warn" | "error";
 
 export function log(level: Level, event: string, fields: Record<string, unknown> = {}): void {
@@ -27,9 +29,9 @@ export function errorFields(err: unknown): Record<string, unknown> {
  */
 export async function payloadFields(payload: unknown): Promise<{ payloadBytes: number; payloadSha256: string }> {
 	const bytes = new TextEncoder().encode(JSON.stringify(payload ?? null));
-	const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+	const digest = await crypto.subtle.digest("SHA-256", bytes);
 	return {
 		payloadBytes: bytes.length,
-		payloadSha256: [...digest.slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join(""),
+		payloadSha256: hexPrefix(digest, 8),
 	};
 }

@@ -15,6 +15,7 @@
  */
 import { z } from "zod";
 import { AgentId } from "../protocol";
+import { hexPrefix } from "../hex";
 import { decodeBase64url, decodeBase64urlText, encodeBase64url } from "./base64url";
 
 const AUDIENCE = "switchyard-agent";
@@ -74,8 +75,7 @@ function hmacKey(secret: string): Promise<CryptoKey> {
 
 /** Names a secret without revealing it: the first 8 hex digits of its SHA-256. */
 export async function keyId(secret: string): Promise<string> {
-	const d = new Uint8Array(await crypto.subtle.digest("SHA-256", encoder.encode(secret)));
-	return [...d.slice(0, 4)].map((b) => b.toString(16).padStart(2, "0")).join("");
+	return hexPrefix(await crypto.subtle.digest("SHA-256", encoder.encode(secret)), 4);
 }
 
 /** Mints a token that lets exactly one agent id open its socket until it expires. */

@@ -1,14 +1,9 @@
 import { createMiddleware } from "hono/factory";
 import type { AppEnv } from "../app-env";
 import { ApiError } from "../errors";
+import { hexPrefix } from "../hex";
 import { ErrorCode } from "../protocol";
 import { presentedCredential } from "./credentials";
-
-/** `Authorization: Bearer <token>` → token, or undefined. */
-export function bearerToken(header: string | undefined): string | undefined {
-	const m = /^Bearer[ ]+([^\s]+)\s*$/i.exec(header ?? "");
-	return m?.[1];
-}
 
 const encoder = new TextEncoder();
 
@@ -37,8 +32,7 @@ export async function matchApiKey(presented: string, configured: string | undefi
 		if (crypto.subtle.timingSafeEqual(p, await digest(k))) ok = true;
 	}
 	if (!ok) return undefined;
-	const hex = [...new Uint8Array(p).slice(0, 4)].map((b) => b.toString(16).padStart(2, "0")).join("");
-	return `api:${hex}`;
+	return `api:${hexPrefix(p, 4)}`;
 }
 
 /**
