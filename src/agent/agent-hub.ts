@@ -316,10 +316,7 @@ export class AgentHub extends DurableObject<Env> {
 				return;
 			}
 			// The alarm closes an expired socket; until it runs, its frames are not taken either.
-			if (this.auth.expired(Date.now())) {
-				await this.checkTokenExpiry(Date.now());
-				return;
-			}
+			if (await this.checkTokenExpiry(Date.now())) return;
 			const verdict = this.takeFrameBudget(att.generation);
 			if (verdict === "abusive") {
 				await this.closeSocket(ws, CloseCode.RATE_LIMITED, "frame rate limit exceeded", "rate_limited", {});
@@ -350,7 +347,7 @@ export class AgentHub extends DurableObject<Env> {
 			// Over budget, an ack or result for a command this agent really holds is
 			// still taken (dropping it would run the command twice) and not held against
 			// the sender; anything else is dropped.
-			const owed = (frame.type === "ack" || frame.type === "result") && buffer.acceptsOutput(this.sql, frame.id) === "applied";
+			const owed = (frame.type === "ack" || frame.type === "result") && buffer.holds(this.sql, frame.id);
 			if (verdict === "refused" && owed) this.limiter?.bucket.pardon();
 			if (verdict === "refused" && !owed) {
 				this.send(ws, {
@@ -527,11 +524,13 @@ export class AgentHub extends DurableObject<Env> {
 		});
 	}
 
-	private async checkTokenExpiry(now: number): Promise<void> {
-		if (!this.auth.expired(now)) return;
+	/** Closes the agent's socket if its token has expired; says whether it had. */
+	private async checkTokenExpiry(now: number): Promise<boolean> {
+		if (!this.auth.expired(now)) return false;
 		this.auth.endSession();
 		const ws = this.currentSocket();
 		if (ws) await this.closeSocket(ws, CloseCode.TOKEN_EXPIRED, "agent token expired; refresh it with auth.refresh before it does", "token_expired", {});
+		return true;
 	}
 
 	/** Closes a socket and treats the agent as gone now: a misbehaving or dead peer may never finish the close handshake. */

@@ -212,7 +212,12 @@ function sentAndOpen(row: BufferedRow): boolean {
 	return row.status === "dispatched" || row.status === "acknowledged" || (row.status === "pending" && row.attempts > 0);
 }
 
-/** `generation` is the connection the ack came on: proof the agent has the command on it. */
+/** The agent holds this command: it was sent and is not finished. */
+export function holds(sql: SqlStorage, id: string): boolean {
+	const row = getCommand(sql, id);
+	return row !== undefined && sentAndOpen(row);
+}
+
 /** Output may come for a command that was sent and is not finished. */
 export function acceptsOutput(sql: SqlStorage, id: string): FrameOutcome {
 	const row = getCommand(sql, id);
@@ -221,6 +226,7 @@ export function acceptsOutput(sql: SqlStorage, id: string): FrameOutcome {
 	return sentAndOpen(row) ? "applied" : "duplicate";
 }
 
+/** `generation` is the connection the ack came on: proof the agent has the command on it. */
 export function acknowledge(sql: SqlStorage, id: string, now: number, generation: number): FrameOutcome {
 	const row = getCommand(sql, id);
 	if (!row) return "unknown";

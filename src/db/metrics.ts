@@ -61,7 +61,7 @@ export async function snapshot(db: Db): Promise<Snapshot> {
 		byStatus: row.by_status ?? {},
 		oldestPendingSeconds: row.oldest_pending_seconds,
 		transitions: Object.fromEntries(
-			(row.counters ?? []).filter((c) => c.name === "transitions").map((c) => [c.label, counter("transitions", c.label)]),
+			(row.counters ?? []).filter((c) => c.name === "transitions").map((c) => [c.label, c.value]),
 		),
 		redeliveries: counter("redeliveries"),
 		enqueueToDispatch: histogram("enqueue_to_dispatch_seconds"),
