@@ -1,6 +1,6 @@
 import { DurableObject } from "cloudflare:workers";
 import { z } from "zod";
-import { DbQueryError, DbUnavailableError, withDb } from "../db/client";
+import { DbQueryError, DbUnavailableError, ObjectDb } from "../db/client";
 import { type CommandRecord, listOpenCommands } from "../db/commands";
 import { type KeyedEntry, type Presence, writeStatus } from "../db/status-writes";
 import { errorFields, log } from "../log";
@@ -92,6 +92,7 @@ export class AgentHub extends DurableObject<Env> {
 	private readonly meta: Meta;
 	private readonly observers: Observers;
 	private readonly auth: AgentAuth;
+	private readonly db: ObjectDb;
 	/** The current connection's frame budget (in memory: see frame-limits.ts). */
 	private limiter: { generation: number; bucket: FrameRateLimiter } | undefined;
 	private flushing: Promise<void> | null = null;
@@ -103,6 +104,7 @@ export class AgentHub extends DurableObject<Env> {
 		this.meta = new Meta(this.sql);
 		this.observers = new Observers(ctx, this.sql, this.meta);
 		this.auth = new AgentAuth(this.meta, env);
+		this.db = new ObjectDb(env);
 		ctx.blockConcurrencyWhile(async () => {
 			storage.migrate(this.sql);
 		});
@@ -571,7 +573,7 @@ export class AgentHub extends DurableObject<Env> {
 		this.meta.setTimer("catch_up", Date.now() + SAFETY_NET_MS);
 		await this.armAlarm();
 		try {
-			const open = await withDb(this.env, (db) => listOpenCommands(db, agentId));
+			const open = await this.db.run((db) => listOpenCommands(db, agentId));
 			const now = Date.now();
 			const generation = this.meta.getNumber("generation") ?? 0;
 			const added = this.ctx.storage.transactionSync(() => {
@@ -648,9 +650,9 @@ export class AgentHub extends DurableObject<Env> {
 			if (entries.length === 0 && !presenceDirty) break;
 			const presence = { ...this.presence(agentId), outboxDepth: storage.outboxSize(this.sql) - entries.length };
 			try {
-				await withDb(this.env, (db) => writeStatus(db, entries, presence, agentId)).catch((err: unknown) => {
+				await this.db.run((db) => writeStatus(db, entries, presence, agentId)).catch((err: unknown) => {
 					if (!(err instanceof DbQueryError)) throw err;
-					return salvage(this.env, entries, presence, err);
+					return salvage(this.db, entries, presence, err);
 				});
 			} catch (err) {
 				const failures = (this.meta.getNumber("flush_failures") ?? 0) + 1;

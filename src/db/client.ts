@@ -14,9 +14,22 @@ export interface DbConfig {
 	 * production, where the driver talks to Neon directly.
 	 */
 	NEON_WS_PROXY?: string;
+	/**
+	 * How long to wait for a connection before answering 503 (milliseconds,
+	 * 1,000 to 60,000; default 10,000). Behind a busy pooler or a Neon compute
+	 * waking from zero, waiting is cheaper than failing and retrying.
+	 */
+	DB_CONNECT_TIMEOUT_MS?: string;
 }
 
-const CONNECT_TIMEOUT_MS = 5_000;
+const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+/** An object's connection closes after this long unused, so the object can hibernate. */
+const OBJECT_IDLE_MS = 2_000;
+
+export function connectTimeout(config: DbConfig): number {
+	const ms = Number(config.DB_CONNECT_TIMEOUT_MS);
+	return Number.isInteger(ms) && ms >= 1_000 && ms <= 60_000 ? ms : DEFAULT_CONNECT_TIMEOUT_MS;
+}
 
 function configureDriver(proxy: string | undefined): void {
 	// neonConfig is module-global; every caller in one isolate sees the same
@@ -34,26 +47,63 @@ function configureDriver(proxy: string | undefined): void {
 	}
 }
 
-/**
- * Runs `fn` with a database that lives only for this call. Neon's WebSocket
- * pool must not outlive the request or Durable Object event that made it, so
- * nothing here is cached across calls.
- */
-export async function withDb<T>(config: DbConfig, fn: (db: Db) => Promise<T>): Promise<T> {
+function openPool(config: DbConfig, options: { max: number; idleTimeoutMillis?: number }): Pool {
 	configureDriver(config.NEON_WS_PROXY || undefined);
 	const pool = new Pool({
 		connectionString: config.DATABASE_URL,
-		connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
-		max: 4,
+		connectionTimeoutMillis: connectTimeout(config),
+		...options,
 	});
 	// A pool with no listener turns a dropped socket into an uncaught error.
 	pool.on("error", () => {});
+	return pool;
+}
+
+/**
+ * Runs `fn` with a database that lives only for this call. In a stateless
+ * worker a socket belongs to the request that opened it, so a request's
+ * pool must not outlive it.
+ */
+export async function withDb<T>(config: DbConfig, fn: (db: Db) => Promise<T>): Promise<T> {
+	const pool = openPool(config, { max: 4 });
 	try {
 		return await fn(drizzle({ client: pool, schema }));
 	} catch (err) {
 		throw classifyDbError(err);
 	} finally {
 		await pool.end().catch(() => {});
+	}
+}
+
+/**
+ * The database of one Durable Object: at most one connection, kept between
+ * the object's events and closed after it has gone unused for a moment.
+ *
+ * Unlike a stateless request, every event of one object runs in the same I/O
+ * context, so a socket opened in one event may serve the next. An agent's
+ * reconnect (catch-up read, then presence flush) and a busy agent's stream of
+ * status flushes then cost one connection setup instead of one each, which
+ * is what a fleet reconnecting at once runs out of. One connection per object
+ * also bounds what a fleet can ask of the pooler: the number of objects busy
+ * in the last couple of seconds. Queries queue on it in the order made.
+ */
+export class ObjectDb {
+	private pool: Pool | undefined;
+	private db: Db | undefined;
+
+	constructor(private readonly config: DbConfig) {}
+
+	async run<T>(fn: (db: Db) => Promise<T>): Promise<T> {
+		if (!this.pool || !this.db) {
+			this.pool = openPool(this.config, { max: 1, idleTimeoutMillis: OBJECT_IDLE_MS });
+			this.db = drizzle({ client: this.pool, schema });
+		}
+		try {
+			return await fn(this.db);
+		} catch (err) {
+			// The pool drops a broken connection itself; the next call opens a new one.
+			throw classifyDbError(err);
+		}
 	}
 }
 

@@ -16,6 +16,8 @@ export interface Relay {
 	proxy: string;
 	/** Open client connections, for tests and diagnostics. */
 	connections(): number;
+	/** Connections accepted since the relay started. */
+	opened(): number;
 	/**
 	 * Simulates a database outage (tests): while down, every open connection is
 	 * dropped and new ones are refused.
@@ -39,6 +41,7 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
 	const wss = new WebSocketServer({ host, port: opts.port ?? 0, perMessageDeflate: false });
 	const open = new Set<{ ws: WebSocket; tcp: net.Socket }>();
 	let down = false;
+	let opened = 0;
 	const dropAll = () => {
 		for (const p of open) {
 			p.tcp.destroy();
@@ -57,6 +60,7 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
 			ws.close(1008, "target not allowed");
 			return;
 		}
+		opened++;
 		const tcp = net.connect({ host: target.host, port: target.port });
 		tcp.setNoDelay(true);
 		const pair = { ws, tcp };
@@ -86,6 +90,7 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
 		port,
 		proxy: `${host}:${port}/v1`,
 		connections: () => open.size,
+		opened: () => opened,
 		setDown: (value) => {
 			down = value;
 			if (down) dropAll();

@@ -23,11 +23,15 @@ export default async function setup(project: TestProject) {
 	project.provide("databaseKind", db.kind);
 	project.provide("deadDatabaseUrl", `postgres://postgres@127.0.0.1:${await deadPort()}/postgres`);
 
-	// Lets a test inside workerd take the database away and bring it back.
+	// Lets a test inside workerd take the database away, bring it back, and count connections.
 	const control = http.createServer((req, res) => {
 		if (req.url === "/down" || req.url === "/up") {
 			relay.setDown(req.url === "/down");
 			res.end("ok");
+		} else if (req.url === "/opened") {
+			res.end(String(relay.opened()));
+		} else if (req.url === "/open") {
+			res.end(String(relay.connections()));
 		} else {
 			res.statusCode = 404;
 			res.end();
