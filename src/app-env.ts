@@ -1,8 +1,12 @@
+import type { Database } from "./db/client";
+
 /** The Hono environment every route shares. */
 export type AppEnv = {
 	Bindings: Env;
 	Variables: {
 		/** `api:<first 8 hex of sha-256(key)>`: names the key in audit events without revealing it. */
 		apiKeyId: string;
+		/** This request's database: one connection at most, ended after the response. */
+		db: Database;
 	};
 };

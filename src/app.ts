@@ -1,6 +1,8 @@
 import { Hono } from "hono";
 import type { AppEnv } from "./app-env";
 import { bodyLimit } from "hono/body-limit";
+import { createMiddleware } from "hono/factory";
+import { requestDb } from "./db/client";
 import { ApiError, notFound, onError } from "./errors";
 import { ErrorCode, MAX_BODY_BYTES } from "./protocol";
 import { agentRoutes } from "./routes/agents";
@@ -20,7 +22,19 @@ const v1 = new Hono<AppEnv>()
 	.route("/", commandRoutes)
 	.route("/", agentRoutes);
 
+/** Opens nothing until a route queries; ends the connection once the response has gone. */
+const databasePerRequest = createMiddleware<AppEnv>(async (c, next) => {
+	const db = requestDb(c.env);
+	c.set("db", db);
+	try {
+		await next();
+	} finally {
+		c.executionCtx.waitUntil(db.close());
+	}
+});
+
 export const app = new Hono<AppEnv>()
+	.use(databasePerRequest)
 	.route("/", healthRoutes)
 	.route("/", metricsRoutes)
 	.route("/v1", v1);

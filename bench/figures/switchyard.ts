@@ -59,7 +59,7 @@ async function breakdown(stack: Stack, action: string): Promise<Record<string, u
 
 type Fleets = Child[];
 
-async function connectFleets(stack: Stack, ids: string[], deflate: boolean, reconnect: boolean, perProcess = 5000, budgetMs?: number): Promise<{ fleets: Fleets; ms: number; connected: number; errors: string[] }> {
+async function connectFleets(stack: Stack, ids: string[], deflate: boolean, reconnect: boolean, perProcess = 5000, budgetMs?: number): Promise<{ fleets: Fleets; ms: number; connected: number; live: number; errors: string[] }> {
 	const fleets: Fleets = [];
 	const started = wallNow();
 	const parts: string[][] = [];
@@ -68,7 +68,7 @@ async function connectFleets(stack: Stack, ids: string[], deflate: boolean, reco
 		parts.map(async (part) => {
 			const fleet = spawnChild("load/agents.ts");
 			fleets.push(fleet);
-			return fleet.call<{ connected: number; failed: number; errors: string[] }>("connect", {
+			return fleet.call<{ connected: number; live: number; failed: number; errors: string[] }>("connect", {
 				wsBase: stack.wsBase,
 				ids: part,
 				secret: stack.secret,
@@ -85,6 +85,7 @@ async function connectFleets(stack: Stack, ids: string[], deflate: boolean, reco
 		fleets,
 		ms: wallNow() - started,
 		connected: results.reduce((s, r) => s + r.connected, 0),
+		live: results.reduce((s, r) => s + r.live, 0),
 		errors: results.flatMap((r) => r.errors).slice(0, 5),
 	};
 }
@@ -159,7 +160,7 @@ export async function reconnectStorm(stack: Stack, a: { tag: string; agents: num
 	const ids = agentIds(a.tag, a.agents);
 	const r = await connectFleets(stack, ids, false, true, 2500);
 	try {
-		if (r.connected < ids.length) throw new Error(`only ${r.connected} of ${ids.length} agents connected before the storm: ${r.errors.join("; ")}`);
+		if (r.live < ids.length) throw new Error(`only ${r.live} of ${ids.length} agents connected before the storm (${r.connected} opened): ${r.errors.join("; ")}`);
 		await Promise.all(r.fleets.map((f) => f.call("mark")));
 		const killedAt = wallNow();
 		await stack.stopWrangler();
@@ -174,7 +175,7 @@ export async function reconnectStorm(stack: Stack, a: { tag: string; agents: num
 		const healthyAt = wallNow();
 		const waits = await Promise.all(
 			r.fleets.map((f) =>
-				f.call<{ complete: boolean; agents: number; reconnected: number; gotCommand: number; lastWelcomeAt: number; lastCommandAt: number; firstCommandTimes: number[] }>(
+				f.call<{ complete: boolean; agents: number; reconnected: number; gotCommand: number; lastWelcomeAt: number; lastCommandAt: number; firstCommandTimes: number[]; retryFailures: Record<string, number> }>(
 					"waitEveryAgent",
 					{ timeoutMs: 300_000 },
 				),
@@ -198,12 +199,19 @@ export async function reconnectStorm(stack: Stack, a: { tag: string; agents: num
 				restartToHealthySeconds: (healthyAt - restartAt) / 1000,
 				healthyToAllCommandsSeconds: (lastCommandAt - healthyAt) / 1000,
 				restartToLastReconnectSeconds: (Math.max(...waits.map((w) => w.lastWelcomeAt)) - restartAt) / 1000,
-				note: "samples: seconds from restart to each agent's command",
+				reconnectFailures: sumCounts(waits.map((w) => w.retryFailures)),
+				note: "samples: seconds from restart to each agent's command; reconnectFailures: failed attempts by reason, before and after the restart",
 			},
 		};
 	} finally {
 		await closeFleets(r.fleets);
 	}
+}
+
+function sumCounts(parts: Record<string, number>[]): Record<string, number> {
+	const out: Record<string, number> = {};
+	for (const p of parts) for (const [k, v] of Object.entries(p)) out[k] = (out[k] ?? 0) + v;
+	return out;
 }
 
 /** Figure 5: agent output chunk to observer receipt. */

@@ -3,10 +3,12 @@
  * sits in front of Neon's. The worker opens one connection per request and
  * per Durable Object event; without a pooler the shared server's
  * max_connections (100) is exhausted at a few dozen requests per second and
- * the API answers 503 (see docs/performance.md). Session pooling: a client
- * waits for a server connection instead of being refused.
+ * the API answers 503 (see docs/performance.md). Transaction pooling, the
+ * mode of Neon's pooled endpoint: a client holds a server connection only
+ * while a statement or transaction runs, and otherwise waits for one instead
+ * of being refused.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -21,6 +23,9 @@ export interface Bouncer {
 }
 
 export async function startPgBouncer(database: string): Promise<Bouncer> {
+	if (spawnSync("pgbouncer", ["--version"]).error) {
+		throw new Error("pgbouncer is not on the PATH: install it (Debian: apt-get install pgbouncer) to bench real PostgreSQL");
+	}
 	const dir = mkdtempSync(join(tmpdir(), "switchyard-bench-pgbouncer-"));
 	// Readable and writable by the postgres user PgBouncer drops to (its log file).
 	chmodSync(dir, 0o777);
@@ -37,7 +42,7 @@ export async function startPgBouncer(database: string): Promise<Bouncer> {
 			"unix_socket_dir =",
 			"auth_type = trust",
 			`auth_file = ${join(dir, "users.txt")}`,
-			"pool_mode = session",
+			"pool_mode = transaction",
 			"max_client_conn = 20000",
 			`default_pool_size = ${POOL_SIZE}`,
 			"ignore_startup_parameters = extra_float_digits,options",

@@ -1,6 +1,6 @@
 /** Processes the harness starts: wrangler dev in its own group, with a raised file limit. */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { appendFileSync, readFileSync } from "node:fs";
 import { createConnection } from "node:net";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
@@ -34,8 +34,11 @@ export function startWrangler(opts: { port: number; persistTo: string; config?: 
 	});
 	started.add(child);
 	let out = "";
+	// BENCH_WRANGLER_LOG=<file> keeps the whole log (every restart appended) for diagnosis.
+	const logFile = process.env.BENCH_WRANGLER_LOG;
 	const keep = (d: Buffer) => {
 		out = (out + d.toString()).slice(-200_000);
+		if (logFile) appendFileSync(logFile, d);
 	};
 	child.stdout?.on("data", keep);
 	child.stderr?.on("data", keep);

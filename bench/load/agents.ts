@@ -8,6 +8,7 @@
  */
 import WebSocket from "ws";
 import { signAgentToken } from "../../src/auth/agent-token.ts";
+import { HEARTBEAT_INTERVAL_SECONDS, PING_TEXT } from "../../src/protocol.ts";
 import { Backoff } from "../../src/sdk/backoff.ts";
 import { sentAt } from "../lib/payload.ts";
 import { serve } from "../lib/rpc.ts";
@@ -48,6 +49,16 @@ let duplicates = 0;
 const seen = new Set<string>();
 let stopping = false;
 let errors: string[] = [];
+/** Failed reconnect attempts by reason (agent ids left out), for a storm's diagnosis. */
+const retryFailures = new Map<string, number>();
+
+// Pings as the SDK does: an agent that stays silent is closed with 4002 after
+// a few missed intervals, which would add reconnects of the bench's making.
+setInterval(() => {
+	for (const agent of agents.values()) {
+		if (agent.welcomed && agent.ws?.readyState === WebSocket.OPEN) agent.ws.send(PING_TEXT);
+	}
+}, HEARTBEAT_INTERVAL_SECONDS * 1000).unref();
 
 function note(err: string): void {
 	if (errors.length < 20) errors.push(err);
@@ -106,8 +117,10 @@ async function open(agent: Agent, a: ConnectArgs): Promise<void> {
 /** One reconnect attempt; a failure schedules the next through the close handler. */
 function retry(agent: Agent, a: ConnectArgs): void {
 	if (stopping) return;
-	open(agent, a).catch(() => {
-		// the close handler already scheduled the next attempt
+	open(agent, a).catch((err: unknown) => {
+		// The close handler already scheduled the next attempt.
+		const reason = (err instanceof Error ? err.message : String(err)).replace(agent.id, "<agent>");
+		retryFailures.set(reason, (retryFailures.get(reason) ?? 0) + 1);
 	});
 }
 
@@ -129,6 +142,12 @@ const methods = {
 				}
 				try {
 					await open(agent, { ...a, reconnect: false });
+					// From now on, like the SDK: any close is followed by reconnects.
+					if (a.reconnect) {
+						agent.ws?.on("close", () => {
+							if (!stopping) setTimeout(() => retry(agent, a), agent.backoff.next());
+						});
+					}
 				} catch (err) {
 					failed++;
 					note(err instanceof Error ? err.message : String(err));
@@ -136,15 +155,8 @@ const methods = {
 			}
 		};
 		await Promise.all(Array.from({ length: a.parallel }, worker));
-		// Reconnects apply only once every agent had its first try.
-		if (a.reconnect) {
-			for (const agent of agents.values()) {
-				agent.ws?.on("close", () => {
-					if (!stopping) setTimeout(() => retry(agent, a), agent.backoff.next());
-				});
-			}
-		}
-		return { connected: a.ids.length - failed, failed, ms: wallNow() - started, errors: errors.splice(0) };
+		const live = a.ids.filter((id) => agents.get(id)?.welcomed).length;
+		return { connected: a.ids.length - failed, live, failed, ms: wallNow() - started, errors: errors.splice(0) };
 	},
 	/** Latency samples since the last call, and counters. */
 	async drain() {
@@ -176,6 +188,7 @@ const methods = {
 			lastWelcomeAt: Math.max(...all.map((x) => x.welcomedAt ?? 0)),
 			lastCommandAt: Math.max(...all.map((x) => x.firstCommandAt ?? 0)),
 			firstCommandTimes: all.map((x) => x.firstCommandAt ?? Number.NaN),
+			retryFailures: Object.fromEntries(retryFailures),
 		};
 	},
 	async close() {

@@ -1,6 +1,6 @@
 import { DurableObject } from "cloudflare:workers";
 import { z } from "zod";
-import { DbQueryError, DbUnavailableError, ObjectDb } from "../db/client";
+import { type Database, DbQueryError, DbUnavailableError, objectDb } from "../db/client";
 import { type CommandRecord, listOpenCommands } from "../db/commands";
 import { type KeyedEntry, type Presence, writeStatus } from "../db/status-writes";
 import { errorFields, log } from "../log";
@@ -92,7 +92,7 @@ export class AgentHub extends DurableObject<Env> {
 	private readonly meta: Meta;
 	private readonly observers: Observers;
 	private readonly auth: AgentAuth;
-	private readonly db: ObjectDb;
+	private readonly db: Database;
 	/** The current connection's frame budget (in memory: see frame-limits.ts). */
 	private limiter: { generation: number; bucket: FrameRateLimiter } | undefined;
 	private flushing: Promise<void> | null = null;
@@ -104,7 +104,7 @@ export class AgentHub extends DurableObject<Env> {
 		this.meta = new Meta(this.sql);
 		this.observers = new Observers(ctx, this.sql, this.meta);
 		this.auth = new AgentAuth(this.meta, env);
-		this.db = new ObjectDb(env);
+		this.db = objectDb(env);
 		ctx.blockConcurrencyWhile(async () => {
 			storage.migrate(this.sql);
 		});

@@ -3,7 +3,7 @@
  * path when Postgres refuses a batch, and the Analytics Engine data points
  * for what it accepted. Plain functions of the batch, outside the object.
  */
-import { DbQueryError, type ObjectDb } from "../db/client";
+import { type Database, DbQueryError } from "../db/client";
 import { type KeyedEntry, type Presence, writeStatus } from "../db/status-writes";
 import { errorFields, log } from "../log";
 
@@ -14,7 +14,7 @@ import { errorFields, log } from "../log";
  * even then is logged and skipped. Frames are checked on arrival, so this
  * is a backstop.
  */
-export async function salvage(database: ObjectDb, entries: KeyedEntry[], presence: Presence, cause: DbQueryError): Promise<void> {
+export async function salvage(database: Database, entries: KeyedEntry[], presence: Presence, cause: DbQueryError): Promise<void> {
 	const agentId = presence.agentId;
 	log("error", "outbox.batch_refused", { agentId, size: entries.length, ...errorFields(cause) });
 	await database.run(async (db) => {

@@ -60,42 +60,22 @@ function openPool(config: DbConfig, options: { max: number; idleTimeoutMillis?: 
 }
 
 /**
- * Runs `fn` with a database that lives only for this call. In a stateless
- * worker a socket belongs to the request that opened it, so a request's
- * pool must not outlive it.
+ * A database opened on first use and ended by `close()`. How long it lives
+ * is the caller's: one HTTP request (`requestDb`), one Durable Object
+ * (`objectDb`), or one call (`withDb`).
  */
-export async function withDb<T>(config: DbConfig, fn: (db: Db) => Promise<T>): Promise<T> {
-	const pool = openPool(config, { max: 4 });
-	try {
-		return await fn(drizzle({ client: pool, schema }));
-	} catch (err) {
-		throw classifyDbError(err);
-	} finally {
-		await pool.end().catch(() => {});
-	}
-}
-
-/**
- * The database of one Durable Object: at most one connection, kept between
- * the object's events and closed after it has gone unused for a moment.
- *
- * Unlike a stateless request, every event of one object runs in the same I/O
- * context, so a socket opened in one event may serve the next. An agent's
- * reconnect (catch-up read, then presence flush) and a busy agent's stream of
- * status flushes then cost one connection setup instead of one each, which
- * is what a fleet reconnecting at once runs out of. One connection per object
- * also bounds what a fleet can ask of the pooler: the number of objects busy
- * in the last couple of seconds. Queries queue on it in the order made.
- */
-export class ObjectDb {
+export class Database {
 	private pool: Pool | undefined;
 	private db: Db | undefined;
 
-	constructor(private readonly config: DbConfig) {}
+	constructor(
+		private readonly config: DbConfig,
+		private readonly options: { max: number; idleTimeoutMillis?: number },
+	) {}
 
 	async run<T>(fn: (db: Db) => Promise<T>): Promise<T> {
 		if (!this.pool || !this.db) {
-			this.pool = openPool(this.config, { max: 1, idleTimeoutMillis: OBJECT_IDLE_MS });
+			this.pool = openPool(this.config, this.options);
 			this.db = drizzle({ client: this.pool, schema });
 		}
 		try {
@@ -104,6 +84,50 @@ export class ObjectDb {
 			// The pool drops a broken connection itself; the next call opens a new one.
 			throw classifyDbError(err);
 		}
+	}
+
+	async close(): Promise<void> {
+		const pool = this.pool;
+		this.pool = undefined;
+		this.db = undefined;
+		await pool?.end().catch(() => {});
+	}
+}
+
+/**
+ * One HTTP request's database. In a stateless worker a socket belongs to the
+ * request that opened it, so the caller closes it when the request is done,
+ * after the response has gone (`waitUntil`), so closing costs the client
+ * nothing. Queries of one request share its connection.
+ */
+export function requestDb(config: DbConfig): Database {
+	return new Database(config, { max: 4 });
+}
+
+/**
+ * One Durable Object's database: at most one connection, kept between the
+ * object's events and closed after it has gone unused for a moment.
+ *
+ * Unlike a stateless request, every event of one object runs in the same I/O
+ * context, so a socket opened in one event may serve the next. An agent's
+ * reconnect (catch-up read, then presence flush) and a busy agent's stream of
+ * status flushes then cost one connection setup instead of one each, which
+ * is what a fleet reconnecting at once runs out of. One connection per object
+ * also bounds what a fleet can ask of the pooler: the number of objects busy
+ * in the last couple of seconds. Queries queue on it in the order made. The
+ * idle close lets the object hibernate.
+ */
+export function objectDb(config: DbConfig): Database {
+	return new Database(config, { max: 1, idleTimeoutMillis: OBJECT_IDLE_MS });
+}
+
+/** Runs `fn` with a database that lives only for this call (scheduled jobs, tests). */
+export async function withDb<T>(config: DbConfig, fn: (db: Db) => Promise<T>): Promise<T> {
+	const db = requestDb(config);
+	try {
+		return await db.run(fn);
+	} finally {
+		await db.close();
 	}
 }
 

@@ -5,7 +5,6 @@ import { AGENT_ID_HEADER, OBSERVER_RESUME_HEADER, TOKEN_EXPIRES_HEADER, TOKEN_VE
 import { readAccess, writeAccess } from "../auth/api-key";
 import { signAgentToken, tokenSecrets, verifyAgentToken } from "../auth/agent-token";
 import { checkOrigin, presentedCredential, protocolsWithoutCredential } from "../auth/credentials";
-import { withDb } from "../db/client";
 import { getAgent, listAgents } from "../db/agents";
 import { ApiError } from "../errors";
 import { log } from "../log";
@@ -18,12 +17,12 @@ const AgentParam = z.object({ agentId: AgentId });
 export const agentRoutes = new Hono<AppEnv>()
 	.get("/agents", readAccess, query(ListAgentsQuery), async (c) => {
 		const q = c.req.valid("query");
-		const page = await withDb(c.env, (db) => listAgents(db, { limit: q.limit, afterId: q.cursor }));
+		const page = await c.var.db.run((db) => listAgents(db, { limit: q.limit, afterId: q.cursor }));
 		return c.json(page);
 	})
 	.get("/agents/:agentId", readAccess, params(AgentParam), async (c) => {
 		const { agentId } = c.req.valid("param");
-		const agent = await withDb(c.env, (db) => getAgent(db, agentId));
+		const agent = await c.var.db.run((db) => getAgent(db, agentId));
 		if (!agent) throw new ApiError(404, ErrorCode.NOT_FOUND, `no agent with id ${agentId}`);
 		return c.json(agent);
 	})

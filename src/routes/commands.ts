@@ -4,7 +4,6 @@ import { z } from "zod";
 import { type AgentHub, toBufferInput } from "../agent/agent-hub";
 import { readAccess, writeAccess } from "../auth/api-key";
 import { enqueueRateLimit } from "../rate-limit";
-import { withDb } from "../db/client";
 import {
 	type CommandRecord,
 	decodeCursor,
@@ -79,7 +78,7 @@ export const commandRoutes = new Hono<AppEnv>()
 		async (c) => {
 			const { agentId } = c.req.valid("param");
 			const body = c.req.valid("json");
-			const { command, created } = await withDb(c.env, (db) => insertCommand(db, agentId, body, c.get("apiKeyId")));
+			const { command, created } = await c.var.db.run((db) => insertCommand(db, agentId, body, c.get("apiKeyId")));
 			log("info", created ? "command.enqueued" : "command.enqueue_replayed", {
 				agentId,
 				commandId: command.id,
@@ -94,7 +93,7 @@ export const commandRoutes = new Hono<AppEnv>()
 	)
 	.post("/commands/batch", writeAccess, jsonBody(BatchEnqueueRequest), enqueueRateLimit, async (c) => {
 		const body = c.req.valid("json");
-		const results = await withDb(c.env, (db) => insertBatch(db, body, c.get("apiKeyId")));
+		const results = await c.var.db.run((db) => insertBatch(db, body, c.get("apiKeyId")));
 		const fresh = results.filter((r) => !TERMINAL_STATUSES.has(r.command.status)).map((r) => r.command);
 		log("info", "command.batch_enqueued", {
 			count: results.length,
@@ -119,7 +118,7 @@ export const commandRoutes = new Hono<AppEnv>()
 			if (q.cursor !== undefined && beforeSeq === undefined) {
 				throw new ApiError(400, ErrorCode.VALIDATION_FAILED, "invalid query: cursor is not one this API issued");
 			}
-			const page = await withDb(c.env, (db) =>
+			const page = await c.var.db.run((db) =>
 				listCommands(db, agentId, { status: q.status, limit: q.limit, beforeSeq }),
 			);
 			return c.json({ items: page.items.map(toApiCommand), nextCursor: page.nextCursor });
@@ -127,7 +126,7 @@ export const commandRoutes = new Hono<AppEnv>()
 	)
 	.get("/commands/:id", readAccess, params(z.object({ id: CommandId })), async (c) => {
 		const { id } = c.req.valid("param");
-		const cmd = await withDb(c.env, (db) => getCommand(db, id));
+		const cmd = await c.var.db.run((db) => getCommand(db, id));
 		if (!cmd) throw new ApiError(404, ErrorCode.NOT_FOUND, `no command with id ${id}`);
 		return c.json(toApiCommand(cmd));
 	})
@@ -137,7 +136,7 @@ export const commandRoutes = new Hono<AppEnv>()
 	 */
 	.post("/commands/:id/cancel", writeAccess, params(z.object({ id: CommandId })), async (c) => {
 		const { id } = c.req.valid("param");
-		const before = await withDb(c.env, (db) => getCommand(db, id));
+		const before = await c.var.db.run((db) => getCommand(db, id));
 		if (!before) throw new ApiError(404, ErrorCode.NOT_FOUND, `no command with id ${id}`);
 		if (TERMINAL_STATUSES.has(before.status)) {
 			throw new ApiError(409, ErrorCode.ALREADY_FINISHED, `command is already ${before.status}`);
@@ -152,7 +151,7 @@ export const commandRoutes = new Hono<AppEnv>()
 			// The object finished it before Postgres heard (or it just ended).
 			throw new ApiError(409, ErrorCode.ALREADY_FINISHED, "command already finished");
 		}
-		const after = await withDb(c.env, (db) => getCommand(db, id));
+		const after = await c.var.db.run((db) => getCommand(db, id));
 		const command = toApiCommand(after ?? before);
 		// Postgres trails the object by one flush; report the object's verdict.
 		if (outcome === "cancelled") {
@@ -162,13 +161,13 @@ export const commandRoutes = new Hono<AppEnv>()
 	})
 	.get("/commands/:id/output", readAccess, params(z.object({ id: CommandId })), async (c) => {
 		const { id } = c.req.valid("param");
-		const out = await withDb(c.env, (db) => getOutput(db, id));
+		const out = await c.var.db.run((db) => getOutput(db, id));
 		if (!out) throw new ApiError(404, ErrorCode.NOT_FOUND, `no command with id ${id}`);
 		return c.json(out);
 	})
 	.get("/commands/:id/events", readAccess, params(z.object({ id: CommandId })), async (c) => {
 		const { id } = c.req.valid("param");
-		const found = await withDb(c.env, async (db) => ((await getCommand(db, id)) ? listEvents(db, id) : undefined));
+		const found = await c.var.db.run(async (db) => ((await getCommand(db, id)) ? listEvents(db, id) : undefined));
 		if (!found) throw new ApiError(404, ErrorCode.NOT_FOUND, `no command with id ${id}`);
 		return c.json({ items: found });
 	})

@@ -1,12 +1,11 @@
 import { sql } from "drizzle-orm";
 import { Hono } from "hono";
 import type { AppEnv } from "../app-env";
-import { withDb } from "../db/client";
 import { errorFields, log } from "../log";
 
 export const healthRoutes = new Hono<AppEnv>().get("/healthz", async (c) => {
 	try {
-		await withDb(c.env, (db) => db.execute(sql`select 1`));
+		await c.var.db.run((db) => db.execute(sql`select 1`));
 		return c.json({ ok: true, db: "ok" as const });
 	} catch (err) {
 		log("warn", "health.db_unreachable", errorFields(err));

@@ -1,7 +1,6 @@
 import { Hono } from "hono";
 import type { AppEnv } from "../app-env";
 import { readAccess } from "../auth/api-key";
-import { withDb } from "../db/client";
 import { type Histogram, LATENCY_BUCKETS, type Snapshot, snapshot } from "../db/metrics";
 import { COMMAND_STATUSES } from "../protocol";
 
@@ -48,6 +47,6 @@ export function render(s: Snapshot): string {
 }
 
 export const metricsRoutes = new Hono<AppEnv>().get("/metrics", readAccess, async (c) => {
-	const s = await withDb(c.env, (db) => snapshot(db));
+	const s = await c.var.db.run((db) => snapshot(db));
 	return c.text(render(s), 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
 });
