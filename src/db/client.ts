@@ -79,6 +79,7 @@ export class Database {
 			this.db = drizzle({ client: this.pool, schema });
 		}
 		try {
+			if (this.pool.totalCount === 0) await connectThroughGate(this.pool, connectTimeout(this.config));
 			return await fn(this.db);
 		} catch (err) {
 			// The pool drops a broken connection itself; the next call opens a new one.
@@ -91,6 +92,34 @@ export class Database {
 		this.pool = undefined;
 		this.db = undefined;
 		await pool?.end().catch(() => {});
+	}
+}
+
+/**
+ * Connection setups under way in this isolate, which every object of a class
+ * (and, under `wrangler dev`, the worker too) shares. When a fleet
+ * reconnects at once, a thousand objects each opening a connection at the
+ * same moment all time out together and retry together; past this many, a
+ * setup waits here, in memory, for a turn instead. An open connection is
+ * reused without asking.
+ */
+const MAX_CONNECTING = 16;
+let connecting = 0;
+
+async function connectThroughGate(pool: Pool, timeoutMs: number): Promise<void> {
+	const deadline = Date.now() + timeoutMs;
+	// Polled rather than queued: a waiter woken by another object's event
+	// would be resumed from a different I/O context.
+	for (let wait = 10; connecting >= MAX_CONNECTING; wait = Math.min(wait * 2, 250)) {
+		if (Date.now() > deadline) throw new DbUnavailableError(new Error("timed out waiting for a turn to connect"));
+		await new Promise((r) => setTimeout(r, wait * (0.5 + Math.random())));
+	}
+	connecting++;
+	try {
+		// Opened here and handed back idle: the caller's queries take it from the pool.
+		(await pool.connect()).release();
+	} finally {
+		connecting--;
 	}
 }
 
