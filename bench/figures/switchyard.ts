@@ -156,6 +156,9 @@ export async function connectionRamp(stack: Pick<Stack, "wsBase" | "secret" | "w
  * into Postgres while it is down, and wrangler dev starts again. Timed from
  * the restart until every agent is back and has its command.
  */
+/** A storm slower than this counts as broken: some agent never got its command back. */
+const STORM_LIMIT_MS = 600_000;
+
 export async function reconnectStorm(stack: Stack, a: { tag: string; agents: number }) {
 	const ids = agentIds(a.tag, a.agents);
 	const r = await connectFleets(stack, ids, false, true, 2500);
@@ -177,13 +180,13 @@ export async function reconnectStorm(stack: Stack, a: { tag: string; agents: num
 			r.fleets.map((f) =>
 				f.call<{ complete: boolean; agents: number; reconnected: number; gotCommand: number; lastWelcomeAt: number; lastCommandAt: number; firstCommandTimes: number[]; retryFailures: Record<string, number> }>(
 					"waitEveryAgent",
-					{ timeoutMs: 300_000 },
+					{ timeoutMs: STORM_LIMIT_MS },
 				),
 			),
 		);
 		const complete = waits.every((w) => w.complete);
 		const gotCommand = waits.reduce((s, w) => s + w.gotCommand, 0);
-		if (!complete) throw new Error(`storm incomplete after 300 s: ${waits.reduce((s, w) => s + w.reconnected, 0)} reconnected, ${gotCommand} got their command`);
+		if (!complete) throw new Error(`storm incomplete after ${STORM_LIMIT_MS / 1000} s: ${waits.reduce((s, w) => s + w.reconnected, 0)} reconnected, ${gotCommand} got their command`);
 		const lastCommandAt = Math.max(...waits.map((w) => w.lastCommandAt));
 		await pollUntil(async () => {
 			const { rows } = await stack.pg.query<{ n: string }>("select count(*) as n from agent_commands where action = $1 and status = 'completed'", [action]);

@@ -70,16 +70,18 @@ export class Database {
 
 	constructor(
 		private readonly config: DbConfig,
-		private readonly options: { max: number; idleTimeoutMillis?: number },
+		private readonly options: { max: number; idleTimeoutMillis?: number; whenBusy: "wait" | "fail" },
 	) {}
 
 	async run<T>(fn: (db: Db) => Promise<T>): Promise<T> {
 		if (!this.pool || !this.db) {
-			this.pool = openPool(this.config, this.options);
+			this.pool = openPool(this.config, { max: this.options.max, idleTimeoutMillis: this.options.idleTimeoutMillis });
 			this.db = drizzle({ client: this.pool, schema });
 		}
 		try {
-			if (this.pool.totalCount === 0) await connectThroughGate(this.pool, connectTimeout(this.config));
+			if (this.pool.totalCount === 0) {
+				await connectThroughGate(this.pool, this.options.whenBusy === "wait" ? connectTimeout(this.config) : 0);
+			}
 			return await fn(this.db);
 		} catch (err) {
 			// The pool drops a broken connection itself; the next call opens a new one.
@@ -99,19 +101,21 @@ export class Database {
  * Connection setups under way in this isolate, which every object of a class
  * (and, under `wrangler dev`, the worker too) shares. When a fleet
  * reconnects at once, a thousand objects each opening a connection at the
- * same moment all time out together and retry together; past this many, a
- * setup waits here, in memory, for a turn instead. An open connection is
- * reused without asking.
+ * same moment all time out together and retry together, and nothing gets
+ * through. Past this many, an object is refused at once and retries on its
+ * own jittered backoff, which spreads the fleet out; a request waits a
+ * little for a turn. An open connection is reused without asking.
  */
 const MAX_CONNECTING = 16;
 let connecting = 0;
 
-async function connectThroughGate(pool: Pool, timeoutMs: number): Promise<void> {
-	const deadline = Date.now() + timeoutMs;
+async function connectThroughGate(pool: Pool, waitMs: number): Promise<void> {
+	const deadline = Date.now() + waitMs;
 	// Polled rather than queued: a waiter woken by another object's event
-	// would be resumed from a different I/O context.
+	// would be resumed from a different I/O context. Only requests poll; a
+	// thousand polling objects would keep the isolate busy waking them.
 	for (let wait = 10; connecting >= MAX_CONNECTING; wait = Math.min(wait * 2, 250)) {
-		if (Date.now() > deadline) throw new DbUnavailableError(new Error("timed out waiting for a turn to connect"));
+		if (Date.now() >= deadline) throw new DbBusyError();
 		await new Promise((r) => setTimeout(r, wait * (0.5 + Math.random())));
 	}
 	connecting++;
@@ -130,7 +134,7 @@ async function connectThroughGate(pool: Pool, timeoutMs: number): Promise<void> 
  * nothing. Queries of one request share its connection.
  */
 export function requestDb(config: DbConfig): Database {
-	return new Database(config, { max: 4 });
+	return new Database(config, { max: 4, whenBusy: "wait" });
 }
 
 /**
@@ -147,7 +151,7 @@ export function requestDb(config: DbConfig): Database {
  * idle close lets the object hibernate.
  */
 export function objectDb(config: DbConfig): Database {
-	return new Database(config, { max: 1, idleTimeoutMillis: OBJECT_IDLE_MS });
+	return new Database(config, { max: 1, idleTimeoutMillis: OBJECT_IDLE_MS, whenBusy: "fail" });
 }
 
 /** Runs `fn` with a database that lives only for this call (scheduled jobs, tests). */
@@ -165,6 +169,14 @@ export class DbUnavailableError extends Error {
 	override name = "DbUnavailableError";
 	constructor(cause: unknown) {
 		super("database unavailable", { cause });
+	}
+}
+
+/** Too many connections are being set up in this isolate; like an outage, retried later. */
+export class DbBusyError extends DbUnavailableError {
+	override name = "DbBusyError";
+	constructor() {
+		super(new Error("too many database connections being set up at once"));
 	}
 }
 
