@@ -1,6 +1,6 @@
 import { DurableObject } from "cloudflare:workers";
 import { z } from "zod";
-import { type Database, DbQueryError, DbUnavailableError, objectDb } from "../db/client";
+import { type Database, DbBusyError, DbQueryError, DbUnavailableError, objectDb } from "../db/client";
 import { type CommandRecord, listOpenCommands } from "../db/commands";
 import { type KeyedEntry, type Presence, writeStatus } from "../db/status-writes";
 import { errorFields, log } from "../log";
@@ -106,7 +106,7 @@ export class AgentHub extends DurableObject<Env> {
 		this.auth = new AgentAuth(this.meta, env);
 		this.db = objectDb(env);
 		ctx.blockConcurrencyWhile(async () => {
-			storage.migrate(this.sql);
+			ctx.storage.transactionSync(() => storage.migrate(this.sql));
 		});
 		// Answered at the edge without waking a hibernated object.
 		ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair(PING_TEXT, PONG_TEXT));
@@ -119,6 +119,7 @@ export class AgentHub extends DurableObject<Env> {
 	 * them to the agent as its window allows. Idempotent per command id.
 	 */
 	async enqueue(inputs: EnqueueInput[]): Promise<{ statuses: Record<string, string> }> {
+		this.meta.forget();
 		const agentId = inputs[0]?.agentId;
 		if (!agentId) return { statuses: {} };
 		this.bindAgent(agentId);
@@ -127,7 +128,7 @@ export class AgentHub extends DurableObject<Env> {
 			return buffer.BufferInput.parse(i);
 		});
 		const now = Date.now();
-		const added = this.ctx.storage.transactionSync(
+		const added = this.atomically(
 			() => commands.filter((c) => buffer.addCommand(this.sql, c, now)).length,
 		);
 		this.pump();
@@ -141,6 +142,7 @@ export class AgentHub extends DurableObject<Env> {
 
 	/** Reads Postgres for commands this object has not seen and delivers them. */
 	async reconcile(agentId: string): Promise<{ added: number }> {
+		this.meta.forget();
 		this.bindAgent(agentId);
 		return this.catchUp();
 	}
@@ -155,6 +157,7 @@ export class AgentHub extends DurableObject<Env> {
 		id: string,
 		actor = "api",
 	): Promise<{ outcome: buffer.CancelOutcome | "unavailable" }> {
+		this.meta.forget();
 		this.bindAgent(agentId);
 		if (!storage.getCommand(this.sql, id)) {
 			// Without Postgres the object cannot know whether it is about to deliver
@@ -166,7 +169,7 @@ export class AgentHub extends DurableObject<Env> {
 			if (!read) return { outcome: "unavailable" };
 		}
 		const now = Date.now();
-		const outcome = this.ctx.storage.transactionSync(() => buffer.requestCancel(this.sql, id, now, actor));
+		const outcome = this.atomically(() => buffer.requestCancel(this.sql, id, now, actor));
 		const ws = this.currentSocket();
 		const owed = buffer.cancelsOwed(this.sql, now).find((c) => c.id === id);
 		if (ws && owed) this.send(ws, { type: "cancel", id, reason: owed.reason });
@@ -179,6 +182,7 @@ export class AgentHub extends DurableObject<Env> {
 
 	/** The version a token minted now must carry to be admitted. */
 	async tokenVersion(agentId: string): Promise<number> {
+		this.meta.forget();
 		this.bindAgent(agentId);
 		return this.auth.version();
 	}
@@ -188,6 +192,7 @@ export class AgentHub extends DurableObject<Env> {
 	 * (4004, which the SDK does not reconnect after). Tokens minted afterwards work.
 	 */
 	async revokeTokens(agentId: string): Promise<{ version: number; closed: boolean }> {
+		this.meta.forget();
 		this.bindAgent(agentId);
 		const version = this.auth.revoke();
 		const ws = this.currentSocket();
@@ -207,6 +212,7 @@ export class AgentHub extends DurableObject<Env> {
 		/** Named timers still pending (e.g. `catch_up` while a read of Postgres is under way). */
 		timers: string[];
 	}> {
+		this.meta.forget();
 		return {
 			timers: [...this.meta.timers().keys()],
 			agentId: this.meta.get("agent_id"),
@@ -221,6 +227,7 @@ export class AgentHub extends DurableObject<Env> {
 	// ------------------------------------------------------ socket lifecycle
 
 	override async fetch(request: Request): Promise<Response> {
+		this.meta.forget();
 		const agentId = AgentId.safeParse(request.headers.get(AGENT_ID_HEADER));
 		const resume = parseResume(request.headers.get(OBSERVER_RESUME_HEADER));
 		const protocol = acceptedSubprotocol(request.headers);
@@ -264,7 +271,7 @@ export class AgentHub extends DurableObject<Env> {
 		server.serializeAttachment({ agentId: agentId.data, generation, connectedAt: now } satisfies Attachment);
 		// Whatever the previous socket was sent and never acknowledged goes out
 		// again on this one; a close event for it may never have come (a crash).
-		const requeued = this.ctx.storage.transactionSync(() => {
+		const requeued = this.atomically(() => {
 			this.meta.set("connected", true);
 			this.meta.set("last_connected_at", now);
 			this.meta.set("last_seen_at", now);
@@ -300,6 +307,7 @@ export class AgentHub extends DurableObject<Env> {
 	}
 
 	override async webSocketMessage(ws: WebSocket, message: string | ArrayBuffer): Promise<void> {
+		this.meta.forget();
 		if (frameTooLarge(message, MAX_FRAME_BYTES)) {
 			// Before parsing: a frame this size is refused unread.
 			await this.closeSocket(ws, CloseCode.MESSAGE_TOO_BIG, `frames are limited to ${MAX_FRAME_BYTES} bytes`, "too_big", {});
@@ -377,14 +385,14 @@ export class AgentHub extends DurableObject<Env> {
 				const refusal = refusalFor(outcome, frame.id);
 				if (refusal) this.send(ws, refusal);
 				if (outcome !== "applied") return;
-				this.ctx.storage.transactionSync(() =>
+				this.atomically(() =>
 					storage.recordOutput(this.sql, frame.id, frame.seq, frame.data, now),
 				);
 				this.scheduleFlush();
 				return;
 			}
 			if (frame.type === "hello") {
-				const changed = this.ctx.storage.transactionSync(() => {
+				const changed = this.atomically(() => {
 					this.meta.set("concurrency", frame.concurrency);
 					// Kept for a catch-up that finishes after the hello (see catchUp).
 					this.meta.set("hello_generation", att.generation);
@@ -402,7 +410,7 @@ export class AgentHub extends DurableObject<Env> {
 					sent,
 				});
 			} else {
-				const outcome = this.ctx.storage.transactionSync(() =>
+				const outcome = this.atomically(() =>
 					frame.type === "ack"
 						? buffer.acknowledge(this.sql, frame.id, now, att.generation)
 						: buffer.finish(this.sql, frame.id, frame, now),
@@ -430,6 +438,7 @@ export class AgentHub extends DurableObject<Env> {
 	}
 
 	override async webSocketClose(ws: WebSocket, code: number, reason: string): Promise<void> {
+		this.meta.forget();
 		if (!this.observers.has(ws)) {
 			await this.onSocketGone(ws, "closed", { code, reason: reason.slice(0, 200) });
 		}
@@ -442,11 +451,13 @@ export class AgentHub extends DurableObject<Env> {
 	}
 
 	override async webSocketError(ws: WebSocket, error: unknown): Promise<void> {
+		this.meta.forget();
 		if (this.observers.has(ws)) return;
 		await this.onSocketGone(ws, "errored", errorFields(error));
 	}
 
 	override async alarm(): Promise<void> {
+		this.meta.forget();
 		const agentId = this.meta.get("agent_id");
 		let failed = false;
 		try {
@@ -458,7 +469,7 @@ export class AgentHub extends DurableObject<Env> {
 		try {
 			// Command deadlines first: they must not wait behind a slow database.
 			const now = Date.now();
-			const { stop } = this.ctx.storage.transactionSync(() => buffer.runDueTimers(this.sql, now));
+			const { stop } = this.atomically(() => buffer.runDueTimers(this.sql, now));
 			const ws = this.currentSocket();
 			if (ws) for (const id of stop) this.send(ws, { type: "cancel", id, reason: "timeout" });
 			await this.checkHeartbeat(now);
@@ -485,7 +496,7 @@ export class AgentHub extends DurableObject<Env> {
 		const generation = this.meta.getNumber("generation") ?? 0;
 		this.meta.clearTimer("hello");
 		if (this.meta.getNumber("hello_generation") === generation || !this.currentSocket()) return;
-		const changed = this.ctx.storage.transactionSync(() => buffer.applyHello(this.sql, new Set(), now, generation, "no_hello"));
+		const changed = this.atomically(() => buffer.applyHello(this.sql, new Set(), now, generation, "no_hello"));
 		if (changed) log("info", "agent.no_hello", { agentId: this.meta.get("agent_id"), generation, changed });
 	}
 
@@ -503,7 +514,7 @@ export class AgentHub extends DurableObject<Env> {
 		const now = Date.now();
 		// State first, then the wire: if a send is lost with its socket, the
 		// command is `dispatched` and goes out again on the next connect.
-		const frames = this.ctx.storage.transactionSync(() =>
+		const frames = this.atomically(() =>
 			buffer.fillWindow(this.sql, this.concurrency(), generation, now),
 		);
 		const agentId = this.meta.get("agent_id");
@@ -576,7 +587,7 @@ export class AgentHub extends DurableObject<Env> {
 			const open = await this.db.run((db) => listOpenCommands(db, agentId));
 			const now = Date.now();
 			const generation = this.meta.getNumber("generation") ?? 0;
-			const added = this.ctx.storage.transactionSync(() => {
+			const added = this.atomically(() => {
 				let n = 0;
 				for (const r of open) if (buffer.addCommand(this.sql, buffer.BufferInput.parse(toBufferInput(r)), now)) n++;
 				// Rows recovered as acknowledged after this connection's hello are
@@ -599,7 +610,7 @@ export class AgentHub extends DurableObject<Env> {
 		} catch (err) {
 			const failures = (this.meta.getNumber("catch_up_failures") ?? 0) + 1;
 			this.meta.set("catch_up_failures", failures);
-			this.meta.setTimer("catch_up", Date.now() + backoff(failures));
+			this.meta.setTimer("catch_up", Date.now() + retryDelay(failures, err));
 			await this.armAlarm();
 			log(err instanceof DbUnavailableError ? "warn" : "error", "agent.catch_up_failed", {
 				agentId,
@@ -657,7 +668,7 @@ export class AgentHub extends DurableObject<Env> {
 			} catch (err) {
 				const failures = (this.meta.getNumber("flush_failures") ?? 0) + 1;
 				this.meta.set("flush_failures", failures);
-				this.meta.setTimer("flush", Date.now() + backoff(failures));
+				this.meta.setTimer("flush", Date.now() + retryDelay(failures, err));
 				await this.armAlarm();
 				log(err instanceof DbUnavailableError ? "warn" : "error", "outbox.flush_failed", {
 					agentId,
@@ -668,7 +679,7 @@ export class AgentHub extends DurableObject<Env> {
 				return;
 			}
 			recordAnalytics(this.env, agentId, entries);
-			this.ctx.storage.transactionSync(() => {
+			this.atomically(() => {
 				storage.dropOutbox(this.sql, lastSeq);
 				storage.markSynced(this.sql, terminalIds(entries), Date.now());
 				// Presence written above is stale if it changed during the await.
@@ -724,6 +735,16 @@ export class AgentHub extends DurableObject<Env> {
 
 	// --------------------------------------------------------------- helpers
 
+	/** A storage transaction; when it rolls back, so does the in-memory copy of meta. */
+	private atomically<T>(fn: () => T): T {
+		try {
+			return this.ctx.storage.transactionSync(fn);
+		} catch (err) {
+			this.meta.forget();
+			throw err;
+		}
+	}
+
 	/** Remembers which agent this object serves, and refuses to serve two. */
 	private bindAgent(agentId: string): string {
 		const known = this.meta.get("agent_id");
@@ -752,7 +773,7 @@ export class AgentHub extends DurableObject<Env> {
 			log("info", `agent.socket_${how}`, { agentId: att?.agentId, generation: att?.generation, current, ...detail });
 			if (!current) return;
 			const now = Date.now();
-			const requeued = this.ctx.storage.transactionSync(() => {
+			const requeued = this.atomically(() => {
 				this.auth.endSession();
 				this.meta.set("connected", false);
 				this.meta.set("last_seen_at", now);
@@ -797,6 +818,11 @@ function refusalFor(outcome: buffer.FrameOutcome, id: string): ErrorFrame | unde
 
 function terminalIds(entries: readonly KeyedEntry[]): string[] {
 	return entries.filter((e) => e.kind === "transition" && TERMINAL_STATUSES.has(e.to)).map((e) => e.commandId);
+}
+
+/** A busy gate knows when a turn would come; retrying before then only queues again. */
+function retryDelay(failures: number, err: unknown): number {
+	return Math.max(backoff(failures), err instanceof DbBusyError ? err.retryInMs : 0);
 }
 
 function backoff(failures: number): number {

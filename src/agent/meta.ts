@@ -2,14 +2,37 @@
  * Small typed key/value state of the agent object (its id, connection
  * generation, presence, timers), kept in SQLite so it survives hibernation
  * and eviction; nothing important lives only in memory.
+ *
+ * Every frame and every connect reads a dozen of these keys, several of them
+ * more than once, and each read was its own SQL statement: the largest cost
+ * of a connect. So the table (a few dozen short rows) is read once into
+ * memory and writes go to both. The copy is dropped with `forget()`, which
+ * the object calls as each event starts (so a write made to the table by
+ * other means, a test's, is seen) and when a transaction rolls back (so no
+ * value it wrote outlives it).
  */
 export class Meta {
+	private cache: Map<string, string> | undefined;
+
 	constructor(private readonly sql: SqlStorage) {}
 
+	private values(): Map<string, string> {
+		this.cache ??= new Map(
+			this.sql
+				.exec<{ key: string; value: string }>("select key, value from meta")
+				.toArray()
+				.map((r) => [r.key, r.value]),
+		);
+		return this.cache;
+	}
+
+	/** Drops the in-memory copy; the next read loads the table again. */
+	forget(): void {
+		this.cache = undefined;
+	}
+
 	get(key: string): string | undefined {
-		return this.sql
-			.exec<{ value: string }>("select value from meta where key = ?", key)
-			.toArray()[0]?.value;
+		return this.values().get(key);
 	}
 
 	getNumber(key: string): number | undefined {
@@ -18,15 +41,22 @@ export class Meta {
 	}
 
 	set(key: string, value: string | number | boolean): void {
+		const text = String(typeof value === "boolean" ? Number(value) : value);
+		const values = this.values();
+		if (values.get(key) === text) return;
 		this.sql.exec(
 			"insert into meta (key, value) values (?, ?) on conflict (key) do update set value = excluded.value",
 			key,
-			String(typeof value === "boolean" ? Number(value) : value),
+			text,
 		);
+		values.set(key, text);
 	}
 
 	delete(key: string): void {
+		const values = this.values();
+		if (!values.has(key)) return;
 		this.sql.exec("delete from meta where key = ?", key);
+		values.delete(key);
 	}
 
 	/**
@@ -45,10 +75,11 @@ export class Meta {
 
 	/** Named deadlines sharing the object's single alarm slot. */
 	timers(): Map<string, number> {
-		const rows = this.sql
-			.exec<{ key: string; value: string }>("select key, value from meta where key like 'timer:%'")
-			.toArray();
-		return new Map(rows.map((r) => [r.key.slice("timer:".length), Number(r.value)]));
+		const timers = new Map<string, number>();
+		for (const [key, value] of this.values()) {
+			if (key.startsWith("timer:")) timers.set(key.slice("timer:".length), Number(value));
+		}
+		return timers;
 	}
 
 	setTimer(name: string, at: number): void {

@@ -1,6 +1,7 @@
 import { Pool, neonConfig } from "@neondatabase/serverless";
 import { DrizzleQueryError } from "drizzle-orm/errors";
 import { drizzle, type NeonDatabase } from "drizzle-orm/neon-serverless";
+import { ConnectGate, GateFullError } from "./connect-gate";
 import * as schema from "./schema";
 
 export type Db = NeonDatabase<typeof schema>;
@@ -25,6 +26,12 @@ export interface DbConfig {
 const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 /** An object's connection closes after this long unused, so the object can hibernate. */
 const OBJECT_IDLE_MS = 2_000;
+/**
+ * How long an object's read or flush waits for a turn to connect. Longer
+ * than a request may: nobody is waiting on the answer, and a turn that comes
+ * is far cheaper than a failure retried on the object's alarm.
+ */
+const OBJECT_WAIT_MS = 60_000;
 
 export function connectTimeout(config: DbConfig): number {
 	const ms = Number(config.DB_CONNECT_TIMEOUT_MS);
@@ -70,8 +77,10 @@ export class Database {
 
 	constructor(
 		private readonly config: DbConfig,
-		private readonly options: { max: number; idleTimeoutMillis?: number; whenBusy: "wait" | "fail" },
+		private readonly options: { max: number; idleTimeoutMillis?: number; waitMs: number },
 	) {}
+	/** The setup under way, so concurrent callers wait for one connection instead of each queueing for its own. */
+	private connecting: Promise<void> | undefined;
 
 	async run<T>(fn: (db: Db) => Promise<T>): Promise<T> {
 		if (!this.pool || !this.db) {
@@ -80,7 +89,11 @@ export class Database {
 		}
 		try {
 			if (this.pool.totalCount === 0) {
-				await connectThroughGate(this.pool, this.options.whenBusy === "wait" ? connectTimeout(this.config) : 0);
+				const pool = this.pool;
+				this.connecting ??= connectThroughGate(pool, this.options.waitMs).finally(() => {
+					this.connecting = undefined;
+				});
+				await this.connecting;
 			}
 			return await fn(this.db);
 		} catch (err) {
@@ -97,33 +110,17 @@ export class Database {
 	}
 }
 
-/**
- * Connection setups under way in this isolate, which every object of a class
- * (and, under `wrangler dev`, the worker too) shares. When a fleet
- * reconnects at once, a thousand objects each opening a connection at the
- * same moment all time out together and retry together, and nothing gets
- * through. Past this many, an object is refused at once and retries on its
- * own jittered backoff, which spreads the fleet out; a request waits a
- * little for a turn. An open connection is reused without asking.
- */
+/** At most this many connection setups run at once in one isolate (see connect-gate.ts). */
 const MAX_CONNECTING = 16;
-let connecting = 0;
+const gate = new ConnectGate(MAX_CONNECTING);
 
 async function connectThroughGate(pool: Pool, waitMs: number): Promise<void> {
-	const deadline = Date.now() + waitMs;
-	// Polled rather than queued: a waiter woken by another object's event
-	// would be resumed from a different I/O context. Only requests poll; a
-	// thousand polling objects would keep the isolate busy waking them.
-	for (let wait = 10; connecting >= MAX_CONNECTING; wait = Math.min(wait * 2, 250)) {
-		if (Date.now() >= deadline) throw new DbBusyError();
-		await new Promise((r) => setTimeout(r, wait * (0.5 + Math.random())));
-	}
-	connecting++;
 	try {
 		// Opened here and handed back idle: the caller's queries take it from the pool.
-		(await pool.connect()).release();
-	} finally {
-		connecting--;
+		await gate.run(Date.now() + waitMs, async () => (await pool.connect()).release());
+	} catch (err) {
+		if (err instanceof GateFullError) throw new DbBusyError(err.retryInMs);
+		throw err;
 	}
 }
 
@@ -134,7 +131,7 @@ async function connectThroughGate(pool: Pool, waitMs: number): Promise<void> {
  * nothing. Queries of one request share its connection.
  */
 export function requestDb(config: DbConfig): Database {
-	return new Database(config, { max: 4, whenBusy: "wait" });
+	return new Database(config, { max: 4, waitMs: connectTimeout(config) });
 }
 
 /**
@@ -151,7 +148,7 @@ export function requestDb(config: DbConfig): Database {
  * idle close lets the object hibernate.
  */
 export function objectDb(config: DbConfig): Database {
-	return new Database(config, { max: 1, idleTimeoutMillis: OBJECT_IDLE_MS, whenBusy: "fail" });
+	return new Database(config, { max: 1, idleTimeoutMillis: OBJECT_IDLE_MS, waitMs: OBJECT_WAIT_MS });
 }
 
 /** Runs `fn` with a database that lives only for this call (scheduled jobs, tests). */
@@ -175,7 +172,10 @@ export class DbUnavailableError extends Error {
 /** Too many connections are being set up in this isolate; like an outage, retried later. */
 export class DbBusyError extends DbUnavailableError {
 	override name = "DbBusyError";
-	constructor() {
+	constructor(
+		/** When a turn would have come: retrying sooner only queues again. */
+		readonly retryInMs: number,
+	) {
 		super(new Error("too many database connections being set up at once"));
 	}
 }
