@@ -6,7 +6,7 @@
  *   npm run bench -- --quick          small N smoke run (~3 min)
  *   npm run bench -- --only f1,floor  some figures: f1 f2 f3 f4 f5 floor peers
  *   npm run bench -- --db real        one Postgres: embedded | real (default both)
- *   npm run bench -- --storm-agents N figure 4 with N agents instead of 5,000
+ *   npm run bench -- --storm-agents N figure 4 with N agents instead of 4,000
  *
  * Exits non-zero only when a run broke (errors, lost commands), never on a
  * slow figure.
@@ -48,8 +48,8 @@ async function switchyard(db: DbKind): Promise<void> {
 		const sys = "switchyard";
 		if (only.has("f1")) {
 			for (const [i, agents] of cfg.f1.agents.entries()) {
-				const count = db === "real" ? (cfg.f1.count[i] ?? 0) : cfg.f1Others.count;
-				const rate = db === "real" ? (cfg.f1.rate[i] ?? 1) : cfg.f1Others.rate;
+				const count = cfg.f1.count[i] ?? 0;
+				const rate = cfg.f1.rate[i] ?? 1;
 				await results.measure(latencyFigure(results, agents), sys, db, () =>
 					latencyRun(target, { tag: `f1-${db}-${agents}`, agents, count, rate }),
 				);

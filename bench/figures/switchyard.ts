@@ -107,6 +107,9 @@ export interface RampStep {
 	connectSeconds: number;
 	rssBytes: number;
 	bytesPerAgent: number;
+	/** Descriptors the busiest workerd process holds, and per agent held. */
+	openFiles: number;
+	filesPerAgent: number;
 	errors: string[];
 }
 
@@ -114,30 +117,43 @@ export interface RampStep {
  * Figure 3: idle agents held at once, in steps, and workerd's resident memory
  * per connected agent. Stops at the first step that cannot connect fully.
  */
-export async function connectionRamp(stack: Pick<Stack, "wsBase" | "secret" | "workerdRss">, a: { tag: string; steps: number[]; deflate: boolean; budgetMs: number }) {
+export async function connectionRamp(stack: Pick<Stack, "wsBase" | "secret" | "workerdRss" | "workerdOpenFiles">, a: { tag: string; steps: number[]; deflate: boolean; budgetMs: number }) {
 	const baseline = await settledRss(stack as Stack);
+	const filesBefore = stack.workerdOpenFiles();
 	const steps: RampStep[] = [];
 	const fleets: Fleets = [];
 	let held = 0;
+	let stoppedBy: string | undefined;
 	const started = wallNow();
 	try {
 		for (const target of a.steps) {
 			const left = a.budgetMs - (wallNow() - started);
 			if (left <= 0) break;
+			// Past the open-file limit, objects fail to open their SQLite files
+			// and sockets hang (seen here): stop where the measured rate says it would be crossed.
+			const last = steps[steps.length - 1];
+			if (last && filesBefore.limit && filesBefore.open + last.filesPerAgent * target * 1.05 > filesBefore.limit) {
+				stoppedBy = `the next step (${target} agents) would need about ${Math.round(filesBefore.open + last.filesPerAgent * target)} open files, past workerd's limit of ${filesBefore.limit}`;
+				process.stdout.write(`[bench]     ${a.tag}: stopped: ${stoppedBy}\n`);
+				break;
+			}
 			const ids = agentIds(a.tag, target - held, held);
 			const r = await connectFleets(stack as Stack, ids, a.deflate, false, 5000, left);
 			fleets.push(...r.fleets);
 			held += r.connected;
 			const rss = await settledRss(stack as Stack);
+			const files = stack.workerdOpenFiles().open;
 			steps.push({
 				target,
 				connected: held,
 				connectSeconds: r.ms / 1000,
 				rssBytes: rss,
 				bytesPerAgent: Math.round((rss - baseline) / held),
+				openFiles: files,
+				filesPerAgent: Number(((files - filesBefore.open) / held).toFixed(2)),
 				errors: r.errors,
 			});
-			process.stdout.write(`[bench]     ${a.tag}: ${held}/${target} connected in ${(r.ms / 1000).toFixed(1)} s, workerd RSS ${(rss / 2 ** 20).toFixed(0)} MiB\n`);
+			process.stdout.write(`[bench]     ${a.tag}: ${held}/${target} connected in ${(r.ms / 1000).toFixed(1)} s, workerd RSS ${(rss / 2 ** 20).toFixed(0)} MiB, ${files} open files (limit ${filesBefore.limit ?? "?"})\n`);
 			if (held < target) break;
 		}
 	} finally {
@@ -146,7 +162,7 @@ export async function connectionRamp(stack: Pick<Stack, "wsBase" | "secret" | "w
 	const last = steps[steps.length - 1];
 	return {
 		value: (last?.bytesPerAgent ?? Number.NaN) / 1024,
-		detail: { budgetSeconds: a.budgetMs / 1000, baselineRssBytes: baseline, maxConnected: last?.connected ?? 0, reachedTarget: last ? last.connected >= last.target : false, steps, deflateOffered: a.deflate },
+		detail: { budgetSeconds: a.budgetMs / 1000, baselineRssBytes: baseline, openFileLimit: filesBefore.limit, stoppedBy, maxConnected: last?.connected ?? 0, reachedTarget: last ? last.connected >= (a.steps.at(-1) ?? 0) : false, steps, deflateOffered: a.deflate },
 	};
 }
 

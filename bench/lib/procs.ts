@@ -1,6 +1,6 @@
 /** Processes the harness starts: wrangler dev in its own group, with a raised file limit. */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { appendFileSync, readFileSync } from "node:fs";
+import { appendFileSync, readdirSync, readFileSync } from "node:fs";
 import { createConnection } from "node:net";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
@@ -98,6 +98,24 @@ function statusField(pid: number, field: string): number {
 /** Resident memory of the workerd processes under `root`, in bytes (VmRSS). */
 export function workerdRss(root: number): number {
 	return workerdPids(root).reduce((sum, pid) => sum + statusField(pid, "VmRSS") * 1024, 0);
+}
+
+/**
+ * Open file descriptors of the busiest workerd process under `root`, and its
+ * limit. Under `wrangler dev` every live object keeps its SQLite files open
+ * beside its socket, so this, not memory, is what caps the agents one local
+ * workerd can hold on a machine whose hard limit cannot be raised.
+ */
+export function workerdOpenFiles(root: number): { open: number; limit: number | undefined } {
+	let open = 0;
+	for (const pid of workerdPids(root)) {
+		try {
+			open = Math.max(open, readdirSync(`/proc/${pid}/fd`).length);
+		} catch {
+			// exited meanwhile
+		}
+	}
+	return { open, limit: workerdNofile(root) };
 }
 
 /** The open-file limit workerd actually runs with. */

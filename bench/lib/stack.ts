@@ -14,7 +14,7 @@ import { type EmbeddedPostgres, startEmbeddedPostgres } from "../../src/dev/embe
 import { runMigrations } from "../../src/dev/migrate.ts";
 import { type Relay, startRelay } from "../../src/dev/relay.ts";
 import { type Bouncer, startPgBouncer } from "./pgbouncer.ts";
-import { freePort, startWrangler, waitHealthy, type Wrangler, workerdNofile, workerdRss } from "./procs.ts";
+import { freePort, startWrangler, waitHealthy, type Wrangler, workerdNofile, workerdOpenFiles, workerdRss } from "./procs.ts";
 
 export type DbKind = "embedded" | "real";
 
@@ -46,6 +46,7 @@ export interface Stack {
 	/** Direct `pg` pool for verification queries. */
 	pg: pg.Pool;
 	workerdRss(): number;
+	workerdOpenFiles(): { open: number; limit: number | undefined };
 	/** The tail of wrangler dev's output (logs), for diagnosing a broken figure. */
 	output(): string;
 	nofile(): number | undefined;
@@ -112,6 +113,7 @@ export async function startSwitchyard(db: DbKind): Promise<Stack> {
 		databaseUrl,
 		pg: pool,
 		workerdRss: () => workerdRss(pid()),
+		workerdOpenFiles: () => workerdOpenFiles(pid()),
 		output: () => wrangler?.output() ?? "",
 		nofile: () => workerdNofile(pid()),
 		stopWrangler: async () => {

@@ -42,6 +42,7 @@ const RETRY_BASE_MS = 1_000;
 const RETRY_MAX_MS = 60_000;
 const ALARM_FLOOR_MS = 100;
 const SILENCE_LIMIT_MS = HEARTBEAT_INTERVAL_SECONDS * HEARTBEAT_MISSES * 1000;
+const LAST_SEEN_RESOLUTION_MS = 1_000;
 /** An agent that sends no hello gets this window, which keeps its commands strictly in order. */
 const DEFAULT_CONCURRENCY = 1;
 /**
@@ -347,7 +348,8 @@ export class AgentHub extends DurableObject<Env> {
 			}
 			const frame = parsed.frame;
 			const now = Date.now();
-			this.meta.set("last_seen_at", now);
+			// Silence is judged in tens of seconds: a write a second is plenty, not one a frame.
+			if (now - (this.meta.getNumber("last_seen_at") ?? 0) >= LAST_SEEN_RESOLUTION_MS) this.meta.set("last_seen_at", now);
 			if (frame.type === "ping") {
 				this.send(ws, { type: "pong" });
 				return;

@@ -54,6 +54,8 @@ export class Observers {
 		const [client, server] = [pair[0], pair[1]];
 		this.ctx.acceptWebSocket(server, [OBSERVER_TAG]);
 		const latest = events.latestSeq(this.sql);
+		// Replay covers up to `latest`; broadcasts carry on from there.
+		this.meta.set("published_seq", latest);
 		const epoch = this.meta.epoch();
 		send(server, { type: "observing", agentId, epoch, latestSeq: latest });
 		let since = resume.since;
@@ -80,9 +82,14 @@ export class Observers {
 		});
 	}
 
-	/** Sends every event logged since the last publish to every observer. */
+	/**
+	 * Sends every event logged since the last publish to every observer. With
+	 * none, it reads nothing: it runs after every change, and most agents are
+	 * watched by nobody. `accept` marks where a first observer's replay ends.
+	 */
 	publish(): void {
 		const observers = this.ctx.getWebSockets(OBSERVER_TAG);
+		if (observers.length === 0) return;
 		for (;;) {
 			const from = this.meta.getNumber("published_seq") ?? 0;
 			const fresh = events.eventsAfter(this.sql, from);

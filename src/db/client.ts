@@ -27,11 +27,12 @@ const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 /** An object's connection closes after this long unused, so the object can hibernate. */
 const OBJECT_IDLE_MS = 2_000;
 /**
- * How long an object's read or flush waits for a turn to connect. Longer
+ * How long an object's read or flush waits for a turn to connect. Far longer
  * than a request may: nobody is waiting on the answer, and a turn that comes
- * is far cheaper than a failure retried on the object's alarm.
+ * is far cheaper than a failure retried on the object's alarm. When a whole
+ * fleet reconnects at once, the last in the queue wait for all the others.
  */
-const OBJECT_WAIT_MS = 60_000;
+const OBJECT_WAIT_MS = 300_000;
 
 export function connectTimeout(config: DbConfig): number {
 	const ms = Number(config.DB_CONNECT_TIMEOUT_MS);

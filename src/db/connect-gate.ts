@@ -32,6 +32,12 @@ const realClock: Clock = {
 const INITIAL_SETUP_MS = 10;
 /** A waiter first sleeps this share of its estimated wait, then estimates again with what has been learnt since. */
 const FIRST_SLEEP_SHARE = 0.75;
+/**
+ * Nor more than this at a time: setups measured while a whole fleet wakes up
+ * at once are slow, and an estimate made from them would leave the queue
+ * asleep long after the rush is over.
+ */
+const MAX_SLEEP_MS = 1_000;
 
 export class GateFullError extends Error {
 	override name = "GateFullError";
@@ -91,7 +97,7 @@ export class ConnectGate {
 				if (this.clock.now() + wait > deadline) throw new GateFullError(wait);
 				// Never less than a quarter of a setup: places free up as setups end,
 				// often several together, and checking more often only spins.
-				await this.clock.sleep(Math.max(Math.ceil(this.setupMs / 4), Math.floor(wait * share)));
+				await this.clock.sleep(Math.min(MAX_SLEEP_MS, Math.max(Math.ceil(this.setupMs / 4), Math.floor(wait * share))));
 				if (this.active < this.limit) return;
 			}
 		} finally {
