@@ -22,10 +22,25 @@ export interface Bouncer {
 	stop(): Promise<void>;
 }
 
-export async function startPgBouncer(database: string): Promise<Bouncer> {
+/** Installs Debian's pgbouncer when it is missing and this may (root, apt-get), as .ci/run does for PostgreSQL. */
+function ensureInstalled(): void {
+	if (!spawnSync("pgbouncer", ["--version"]).error) return;
+	const canApt = process.getuid?.() === 0 && !spawnSync("apt-get", ["--version"]).error;
+	if (canApt) {
+		process.stdout.write("[bench] pgbouncer is not installed: installing Debian's package\n");
+		const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
+		spawnSync("apt-get", ["update", "-qq"], { stdio: "inherit", env });
+		spawnSync("apt-get", ["install", "-y", "-qq", "pgbouncer"], { stdio: "inherit", env });
+		// The package starts its own service on 6432; the harness runs its own on a free port.
+		spawnSync("sh", ["-c", "service pgbouncer stop >/dev/null 2>&1 || pkill -x pgbouncer || true"]);
+	}
 	if (spawnSync("pgbouncer", ["--version"]).error) {
 		throw new Error("pgbouncer is not on the PATH: install it (Debian: apt-get install pgbouncer) to bench real PostgreSQL");
 	}
+}
+
+export async function startPgBouncer(database: string): Promise<Bouncer> {
+	ensureInstalled();
 	const dir = mkdtempSync(join(tmpdir(), "switchyard-bench-pgbouncer-"));
 	// Readable and writable by the postgres user PgBouncer drops to (its log file).
 	chmodSync(dir, 0o777);

@@ -43,6 +43,7 @@ const RETRY_MAX_MS = 60_000;
 const ALARM_FLOOR_MS = 100;
 const SILENCE_LIMIT_MS = HEARTBEAT_INTERVAL_SECONDS * HEARTBEAT_MISSES * 1000;
 const LAST_SEEN_RESOLUTION_MS = 1_000;
+const ALARM_FLUSH_WAIT_MS = 2_000;
 /** An agent that sends no hello gets this window, which keeps its commands strictly in order. */
 const DEFAULT_CONCURRENCY = 1;
 /**
@@ -98,6 +99,8 @@ export class AgentHub extends DurableObject<Env> {
 	private limiter: { generation: number; bucket: FrameRateLimiter } | undefined;
 	private flushing: Promise<void> | null = null;
 	private flushAgain = false;
+	private catchingUp: Promise<void> | null = null;
+	private catchUpAgain = false;
 
 	constructor(ctx: DurableObjectState, env: Env) {
 		super(ctx, env);
@@ -297,7 +300,7 @@ export class AgentHub extends DurableObject<Env> {
 
 		// Rows that reached Postgres but never this object (a failed forward,
 		// an INSERT by hand, a reset object) are picked up here on every connect.
-		this.ctx.waitUntil(this.catchUp().catch(() => {}));
+		this.catchUpInBackground();
 		this.scheduleFlush();
 		await this.armAlarm();
 		return new Response(null, {
@@ -479,11 +482,14 @@ export class AgentHub extends DurableObject<Env> {
 			if ((timers.get("hello") ?? Number.POSITIVE_INFINITY) <= now) this.assumeNothingRunning(now);
 			this.pump();
 			if ((timers.get("catch_up") ?? Number.POSITIVE_INFINITY) <= now) {
-				this.ctx.waitUntil(this.catchUp().catch(() => {}));
+				this.catchUpInBackground();
 			}
 			if ((timers.get("flush") ?? Number.POSITIVE_INFINITY) <= now) this.scheduleFlush(true);
 			else this.scheduleFlush();
-			if (this.flushing) await this.flushing;
+			// Waited for (so the re-arm below sees its timers), but not for long: a
+			// flush queued at the connection gate must not hold up the deadlines
+			// this alarm checks; it re-arms the alarm itself when it is done.
+			if (this.flushing) await Promise.race([this.flushing, new Promise((r) => setTimeout(r, ALARM_FLUSH_WAIT_MS))]);
 		} catch (err) {
 			failed = true;
 			log("error", "agent.alarm_failed", { agentId, ...errorFields(err) });
@@ -573,6 +579,34 @@ export class AgentHub extends DurableObject<Env> {
 		// Pings answered at the edge never reach the object; their time still counts.
 		const auto = this.ctx.getWebSocketAutoResponseTimestamp(ws)?.getTime() ?? 0;
 		return Math.max(seen, auto);
+	}
+
+	/**
+	 * A catch-up nobody waits for (on connect, from the alarm), one at a time:
+	 * while one waits for a turn at the connection gate, the alarm's safety
+	 * net must not queue a second read beside it. Asked for meanwhile, it runs
+	 * once more afterwards, so rows committed after the first read began are
+	 * not left for the cron.
+	 */
+	private catchUpInBackground(): void {
+		if (this.catchingUp) {
+			this.catchUpAgain = true;
+			return;
+		}
+		this.catchingUp = (async () => {
+			do {
+				this.catchUpAgain = false;
+				const ok = await this.catchUp().then(
+					() => true,
+					() => false,
+				);
+				// A failure has armed its own retry on the alarm.
+				if (!ok) break;
+			} while (this.catchUpAgain);
+		})().finally(() => {
+			this.catchingUp = null;
+		});
+		this.ctx.waitUntil(this.catchingUp);
 	}
 
 	/**

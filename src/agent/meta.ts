@@ -9,7 +9,9 @@
  * memory and writes go to both. The copy is dropped with `forget()`, which
  * the object calls as each event starts (so a write made to the table by
  * other means, a test's, is seen) and when a transaction rolls back (so no
- * value it wrote outlives it).
+ * value it wrote outlives it). Two keys of the table are written and read
+ * with plain SQL where they are kept, never through this class:
+ * `schema_version` (storage.ts) and `events_pruned_through` (events.ts).
  */
 export class Meta {
 	private cache: Map<string, string> | undefined;

@@ -1,7 +1,7 @@
 import { Pool, neonConfig } from "@neondatabase/serverless";
 import { DrizzleQueryError } from "drizzle-orm/errors";
 import { drizzle, type NeonDatabase } from "drizzle-orm/neon-serverless";
-import { ConnectGate, GateFullError } from "./connect-gate";
+import { ConnectGate, GateFullError, type Priority } from "./connect-gate";
 import * as schema from "./schema";
 
 export type Db = NeonDatabase<typeof schema>;
@@ -78,25 +78,30 @@ export class Database {
 
 	constructor(
 		private readonly config: DbConfig,
-		private readonly options: { max: number; idleTimeoutMillis?: number; waitMs: number },
+		private readonly options: { max: number; idleTimeoutMillis?: number; waitMs: number; priority: Priority },
 	) {}
-	/** The setup under way, so concurrent callers wait for one connection instead of each queueing for its own. */
-	private connecting: Promise<void> | undefined;
+	/** The setup under way and its pool, so concurrent callers wait for one connection instead of each queueing for its own. */
+	private connecting: { pool: Pool; setup: Promise<void> } | undefined;
 
 	async run<T>(fn: (db: Db) => Promise<T>): Promise<T> {
 		if (!this.pool || !this.db) {
 			this.pool = openPool(this.config, { max: this.options.max, idleTimeoutMillis: this.options.idleTimeoutMillis });
 			this.db = drizzle({ client: this.pool, schema });
 		}
+		// This call's pool: `close()` may end it and a later call open another while this one waits.
+		const { pool, db } = this;
 		try {
-			if (this.pool.totalCount === 0) {
-				const pool = this.pool;
-				this.connecting ??= connectThroughGate(pool, this.options.waitMs).finally(() => {
-					this.connecting = undefined;
-				});
-				await this.connecting;
+			if (pool.totalCount === 0) {
+				if (this.connecting?.pool !== pool) {
+					const setup = connectThroughGate(pool, this.options.waitMs, this.options.priority).finally(() => {
+						if (this.connecting?.setup === setup) this.connecting = undefined;
+					});
+					this.connecting = { pool, setup };
+				}
+				await this.connecting.setup;
+				if (this.pool !== pool) throw new DbUnavailableError(new Error("database closed while connecting"));
 			}
-			return await fn(this.db);
+			return await fn(db);
 		} catch (err) {
 			// The pool drops a broken connection itself; the next call opens a new one.
 			throw classifyDbError(err);
@@ -107,18 +112,21 @@ export class Database {
 		const pool = this.pool;
 		this.pool = undefined;
 		this.db = undefined;
+		this.connecting = undefined;
 		await pool?.end().catch(() => {});
 	}
 }
 
-/** At most this many connection setups run at once in one isolate (see connect-gate.ts). */
+/** At most this many connection setups run at once in one isolate (see connect-gate.ts)… */
 const MAX_CONNECTING = 16;
-const gate = new ConnectGate(MAX_CONNECTING);
+/** …and this many of them are kept for requests, which a fleet's catch-ups never take. */
+const RESERVED_FOR_REQUESTS = 4;
+const gate = new ConnectGate(MAX_CONNECTING, RESERVED_FOR_REQUESTS);
 
-async function connectThroughGate(pool: Pool, waitMs: number): Promise<void> {
+async function connectThroughGate(pool: Pool, waitMs: number, priority: Priority): Promise<void> {
 	try {
 		// Opened here and handed back idle: the caller's queries take it from the pool.
-		await gate.run(Date.now() + waitMs, async () => (await pool.connect()).release());
+		await gate.run(Date.now() + waitMs, async () => (await pool.connect()).release(), priority);
 	} catch (err) {
 		if (err instanceof GateFullError) throw new DbBusyError(err.retryInMs);
 		throw err;
@@ -132,7 +140,7 @@ async function connectThroughGate(pool: Pool, waitMs: number): Promise<void> {
  * nothing. Queries of one request share its connection.
  */
 export function requestDb(config: DbConfig): Database {
-	return new Database(config, { max: 4, waitMs: connectTimeout(config) });
+	return new Database(config, { max: 4, waitMs: connectTimeout(config), priority: "request" });
 }
 
 /**
@@ -149,7 +157,7 @@ export function requestDb(config: DbConfig): Database {
  * idle close lets the object hibernate.
  */
 export function objectDb(config: DbConfig): Database {
-	return new Database(config, { max: 1, idleTimeoutMillis: OBJECT_IDLE_MS, waitMs: OBJECT_WAIT_MS });
+	return new Database(config, { max: 1, idleTimeoutMillis: OBJECT_IDLE_MS, waitMs: OBJECT_WAIT_MS, priority: "background" });
 }
 
 /** Runs `fn` with a database that lives only for this call (scheduled jobs, tests). */
