@@ -52,8 +52,8 @@ export interface Stack {
 	nofile(): number | undefined;
 	/** Kills wrangler dev's process group (workerd included). */
 	stopWrangler(): Promise<void>;
-	/** Starts wrangler dev again on the same port and state; resolves when healthy. */
-	startWrangler(): Promise<void>;
+	/** Starts wrangler dev again on the same port and state; resolves when healthy (within 120 s unless told). */
+	startWrangler(healthyWithinMs?: number): Promise<void>;
 	stop(): Promise<void>;
 }
 
@@ -88,14 +88,14 @@ export async function startSwitchyard(db: DbKind): Promise<Stack> {
 	const port = await freePort();
 	let wrangler: Wrangler | undefined;
 	const base = `http://127.0.0.1:${port}`;
-	const start = async () => {
+	const start = async (healthyWithinMs = 120_000) => {
 		wrangler = startWrangler({
 			port,
 			persistTo: join(stateDir, "wrangler"),
 			vars: { DATABASE_URL: workerUrl, NEON_WS_PROXY: relay.proxy, ...BENCH_VARS },
 		});
 		try {
-			await waitHealthy(base, 120_000);
+			await waitHealthy(base, healthyWithinMs);
 		} catch (err) {
 			throw new Error(`${err instanceof Error ? err.message : String(err)}\n${wrangler.output().slice(-3000)}`);
 		}

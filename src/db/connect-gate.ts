@@ -9,8 +9,8 @@
  * `limit` setups run at a time, and a waiter takes a place in a queue and
  * sleeps for as long as the waiters ahead of it should take, at the rate
  * setups have been finishing. Each waiter is woken by its own timer (at
- * least a quarter of a setup apart, at most a second), and places go to
- * waiters in arrival order. No promise is resolved from another object's
+ * least a quarter of a setup apart, at most a second), earlier arrivals
+ * sooner, and takes a place if one is free. No promise is resolved from another object's
  * context: workerd does not let one object's code run on inside another's
  * event. A waiter whose turn would come after its deadline is told when to
  * come back instead, at once or when a later estimate says so.
@@ -39,6 +39,8 @@ const FIRST_SLEEP_SHARE = 0.75;
  * asleep long after the rush is over.
  */
 const MAX_SLEEP_MS = 1_000;
+/** The longest "come back in" a refusal names. */
+const MAX_RETRY_IN_MS = 60_000;
 
 export class GateFullError extends Error {
 	override name = "GateFullError";
@@ -67,24 +69,37 @@ const STALE_MS = 120_000;
 export type Priority = "request" | "background";
 
 class WaitQueue {
-	/** ticket -> deadline, in arrival order (a Map keeps insertion order). */
-	readonly entries = new Map<number, number>();
-	/** Numbers only this queue's waiters, so a gap between two tickets is waiters. */
+	/** ticket -> deadline. */
+	private readonly entries = new Map<number, number>();
+	/** Tickets given out, and waiters gone (admitted, gave up or forgotten). */
 	private last = 0;
+	private left = 0;
+
+	get size(): number {
+		return this.entries.size;
+	}
 
 	add(deadline: number): number {
 		this.entries.set(++this.last, deadline);
 		return this.last;
 	}
 
+	remove(ticket: number): void {
+		if (this.entries.delete(ticket)) this.left++;
+	}
+
 	/**
-	 * Waiters ahead of `ticket`, at most: tickets between the oldest waiter's
-	 * and this one, counting those that gave up meanwhile. O(1), for a queue
-	 * thousands long woken about once a second each.
+	 * About how many waiters are ahead of `ticket`: tickets given out before
+	 * it less waiters gone, whoever they were. O(1), for a queue thousands
+	 * long whose waiters each check about once a second.
 	 */
 	ahead(ticket: number): number {
-		const oldest = this.entries.keys().next().value ?? ticket;
-		return Math.max(0, ticket - oldest);
+		return Math.max(0, ticket - 1 - this.left);
+	}
+
+	/** Forgets waiters whose deadline passed long ago (see STALE_MS). */
+	prune(now: number): void {
+		for (const [ticket, deadline] of this.entries) if (now > deadline + STALE_MS) this.remove(ticket);
 	}
 }
 
@@ -110,7 +125,7 @@ export class ConnectGate {
 
 	/** Waiters queued now. */
 	get queued(): number {
-		return this.queues.request.entries.size + this.queues.background.entries.size;
+		return this.queues.request.size + this.queues.background.size;
 	}
 
 	/** Runs `setup` once a place is free, waiting at most until `deadline` (a clock time) for one. */
@@ -138,15 +153,14 @@ export class ConnectGate {
 
 	/** Whether anyone this priority must let go first is queued. */
 	private waitingBefore(priority: Priority): boolean {
-		const requests = this.queues.request.entries.size > 0;
-		return priority === "request" ? requests : requests || this.queues.background.entries.size > 0;
+		const requests = this.queues.request.size > 0;
+		return priority === "request" ? requests : requests || this.queues.background.size > 0;
 	}
 
 	/**
-	 * Sleeps for as long as the waiters ahead should take at the rate setups
-	 * finish, then takes a free place if no more than the free places' worth
-	 * of waiters are ahead of it (first come, first served within a priority;
-	 * background only when no request is queued), or sleeps again.
+	 * Sleeps for about as long as the waiters ahead should take at the rate
+	 * setups finish, then takes a free place or sleeps again. Within a
+	 * priority, order is roughly arrival order (earlier tickets sleep less).
 	 */
 	private async queue(priority: Priority, deadline: number): Promise<void> {
 		const queue = this.queues[priority];
@@ -154,16 +168,23 @@ export class ConnectGate {
 		try {
 			for (let share = FIRST_SLEEP_SHARE, woken = false; ; share = 1, woken = true) {
 				this.prune();
-				const ahead = queue.ahead(ticket) + (priority === "background" ? this.queues.request.entries.size : 0);
-				if (woken && ahead < this.free(priority)) return;
+				// A woken waiter takes any free place: one left for a waiter still
+				// asleep would idle the gate and grow the queue (seen in a storm).
+				// Background work only when no request is queued.
+				if (woken && this.free(priority) > 0 && (priority === "request" || this.queues.request.size === 0)) return;
+				const ahead = queue.ahead(ticket) + (priority === "background" ? this.queues.request.size : 0);
 				const wait = Math.ceil(((ahead + 1) * this.setupMs) / this.limit);
-				if (this.clock.now() + wait > deadline) throw new GateFullError(wait);
+				// A request is told at once when its turn looks too far off (someone
+				// is waiting on the answer); background work gives up only at its
+				// deadline, since estimates made in a rush run long.
+				const giveUp = priority === "request" ? this.clock.now() + wait > deadline : this.clock.now() >= deadline;
+				if (giveUp) throw new GateFullError(Math.min(wait, MAX_RETRY_IN_MS));
 				// Never less than a quarter of a setup: places free up as setups end,
 				// often several together, and checking more often only spins.
 				await this.clock.sleep(Math.min(MAX_SLEEP_MS, Math.max(Math.ceil(this.setupMs / 4), Math.floor(wait * share))));
 			}
 		} finally {
-			queue.entries.delete(ticket);
+			queue.remove(ticket);
 		}
 	}
 
@@ -173,8 +194,6 @@ export class ConnectGate {
 		if (now - this.prunedAt < 1_000) return;
 		this.prunedAt = now;
 		for (const [id, started] of this.running) if (now - started > STALE_MS) this.running.delete(id);
-		for (const queue of Object.values(this.queues)) {
-			for (const [ticket, deadline] of queue.entries) if (now > deadline + STALE_MS) queue.entries.delete(ticket);
-		}
+		for (const queue of Object.values(this.queues)) queue.prune(now);
 	}
 }

@@ -66,11 +66,11 @@ describe("connection gate", () => {
 		console.log(`1000 setups: ${end} ms, ${waiterWakes} waiter wakes`);
 		// A few wakes per waiter (984 waited; here setups end in bursts of 16,
 		// the worst case), where a poll every 10 ms over the ~1.9 s this takes
-		// would have woken them ~100,000 times. Places sit idle a little (a
-		// waiter sleeps at least a quarter of a setup): within a fifth of the
+		// would have woken them ~100,000 times. And a free place is taken by
+		// whoever wakes first, so the gate hardly idles: within a tenth of the
 		// 1,875 ms that 1,000 setups of 30 ms, 16 at a time, take at best.
-		expect(waiterWakes).toBeLessThan(984 * 6);
-		expect(end).toBeLessThan(1875 * 1.2);
+		expect(waiterWakes).toBeLessThan(984 * 8);
+		expect(end).toBeLessThan(1875 * 1.1);
 	});
 
 	it("tells a waiter whose turn would come after its deadline when to come back, without running it", async () => {
@@ -98,22 +98,6 @@ describe("connection gate", () => {
 		await expect(gate.run(0, () => Promise.reject(new Error("refused")))).rejects.toThrow("refused");
 		expect(gate.inFlight).toBe(0);
 		await expect(gate.run(0, async () => "next")).resolves.toBe("next");
-	});
-
-	it("gives places to waiters in the order they came", async () => {
-		const v = virtualClock();
-		const gate = new ConnectGate(2, 0, v.clock);
-		const order: number[] = [];
-		const fleet = Array.from({ length: 60 }, (_, i) =>
-			gate.run(Number.POSITIVE_INFINITY, async () => {
-				order.push(i);
-				// Setups of uneven length, so places free up at uneven times.
-				await v.clock.sleep(5 + ((i * 7) % 23));
-			}),
-		);
-		await v.drain();
-		await Promise.all(fleet);
-		expect(order).toEqual(Array.from({ length: 60 }, (_, i) => i));
 	});
 
 	it("stops counting setups and waiters whose objects went away mid-wait, so they cannot close the gate", async () => {
