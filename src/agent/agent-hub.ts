@@ -481,11 +481,17 @@ export class AgentHub extends DurableObject<Env> {
 			const timers = this.meta.timers();
 			if ((timers.get("hello") ?? Number.POSITIVE_INFINITY) <= now) this.assumeNothingRunning(now);
 			this.pump();
+			// A safety net that comes due while its read or flush is still under way
+			// (queued at the connection gate, say) is pushed out, not acted on: left
+			// due, it would fire the alarm again at once, for every waiting object.
 			if ((timers.get("catch_up") ?? Number.POSITIVE_INFINITY) <= now) {
-				this.catchUpInBackground();
+				if (this.catchingUp) this.meta.setTimer("catch_up", now + SAFETY_NET_MS);
+				else this.catchUpInBackground();
 			}
-			if ((timers.get("flush") ?? Number.POSITIVE_INFINITY) <= now) this.scheduleFlush(true);
-			else this.scheduleFlush();
+			if ((timers.get("flush") ?? Number.POSITIVE_INFINITY) <= now) {
+				if (this.flushing) this.meta.setTimer("flush", now + SAFETY_NET_MS);
+				else this.scheduleFlush(true);
+			} else this.scheduleFlush();
 			// Waited for (so the re-arm below sees its timers), but not for long: a
 			// flush queued at the connection gate must not hold up the deadlines
 			// this alarm checks; it re-arms the alarm itself when it is done.
