@@ -124,6 +124,35 @@ describe("an agent that never says hello", () => {
 	});
 });
 
+describe("an object waiting at the connection gate", () => {
+	// A fleet reconnecting at once queues thousands of catch-ups at the gate.
+	// Their 5 s safety net, left due while the read still waited, fired each
+	// object's alarm every 100 ms and slowed a 4,000-agent connect to ~6/s.
+	it("pushes out a catch-up safety net that comes due while the read is still under way, instead of firing again at once", async () => {
+		const agentId = uniqueAgentId();
+		// Settled first, so the connect's own catch-up cannot finish and clear the stand-in below.
+		const agent = await connectSettled(agentId);
+		const stub = agentHub(env, agentId);
+		await runInDurableObject(stub, (instance: AgentHub, state) => {
+			// SAFETY: a test reaching into the object: a read that has not finished (queued at the gate).
+			(instance as unknown as { catchingUp: Promise<void> | null }).catchingUp = new Promise(() => {});
+			state.storage.sql.exec(
+				"insert into meta (key, value) values ('timer:catch_up', ?) on conflict (key) do update set value = excluded.value",
+				String(Date.now() - 1),
+			);
+		});
+		const before = Date.now();
+		await runDurableObjectAlarm(stub);
+		await runInDurableObject(stub, async (_i: AgentHub, state) => {
+			const due = Number(state.storage.sql.exec<{ value: string }>("select value from meta where key = 'timer:catch_up'").one().value);
+			expect(due).toBeGreaterThanOrEqual(before + 4_000);
+			// And the alarm is not armed to fire again within the 100 ms floor.
+			expect((await state.storage.getAlarm()) ?? 0).toBeGreaterThan(Date.now() + 1_000);
+		});
+		agent.close();
+	});
+});
+
 describe("Postgres is the record, and it never goes backwards", () => {
 	it("keeps a finished command in the object until Postgres has confirmed it, however old", async () => {
 		const agentId = uniqueAgentId();
