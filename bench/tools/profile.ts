@@ -139,12 +139,13 @@ try {
 			for (const c of n.children ?? []) walk(c, path);
 		};
 		walk(profile.nodes[0]?.id ?? 1, new Set());
-		console.log("inclusive (a function's own time and its callees'):");
-		for (const [k, v] of [...incl].sort((a, b) => b[1] - a[1]).slice(0, 45)) console.log(`  ${((v / total) * 100).toFixed(1).padStart(5)}%  ${k}`);
-		console.log("self time:");
-		for (const [k, v] of [...byFn].sort((a, b) => b[1] - a[1]).slice(0, 40)) console.log(`  ${((v / total) * 100).toFixed(1).padStart(5)}%  ${k}`);
-		console.log("by file:");
-		for (const [k, v] of [...byUrl].sort((a, b) => b[1] - a[1]).slice(0, 15)) console.log(`  ${((v / total) * 100).toFixed(1).padStart(5)}%  ${k}`);
+		const top = (title: string, times: Map<string, number>, n: number) => {
+			console.log(title);
+			for (const [k, v] of [...times].sort((a, b) => b[1] - a[1]).slice(0, n)) console.log(`  ${((v / total) * 100).toFixed(1).padStart(5)}%  ${k}`);
+		};
+		top("inclusive (a function's own time and its callees'):", incl, 45);
+		top("self time:", byFn, 40);
+		top("by file:", byUrl, 15);
 	}
 	session?.close();
 	fleet.stop();

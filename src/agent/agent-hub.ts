@@ -589,10 +589,10 @@ export class AgentHub extends DurableObject<Env> {
 
 	/**
 	 * A catch-up nobody waits for (on connect, from the alarm), one at a time:
-	 * while one waits for a turn at the connection gate, the alarm's safety
-	 * net must not queue a second read beside it. Asked for meanwhile, it runs
-	 * once more afterwards, so rows committed after the first read began are
-	 * not left for the cron.
+	 * a read waiting for its turn at the connection gate must not be joined by
+	 * a second. Asked for meanwhile (a reconnect), it runs once more
+	 * afterwards, so rows committed after the first read began are not left
+	 * for the cron.
 	 */
 	private catchUpInBackground(): void {
 		if (this.catchingUp) {

@@ -10,10 +10,11 @@
  * sleeps for as long as the waiters ahead of it should take, at the rate
  * setups have been finishing. Each waiter is woken by its own timer (at
  * least a quarter of a setup apart, at most a second), earlier arrivals
- * sooner, and takes a place if one is free. No promise is resolved from another object's
- * context: workerd does not let one object's code run on inside another's
- * event. A waiter whose turn would come after its deadline is told when to
- * come back instead, at once or when a later estimate says so.
+ * sooner, and takes a place if one is free. No promise is resolved from
+ * another object's context: workerd does not let one object's code run on
+ * inside another's event. A request whose turn looks to come after its
+ * deadline is told when to come back, at once or on a later check;
+ * background work gives up only at its deadline.
  */
 export interface Clock {
 	now(): number;
@@ -123,16 +124,12 @@ export class ConnectGate {
 		return this.running.size;
 	}
 
-	/** Waiters queued now. */
-	get queued(): number {
-		return this.queues.request.size + this.queues.background.size;
-	}
-
 	/** Runs `setup` once a place is free, waiting at most until `deadline` (a clock time) for one. */
 	async run<T>(deadline: number, setup: () => Promise<T>, priority: Priority = "request"): Promise<T> {
 		this.prune();
 		// A newcomer goes straight in only when nobody it must let go first is queued.
-		if (this.free(priority) <= 0 || this.waitingBefore(priority)) await this.queue(priority, deadline);
+		const queued = this.queues[priority].size + this.requestsAhead(priority);
+		if (this.free(priority) <= 0 || queued > 0) await this.queue(priority, deadline);
 		const id = ++this.lastSetup;
 		const started = this.clock.now();
 		this.running.set(id, started);
@@ -151,10 +148,9 @@ export class ConnectGate {
 		return (priority === "request" ? this.limit : this.limit - this.reserved) - this.running.size;
 	}
 
-	/** Whether anyone this priority must let go first is queued. */
-	private waitingBefore(priority: Priority): boolean {
-		const requests = this.queues.request.size > 0;
-		return priority === "request" ? requests : requests || this.queues.background.size > 0;
+	/** Queued requests that go before this priority: all of them for background work, none for a request. */
+	private requestsAhead(priority: Priority): number {
+		return priority === "background" ? this.queues.request.size : 0;
 	}
 
 	/**
@@ -171,8 +167,9 @@ export class ConnectGate {
 				// A woken waiter takes any free place: one left for a waiter still
 				// asleep would idle the gate and grow the queue (seen in a storm).
 				// Background work only when no request is queued.
-				if (woken && this.free(priority) > 0 && (priority === "request" || this.queues.request.size === 0)) return;
-				const ahead = queue.ahead(ticket) + (priority === "background" ? this.queues.request.size : 0);
+				const requestsAhead = this.requestsAhead(priority);
+				if (woken && this.free(priority) > 0 && requestsAhead === 0) return;
+				const ahead = queue.ahead(ticket) + requestsAhead;
 				const wait = Math.ceil(((ahead + 1) * this.setupMs) / this.limit);
 				// A request is told at once when its turn looks too far off (someone
 				// is waiting on the answer); background work gives up only at its
