@@ -29,7 +29,9 @@ type Frame = Record<string, unknown> & { type: string; seq?: number };
 class Observer {
 	readonly frames: Frame[] = [];
 	private constructor(readonly ws: WebSocket) {
-		ws.addEventListener("message", (e) => this.frames.push(JSON.parse(String(e.data))));
+		ws.addEventListener("message", (e) => {
+			this.frames.push(JSON.parse(String(e.data)));
+		});
 	}
 
 	static async attach(agentId: string, resume: { since?: number; epoch?: string } = {}, key = API_KEY): Promise<Observer> {
@@ -335,7 +337,9 @@ describe("observer stream", () => {
 		});
 		res.webSocket?.accept();
 		const frames: { type: string }[] = [];
-		res.webSocket?.addEventListener("message", (e) => frames.push(JSON.parse(String(e.data))));
+		res.webSocket?.addEventListener("message", (e) => {
+			frames.push(JSON.parse(String(e.data)));
+		});
 		await waitFor(() => frames.length > 0, "first frame");
 		expect(frames[0]?.type).toBe("welcome"); // an agent socket, not an observer
 		res.webSocket?.close(1000);

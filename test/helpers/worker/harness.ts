@@ -86,6 +86,28 @@ export async function connectSettled(agentId: string): Promise<AgentSocket> {
 
 type FrameOf<T extends ServerFrame["type"]> = Extract<ServerFrame, { type: T }>;
 
+const liveSockets = new Set<AgentSocket>();
+
+/**
+ * Closes every socket a test file left open and waits until each object has
+ * seen the close. Left open, they would close when the file's isolate goes
+ * away, and the objects' close handlers would log while vitest tears the
+ * file down (an unhandled EnvironmentTeardownError fails a green run).
+ */
+export async function closeLiveSockets(): Promise<void> {
+	const { agentHub } = await import("../../../src/routes/commands");
+	await Promise.all(
+		[...liveSockets].map(async (socket) => {
+			socket.close();
+			await Promise.race([socket.closed, new Promise((r) => setTimeout(r, 5_000))]);
+			await waitFor(async () => !(await agentHub(env, socket.agentId).inspect()).connected, `${socket.agentId} to see its close`, 5_000).catch(
+				() => undefined, // a test that tore the object down itself has nothing left to wait for
+			);
+		}),
+	);
+	liveSockets.clear();
+}
+
 /** An agent's end of a real WebSocket to the worker. Frames are validated against the protocol. */
 export class AgentSocket {
 	readonly frames: ServerFrame[] = [];
@@ -96,8 +118,10 @@ export class AgentSocket {
 		readonly agentId: string,
 		readonly ws: WebSocket,
 	) {
+		liveSockets.add(this);
 		this.closed = new Promise((resolve) => {
 			ws.addEventListener("close", (e) => {
+				liveSockets.delete(this);
 				resolve({ code: e.code, reason: e.reason });
 				this.wake?.();
 			});

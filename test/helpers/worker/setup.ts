@@ -1,0 +1,4 @@
+import { afterAll } from "vitest";
+import { closeLiveSockets } from "./harness";
+
+afterAll(closeLiveSockets);
