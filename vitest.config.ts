@@ -15,7 +15,7 @@ import {
  * (vitest-dev/vitest#11153, open upstream). The harness closes what a file
  * left open; this drops only that teardown error, and says so.
  */
-function ignoreTeardownRace(error: Error): boolean | void {
+function ignoreTeardownRace(error: { name?: string; message: string }): boolean | void {
 	if (error.name === "EnvironmentTeardownError" && /^\[vitest-worker\]: Closing rpc while "\w+" was pending$/.test(error.message)) {
 		console.warn(`ignored after the file's tests had finished: ${error.message}`);
 		return false;
