@@ -8,6 +8,7 @@
  *
  *   npx tsx bench/tools/profile.ts --agents 400 --parallel 20
  *   npx tsx bench/tools/profile.ts --agents 100 --flood 10 --concurrency 8
+ *   npx tsx bench/tools/profile.ts --agents 3000 --parallel 25 --fleets 2 --reconnect --window 30   # figure 4's fleet
  */
 import { readFileSync, readdirSync } from "node:fs";
 import WebSocket from "ws";
@@ -23,6 +24,11 @@ const parallel = arg("parallel", 20);
 const inspectorPort = arg("inspector", 9229);
 const floodSeconds = arg("flood", 0);
 const concurrency = arg("concurrency", 8);
+/** Like figure 4's fleet: agents reconnect after any close, split over this many processes. */
+const reconnect = process.argv.includes("--reconnect");
+const fleetCount = arg("fleets", 1);
+/** With a connect: also print a profile of every this many seconds (rounded to 10 s). */
+const windowSeconds = arg("window", 0);
 
 function cpuSeconds(pid: number): number {
 	try {
@@ -70,6 +76,47 @@ interface Node {
 	children?: number[];
 }
 
+type Profile = { nodes: Node[]; samples: number[]; timeDeltas: number[] };
+
+function report(profile: Profile, rows: { inclusive: number; self: number; files: number }): void {
+	const self = new Map<number, number>();
+	for (let i = 0; i < profile.samples.length; i++) {
+		const s = profile.samples[i] ?? 0;
+		self.set(s, (self.get(s) ?? 0) + (profile.timeDeltas[i] ?? 0));
+	}
+	const total = [...self.values()].reduce((a, b) => a + b, 0);
+	const byFn = new Map<string, number>();
+	const byUrl = new Map<string, number>();
+	for (const n of profile.nodes) {
+		const t = self.get(n.id) ?? 0;
+		const key = `${n.callFrame.functionName || "(anon)"} ${n.callFrame.url.split("/").slice(-2).join("/")}:${n.callFrame.lineNumber}`;
+		byFn.set(key, (byFn.get(key) ?? 0) + t);
+		const u = n.callFrame.url.split("/").slice(-2).join("/") || n.callFrame.functionName;
+		byUrl.set(u, (byUrl.get(u) ?? 0) + t);
+	}
+	console.log(`profile: ${(total / 1e6).toFixed(1)} s sampled`);
+	// Inclusive time: each sample counts once for every distinct function on its stack.
+	const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+	const incl = new Map<string, number>();
+	const walk = (id: number, onPath: Set<string>) => {
+		const n = byId.get(id);
+		if (!n) return;
+		const path = n.callFrame.functionName ? new Set(onPath).add(n.callFrame.functionName) : onPath;
+		const t = self.get(id) ?? 0;
+		for (const name of path) incl.set(name, (incl.get(name) ?? 0) + t);
+		for (const c of n.children ?? []) walk(c, path);
+	};
+	walk(profile.nodes[0]?.id ?? 1, new Set());
+	const top = (title: string, times: Map<string, number>, n: number) => {
+		if (n <= 0) return;
+		console.log(title);
+		for (const [k, v] of [...times].sort((a, b) => b[1] - a[1]).slice(0, n)) console.log(`  ${((v / total) * 100).toFixed(1).padStart(5)}%  ${k}`);
+	};
+	top("inclusive (a function's own time and its callees'):", incl, rows.inclusive);
+	top("self time:", byFn, rows.self);
+	top("by file:", byUrl, rows.files);
+}
+
 const stack = await startSwitchyard("real");
 try {
 	const targets = (await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json()) as { webSocketDebuggerUrl: string; title: string }[];
@@ -79,10 +126,16 @@ try {
 	await session?.send("Profiler.enable");
 	await session?.send("Profiler.setSamplingInterval", { interval: 500 });
 
-	const fleet = spawnChild("load/agents.ts");
+	const fleets = Array.from({ length: fleetCount }, () => spawnChild("load/agents.ts"));
 	const ids = Array.from({ length: agents }, (_, i) => `prof-${i}`);
-	const connectArgs = { wsBase: stack.wsBase, ids, secret: stack.secret, deflate: false, parallel, reconnect: false, concurrency: 1000, connectTimeoutMs: 120_000 };
-	if (floodSeconds > 0) await fleet.call("connect", connectArgs);
+	const connectArgs = { wsBase: stack.wsBase, ids, secret: stack.secret, deflate: false, parallel, reconnect, concurrency: 1000, connectTimeoutMs: 120_000 };
+	const connectAll = async () => {
+		const rs = await Promise.all(
+			fleets.map((f, i) => f.call<{ live: number; errors: string[] }>("connect", { ...connectArgs, ids: ids.filter((_, j) => j % fleetCount === i) })),
+		);
+		return { live: rs.reduce((s, r) => s + r.live, 0), errors: rs.flatMap((r) => r.errors) };
+	};
+	if (floodSeconds > 0) await connectAll();
 	const pids = allPids();
 	const before = new Map(pids.map((p) => [p, cpuSeconds(p)]));
 	await session?.send("Profiler.start");
@@ -98,11 +151,27 @@ try {
 		console.log(`enqueued ${sent.ok} (${sent.errors} errors) in ${floodSeconds} s: ${(sent.ok / floodSeconds).toFixed(1)}/s`);
 		enqueuer.stop();
 	} else {
-		const r = await fleet.call<{ live: number; errors: string[] }>("connect", connectArgs);
+		// Connects per 10 s, to see a slowdown as the fleet grows.
+		let before = 0;
+		let ticks = 0;
+		const ticker = setInterval(async () => {
+			const counts = await Promise.all(fleets.map((f) => f.call<{ connected: number }>("drain")));
+			const now = counts.reduce((s, c) => s + c.connected, 0);
+			console.log(`  ${((performance.now() - t0) / 1000).toFixed(0).padStart(4)} s: ${now} connected (+${now - before})`);
+			before = now;
+			// --window: a profile of each window on its own, to see what changes as the fleet grows.
+			if (windowSeconds > 0 && ++ticks % Math.max(1, Math.round(windowSeconds / 10)) === 0 && session) {
+				const { profile } = (await session.send("Profiler.stop")) as { profile: Profile };
+				await session.send("Profiler.start");
+				console.log(`--- window ending at ${now} connected`);
+				report(profile, { inclusive: 25, self: 15, files: 0 });
+			}
+		}, 10_000);
+		const r = await connectAll().finally(() => clearInterval(ticker));
 		console.log(`connected ${r.live}/${agents}: ${((r.live / (performance.now() - t0)) * 1000).toFixed(1)}/s; errors: ${r.errors.slice(0, 3).join("; ")}`);
 	}
 	const ms = performance.now() - t0;
-	const { profile } = ((await session?.send("Profiler.stop")) ?? { profile: undefined }) as { profile?: { nodes: Node[]; samples: number[]; timeDeltas: number[] } };
+	const { profile } = ((await session?.send("Profiler.stop")) ?? { profile: undefined }) as { profile?: Profile };
 	const after = allPids();
 	console.log(`CPU seconds per process over ${(ms / 1000).toFixed(1)} s:`);
 	const cpu = after
@@ -110,45 +179,9 @@ try {
 		.filter((x) => x.d > 0.2)
 		.sort((a, b) => b.d - a.d);
 	for (const x of cpu) console.log(`  cpu ${x.d.toFixed(1).padStart(6)} s  ${comm(x.p)}`);
-	if (profile) {
-		const self = new Map<number, number>();
-		for (let i = 0; i < profile.samples.length; i++) {
-			const s = profile.samples[i] ?? 0;
-			self.set(s, (self.get(s) ?? 0) + (profile.timeDeltas[i] ?? 0));
-		}
-		const total = [...self.values()].reduce((a, b) => a + b, 0);
-		const byFn = new Map<string, number>();
-		const byUrl = new Map<string, number>();
-		for (const n of profile.nodes) {
-			const t = self.get(n.id) ?? 0;
-			const key = `${n.callFrame.functionName || "(anon)"} ${n.callFrame.url.split("/").slice(-2).join("/")}:${n.callFrame.lineNumber}`;
-			byFn.set(key, (byFn.get(key) ?? 0) + t);
-			const u = n.callFrame.url.split("/").slice(-2).join("/") || n.callFrame.functionName;
-			byUrl.set(u, (byUrl.get(u) ?? 0) + t);
-		}
-		console.log(`profile: ${(total / 1e6).toFixed(1)} s sampled`);
-		// Inclusive time: each sample counts once for every distinct function on its stack.
-		const byId = new Map(profile.nodes.map((n) => [n.id, n]));
-		const incl = new Map<string, number>();
-		const walk = (id: number, onPath: Set<string>) => {
-			const n = byId.get(id);
-			if (!n) return;
-			const path = n.callFrame.functionName ? new Set(onPath).add(n.callFrame.functionName) : onPath;
-			const t = self.get(id) ?? 0;
-			for (const name of path) incl.set(name, (incl.get(name) ?? 0) + t);
-			for (const c of n.children ?? []) walk(c, path);
-		};
-		walk(profile.nodes[0]?.id ?? 1, new Set());
-		const top = (title: string, times: Map<string, number>, n: number) => {
-			console.log(title);
-			for (const [k, v] of [...times].sort((a, b) => b[1] - a[1]).slice(0, n)) console.log(`  ${((v / total) * 100).toFixed(1).padStart(5)}%  ${k}`);
-		};
-		top("inclusive (a function's own time and its callees'):", incl, 45);
-		top("self time:", byFn, 40);
-		top("by file:", byUrl, 15);
-	}
+	if (profile) report(profile, { inclusive: 45, self: 40, files: 15 });
 	session?.close();
-	fleet.stop();
+	for (const f of fleets) f.stop();
 } finally {
 	await stack.stop();
 }

@@ -73,6 +73,23 @@ describe("connection gate", () => {
 		expect(end).toBeLessThan(1875 * 1.1);
 	});
 
+	it("a waiter far back in a queue thousands long wakes about a dozen times, not once a second", async () => {
+		const v = virtualClock();
+		const gate = new ConnectGate(12, 4, v.clock);
+		const setup = () => v.clock.sleep(100);
+		// A fleet's catch-ups, a minute's worth of setups queued at once (a deploy).
+		const fleet = Array.from({ length: 6000 }, () => gate.run(Number.POSITIVE_INFINITY, setup, "background"));
+		const end = await v.drain();
+		await Promise.all(fleet);
+		const waiterWakes = v.wakeups() - 6000;
+		console.log(`6000 queued setups: ${end} ms, ${waiterWakes} waiter wakes`);
+		// 6,000 setups of 100 ms, 8 at a time, take 75 s at best, and the gate barely idles.
+		expect(end).toBeLessThan(75_000 * 1.1);
+		// Each waiter woken once a second would be about 225,000 wakes (an average
+		// wait of 37.5 s); closing in on its turn, each wakes about a dozen times.
+		expect(waiterWakes / 6000).toBeLessThan(15);
+	});
+
 	it("tells a waiter whose turn would come after its deadline when to come back, without running it", async () => {
 		const v = virtualClock();
 		const gate = new ConnectGate(1, 0, v.clock);
