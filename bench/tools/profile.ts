@@ -152,13 +152,13 @@ try {
 		enqueuer.stop();
 	} else {
 		// Connects per 10 s, to see a slowdown as the fleet grows.
-		let before = 0;
+		let lastCount = 0;
 		let ticks = 0;
 		const ticker = setInterval(async () => {
 			const counts = await Promise.all(fleets.map((f) => f.call<{ connected: number }>("drain")));
 			const now = counts.reduce((s, c) => s + c.connected, 0);
-			console.log(`  ${((performance.now() - t0) / 1000).toFixed(0).padStart(4)} s: ${now} connected (+${now - before})`);
-			before = now;
+			console.log(`  ${((performance.now() - t0) / 1000).toFixed(0).padStart(4)} s: ${now} connected (+${now - lastCount})`);
+			lastCount = now;
 			// --window: a profile of each window on its own, to see what changes as the fleet grows.
 			if (windowSeconds > 0 && ++ticks % Math.max(1, Math.round(windowSeconds / 10)) === 0 && session) {
 				const { profile } = (await session.send("Profiler.stop")) as { profile: Profile };

@@ -10,9 +10,9 @@
  * sleeps for as long as the waiters ahead of it should take, at the rate
  * setups have been finishing. Each waiter is woken by its own timer (at
  * least a quarter of a setup apart, at most 10 s, closing in on its turn),
- * earlier arrivals sooner, and takes a place if one is free. No promise is resolved from
- * another object's context: workerd does not let one object's code run on
- * inside another's event. A request whose turn looks to come after its
+ * earlier arrivals sooner, and takes a place if one is free. No promise is
+ * resolved from another object's context: workerd does not let one object's
+ * code run on inside another's event. A request whose turn looks to come after its
  * deadline is told when to come back, at once or on a later check;
  * background work gives up only at its deadline.
  */

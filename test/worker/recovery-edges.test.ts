@@ -24,6 +24,32 @@ import {
 	waitForStatus,
 } from "../helpers/worker/harness";
 
+/**
+ * Stands in for a catch-up read that has waited `waitedMs` at the connection
+ * gate and is still waiting, makes its safety net due and fires the alarm.
+ * Returns when the safety net and the alarm are now due, and the clock before the alarm and after.
+ */
+async function alarmWhileCatchUpWaits(stub: ReturnType<typeof agentHub>, waitedMs: number) {
+	await runInDurableObject(stub, (instance: AgentHub, state) => {
+		// SAFETY: a test reaching into the object: a read that has not finished (queued at the gate).
+		const hub = instance as unknown as { catchingUp: Promise<void> | null; catchingUpSince: number };
+		hub.catchingUp = new Promise(() => {});
+		hub.catchingUpSince = Date.now() - waitedMs;
+		state.storage.sql.exec(
+			"insert into meta (key, value) values ('timer:catch_up', ?) on conflict (key) do update set value = excluded.value",
+			String(Date.now() - 1),
+		);
+	});
+	const before = Date.now();
+	await runDurableObjectAlarm(stub);
+	return runInDurableObject(stub, async (_i: AgentHub, state) => ({
+		before,
+		now: Date.now(),
+		due: Number(state.storage.sql.exec<{ value: string }>("select value from meta where key = 'timer:catch_up'").one().value),
+		alarm: (await state.storage.getAlarm()) ?? 0,
+	}));
+}
+
 describe("cancel never races a delivery", () => {
 	it("cancelling a command the object has not taken yet never sends it", async () => {
 		const agentId = uniqueAgentId();
@@ -132,23 +158,10 @@ describe("an object waiting at the connection gate", () => {
 		const agentId = uniqueAgentId();
 		// Settled first, so the connect's own catch-up cannot finish and clear the stand-in below.
 		const agent = await connectSettled(agentId);
-		const stub = agentHub(env, agentId);
-		await runInDurableObject(stub, (instance: AgentHub, state) => {
-			// SAFETY: a test reaching into the object: a read that has not finished (queued at the gate).
-			(instance as unknown as { catchingUp: Promise<void> | null }).catchingUp = new Promise(() => {});
-			state.storage.sql.exec(
-				"insert into meta (key, value) values ('timer:catch_up', ?) on conflict (key) do update set value = excluded.value",
-				String(Date.now() - 1),
-			);
-		});
-		const before = Date.now();
-		await runDurableObjectAlarm(stub);
-		await runInDurableObject(stub, async (_i: AgentHub, state) => {
-			const due = Number(state.storage.sql.exec<{ value: string }>("select value from meta where key = 'timer:catch_up'").one().value);
-			expect(due).toBeGreaterThanOrEqual(before + 4_000);
-			// And the alarm is not armed to fire again within the 100 ms floor.
-			expect((await state.storage.getAlarm()) ?? 0).toBeGreaterThan(Date.now() + 1_000);
-		});
+		const { before, due, alarm, now } = await alarmWhileCatchUpWaits(agentHub(env, agentId), 0);
+		expect(due).toBeGreaterThanOrEqual(before + 4_000);
+		// And the alarm is not armed to fire again within the 100 ms floor.
+		expect(alarm).toBeGreaterThan(now + 1_000);
 		agent.close();
 	});
 });
@@ -175,24 +188,14 @@ describe("an idle object sleeps until it has something to do", () => {
 		const agentId = uniqueAgentId();
 		const agent = await connectSettled(agentId);
 		const stub = agentHub(env, agentId);
-		await runInDurableObject(stub, (instance: AgentHub, state) => {
-			// SAFETY: a test reaching into the object: a read queued at the gate for 40 s.
-			const hub = instance as unknown as { catchingUp: Promise<void> | null; catchingUpSince: number };
-			hub.catchingUp = new Promise(() => {});
-			hub.catchingUpSince = Date.now() - 40_000;
-			state.storage.sql.exec(
-				"insert into meta (key, value) values ('timer:catch_up', ?) on conflict (key) do update set value = excluded.value",
-				String(Date.now() - 1),
-			);
-		});
-		const before = Date.now();
-		await runDurableObjectAlarm(stub);
-		await runInDurableObject(stub, async (_i: AgentHub, state) => {
-			const due = Number(state.storage.sql.exec<{ value: string }>("select value from meta where key = 'timer:catch_up'").one().value);
-			expect(due).toBeGreaterThanOrEqual(before + 40_000);
-			expect(due).toBeLessThanOrEqual(Date.now() + 60_000);
-			expect((await state.storage.getAlarm()) ?? 0).toBeGreaterThanOrEqual(before + 40_000);
-		});
+		const waited = await alarmWhileCatchUpWaits(stub, 40_000);
+		expect(waited.due).toBeGreaterThanOrEqual(waited.before + 40_000);
+		expect(waited.due).toBeLessThanOrEqual(waited.now + 60_000);
+		expect(waited.alarm).toBeGreaterThanOrEqual(waited.before + 40_000);
+		// Five minutes at the gate: still checked again within the minute.
+		const long = await alarmWhileCatchUpWaits(stub, 300_000);
+		expect(long.due).toBeGreaterThanOrEqual(long.before + 60_000);
+		expect(long.due).toBeLessThanOrEqual(long.now + 60_000);
 		agent.close();
 	});
 });
