@@ -50,6 +50,16 @@ const RETRY_BASE_MS = 1_000;
 const RETRY_MAX_MS = 60_000;
 const ALARM_FLOOR_MS = 100;
 const SILENCE_LIMIT_MS = HEARTBEAT_INTERVAL_SECONDS * HEARTBEAT_MISSES * 1000;
+/**
+ * How often the silence rule is checked while the agent holds no open
+ * command. Pings are answered at the edge, so only an alarm sees them; one
+ * every 90 s would wake every idle object of a fleet around the clock (and,
+ * under wrangler dev, keep a tenth of them live with their SQLite files
+ * open). An idle agent loses nothing by a late check: an enqueue checks
+ * silence before it sends, so a command never goes to a dead socket; only
+ * presence of a silently dead idle agent shows `online` for longer.
+ */
+const IDLE_SILENCE_CHECK_MS = 5 * 60_000;
 const LAST_SEEN_RESOLUTION_MS = 1_000;
 const ALARM_FLUSH_WAIT_MS = 2_000;
 /** An agent that sends no hello gets this window, which keeps its commands strictly in order. */
@@ -148,6 +158,9 @@ export class AgentHub extends DurableObject<Env> {
 		const added = this.atomically(
 			() => commands.filter((c) => buffer.addCommand(this.sql, c, now)).length,
 		);
+		// An idle agent's silence is checked rarely (IDLE_SILENCE_CHECK_MS): check
+		// it now, so a socket that died quietly is closed, not sent to.
+		await this.checkHeartbeat(now);
 		this.pump();
 		this.scheduleFlush();
 		await this.armAlarm();
@@ -556,7 +569,7 @@ export class AgentHub extends DurableObject<Env> {
 		return frames.length;
 	}
 
-	/** Liveness without waking the object on every ping: judged here, on the alarm. */
+	/** Liveness without waking the object on every ping: judged on the alarm, and before an enqueue sends. */
 	private async checkHeartbeat(now: number): Promise<void> {
 		const ws = this.currentSocket();
 		if (!ws) return;
@@ -787,7 +800,7 @@ export class AgentHub extends DurableObject<Env> {
 		const commandDeadline = buffer.nextDeadline(this.sql);
 		if (commandDeadline !== null) deadlines.push(commandDeadline);
 		const ws = this.currentSocket();
-		if (ws) deadlines.push(this.lastActivity(ws) + SILENCE_LIMIT_MS);
+		if (ws) deadlines.push(this.lastActivity(ws) + (buffer.hasOpenCommands(this.sql) ? SILENCE_LIMIT_MS : IDLE_SILENCE_CHECK_MS));
 		if (deadlines.length === 0) {
 			this.armedAt = null;
 			if (current !== null) await this.ctx.storage.deleteAlarm();

@@ -105,6 +105,11 @@ function cancelQueued(sql: SqlStorage, row: BufferedRow, now: number, actor = "s
 
 // ---------------------------------------------------------------- delivery
 
+/** Whether any command is still to be sent or answered: then the agent's silence is checked on time. */
+export function hasOpenCommands(sql: SqlStorage): boolean {
+	return sql.exec<{ n: number }>(`select exists (select 1 from commands where status in ${OPEN}) as n`).one().n === 1;
+}
+
 export function inFlight(sql: SqlStorage): number {
 	return sql.exec<{ n: number }>("select count(*) as n from commands where status in ('dispatched','acknowledged')").one()
 		.n;

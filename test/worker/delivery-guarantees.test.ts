@@ -372,6 +372,44 @@ describe("liveness", () => {
 		await waitFor(async () => !(await (await api(`/v1/agents/${agentId}`)).json<{ online: boolean }>()).online, "offline");
 	});
 
+	// A 90 s check for every idle agent woke a whole fleet around the clock
+	// (pings never reach the object): idle agents are checked every 5 minutes,
+	// agents holding work every 90 s, and an enqueue always checks first.
+	it("checks an idle agent's silence every 5 minutes and one holding work every 90 s", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await connectSettled(agentId);
+		const stub = agentHub(env, agentId);
+		const alarmIn = () => runInDurableObject(stub, async (_i: AgentHub, state) => ((await state.storage.getAlarm()) ?? 0) - Date.now());
+		await waitFor(async () => (await stub.inspect()).timers.every((t) => t === "token_expiry"), "the connect's timers to clear");
+		expect(await alarmIn()).toBeGreaterThan(240_000);
+		const cmd = await enqueue(agentId, { action: "held", payload: {} });
+		expect((await agent.next("command")).id).toBe(cmd.id);
+		agent.send({ type: "ack", id: cmd.id });
+		await waitForStatus(cmd.id, "acknowledged");
+		// Acknowledged, no run timeout: the only deadline left is the silence rule's.
+		const held = await alarmIn();
+		expect(held).toBeGreaterThan(0);
+		expect(held).toBeLessThanOrEqual(90_000);
+		agent.close();
+	});
+
+	it("closes an idle agent's silent socket with 4002 when a command arrives, and keeps the command pending", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await connectSettled(agentId);
+		const stub = agentHub(env, agentId);
+		await runInDurableObject(stub, (_i: AgentHub, state) => {
+			state.storage.sql.exec("update meta set value = ? where key = 'last_seen_at'", String(Date.now() - 91_000));
+		});
+		const cmd = await enqueue(agentId, { action: "to_a_dead_socket" });
+		expect((await agent.closed).code).toBe(4002);
+		expect(agent.frames.filter((f) => f.type === "command")).toEqual([]);
+		expect(await apiCommand(cmd.id)).toMatchObject({ status: "pending", attempts: 0, blockedReason: "agent_offline" });
+		// The agent that comes back gets it.
+		const again = await AgentSocket.connect(agentId);
+		expect((await again.next("command")).id).toBe(cmd.id);
+		again.close();
+	});
+
 	it("keeps a socket that pings", async () => {
 		const agentId = uniqueAgentId();
 		const agent = await AgentSocket.connect(agentId);
