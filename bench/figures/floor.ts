@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Config } from "../config.ts";
-import { freePort, startWrangler, waitUntil, workerdOpenFiles, workerdRss } from "../lib/procs.ts";
+import { freePort, runtimeBase, startWrangler, waitUntil, workerdOpenFiles, workerdRss } from "../lib/procs.ts";
 import type { Results } from "../lib/results.ts";
 import { spawnChild } from "../lib/rpc.ts";
 import { startEmbeddedPostgres } from "../../src/dev/embedded-postgres.ts";
@@ -86,7 +86,12 @@ async function bareDo(results: Results, cfg: Config, only: Set<string>): Promise
 		);
 		if (only.has("f3")) {
 			const fig = results.figure("f3.memory.plain", "Resident memory per idle agent (workerd)", "KiB", true);
-			const stack = { wsBase: base.replace(/^http/, "ws"), secret: "", workerdRss: () => workerdRss(w.child.pid ?? -1), workerdOpenFiles: () => workerdOpenFiles(w.child.pid ?? -1) };
+			const stack = {
+				secret: "",
+				workerdRss: () => workerdRss(w.child.pid ?? -1),
+				workerdOpenFiles: () => workerdOpenFiles(w.child.pid ?? -1),
+				runtimeWsBase: async () => (await runtimeBase(w.child.pid ?? -1, port)).replace(/^http/, "ws"),
+			};
 			await results.measure(fig, "floor:bare-do", undefined, () => connectionRamp(stack, { tag: "floor-f3", steps: cfg.f3.steps, deflate: false, budgetMs: cfg.f3.budgetMs }));
 		}
 	} finally {

@@ -36,7 +36,10 @@ export class FloorAgent extends DurableObject<FloorEnv> {
 
 export default {
 	async fetch(request: Request, env: FloorEnv): Promise<Response> {
-		const m = /^\/v1\/agents\/([^/]+)\/(connect|commands)$/.exec(new URL(request.url).pathname);
+		const path = new URL(request.url).pathname;
+		// What the harness probes to find the runtime behind wrangler dev's proxy, as on Switchyard.
+		if (path === "/healthz") return Response.json({ ok: true });
+		const m = /^\/v1\/agents\/([^/]+)\/(connect|commands)$/.exec(path);
 		if (!m?.[1]) return new Response("not found", { status: 404 });
 		const agentId = decodeURIComponent(m[1]);
 		const stub = env.FLOOR.get(env.FLOOR.idFromName(agentId));

@@ -1,6 +1,6 @@
 /** Processes the harness starts: wrangler dev in its own group, with a raised file limit. */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { appendFileSync, readdirSync, readFileSync } from "node:fs";
+import { appendFileSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { createConnection } from "node:net";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
@@ -102,9 +102,11 @@ export function workerdRss(root: number): number {
 
 /**
  * Open file descriptors of the busiest workerd process under `root`, and its
- * limit. Under `wrangler dev` every live object keeps its SQLite files open
- * beside its socket, so this, not memory, is what caps the agents one local
- * workerd can hold on a machine whose hard limit cannot be raised.
+ * limit. workerd holds two descriptors for each TCP connection (both seen in
+ * /proc for one socket inode), and wrangler dev's proxy in front of the
+ * runtime holds two connections per agent, so this, not memory, is what caps
+ * the agents a local stack can hold on a machine whose hard limit cannot be
+ * raised.
  */
 export function workerdOpenFiles(root: number): { open: number; limit: number | undefined } {
 	let open = 0;
@@ -116,6 +118,67 @@ export function workerdOpenFiles(root: number): { open: number; limit: number | 
 		}
 	}
 	return { open, limit: workerdNofile(root) };
+}
+
+/** TCP ports a process listens on: its socket descriptors matched against the listening sockets in /proc. */
+export function listeningPorts(pid: number): number[] {
+	const inodes = new Set<string>();
+	for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+		try {
+			const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+			if (m?.[1]) inodes.add(m[1]);
+		} catch {
+			// closed meanwhile
+		}
+	}
+	const ports = new Set<number>();
+	for (const table of ["tcp", "tcp6"]) {
+		let text = "";
+		try {
+			text = readFileSync(`/proc/${pid}/net/${table}`, "utf8");
+		} catch {
+			continue;
+		}
+		for (const line of text.split("\n").slice(1)) {
+			const f = line.trim().split(/\s+/);
+			// st 0A is LISTEN; local_address is HEX_IP:HEX_PORT
+			if (f[3] === "0A" && f[9] && inodes.has(f[9])) ports.add(Number.parseInt(f[1]?.split(":")[1] ?? "", 16));
+		}
+	}
+	return [...ports];
+}
+
+/**
+ * The workerd runtime's own address under wrangler dev (`http://127.0.0.1:N`),
+ * behind the dev proxy that listens on the public port. wrangler gives the
+ * runtime a random port at every start, so it is found, not configured: a
+ * listener of the workerd process that does not hold `publicPort` (the
+ * proxy's) and answers /healthz.
+ */
+export async function runtimeBase(root: number, publicPort: number, timeoutMs = 60_000): Promise<string> {
+	const deadline = Date.now() + timeoutMs;
+	while (Date.now() < deadline) {
+		for (const pid of workerdPids(root)) {
+			let ports: number[] = [];
+			try {
+				ports = listeningPorts(pid);
+			} catch {
+				continue;
+			}
+			if (ports.includes(publicPort)) continue;
+			for (const port of ports) {
+				try {
+					const res = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(5_000) });
+					const body = (await res.json()) as { ok?: unknown };
+					if (typeof body.ok === "boolean") return `http://127.0.0.1:${port}`;
+				} catch {
+					// the inspector, the loopback service, or not up yet
+				}
+			}
+		}
+		await new Promise((r) => setTimeout(r, 200));
+	}
+	throw new Error(`no workerd runtime answered /healthz within ${timeoutMs} ms`);
 }
 
 /** The open-file limit workerd actually runs with. */

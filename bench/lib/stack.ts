@@ -14,7 +14,7 @@ import { type EmbeddedPostgres, startEmbeddedPostgres } from "../../src/dev/embe
 import { runMigrations } from "../../src/dev/migrate.ts";
 import { type Relay, startRelay } from "../../src/dev/relay.ts";
 import { type Bouncer, startPgBouncer } from "./pgbouncer.ts";
-import { freePort, startWrangler, waitHealthy, type Wrangler, workerdNofile, workerdOpenFiles, workerdRss } from "./procs.ts";
+import { freePort, runtimeBase, startWrangler, waitHealthy, type Wrangler, workerdNofile, workerdOpenFiles, workerdRss } from "./procs.ts";
 
 export type DbKind = "embedded" | "real";
 
@@ -47,6 +47,13 @@ export interface Stack {
 	pg: pg.Pool;
 	workerdRss(): number;
 	workerdOpenFiles(): { open: number; limit: number | undefined };
+	/**
+	 * ws:// of the workerd runtime itself, behind wrangler dev's proxy (a new
+	 * random port after every start). The proxy holds four descriptors per
+	 * agent socket and the runtime two, so figures 3 and 4 connect here to
+	 * reach twice the agents under one open-file limit; see docs/performance.md.
+	 */
+	runtimeWsBase(): Promise<string>;
 	/** The tail of wrangler dev's output (logs), for diagnosing a broken figure. */
 	output(): string;
 	nofile(): number | undefined;
@@ -114,6 +121,7 @@ export async function startSwitchyard(db: DbKind): Promise<Stack> {
 		pg: pool,
 		workerdRss: () => workerdRss(pid()),
 		workerdOpenFiles: () => workerdOpenFiles(pid()),
+		runtimeWsBase: async () => (await runtimeBase(pid(), port)).replace(/^http/, "ws"),
 		output: () => wrangler?.output() ?? "",
 		nofile: () => workerdNofile(pid()),
 		stopWrangler: async () => {

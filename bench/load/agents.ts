@@ -49,6 +49,11 @@ let duplicates = 0;
 const seen = new Set<string>();
 let stopping = false;
 let errors: string[] = [];
+/**
+ * Where reconnects go once the harness says the server moved: a restarted
+ * workerd runtime listens on a new port (see `retarget`).
+ */
+let movedTo: string | undefined;
 /** Failed reconnect attempts by reason (agent ids left out), for a storm's diagnosis. */
 const retryFailures = new Map<string, number>();
 
@@ -67,7 +72,7 @@ function note(err: string): void {
 async function open(agent: Agent, a: ConnectArgs): Promise<void> {
 	const headers: Record<string, string> = {};
 	if (a.secret) headers.authorization = `Bearer ${(await signAgentToken(agent.id, { current: a.secret }, 24 * 3600)).token}`;
-	const ws = new WebSocket(`${a.wsBase}/v1/agents/${encodeURIComponent(agent.id)}/connect`, {
+	const ws = new WebSocket(`${movedTo ?? a.wsBase}/v1/agents/${encodeURIComponent(agent.id)}/connect`, {
 		headers,
 		perMessageDeflate: a.deflate,
 	});
@@ -158,6 +163,11 @@ const methods = {
 		const live = a.ids.filter((id) => agents.get(id)?.welcomed).length;
 		return { connected: a.ids.length - failed, live, failed, ms: wallNow() - started, errors: errors.splice(0) };
 	},
+	/** From now on every (re)connect goes to `wsBase`. */
+	async retarget(a: { wsBase: string }) {
+		movedTo = a.wsBase;
+		return null;
+	},
 	/** Latency samples since the last call, and counters. */
 	async drain() {
 		const out = { latencies, received, duplicates, connected: [...agents.values()].filter((x) => x.welcomed).length, errors: errors.splice(0) };
@@ -193,6 +203,7 @@ const methods = {
 	},
 	async close() {
 		stopping = true;
+		movedTo = undefined;
 		for (const agent of agents.values()) agent.ws?.terminate();
 		agents.clear();
 		seen.clear();
