@@ -55,9 +55,9 @@ const SILENCE_LIMIT_MS = HEARTBEAT_INTERVAL_SECONDS * HEARTBEAT_MISSES * 1000;
  * command. Pings are answered at the edge, so only an alarm sees them; one
  * every 90 s would wake every idle object of a fleet around the clock (and,
  * under wrangler dev, keep a tenth of them live with their SQLite files
- * open). An idle agent loses nothing by a late check: an enqueue checks
- * silence before it sends, so a command never goes to a dead socket; only
- * presence of a silently dead idle agent shows `online` for longer.
+ * open). An idle agent loses nothing by a late check: nothing is sent to a
+ * socket silent past the limit, and whatever brings commands closes it first
+ * (deliver, pump); only a silently dead idle agent shows `online` for longer.
  */
 const IDLE_SILENCE_CHECK_MS = 5 * 60_000;
 const LAST_SEEN_RESOLUTION_MS = 1_000;
@@ -158,10 +158,7 @@ export class AgentHub extends DurableObject<Env> {
 		const added = this.atomically(
 			() => commands.filter((c) => buffer.addCommand(this.sql, c, now)).length,
 		);
-		// An idle agent's silence is checked rarely (IDLE_SILENCE_CHECK_MS): check
-		// it now, so a socket that died quietly is closed, not sent to.
-		await this.checkHeartbeat(now);
-		this.pump();
+		await this.deliver();
 		this.scheduleFlush();
 		await this.armAlarm();
 		const statuses: Record<string, string> = {};
@@ -203,7 +200,7 @@ export class AgentHub extends DurableObject<Env> {
 		const ws = this.currentSocket();
 		const owed = buffer.cancelsOwed(this.sql, now).find((c) => c.id === id);
 		if (ws && owed) this.send(ws, { type: "cancel", id, reason: owed.reason });
-		this.pump();
+		await this.deliver();
 		log("info", "command.cancel", { agentId, commandId: id, outcome });
 		this.scheduleFlush();
 		await this.armAlarm();
@@ -549,10 +546,24 @@ export class AgentHub extends DurableObject<Env> {
 		return this.meta.getNumber("concurrency") ?? DEFAULT_CONCURRENCY;
 	}
 
-	/** Sends as many pending commands as the agent's window has room for. */
+	/**
+	 * An idle agent's silence is checked rarely (IDLE_SILENCE_CHECK_MS), so a
+	 * path that brings it commands checks first: a socket that died quietly is
+	 * closed, and its commands wait for the next connection.
+	 */
+	private async deliver(): Promise<number> {
+		await this.checkHeartbeat(Date.now());
+		return this.pump();
+	}
+
+	/**
+	 * Sends as many pending commands as the agent's window has room for. Never
+	 * to a socket silent past the limit: a command sent there would spend an
+	 * attempt for nothing (the alarm, due at once, closes it).
+	 */
 	private pump(): number {
 		const ws = this.currentSocket();
-		if (!ws) return 0;
+		if (!ws || Date.now() - this.lastActivity(ws) >= SILENCE_LIMIT_MS) return 0;
 		const generation = this.meta.getNumber("generation") ?? 0;
 		const now = Date.now();
 		// State first, then the wire: if a send is lost with its socket, the
@@ -672,7 +683,7 @@ export class AgentHub extends DurableObject<Env> {
 				this.meta.delete("catch_up_failures");
 				return n;
 			});
-			const sent = added && opts.pump !== false ? this.pump() : 0;
+			const sent = added && opts.pump !== false ? await this.deliver() : 0;
 			if (added) {
 				log("info", "agent.caught_up", { agentId, added, sent });
 				this.scheduleFlush();

@@ -386,9 +386,11 @@ describe("liveness", () => {
 		expect((await agent.next("command")).id).toBe(cmd.id);
 		agent.send({ type: "ack", id: cmd.id });
 		await waitForStatus(cmd.id, "acknowledged");
-		// Acknowledged, no run timeout: the only deadline left is the silence rule's.
+		// Acknowledged, no run timeout: once the flush's safety net is gone, the
+		// only deadline left is the silence rule's, 90 s after the last frame.
+		await waitFor(async () => (await stub.inspect()).timers.every((t) => t === "token_expiry"), "the flush's timer to clear");
 		const held = await alarmIn();
-		expect(held).toBeGreaterThan(0);
+		expect(held).toBeGreaterThan(60_000);
 		expect(held).toBeLessThanOrEqual(90_000);
 		agent.close();
 	});
@@ -403,10 +405,31 @@ describe("liveness", () => {
 		const cmd = await enqueue(agentId, { action: "to_a_dead_socket" });
 		expect((await agent.closed).code).toBe(4002);
 		expect(agent.frames.filter((f) => f.type === "command")).toEqual([]);
-		expect(await apiCommand(cmd.id)).toMatchObject({ status: "pending", attempts: 0, blockedReason: "agent_offline" });
+		// Offline once the object's flush of its presence has reached Postgres.
+		await waitFor(async () => (await apiCommand(cmd.id)).blockedReason === "agent_offline", "agent_offline");
+		expect(await apiCommand(cmd.id)).toMatchObject({ status: "pending", attempts: 0 });
 		// The agent that comes back gets it.
 		const again = await AgentSocket.connect(agentId);
 		expect((await again.next("command")).id).toBe(cmd.id);
+		again.close();
+	});
+
+	it("a reconcile that finds commands for an idle agent's silent socket closes it instead of sending", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await connectSettled(agentId);
+		const stub = agentHub(env, agentId);
+		await runInDurableObject(stub, (_i: AgentHub, state) => {
+			state.storage.sql.exec("update meta set value = ? where key = 'last_seen_at'", String(Date.now() - 91_000));
+		});
+		// A row the object never heard of, as an INSERT by hand leaves it.
+		const [row] = await query<{ id: string }>(sql`
+			insert into agent_commands (agent_id, action, max_attempts) values (${agentId}, 'by_hand', 1) returning id`);
+		expect((await stub.reconcile(agentId)).added).toBe(1);
+		expect((await agent.closed).code).toBe(4002);
+		expect(agent.frames.filter((f) => f.type === "command")).toEqual([]);
+		// One attempt allowed, none spent: the agent that comes back runs it.
+		const again = await AgentSocket.connect(agentId);
+		expect((await again.next("command")).id).toBe(row?.id);
 		again.close();
 	});
 
