@@ -7,6 +7,7 @@
  *   npm run bench -- --only f1,floor  some figures: f1 f2 f3 f4 f5 floor peers
  *   npm run bench -- --db real        one Postgres: embedded | real (default both)
  *   npm run bench -- --storm-agents N figure 4 with N agents instead of 4,000
+ *   npm run bench -- --heavy-db embedded,real  Postgres kinds for figures 3 and 4 (default: real)
  *
  * Exits non-zero only when a run broke (errors, lost commands), never on a
  * slow figure.
@@ -30,11 +31,13 @@ const { values } = parseArgs({
 		db: { type: "string" },
 		out: { type: "string" },
 		"storm-agents": { type: "string" },
+		"heavy-db": { type: "string" },
 	},
 });
 
 const cfg: Config = config(values.quick ?? false);
 if (values["storm-agents"]) cfg.f4.agents = Number(values["storm-agents"]);
+if (values["heavy-db"]) cfg.heavyDbs = values["heavy-db"].split(",").map((s) => s.trim());
 const only = new Set((values.only ?? "f1,f2,f3,f4,f5,floor,peers").split(",").map((s) => s.trim()));
 const dbs: DbKind[] = values.db ? [values.db as DbKind] : ["embedded", "real"];
 const results = new Results();
