@@ -83,7 +83,7 @@ describe("local stack (npm run dev)", () => {
 		ws.close();
 	});
 
-	it("SIGTERM stops every process it started, workerd included", async () => {
+	it("SIGTERM to `npm run dev` stops every process it started, workerd included", async () => {
 		const tree = descendants(launcher.pid ?? -1);
 		expect(tree.length).toBeGreaterThan(0);
 		const exited = new Promise<number | null>((r) => launcher.once("exit", (code) => r(code)));

@@ -1,4 +1,4 @@
-/** Starts `npm run dev`'s launcher on a free port and a private state folder. */
+/** Starts `npm run dev` on a free port and a private state folder. */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -16,8 +16,10 @@ export interface LocalStack {
 export async function startLocalStack(): Promise<LocalStack> {
 	const stateDir = mkdtempSync(join(tmpdir(), "switchyard-e2e-"));
 	const port = await freePort();
-	// The launcher itself, as `npm run dev` runs it (tsx on this Node).
-	const launcher = spawn(process.execPath, ["node_modules/tsx/dist/cli.mjs", "src/dev/launcher.ts"], {
+	// `npm run dev` itself, as the README has users run it: a signal to npm
+	// must reach the launcher (a shell or tsx's CLI in between once swallowed
+	// SIGTERM and left wrangler and workerd running).
+	const launcher = spawn("npm", ["run", "--silent", "dev"], {
 		env: { ...process.env, PORT: String(port), SWITCHYARD_STATE_DIR: stateDir, DATABASE_URL: "" },
 		stdio: ["ignore", "pipe", "pipe"],
 	});
