@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Config } from "../config.ts";
-import { freePort, runtimeBase, startWrangler, waitUntil, workerdOpenFiles, workerdRss } from "../lib/procs.ts";
+import { freePort, runtimeWsBase, startWrangler, waitUntil, workerdOpenFiles, workerdRss } from "../lib/procs.ts";
 import type { Results } from "../lib/results.ts";
 import { spawnChild } from "../lib/rpc.ts";
 import { startEmbeddedPostgres } from "../../src/dev/embedded-postgres.ts";
@@ -90,7 +90,7 @@ async function bareDo(results: Results, cfg: Config, only: Set<string>): Promise
 				secret: "",
 				workerdRss: () => workerdRss(w.child.pid ?? -1),
 				workerdOpenFiles: () => workerdOpenFiles(w.child.pid ?? -1),
-				runtimeWsBase: async () => (await runtimeBase(w.child.pid ?? -1, port)).replace(/^http/, "ws"),
+				runtimeWsBase: () => runtimeWsBase(w.child.pid ?? -1, port),
 			};
 			await results.measure(fig, "floor:bare-do", undefined, () => connectionRamp(stack, { tag: "floor-f3", steps: cfg.f3.steps, deflate: false, budgetMs: cfg.f3.budgetMs }));
 		}

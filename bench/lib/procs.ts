@@ -149,13 +149,13 @@ export function listeningPorts(pid: number): number[] {
 }
 
 /**
- * The workerd runtime's own address under wrangler dev (`http://127.0.0.1:N`),
+ * The workerd runtime's own WebSocket address under wrangler dev (`ws://127.0.0.1:N`),
  * behind the dev proxy that listens on the public port. wrangler gives the
  * runtime a random port at every start, so it is found, not configured: a
  * listener of the workerd process that does not hold `publicPort` (the
  * proxy's) and answers /healthz.
  */
-export async function runtimeBase(root: number, publicPort: number, timeoutMs = 60_000): Promise<string> {
+export async function runtimeWsBase(root: number, publicPort: number, timeoutMs = 60_000): Promise<string> {
 	const deadline = Date.now() + timeoutMs;
 	while (Date.now() < deadline) {
 		for (const pid of workerdPids(root)) {
@@ -170,7 +170,7 @@ export async function runtimeBase(root: number, publicPort: number, timeoutMs = 
 				try {
 					const res = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(5_000) });
 					const body = (await res.json()) as { ok?: unknown };
-					if (typeof body.ok === "boolean") return `http://127.0.0.1:${port}`;
+					if (typeof body.ok === "boolean") return `ws://127.0.0.1:${port}`;
 				} catch {
 					// the inspector, the loopback service, or not up yet
 				}

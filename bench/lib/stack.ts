@@ -14,7 +14,7 @@ import { type EmbeddedPostgres, startEmbeddedPostgres } from "../../src/dev/embe
 import { runMigrations } from "../../src/dev/migrate.ts";
 import { type Relay, startRelay } from "../../src/dev/relay.ts";
 import { type Bouncer, startPgBouncer } from "./pgbouncer.ts";
-import { freePort, runtimeBase, startWrangler, waitHealthy, type Wrangler, workerdNofile, workerdOpenFiles, workerdRss } from "./procs.ts";
+import { freePort, runtimeWsBase, startWrangler, waitHealthy, type Wrangler, workerdNofile, workerdOpenFiles, workerdRss } from "./procs.ts";
 
 export type DbKind = "embedded" | "real";
 
@@ -121,7 +121,7 @@ export async function startSwitchyard(db: DbKind): Promise<Stack> {
 		pg: pool,
 		workerdRss: () => workerdRss(pid()),
 		workerdOpenFiles: () => workerdOpenFiles(pid()),
-		runtimeWsBase: async () => (await runtimeBase(pid(), port)).replace(/^http/, "ws"),
+		runtimeWsBase: () => runtimeWsBase(pid(), port),
 		output: () => wrangler?.output() ?? "",
 		nofile: () => workerdNofile(pid()),
 		stopWrangler: async () => {

@@ -563,7 +563,7 @@ export class AgentHub extends DurableObject<Env> {
 	 */
 	private pump(): number {
 		const ws = this.currentSocket();
-		if (!ws || Date.now() - this.lastActivity(ws) >= SILENCE_LIMIT_MS) return 0;
+		if (!ws || this.silentPastLimit(ws, Date.now()) !== null) return 0;
 		const generation = this.meta.getNumber("generation") ?? 0;
 		const now = Date.now();
 		// State first, then the wire: if a send is lost with its socket, the
@@ -580,15 +580,21 @@ export class AgentHub extends DurableObject<Env> {
 		return frames.length;
 	}
 
-	/** Liveness without waking the object on every ping: judged on the alarm, and before an enqueue sends. */
+	/** Liveness without waking the object on every ping: judged on the alarm, and before commands are sent (deliver). */
 	private async checkHeartbeat(now: number): Promise<void> {
 		const ws = this.currentSocket();
 		if (!ws) return;
-		const silentFor = now - this.lastActivity(ws);
-		if (silentFor < SILENCE_LIMIT_MS) return;
+		const silentFor = this.silentPastLimit(ws, now);
+		if (silentFor === null) return;
 		await this.closeSocket(ws, CloseCode.HEARTBEAT_TIMEOUT, `no ping for ${Math.round(silentFor / 1000)} s`, "timed_out", {
 			silentMs: silentFor,
 		});
+	}
+
+	/** How long the socket has been silent, if that is past the heartbeat limit; otherwise null. */
+	private silentPastLimit(ws: WebSocket, now: number): number | null {
+		const silentFor = now - this.lastActivity(ws);
+		return silentFor >= SILENCE_LIMIT_MS ? silentFor : null;
 	}
 
 	/** Closes the agent's socket if its token has expired; says whether it had. */

@@ -351,15 +351,20 @@ describe("recovery beside push", () => {
 	});
 });
 
+/** Makes the object's last frame from its agent `agoMs` old (pings answered at the edge aside). */
+function lastHeardFrom(stub: ReturnType<typeof agentHub>, agoMs: number) {
+	return runInDurableObject(stub, (_i: AgentHub, state) => {
+		state.storage.sql.exec("update meta set value = ? where key = 'last_seen_at'", String(Date.now() - agoMs));
+	});
+}
+
 describe("liveness", () => {
 	it("closes a socket silent for three ping intervals with 4002 and marks the agent offline", async () => {
 		const agentId = uniqueAgentId();
 		const agent = await AgentSocket.connect(agentId);
 		const stub = agentHub(env, agentId);
 		await waitFor(async () => (await (await api(`/v1/agents/${agentId}`)).json<{ online: boolean }>()).online, "online");
-		await runInDurableObject(stub, (_i: AgentHub, state) => {
-			state.storage.sql.exec("update meta set value = ? where key = 'last_seen_at'", String(Date.now() - 91_000));
-		});
+		await lastHeardFrom(stub, 91_000);
 		let closed: { code: number } | undefined;
 		void agent.closed.then((c) => {
 			closed = c;
@@ -399,9 +404,7 @@ describe("liveness", () => {
 		const agentId = uniqueAgentId();
 		const agent = await connectSettled(agentId);
 		const stub = agentHub(env, agentId);
-		await runInDurableObject(stub, (_i: AgentHub, state) => {
-			state.storage.sql.exec("update meta set value = ? where key = 'last_seen_at'", String(Date.now() - 91_000));
-		});
+		await lastHeardFrom(stub, 91_000);
 		const cmd = await enqueue(agentId, { action: "to_a_dead_socket" });
 		expect((await agent.closed).code).toBe(4002);
 		expect(agent.frames.filter((f) => f.type === "command")).toEqual([]);
@@ -418,9 +421,7 @@ describe("liveness", () => {
 		const agentId = uniqueAgentId();
 		const agent = await connectSettled(agentId);
 		const stub = agentHub(env, agentId);
-		await runInDurableObject(stub, (_i: AgentHub, state) => {
-			state.storage.sql.exec("update meta set value = ? where key = 'last_seen_at'", String(Date.now() - 91_000));
-		});
+		await lastHeardFrom(stub, 91_000);
 		// A row the object never heard of, as an INSERT by hand leaves it.
 		const [row] = await query<{ id: string }>(sql`
 			insert into agent_commands (agent_id, action, max_attempts) values (${agentId}, 'by_hand', 1) returning id`);
@@ -437,9 +438,7 @@ describe("liveness", () => {
 		const agentId = uniqueAgentId();
 		const agent = await AgentSocket.connect(agentId);
 		const stub = agentHub(env, agentId);
-		await runInDurableObject(stub, (_i: AgentHub, state) => {
-			state.storage.sql.exec("update meta set value = ? where key = 'last_seen_at'", String(Date.now() - 91_000));
-		});
+		await lastHeardFrom(stub, 91_000);
 		agent.send('{"type":"ping"}'); // answered at the edge, recorded as the auto-response time
 		await agent.next("pong");
 		await runDurableObjectAlarm(stub);
