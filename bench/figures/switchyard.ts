@@ -59,6 +59,9 @@ async function breakdown(stack: Stack, action: string): Promise<Record<string, u
 
 type Fleets = Child[];
 
+/** workerd evicts an object idle for about 10 s; a little more, to be sure. */
+const EVICTION_WAIT_MS = 12_000;
+
 /** Sockets opening at once per fleet process in figures 3 and 4 (see connectFleets). */
 const RAMP_PARALLEL = 8;
 
@@ -108,11 +111,13 @@ async function closeFleets(fleets: Fleets): Promise<void> {
  * RSS once the agents just connected are idle. An object that has just
  * served a connect is live and holds its SQLite files (three descriptors);
  * workerd evicts it after about 10 s idle (hibernation), leaving the socket
- * alone (two descriptors). Waits until the descriptor count stops falling
- * (6 s apart, at most 45 s), so each step is read at rest, as an idle fleet is.
+ * alone (two descriptors). Waits out that eviction, then until the
+ * descriptor count stops falling (6 s apart, at most 45 s), so each step is
+ * read at rest, as an idle fleet is. (A first look at 3 s saw a small step's
+ * objects all still live and the count not yet falling.)
  */
 async function settledRss(stack: Pick<Stack, "workerdRss" | "workerdOpenFiles">): Promise<number> {
-	await sleep(3_000);
+	await sleep(EVICTION_WAIT_MS);
 	const until = wallNow() + 45_000;
 	let before = stack.workerdOpenFiles().open;
 	while (wallNow() < until) {
