@@ -5,8 +5,24 @@
 import { hexPrefix } from "./hex";
 
 type Level = "debug" | "info" | "warn" | "error";
+const RANK: Record<Level, number> = { debug: 0, info: 1, warn: 2, error: 3 };
+let threshold = RANK.info;
+
+/**
+ * The least severe level written (LOG_LEVEL: debug, info, warn, error;
+ * default info). Module-wide: every caller in one isolate has the same env.
+ */
+export function setLogLevel(level: string | undefined): void {
+	threshold = level !== undefined && level in RANK ? RANK[level as Level] : RANK.info;
+}
+
+/** Whether a line at `level` would be written (to skip building costly fields). */
+export function logs(level: Level): boolean {
+	return RANK[level] >= threshold;
+}
 
 export function log(level: Level, event: string, fields: Record<string, unknown> = {}): void {
+	if (RANK[level] < threshold) return;
 	const line = JSON.stringify({ level, event, ...fields });
 	if (level === "error") console.error(line);
 	else if (level === "warn") console.warn(line);

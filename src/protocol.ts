@@ -349,6 +349,7 @@ export const ServerFrame = z.discriminatedUnion("type", [
 export type ServerFrame = z.infer<typeof ServerFrame>;
 
 export const AckFrame = z.object({ type: z.literal("ack"), id: CommandId });
+export type AckFrame = z.infer<typeof AckFrame>;
 export const ResultFrame = z.object({
 	type: z.literal("result"),
 	id: CommandId,

@@ -8,7 +8,7 @@ import { withDb } from "./db/client";
 import { agentsWithUntakenCommands } from "./db/commands";
 import { errorFields, log } from "./log";
 import { deleteExpired } from "./retention";
-import { agentHub } from "./routes/commands";
+import { agentHub } from "./agent/stub";
 
 /** Younger rows are most likely still on their way through the normal forward. */
 export const UNTAKEN_AFTER_SECONDS = 5;
@@ -21,7 +21,7 @@ export async function recoverUntaken(env: Env): Promise<{ agents: number; added:
 	let failed = 0;
 	for (let i = 0; i < agentIds.length; i += PARALLEL) {
 		const results = await Promise.allSettled(
-			agentIds.slice(i, i + PARALLEL).map((id) => agentHub(env, id).reconcile(id)),
+			agentIds.slice(i, i + PARALLEL).map((id) => agentHub(env, id).reconcile()),
 		);
 		for (const r of results) {
 			if (r.status === "fulfilled") added += r.value.added;

@@ -6,30 +6,24 @@
  */
 import { signAgentToken, tokenSecrets, verifyAgentToken } from "../auth/agent-token";
 import { ErrorCode, type ServerFrame } from "../protocol";
-import type { Meta } from "./meta";
+import type { State } from "./state";
 
-/** Set by the worker on a verified agent upgrade: the token's `exp` (ms) and `ver`. */
-export const TOKEN_EXPIRES_HEADER = "x-switchyard-token-expires";
-export const TOKEN_VERSION_HEADER = "x-switchyard-token-version";
-
-const VERSION_KEY = "token_version";
 /**
  * However often a token is refreshed, the chain ends this long after the
  * token that started it was minted: a stolen token cannot be kept alive
  * forever by refreshing it (the longest a minted token lives, 30 days).
  */
 export const MAX_SESSION_SECONDS = 30 * 24 * 60 * 60;
-const EXPIRY_TIMER = "token_expiry";
 
 export class AgentAuth {
 	constructor(
-		private readonly meta: Meta,
+		private readonly state: State,
 		private readonly env: Env,
 	) {}
 
 	/** Tokens minted now carry this version; revoking raises it past every earlier token. */
 	version(): number {
-		return this.meta.getNumber(VERSION_KEY) ?? 0;
+		return this.state.get("token_version") ?? 0;
 	}
 
 	admits(tokenVersion: number): boolean {
@@ -39,22 +33,22 @@ export class AgentAuth {
 	/** Every token minted so far stops working, on connect and on refresh. */
 	revoke(): number {
 		const next = this.version() + 1;
-		this.meta.set(VERSION_KEY, next);
-		this.meta.clearTimer(EXPIRY_TIMER);
+		this.state.set("token_version", next);
+		this.state.clearTimer("token_expiry");
 		return next;
 	}
 
 	/** The socket just opened lives until its token expires, unless refreshed. */
 	startSession(expiresAt: number): void {
-		this.meta.setTimer(EXPIRY_TIMER, expiresAt);
+		this.state.setTimer("token_expiry", expiresAt);
 	}
 
 	endSession(): void {
-		this.meta.clearTimer(EXPIRY_TIMER);
+		this.state.clearTimer("token_expiry");
 	}
 
 	expiresAt(): number | undefined {
-		return this.meta.timers().get(EXPIRY_TIMER);
+		return this.state.timer("token_expiry");
 	}
 
 	expired(now: number): boolean {

@@ -3,16 +3,10 @@
  * SQLite storage (./storage.ts): intake, the concurrency window, requeues,
  * acks and results, hello reconciliation, cancel, and timers. No socket and
  * no network, so the rules can be tested on their own; the object class only
- * wires events to them. Callers wrap each call in `transactionSync`, so a
- * change, its outbox entry and its observer event are one write.
+ * wires events to them. Callers run each call inside the event's one
+ * transaction (a `Tx`), so a change and its journal entry are one write.
  */
-import { z } from "zod";
-import {
-	CANCEL_GRACE_SECONDS,
-	type CommandFrame,
-	FailureCode,
-	TERMINAL_STATUSES,
-} from "../protocol";
+import { CANCEL_GRACE_SECONDS, type CommandFrame, type CommandStatus, FailureCode, TERMINAL_STATUSES } from "../protocol";
 import {
 	addStop,
 	type BufferedRow,
@@ -21,44 +15,75 @@ import {
 	getCommand,
 	moveTo,
 	OPEN,
-	push,
 	rows,
 	stopsOwed,
+	type Tx,
 } from "./storage";
 
 // ------------------------------------------------------------------ intake
 
-/** What the object needs to buffer a command: the Postgres row's delivery fields. */
-export const BufferInput = z.object({
-	id: z.uuid(),
-	seq: z.number().int(),
-	action: z.string(),
-	payload: z.json(),
-	sessionId: z.string().nullable(),
-	priority: z.number().int(),
-	status: z.enum(["pending", "dispatched", "acknowledged"]),
-	attempts: z.number().int().min(0),
-	maxAttempts: z.number().int().min(1),
-	ackTimeoutSeconds: z.number().int().min(1),
-	timeoutSeconds: z.number().int().nullable(),
+/**
+ * What the object needs to buffer a command: the Postgres row's delivery
+ * fields. It comes from the worker's own committed row (typed RPC), so it
+ * is not validated again here.
+ */
+export interface BufferInput {
+	id: string;
+	seq: number;
+	action: string;
+	payload: unknown;
+	sessionId: string | null;
+	priority: number;
+	status: "pending" | "dispatched" | "acknowledged";
+	attempts: number;
+	maxAttempts: number;
+	ackTimeoutSeconds: number;
+	timeoutSeconds: number | null;
 	/** ms since epoch */
-	expiresAt: z.number().nullable(),
+	expiresAt: number | null;
 	/** ms since epoch of the first dispatch, if any: timeoutSeconds counts from it */
-	firstDispatchedAt: z.number().nullable(),
-	cancelRequested: z.boolean(),
-});
-export type BufferInput = z.infer<typeof BufferInput>;
+	firstDispatchedAt: number | null;
+	cancelRequested: boolean;
+}
 
 /**
- * Adds a command unless the buffer already knows its id (in any status).
- * A row that Postgres says is `dispatched` comes in as `pending`: no socket
- * of this object is waiting for its ack, so it must be sent again.
+ * Adds a command unless the buffer already knows its id (in any status),
+ * and returns the status it was buffered in (null if it was known). A row that Postgres says is `dispatched` comes in
+ * as `pending`: no socket of this object is waiting for its ack, so it must
+ * be sent again.
  */
-export function addCommand(sql: SqlStorage, c: BufferInput, now: number): boolean {
+export function addCommand(tx: Tx, c: BufferInput, now: number): CommandStatus | null {
+	const { sql } = tx;
 	const status = c.status === "dispatched" ? "pending" : c.status;
+	const written = insertCommand(sql, c, status, now);
+	if (written === 0) return null;
+	tx.counts.move(null, status);
+	tx.journal.record({ kind: "taken", commandId: c.id, at: new Date(now).toISOString() });
+	if (status !== c.status) {
+		tx.journal.record({
+			kind: "transition",
+			commandId: c.id,
+			from: c.status,
+			to: status,
+			at: new Date(now).toISOString(),
+			attempts: c.attempts,
+			detail: { reason: "recovered" },
+		});
+	}
+	// A cancel asked for before this object knew the command: honour it now.
+	if (c.cancelRequested && status === "pending") {
+		const row = getCommand(sql, c.id);
+		if (row) cancelQueued(tx, row, now);
+		return "cancelled";
+	}
+	return status;
+}
+
+/** Inserts the row unless its id is known; returns how many rows it wrote (0 or 1). */
+function insertCommand(sql: SqlStorage, c: BufferInput, status: CommandStatus, now: number): number {
 	const runDeadline = c.timeoutSeconds && c.firstDispatchedAt ? c.firstDispatchedAt + c.timeoutSeconds * 1000 : null;
 	const cancelAt = c.cancelRequested && c.status !== "pending" ? now : null;
-	const written = sql.exec(
+	return sql.exec(
 		`insert into commands (id, seq, action, payload, session_id, priority, status, attempts, max_attempts,
 			ack_timeout_ms, timeout_ms, expires_at, run_deadline, cancel_requested_at, cancel_deadline)
 		 values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (id) do nothing`,
@@ -78,42 +103,22 @@ export function addCommand(sql: SqlStorage, c: BufferInput, now: number): boolea
 		cancelAt,
 		cancelAt === null ? null : cancelAt + CANCEL_GRACE_SECONDS * 1000,
 	).rowsWritten;
-	if (written === 0) return false;
-	push(sql, { kind: "taken", commandId: c.id, at: new Date(now).toISOString() });
-	if (status !== c.status) {
-		push(sql, {
-			kind: "transition",
-			commandId: c.id,
-			from: c.status,
-			to: status,
-			at: new Date(now).toISOString(),
-			attempts: c.attempts,
-			detail: { reason: "recovered" },
-		});
-	}
-	// A cancel asked for before this object knew the command: honour it now.
-	const row = getCommand(sql, c.id);
-	if (c.cancelRequested && row?.status === "pending") cancelQueued(sql, row, now);
-	return true;
+}
+
+/** The earliest deadline a newly buffered command brings (its ttl, or a run deadline already counting). */
+export function deadlineOf(c: BufferInput): number | null {
+	const run = c.timeoutSeconds && c.firstDispatchedAt ? c.firstDispatchedAt + c.timeoutSeconds * 1000 : null;
+	if (c.expiresAt === null) return run;
+	return run === null ? c.expiresAt : Math.min(run, c.expiresAt);
 }
 
 /** Cancels a command that is not out with the agent now; if it ever was, the agent is told to stop. */
-function cancelQueued(sql: SqlStorage, row: BufferedRow, now: number, actor = "system"): void {
-	moveTo(sql, row, "cancelled", now, { detail: { reason: "requested" }, result: null, error: null, actor });
-	if (row.attempts > 0) addStop(sql, row.id, "requested", now);
+function cancelQueued(tx: Tx, row: BufferedRow, now: number, actor = "system"): void {
+	moveTo(tx, row, "cancelled", now, { detail: { reason: "requested" }, result: null, error: null, actor });
+	if (row.attempts > 0) addStop(tx.sql, row.id, "requested", now);
 }
 
 // ---------------------------------------------------------------- delivery
-
-/** Whether any command is still to be sent or answered: then the agent's silence is checked on time. */
-export function hasOpenCommands(sql: SqlStorage): boolean {
-	return sql.exec<{ n: number }>(`select exists (select 1 from commands where status in ${OPEN}) as n`).one().n === 1;
-}
-
-export function inFlight(sql: SqlStorage): number {
-	return sql.exec<{ n: number }>("select count(*) as n from commands where status in ('dispatched','acknowledged')").one()
-		.n;
-}
 
 function commandFrame(row: BufferedRow, attempt: number): CommandFrame {
 	return {
@@ -131,57 +136,67 @@ function commandFrame(row: BufferedRow, attempt: number): CommandFrame {
  * Fills the agent's window: dispatches pending commands in priority, then
  * enqueue, order until `concurrency` are in flight. Commands whose ttl, run
  * deadline or attempts ran out on the way are finished instead of sent.
- * Returns the frames to send, in order.
+ * Returns the frames to send, in order, and the earliest deadline they set.
  */
-export function fillWindow(sql: SqlStorage, concurrency: number, generation: number, now: number): CommandFrame[] {
+export function fillWindow(
+	tx: Tx,
+	concurrency: number,
+	generation: number,
+	now: number,
+): { frames: CommandFrame[]; wakeBy: number | null } {
 	const frames: CommandFrame[] = [];
-	let free = concurrency - inFlight(sql);
-	while (free > 0) {
-		const batch = rows(
-			sql,
-			"select * from commands where status = 'pending' order by priority desc, seq asc limit ?",
-			free + 16,
-		);
+	let wakeBy: number | null = null;
+	let free = concurrency - tx.counts.inFlight;
+	while (free > 0 && tx.counts.pending > 0) {
+		const batch = rows(tx.sql, "select * from commands where status = 'pending' order by priority desc, seq asc limit ?", free);
 		if (batch.length === 0) break;
 		for (const row of batch) {
-			if (free <= 0) break;
-			if (row.cancel_requested_at !== null) {
-				cancelQueued(sql, row, now);
-			} else if (row.expires_at !== null && row.expires_at <= now) {
-				fail(sql, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
-			} else if (row.run_deadline !== null && row.run_deadline <= now) {
-				fail(sql, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
-			} else if (row.attempts >= row.max_attempts) {
-				fail(sql, row, now, FailureCode.UNDELIVERABLE, `not acknowledged after ${row.attempts} attempts`);
-			} else {
-				const attempt = row.attempts + 1;
-				sql.exec(
-					`update commands set status = 'dispatched', attempts = ?, generation = ?, ack_deadline = ?,
-						run_deadline = coalesce(run_deadline, case when timeout_ms is null then null else ? + timeout_ms end),
-						first_dispatched_at = coalesce(first_dispatched_at, ?)
-					 where id = ?`,
-					attempt,
-					generation,
-					now + row.ack_timeout_ms,
-					now,
-					now,
-					row.id,
-				);
-				push(sql, {
-					kind: "transition",
-					commandId: row.id,
-					from: "pending",
-					to: "dispatched",
-					at: new Date(now).toISOString(),
-					attempts: attempt,
-					detail: { attempt, generation, reason: row.attempts === 0 ? "delivery" : "redelivery" },
-				});
-				frames.push(commandFrame(row, attempt));
-				free--;
-			}
+			if (finishUnsendable(tx, row, now)) continue;
+			const sent = dispatch(tx, row, generation, now);
+			frames.push(sent.frame);
+			wakeBy = Math.min(wakeBy ?? sent.deadline, sent.deadline);
+			free--;
 		}
 	}
-	return frames;
+	return { frames, wakeBy };
+}
+
+/** Ends a pending command that must not be sent any more; says whether it did. */
+function finishUnsendable(tx: Tx, row: BufferedRow, now: number): boolean {
+	if (row.cancel_requested_at !== null) cancelQueued(tx, row, now);
+	else if (row.expires_at !== null && row.expires_at <= now) fail(tx, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
+	else if (row.run_deadline !== null && row.run_deadline <= now) fail(tx, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
+	else if (row.attempts >= row.max_attempts) fail(tx, row, now, FailureCode.UNDELIVERABLE, `not acknowledged after ${row.attempts} attempts`);
+	else return false;
+	return true;
+}
+
+/** Marks a pending command sent on connection `generation`; returns its frame and its earliest deadline. */
+function dispatch(tx: Tx, row: BufferedRow, generation: number, now: number): { frame: CommandFrame; deadline: number } {
+	const attempt = row.attempts + 1;
+	const runDeadline = row.run_deadline ?? (row.timeout_ms === null ? null : now + row.timeout_ms);
+	tx.sql.exec(
+		`update commands set status = 'dispatched', attempts = ?, generation = ?, ack_deadline = ?, run_deadline = ?,
+			first_dispatched_at = coalesce(first_dispatched_at, ?)
+		 where id = ?`,
+		attempt,
+		generation,
+		now + row.ack_timeout_ms,
+		runDeadline,
+		now,
+		row.id,
+	);
+	tx.counts.move("pending", "dispatched");
+	tx.journal.record({
+		kind: "transition",
+		commandId: row.id,
+		from: "pending",
+		to: "dispatched",
+		at: new Date(now).toISOString(),
+		attempts: attempt,
+		detail: { attempt, generation, reason: row.attempts === 0 ? "delivery" : "redelivery" },
+	});
+	return { frame: commandFrame(row, attempt), deadline: Math.min(now + row.ack_timeout_ms, runDeadline ?? Number.POSITIVE_INFINITY) };
 }
 
 /**
@@ -190,21 +205,18 @@ export function fillWindow(sql: SqlStorage, concurrency: number, generation: num
  * (`ack_timeout`). They go out again, attempt + 1, when the window allows.
  * One whose cancel was requested is cancelled instead: it is never resent.
  */
-export function requeueDispatched(
-	sql: SqlStorage,
-	now: number,
-	reason: "disconnected" | "reconnect" | "ack_timeout",
-): number {
+export function requeueDispatched(tx: Tx, now: number, reason: "disconnected" | "reconnect" | "ack_timeout"): number {
+	if (tx.counts.inFlight === 0) return 0;
 	const due =
 		reason === "ack_timeout"
-			? rows(sql, "select * from commands where status = 'dispatched' and ack_deadline <= ?", now)
-			: rows(sql, "select * from commands where status = 'dispatched'");
+			? rows(tx.sql, "select * from commands where status = 'dispatched' and ack_deadline <= ?", now)
+			: rows(tx.sql, "select * from commands where status = 'dispatched'");
 	for (const row of due) {
 		if (row.cancel_requested_at !== null) {
-			fail(sql, row, now, FailureCode.CANCEL_UNCONFIRMED, "cancelled before the agent acknowledged it");
-			addStop(sql, row.id, "requested", now);
+			fail(tx, row, now, FailureCode.CANCEL_UNCONFIRMED, "cancelled before the agent acknowledged it");
+			addStop(tx.sql, row.id, "requested", now);
 		} else {
-			moveTo(sql, row, "pending", now, { detail: { reason, attempt: row.attempts } });
+			moveTo(tx, row, "pending", now, { detail: { reason, attempt: row.attempts } });
 		}
 	}
 	return due.length;
@@ -232,31 +244,36 @@ export function acceptsOutput(sql: SqlStorage, id: string): FrameOutcome {
 }
 
 /** `generation` is the connection the ack came on: proof the agent has the command on it. */
-export function acknowledge(sql: SqlStorage, id: string, now: number, generation: number): FrameOutcome {
-	const row = getCommand(sql, id);
+export function acknowledge(tx: Tx, id: string, now: number, generation: number): FrameOutcome {
+	const row = getCommand(tx.sql, id);
 	if (!row) return "unknown";
 	if (row.status === "pending" && row.attempts === 0) return "not_dispatched";
 	if (row.status === "acknowledged" || !sentAndOpen(row)) return "duplicate";
 	// Also from `pending`: a command requeued after a disconnect that the agent
 	// had in fact received. It is running; do not send it again.
-	moveTo(sql, row, "acknowledged", now);
-	sql.exec("update commands set generation = ? where id = ?", generation, id);
+	moveTo(tx, row, "acknowledged", now, {}, generation);
 	return "applied";
 }
 
 export function finish(
-	sql: SqlStorage,
+	tx: Tx,
 	id: string,
 	outcome: { status: "completed" | "failed" | "cancelled"; result?: unknown; error?: string },
 	now: number,
 ): FrameOutcome {
-	const row = getCommand(sql, id);
-	// Any answer about a command means the agent is no longer running it.
-	clearStop(sql, id);
-	if (!row) return "unknown";
+	const row = getCommand(tx.sql, id);
+	if (!row) {
+		clearStop(tx.sql, id);
+		return "unknown";
+	}
 	if (row.status === "pending" && row.attempts === 0) return "not_dispatched";
-	if (!sentAndOpen(row)) return "duplicate";
-	moveTo(sql, row, outcome.status, now, {
+	// Any answer about a command means the agent is no longer running it. Only
+	// a command the system already ended can be owed a stop.
+	if (!sentAndOpen(row)) {
+		clearStop(tx.sql, id);
+		return "duplicate";
+	}
+	moveTo(tx, row, outcome.status, now, {
 		result: outcome.result ?? null,
 		error: outcome.status === "failed" ? (outcome.error ?? "failed") : (outcome.error ?? null),
 		errorCode: null,
@@ -273,25 +290,25 @@ export function finish(
  * thought.
  */
 export function applyHello(
-	sql: SqlStorage,
+	tx: Tx,
 	running: ReadonlySet<string>,
 	now: number,
 	generation: number,
 	reason: "lost" | "no_hello" = "lost",
 ): number {
+	if (tx.counts.open === 0) return 0;
 	let changed = 0;
-	for (const row of rows(sql, `select * from commands where status in ${OPEN}`)) {
+	for (const row of rows(tx.sql, `select * from commands where status in ${OPEN}`)) {
 		const listed = running.has(row.id);
 		if (row.status === "acknowledged" && !listed && row.generation !== generation) {
 			changed++;
-			if (row.cancel_requested_at !== null) moveTo(sql, row, "cancelled", now, { detail: { reason: "lost" } });
+			if (row.cancel_requested_at !== null) moveTo(tx, row, "cancelled", now, { detail: { reason: "lost" } });
 			else if (row.attempts >= row.max_attempts)
-				fail(sql, row, now, FailureCode.LOST, "the agent lost it and no attempts are left");
-			else moveTo(sql, row, "pending", now, { detail: { reason, attempt: row.attempts } });
+				fail(tx, row, now, FailureCode.LOST, "the agent lost it and no attempts are left");
+			else moveTo(tx, row, "pending", now, { detail: { reason, attempt: row.attempts } });
 		} else if (listed && row.status !== "acknowledged" && sentAndOpen(row)) {
 			changed++;
-			moveTo(sql, row, "acknowledged", now, { detail: { reason: "reported_running" } });
-			sql.exec("update commands set generation = ? where id = ?", generation, row.id);
+			moveTo(tx, row, "acknowledged", now, { detail: { reason: "reported_running" } }, generation);
 		}
 	}
 	return changed;
@@ -303,23 +320,23 @@ export type CancelOutcome = "cancelled" | "cancel_requested" | "already_finished
  * Pending: cancelled at once and never sent again. Sent: the agent is asked
  * (the caller sends the `cancel` frame) and has CANCEL_GRACE_SECONDS to answer.
  */
-export function requestCancel(sql: SqlStorage, id: string, now: number, actor = "api"): CancelOutcome {
-	const row = getCommand(sql, id);
+export function requestCancel(tx: Tx, id: string, now: number, actor = "api"): CancelOutcome {
+	const row = getCommand(tx.sql, id);
 	if (!row) return "unknown";
 	if (TERMINAL_STATUSES.has(row.status)) return "already_finished";
 	if (row.status === "pending") {
-		cancelQueued(sql, row, now, actor);
+		cancelQueued(tx, row, now, actor);
 		return "cancelled";
 	}
 	if (row.cancel_requested_at === null) {
-		sql.exec(
+		tx.sql.exec(
 			"update commands set cancel_requested_at = ?, cancel_deadline = ?, cancel_actor = ? where id = ?",
 			now,
 			now + CANCEL_GRACE_SECONDS * 1000,
 			actor,
 			id,
 		);
-		push(sql, { kind: "cancel_requested", commandId: id, at: new Date(now).toISOString() });
+		tx.journal.record({ kind: "cancel_requested", commandId: id, at: new Date(now).toISOString() });
 	}
 	return "cancel_requested";
 }
@@ -339,14 +356,15 @@ export function cancelsOwed(sql: SqlStorage, now: number): { id: string; reason:
  * Runs every timer that is due. Returns the ids of commands the agent must
  * be told to stop (execution timeout while it holds them).
  */
-export function runDueTimers(sql: SqlStorage, now: number): { stop: string[] } {
+export function runDueTimers(tx: Tx, now: number): { stop: string[] } {
+	const { sql } = tx;
 	const stop: string[] = [];
 	for (const row of rows(
 		sql,
 		`select * from commands where status in ${OPEN} and cancel_deadline is not null and cancel_deadline <= ?`,
 		now,
 	)) {
-		fail(sql, row, now, FailureCode.CANCEL_UNCONFIRMED, "the agent did not confirm the cancel in time");
+		fail(tx, row, now, FailureCode.CANCEL_UNCONFIRMED, "the agent did not confirm the cancel in time");
 		addStop(sql, row.id, "requested", now);
 	}
 	for (const row of rows(
@@ -354,7 +372,7 @@ export function runDueTimers(sql: SqlStorage, now: number): { stop: string[] } {
 		`select * from commands where status in ${OPEN} and run_deadline is not null and run_deadline <= ?`,
 		now,
 	)) {
-		fail(sql, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
+		fail(tx, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
 		if (row.status !== "pending" || row.attempts > 0) {
 			// It may still be running; told now if connected, and on every connect until it answers.
 			addStop(sql, row.id, "timeout", now);
@@ -366,9 +384,9 @@ export function runDueTimers(sql: SqlStorage, now: number): { stop: string[] } {
 		"select * from commands where status = 'pending' and expires_at is not null and expires_at <= ?",
 		now,
 	)) {
-		fail(sql, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
+		fail(tx, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
 	}
-	requeueDispatched(sql, now, "ack_timeout");
+	requeueDispatched(tx, now, "ack_timeout");
 	return { stop };
 }
 

@@ -1,32 +1,23 @@
 /**
- * The agent's event log, for observers: every presence change, every command
- * status transition and every output chunk, numbered by a per-agent sequence.
- * Bounded (EVENT_LOG_MAX events, EVENT_LOG_MAX_AGE_MS); what was pruned is
- * remembered, so an observer resuming from before it is told about the gap
- * instead of silently missing events.
+ * The observers' side of the journal (./journal.ts): every presence change,
+ * status transition and output chunk, numbered by a per-agent sequence.
+ * Bounded (EVENT_LOG_MAX rows, EVENT_LOG_MAX_AGE_MS) but never past what
+ * Postgres has confirmed; what was pruned is remembered, so an observer
+ * resuming from before it is told about the gap instead of silently missing
+ * events. Observers number events by `event_seq`, 1, 2, 3 with no holes;
+ * rows with no event (for Postgres only) have none and are skipped.
  */
 import type { ObserverEvent } from "../protocol";
 
 export const EVENT_LOG_MAX = 10_000;
 export const EVENT_LOG_MAX_AGE_MS = 24 * 60 * 60 * 1000;
 
-/** Pruning runs every this many appends, so the bound holds even while Postgres is down. */
-const PRUNE_EVERY = 100;
 /**
  * Replay and broadcast read the log a page at a time, bounded by count and by
  * bytes (output events can be 64 KiB each), so neither holds much in memory.
  */
 export const PAGE = 100;
 export const PAGE_BYTES = 1024 * 1024;
-
-export function appendEvent(sql: SqlStorage, event: ObserverEvent, now: number): number {
-	const body = JSON.stringify(event);
-	const seq = sql
-		.exec<{ seq: number }>("insert into events (at, body, size) values (?, ?, ?) returning seq", now, body, body.length)
-		.one().seq;
-	if (seq % PRUNE_EVERY === 0) pruneEvents(sql, now);
-	return seq;
-}
 
 export interface Logged {
 	seq: number;
@@ -35,7 +26,7 @@ export interface Logged {
 }
 
 export function latestSeq(sql: SqlStorage): number {
-	return sql.exec<{ seq: number | null }>("select max(seq) as seq from events").one().seq ?? prunedThrough(sql);
+	return sql.exec<{ seq: number | null }>("select max(event_seq) as seq from events").one().seq ?? prunedThrough(sql);
 }
 
 /** The highest seq ever pruned (0 if none): resuming from before it has a gap. */
@@ -48,32 +39,39 @@ export function prunedThrough(sql: SqlStorage): number {
 export function eventsAfter(sql: SqlStorage, seq: number, limit = PAGE, budget = PAGE_BYTES): Logged[] {
 	return sql
 		.exec<{ seq: number; at: number; body: string }>(
-			`select e.seq, e.at, e.body from events e join (
-				select seq, sum(size) over (order by seq) - size as before from events where seq > ? order by seq limit ?
-			) p on p.seq = e.seq
+			`select e.event_seq as seq, e.at, e.body from events e join (
+				select event_seq, sum(size) over (order by event_seq) - size as before from events
+				where event_seq > ? order by event_seq limit ?
+			) p on p.event_seq = e.event_seq
 			where p.before = 0 or p.before + e.size <= ?
-			order by e.seq`,
+			order by e.event_seq`,
 			seq,
 			limit,
 			budget,
 		)
 		.toArray()
-		// SAFETY: only appendEvent writes this table, from a typed ObserverEvent.
+		// SAFETY: only the journal writes this table, from a typed ObserverEvent.
 		.map((r) => ({ seq: r.seq, at: r.at, event: JSON.parse(r.body) as ObserverEvent }));
 }
 
-export function pruneEvents(sql: SqlStorage, now: number): void {
+/** Drops what is past the log's bounds, but nothing Postgres has yet to confirm (past `syncedThrough`). */
+export function pruneEvents(sql: SqlStorage, now: number, syncedThrough: number): void {
 	const cutoff = sql
 		.exec<{ seq: number | null }>(
-			"select max(seq) as seq from events where at < ? or seq <= (select max(seq) from events) - ?",
+			`select min(max(seq), coalesce((select min(seq) - 1 from events where seq > ? and sync is not null), max(seq))) as seq
+			 from events where at < ? or seq <= (select max(seq) from events) - ?`,
+			syncedThrough,
 			now - EVENT_LOG_MAX_AGE_MS,
 			EVENT_LOG_MAX,
 		)
 		.one().seq;
 	if (cutoff === null) return;
+	const through = sql.exec<{ n: number | null }>("select max(event_seq) as n from events where seq <= ?", cutoff).one().n;
 	sql.exec("delete from events where seq <= ?", cutoff);
-	sql.exec(
-		"insert into meta (key, value) values ('events_pruned_through', ?) on conflict (key) do update set value = excluded.value",
-		String(cutoff),
-	);
+	if (through !== null && through > prunedThrough(sql)) {
+		sql.exec(
+			"insert into meta (key, value) values ('events_pruned_through', ?) on conflict (key) do update set value = excluded.value",
+			String(through),
+		);
+	}
 }

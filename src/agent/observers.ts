@@ -6,10 +6,8 @@
 import { log } from "../log";
 import { type ObserverEvent, type ObserverFrame, StreamQuery } from "../protocol";
 import * as events from "./events";
-import type { Meta } from "./meta";
-
-/** Set by the worker on a verified observer upgrade: the validated StreamQuery, as JSON. */
-export const OBSERVER_RESUME_HEADER = "x-switchyard-observe-resume";
+import { OBSERVER_TAG } from "./sockets";
+import type { State } from "./state";
 
 /** The resume point the worker forwarded, or null if the header is missing or not one. */
 export function parseResume(header: string | null): StreamQuery | null {
@@ -22,21 +20,16 @@ export function parseResume(header: string | null): StreamQuery | null {
 	}
 }
 
-const OBSERVER_TAG = "observer";
-
 export class Observers {
 	constructor(
 		private readonly ctx: DurableObjectState,
 		private readonly sql: SqlStorage,
-		private readonly meta: Meta,
+		private readonly state: State,
 	) {}
 
-	has(ws: WebSocket): boolean {
-		try {
-			return this.ctx.getTags(ws).includes(OBSERVER_TAG);
-		} catch {
-			return false; // not a socket this object accepted
-		}
+	/** Where broadcasts resume; written with the next transaction (a lost value only repeats events to observers). */
+	private mark(seq: number): void {
+		this.state.set("published_seq", seq);
 	}
 
 	/**
@@ -55,8 +48,8 @@ export class Observers {
 		this.ctx.acceptWebSocket(server, [OBSERVER_TAG]);
 		const latest = events.latestSeq(this.sql);
 		// Replay covers up to `latest`; broadcasts carry on from there.
-		this.meta.set("published_seq", latest);
-		const epoch = this.meta.epoch();
+		this.mark(latest);
+		const epoch = this.state.epoch();
 		send(server, { type: "observing", agentId, epoch, latestSeq: latest });
 		let since = resume.since;
 		if (since !== undefined && ((resume.epoch !== undefined && resume.epoch !== epoch) || since > latest)) {
@@ -91,10 +84,10 @@ export class Observers {
 		const observers = this.ctx.getWebSockets(OBSERVER_TAG);
 		if (observers.length === 0) return;
 		for (;;) {
-			const from = this.meta.getNumber("published_seq") ?? 0;
+			const from = this.state.get("published_seq") ?? 0;
 			const fresh = events.eventsAfter(this.sql, from);
 			if (fresh.length === 0) return;
-			this.meta.set("published_seq", fresh[fresh.length - 1]?.seq ?? from);
+			this.mark(fresh[fresh.length - 1]?.seq ?? from);
 			for (const e of fresh) {
 				const text = JSON.stringify(framed(e));
 				for (const ws of observers) {

@@ -1,17 +1,17 @@
 /**
- * The agent object's SQLite storage: schema, command rows, the outbox to
- * Postgres, stop notices, and the one primitive that moves a command between
- * statuses (and tells the outbox and the observers in the same breath).
+ * The agent object's SQLite storage: schema, command rows, stop notices,
+ * and the one primitive that moves a command between statuses (and tells
+ * the journal, and so Postgres and the observers, in the same breath).
  * The delivery rules built on these live in ./buffer.ts.
  *
- * A buffer row is removed only PRUNE_AFTER_MS after Postgres confirmed its
- * terminal status (`synced_at`), so a catch-up read of Postgres that started
- * earlier can never resurrect a finished command, however long an outage was.
+ * A finished row is removed only PRUNE_AFTER_MS after it finished and once
+ * Postgres has confirmed everything journaled, and never while a catch-up
+ * read is under way (the object's caller decides when to prune), so a read
+ * of Postgres that started earlier can never resurrect a finished command.
  */
-import { z } from "zod";
-import type { KeyedEntry, OutboxEntry, Transition } from "../db/status-writes";
-import { type CommandStatus, FailureCode, TERMINAL_STATUSES } from "../protocol";
-import { appendEvent } from "./events";
+import type { Transition } from "../db/status-writes";
+import { type CommandStatus, FailureCode, OPEN_STATUSES, TERMINAL_STATUSES } from "../protocol";
+import type { Journal } from "./journal";
 
 export const PRUNE_AFTER_MS = 10 * 60 * 1000;
 
@@ -45,6 +45,17 @@ export const MIGRATIONS = [
 	`alter table commands add column first_dispatched_at integer;`,
 	`alter table commands add column cancel_actor text;`,
 	`alter table events add column size integer not null default 0;`,
+	// The outbox becomes the journal's `sync` column; what it held moves over
+	// with the key it was being written under, after everything already logged.
+	`alter table events add column sync text;
+	alter table events add column event_seq integer;
+	update events set event_seq = seq;
+	create index events_by_event_seq on events (event_seq) where event_seq is not null;
+	insert into meta (key, value) values ('synced_through', cast(coalesce((select seq from sqlite_sequence where name = 'events'), 0) as text))
+		on conflict (key) do update set value = excluded.value;
+	insert into events (at, body, size, sync)
+		select 0, '', 0, json_set(body, '$.key', (select value from meta where key = 'epoch') || ':' || seq) from outbox order by seq;
+	drop table outbox;`,
 ];
 
 /**
@@ -77,9 +88,9 @@ export const SCHEMA = `create table commands (
 		cancel_actor text
 	);
 	create index commands_by_delivery on commands (status, priority desc, seq);
-	create table outbox (seq integer primary key autoincrement, body text not null);
 	create table stops (id text primary key, reason text not null, until integer not null);
-	create table events (seq integer primary key autoincrement, at integer not null, body text not null, size integer not null default 0);`;
+	create table events (seq integer primary key autoincrement, at integer not null, body text not null, size integer not null default 0, sync text, event_seq integer);
+	create index events_by_event_seq on events (event_seq) where event_seq is not null;`;
 
 /** Brings the object's tables to the current schema. The object runs this in a transaction, so the schema and its version move together. */
 export function migrate(sql: SqlStorage): void {
@@ -101,108 +112,105 @@ function tableExists(sql: SqlStorage, name: string): boolean {
 
 export const OPEN = "('pending','dispatched','acknowledged')";
 
-const BufferedRow = z.object({
-	id: z.string(),
-	seq: z.number(),
-	action: z.string(),
-	payload: z.string(),
-	session_id: z.string().nullable(),
-	priority: z.number(),
-	status: z.enum(["pending", "dispatched", "acknowledged", "completed", "failed", "cancelled", "expired"]),
-	attempts: z.number(),
-	max_attempts: z.number(),
-	ack_timeout_ms: z.number(),
-	timeout_ms: z.number().nullable(),
-	expires_at: z.number().nullable(),
-	generation: z.number().nullable(),
-	ack_deadline: z.number().nullable(),
-	run_deadline: z.number().nullable(),
-	cancel_requested_at: z.number().nullable(),
-	cancel_deadline: z.number().nullable(),
+/** A command row as the object wrote it. */
+export interface BufferedRow {
+	id: string;
+	seq: number;
+	action: string;
+	payload: string;
+	session_id: string | null;
+	priority: number;
+	status: CommandStatus;
+	attempts: number;
+	max_attempts: number;
+	ack_timeout_ms: number;
+	timeout_ms: number | null;
+	expires_at: number | null;
+	generation: number | null;
+	ack_deadline: number | null;
+	run_deadline: number | null;
+	cancel_requested_at: number | null;
+	cancel_deadline: number | null;
 	/** Who asked for the cancel (api:<key id>), when an operator did through this object. */
-	cancel_actor: z.string().nullable(),
-	finished_at: z.number().nullable(),
-	synced_at: z.number().nullable(),
-	first_dispatched_at: z.number().nullable(),
-});
-export type BufferedRow = z.infer<typeof BufferedRow>;
+	cancel_actor: string | null;
+	finished_at: number | null;
+	synced_at: number | null;
+	first_dispatched_at: number | null;
+}
+
+/**
+ * How many commands wait and how many are out with the agent, kept in
+ * memory so an event that changes neither reads neither. Loaded on first
+ * use; every status change goes through `moveTo` or `dispatch`, which keep
+ * it; a rolled-back transaction drops it.
+ */
+export class Counts {
+	private known: { pending: number; inFlight: number } | undefined;
+
+	constructor(private readonly sql: SqlStorage) {}
+
+	private get(): { pending: number; inFlight: number } {
+		if (!this.known) {
+			this.known = { pending: 0, inFlight: 0 };
+			for (const r of this.sql.exec<{ status: string; n: number }>(
+				`select status, count(*) as n from commands where status in ${OPEN} group by status`,
+			)) {
+				if (r.status === "pending") this.known.pending += r.n;
+				else this.known.inFlight += r.n;
+			}
+		}
+		return this.known;
+	}
+
+	get pending(): number {
+		return this.get().pending;
+	}
+
+	get inFlight(): number {
+		return this.get().inFlight;
+	}
+
+	get open(): number {
+		return this.pending + this.inFlight;
+	}
+
+	move(from: CommandStatus | null, to: CommandStatus | null): void {
+		if (!this.known || from === to) return;
+		this.adjust(from, -1);
+		this.adjust(to, 1);
+	}
+
+	forget(): void {
+		this.known = undefined;
+	}
+
+	private adjust(status: CommandStatus | null, by: number): void {
+		if (!this.known || status === null) return;
+		if (status === "pending") this.known.pending += by;
+		else if ((OPEN_STATUSES as readonly string[]).includes(status)) this.known.inFlight += by;
+	}
+}
+
+/** What the delivery rules write through: the table, the journal and the counts, inside one transaction. */
+export interface Tx {
+	readonly sql: SqlStorage;
+	readonly journal: Journal;
+	readonly counts: Counts;
+}
 
 export function rows(sql: SqlStorage, query: string, ...params: SqlStorageValue[]): BufferedRow[] {
-	return sql
-		.exec(query, ...params)
-		.toArray()
-		.map((r) => BufferedRow.parse(r));
+	// SAFETY: only this module and buffer.ts write the commands table, with these columns.
+	return sql.exec(query, ...params).toArray() as unknown as BufferedRow[];
 }
 
 export function getCommand(sql: SqlStorage, id: string): BufferedRow | undefined {
 	return rows(sql, "select * from commands where id = ?", id)[0];
 }
 
-// ------------------------------------------------------------------ outbox
-
-/** Queues an entry for Postgres; a status transition is also told to observers. */
-export function push(sql: SqlStorage, entry: OutboxEntry): void {
-	sql.exec("insert into outbox (body) values (?)", JSON.stringify(entry));
-	if (entry.kind === "transition") {
-		const reason = entry.detail?.reason;
-		appendEvent(
-			sql,
-			{
-				type: "status",
-				id: entry.commandId,
-				from: entry.from,
-				to: entry.to,
-				attempt: entry.attempts,
-				reason: typeof reason === "string" ? reason : null,
-				errorCode: entry.errorCode ?? null,
-			},
-			Date.parse(entry.at),
-		);
-	}
-}
-
-/** Queues a chunk of a command's output for Postgres and for observers. */
-export function recordOutput(sql: SqlStorage, id: string, chunk: number, data: string, now: number): void {
-	sql.exec(
-		"insert into outbox (body) values (?)",
-		JSON.stringify({ kind: "output", commandId: id, at: new Date(now).toISOString(), data } satisfies OutboxEntry),
-	);
-	appendEvent(sql, { type: "output", id, chunk, data }, now);
-}
-
-/**
- * The oldest `limit` entries. Each gets a key from the object's storage epoch
- * and its outbox seq: unique even if the object's storage is ever reset.
- */
-export function peekOutbox(sql: SqlStorage, limit: number, epoch: string): { lastSeq: number; entries: KeyedEntry[] } {
-	const batch = sql
-		.exec<{ seq: number; body: string }>("select seq, body from outbox order by seq limit ?", limit)
-		.toArray();
-	return {
-		lastSeq: batch.at(-1)?.seq ?? 0,
-		// SAFETY: only push() writes this table, from a typed OutboxEntry.
-		entries: batch.map((r) => ({ ...(JSON.parse(r.body) as OutboxEntry), key: `${epoch}:${r.seq}` })),
-	};
-}
-
-export function dropOutbox(sql: SqlStorage, throughSeq: number): void {
-	sql.exec("delete from outbox where seq <= ?", throughSeq);
-}
-
-export function outboxSize(sql: SqlStorage): number {
-	return sql.exec<{ n: number }>("select count(*) as n from outbox").one().n;
-}
-
-/** Records that Postgres now has these commands' terminal status. */
-export function markSynced(sql: SqlStorage, ids: readonly string[], now: number): void {
-	for (const id of ids) sql.exec("update commands set synced_at = ? where id = ? and finished_at is not null", now, id);
-}
-
-/** Forgets finished commands PRUNE_AFTER_MS after Postgres confirmed them, and stale stops. */
+/** Forgets finished commands PRUNE_AFTER_MS after they finished, and stale stops. */
 export function prune(sql: SqlStorage, now: number): number {
 	sql.exec("delete from stops where until < ?", now);
-	return sql.exec("delete from commands where synced_at is not null and synced_at < ?", now - PRUNE_AFTER_MS)
-		.rowsWritten;
+	return sql.exec("delete from commands where finished_at is not null and finished_at < ?", now - PRUNE_AFTER_MS).rowsWritten;
 }
 
 // ------------------------------------------------------------------- stops
@@ -235,21 +243,28 @@ export function clearStop(sql: SqlStorage, id: string): void {
 
 export type Extra = Pick<Transition, "result" | "error" | "errorCode" | "detail" | "actor">;
 
-/** Moves a row to `to`, clears timers that no longer apply, and queues the transition. */
-export function moveTo(sql: SqlStorage, row: BufferedRow, to: CommandStatus, now: number, extra: Extra = {}): void {
+/**
+ * Moves a row to `to`, clears timers that no longer apply, and journals the
+ * transition. `generation` is set for a move to `acknowledged` (the
+ * connection the agent proved it holds the command on).
+ */
+export function moveTo(tx: Tx, row: BufferedRow, to: CommandStatus, now: number, extra: Extra = {}, generation?: number): void {
 	const terminal = TERMINAL_STATUSES.has(to);
-	sql.exec(
+	tx.sql.exec(
 		`update commands set status = ?, finished_at = ?,
 			ack_deadline = case when ? = 'dispatched' then ack_deadline else null end,
-			generation = case when ? in ('dispatched','acknowledged') then generation else null end
+			generation = case when ? is not null then ? when ? in ('dispatched','acknowledged') then generation else null end
 		 where id = ?`,
 		to,
 		terminal ? now : null,
 		to,
+		generation ?? null,
+		generation ?? null,
 		to,
 		row.id,
 	);
-	push(sql, {
+	tx.counts.move(row.status, to);
+	tx.journal.record({
 		kind: "transition",
 		commandId: row.id,
 		from: row.status,
@@ -275,8 +290,8 @@ function cancelAttribution(row: BufferedRow, to: CommandStatus, extra: Extra): P
 	};
 }
 
-export function fail(sql: SqlStorage, row: BufferedRow, now: number, code: FailureCode, error: string): void {
-	moveTo(sql, row, code === FailureCode.EXPIRED ? "expired" : code === FailureCode.CANCEL_UNCONFIRMED ? "cancelled" : "failed", now, {
+export function fail(tx: Tx, row: BufferedRow, now: number, code: FailureCode, error: string): void {
+	moveTo(tx, row, code === FailureCode.EXPIRED ? "expired" : code === FailureCode.CANCEL_UNCONFIRMED ? "cancelled" : "failed", now, {
 		error,
 		errorCode: code,
 		result: null,

@@ -1,7 +1,7 @@
 import { Hono } from "hono";
 import type { AppEnv } from "../app-env";
 import { z } from "zod";
-import { AGENT_ID_HEADER, OBSERVER_RESUME_HEADER, TOKEN_EXPIRES_HEADER, TOKEN_VERSION_HEADER } from "../agent/agent-hub";
+import { AGENT_ID_HEADER, OBSERVER_RESUME_HEADER, TOKEN_EXPIRES_HEADER, TOKEN_VERSION_HEADER } from "../agent/headers";
 import { readAccess, writeAccess } from "../auth/api-key";
 import { signAgentToken, tokenSecrets, verifyAgentToken } from "../auth/agent-token";
 import { checkOrigin, presentedCredential, protocolsWithoutCredential } from "../auth/credentials";
@@ -10,7 +10,7 @@ import { ApiError } from "../errors";
 import { log } from "../log";
 import { AgentId, ErrorCode, ListAgentsQuery, StreamQuery, TokenRequest } from "../protocol";
 import { optionalJsonBody, params, query } from "../validation";
-import { agentHub } from "./commands";
+import { agentHub } from "../agent/stub";
 
 const AgentParam = z.object({ agentId: AgentId });
 
@@ -35,7 +35,7 @@ export const agentRoutes = new Hono<AppEnv>()
 			const { agentId } = c.req.valid("param");
 			const { ttlSeconds } = c.req.valid("json");
 			// The object knows the agent's current token version (raised by each revocation).
-			const version = await agentHub(c.env, agentId).tokenVersion(agentId);
+			const version = await agentHub(c.env, agentId).tokenVersion();
 			const token = await signAgentToken(agentId, tokenSecrets(c.env), ttlSeconds, { version });
 			log("info", "agent.token_minted", { agentId, apiKeyId: c.get("apiKeyId"), ttlSeconds, version });
 			return c.json({ agentId, ...token }, 201);
@@ -47,7 +47,7 @@ export const agentRoutes = new Hono<AppEnv>()
 	 */
 	.post("/agents/:agentId/revoke", writeAccess, params(AgentParam), async (c) => {
 		const { agentId } = c.req.valid("param");
-		const { version, closed } = await agentHub(c.env, agentId).revokeTokens(agentId);
+		const { version, closed } = await agentHub(c.env, agentId).revokeTokens();
 		log("warn", "agent.revoked", { agentId, apiKeyId: c.get("apiKeyId"), version });
 		return c.json({ agentId, revoked: true, socketClosed: closed });
 	})
@@ -89,7 +89,7 @@ export const agentRoutes = new Hono<AppEnv>()
 		// failed whether its token was the reason (the SDK asks this way).
 		if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
 			// The probe must see a revocation too (on an upgrade, the object checks it).
-			if (check.claims.ver < (await agentHub(c.env, agentId).tokenVersion(agentId))) {
+			if (check.claims.ver < (await agentHub(c.env, agentId).tokenVersion())) {
 				throw new ApiError(401, ErrorCode.UNAUTHORIZED, "agent token was revoked: mint a new one");
 			}
 			throw new ApiError(426, ErrorCode.UPGRADE_REQUIRED, "this endpoint takes a WebSocket upgrade");

@@ -1,11 +1,10 @@
 import { Hono } from "hono";
 import type { AppEnv } from "../app-env";
 import { z } from "zod";
-import { type AgentHub, toBufferInput } from "../agent/agent-hub";
+import { agentHub, forward } from "../agent/stub";
 import { readAccess, writeAccess } from "../auth/api-key";
 import { enqueueRateLimit } from "../rate-limit";
 import {
-	type CommandRecord,
 	decodeCursor,
 	getCommand,
 	getOutput,
@@ -16,7 +15,7 @@ import {
 	toApiCommand,
 } from "../db/commands";
 import { ApiError } from "../errors";
-import { errorFields, log, payloadFields } from "../log";
+import { errorFields, log, logs, payloadFields } from "../log";
 import {
 	AgentId,
 	BatchEnqueueRequest,
@@ -27,36 +26,6 @@ import {
 	TERMINAL_STATUSES,
 } from "../protocol";
 import { jsonBody, params, query } from "../validation";
-
-export function agentHub(env: Env, agentId: string): DurableObjectStub<AgentHub> {
-	return env.AGENT_HUB.get(env.AGENT_HUB.idFromName(agentId));
-}
-
-/**
- * Hands committed commands to their agents' objects, one call per agent. A
- * failure is logged, not raised: the rows are durable and `pending`, and the
- * object reads them from Postgres on the agent's next connect, or the
- * recovery cron hands them over within a minute.
- */
-export async function forward(env: Env, commands: CommandRecord[]): Promise<void> {
-	const byAgent = new Map<string, CommandRecord[]>();
-	for (const c of commands) byAgent.set(c.agentId, [...(byAgent.get(c.agentId) ?? []), c]);
-	const calls = [...byAgent];
-	// Bounded fan-out: a batch may name up to 1,000 agents.
-	for (let i = 0; i < calls.length; i += FORWARD_PARALLEL) {
-		await Promise.all(
-			calls.slice(i, i + FORWARD_PARALLEL).map(async ([agentId, list]) => {
-				try {
-					await agentHub(env, agentId).enqueue(list.map(toBufferInput));
-				} catch (err) {
-					log("warn", "command.forward_failed", { agentId, count: list.length, ...errorFields(err) });
-				}
-			}),
-		);
-	}
-}
-
-const FORWARD_PARALLEL = 50;
 
 /** An agent object that cannot be reached is a transient condition, like a database outage. */
 async function callHub<T>(agentId: string, call: () => Promise<T>): Promise<T> {
@@ -79,13 +48,16 @@ export const commandRoutes = new Hono<AppEnv>()
 			const { agentId } = c.req.valid("param");
 			const body = c.req.valid("json");
 			const { command, created } = await c.var.db.run((db) => insertCommand(db, agentId, body, c.get("apiKeyId")));
-			log("info", created ? "command.enqueued" : "command.enqueue_replayed", {
-				agentId,
-				commandId: command.id,
-				action: command.action,
-				priority: command.priority,
-				...(await payloadFields(command.payload)),
-			});
+			// A command logs one info line, when it ends (in its object); the rest is in its events.
+			if (logs("debug")) {
+				log("debug", created ? "command.enqueued" : "command.enqueue_replayed", {
+					agentId,
+					commandId: command.id,
+					action: command.action,
+					priority: command.priority,
+					...(await payloadFields(command.payload)),
+				});
+			}
 			// A replay forwards again: harmless for the object, and it heals a first forward that failed.
 			if (!TERMINAL_STATUSES.has(command.status)) await forward(c.env, [command]);
 			return c.json(toApiCommand(command), created ? 201 : 200);
@@ -95,7 +67,7 @@ export const commandRoutes = new Hono<AppEnv>()
 		const body = c.req.valid("json");
 		const results = await c.var.db.run((db) => insertBatch(db, body, c.get("apiKeyId")));
 		const fresh = results.filter((r) => !TERMINAL_STATUSES.has(r.command.status)).map((r) => r.command);
-		log("info", "command.batch_enqueued", {
+		log("debug", "command.batch_enqueued", {
 			count: results.length,
 			created: results.filter((r) => r.created).length,
 			agents: new Set(fresh.map((f) => f.agentId)).size,
@@ -142,7 +114,7 @@ export const commandRoutes = new Hono<AppEnv>()
 			throw new ApiError(409, ErrorCode.ALREADY_FINISHED, `command is already ${before.status}`);
 		}
 		const { outcome } = await callHub(before.agentId, () =>
-			agentHub(c.env, before.agentId).cancel(before.agentId, id, c.get("apiKeyId")),
+			agentHub(c.env, before.agentId).cancel(id, c.get("apiKeyId")),
 		);
 		if (outcome === "unavailable") {
 			throw new ApiError(503, ErrorCode.DB_UNAVAILABLE, "the database is unavailable; retry shortly");
@@ -173,6 +145,6 @@ export const commandRoutes = new Hono<AppEnv>()
 	})
 	.post("/agents/:agentId/reconcile", writeAccess, params(z.object({ agentId: AgentId })), async (c) => {
 		const { agentId } = c.req.valid("param");
-		const { added } = await callHub(agentId, () => agentHub(c.env, agentId).reconcile(agentId));
+		const { added } = await callHub(agentId, () => agentHub(c.env, agentId).reconcile());
 		return c.json({ agentId, added });
 	});

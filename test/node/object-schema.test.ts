@@ -52,7 +52,7 @@ describe("agent object schema", () => {
 		migrated.exec(`insert into meta (key, value) values ('schema_version', '${MIGRATIONS.length}')`);
 		migrate(old);
 
-		expect(shape(fresh).map((t) => t.name)).toEqual(["commands", "events", "meta", "outbox", "stops"]);
+		expect(shape(fresh).map((t) => t.name)).toEqual(["commands", "events", "meta", "stops"]);
 		expect(shape(fresh)).toEqual(shape(migrated));
 	});
 
@@ -71,5 +71,25 @@ describe("agent object schema", () => {
 		const fresh = new DatabaseSync(":memory:");
 		migrate(sqlStorage(fresh));
 		expect(shape(db)).toEqual(shape(fresh));
+	});
+
+	it("an object's unflushed outbox moves into the journal, after its events, under the keys it was being written with", () => {
+		const db = new DatabaseSync(":memory:");
+		db.exec("create table meta (key text primary key, value text not null)");
+		const before = MIGRATIONS.length - 1;
+		for (const step of MIGRATIONS.slice(0, before)) db.exec(step);
+		db.exec(`insert into meta (key, value) values ('schema_version', '${before}'), ('epoch', 'e1')`);
+		db.exec(`insert into events (at, body, size) values (1, '{"type":"presence"}', 19), (2, '{"type":"status"}', 17)`);
+		db.exec(`insert into outbox (body) values ('{"kind":"taken","commandId":"c1"}'), ('{"kind":"output","commandId":"c1","data":"x"}')`);
+		migrate(sqlStorage(db));
+
+		const rows = db.prepare("select seq, body, sync, event_seq from events order by seq").all();
+		expect(rows.map((r) => r.event_seq)).toEqual([1, 2, null, null]);
+		expect(rows.slice(2).map((r) => JSON.parse(String(r.sync)))).toEqual([
+			{ kind: "taken", commandId: "c1", key: "e1:1" },
+			{ kind: "output", commandId: "c1", data: "x", key: "e1:2" },
+		]);
+		// What was already logged is not for Postgres; the moved entries are.
+		expect(db.prepare("select value from meta where key = 'synced_through'").all()[0]?.value).toBe("2");
 	});
 });

@@ -7,7 +7,7 @@ import { env, exports } from "cloudflare:workers";
 import { sign } from "hono/jwt";
 import { describe, expect, it } from "vitest";
 import { signAgentToken } from "../../src/auth/agent-token";
-import { agentHub } from "../../src/routes/commands";
+import { agentHub } from "../../src/agent/stub";
 import { AgentSocket, BASE, enqueue, query, sql, tokenFor, uniqueAgentId, waitFor } from "../helpers/worker/harness";
 
 function connectRaw(agentId: string, headers: Record<string, string>): Promise<Response> {

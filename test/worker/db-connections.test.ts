@@ -7,8 +7,8 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { connectTimeout } from "../../src/db/client";
-import { agentHub } from "../../src/routes/commands";
-import { AgentSocket, api, query, sql, uniqueAgentId, waitFor } from "../helpers/worker/harness";
+import { agentHub } from "../../src/agent/stub";
+import { AgentSocket, api, objectSettled, query, sql, uniqueAgentId, waitFor } from "../helpers/worker/harness";
 
 /** Connections the relay has accepted so far, from anyone. */
 async function connectionsOpened(): Promise<number> {
@@ -20,13 +20,6 @@ async function connectionsOpen(): Promise<number> {
 	return Number(await (await fetch(`${env.TEST_RELAY_CONTROL}/open`)).text());
 }
 
-/** Waits, without touching Postgres, until the object has nothing left to read or write. */
-async function objectSettled(agentId: string): Promise<void> {
-	await waitFor(async () => {
-		const seen = await agentHub(env, agentId).inspect();
-		return seen.outbox === 0 && !seen.timers.includes("catch_up") && !seen.timers.includes("flush");
-	}, "the object's reads and flushes");
-}
 
 describe("database connections", () => {
 	it("an agent's connect, twenty commands' status changes and two reconnects share one connection", async () => {

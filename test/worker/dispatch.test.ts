@@ -6,7 +6,7 @@ import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import type { AgentHub } from "../../src/agent/agent-hub";
 import { describe, expect, it } from "vitest";
-import { agentHub } from "../../src/routes/commands";
+import { agentHub } from "../../src/agent/stub";
 import { AgentSocket, api, enqueue, query, sql, uniqueAgentId, waitFor } from "../helpers/worker/harness";
 
 type Row = Record<string, unknown>;

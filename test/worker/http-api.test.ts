@@ -7,7 +7,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
 import { app } from "../../src/app";
-import { agentHub } from "../../src/routes/commands";
+import { agentHub } from "../../src/agent/stub";
 import { AgentSocket, API_KEY, BASE, api, enqueue, query, sql, uniqueAgentId } from "../helpers/worker/harness";
 
 type ErrorShape = { error: { code: string; message: string; issues?: unknown[] } };

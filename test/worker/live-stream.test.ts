@@ -7,7 +7,7 @@ import { env, exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
 import { deleteExpired } from "../../src/retention";
-import { agentHub } from "../../src/routes/commands";
+import { agentHub } from "../../src/agent/stub";
 import { OUTPUT_CAP_CHARS, OUTPUT_TRUNCATION_MARKER } from "../../src/protocol";
 import {
 	API_KEY,
@@ -21,6 +21,7 @@ import {
 	uniqueAgentId,
 	waitFor,
 	waitForStatus,
+	objectSettled,
 } from "../helpers/worker/harness";
 
 type Frame = Record<string, unknown> & { type: string; seq?: number };
@@ -134,11 +135,14 @@ describe("observer stream", () => {
 		const cmd = await enqueue(agentId, { action: "old" });
 		await agent.next("command");
 		const stub = agentHub(env, agentId);
+		// The log never drops what Postgres has yet to confirm.
+		await objectSettled(agentId);
 		// Age the log past its limit, as days of activity would.
 		await runInDurableObject(stub, async (_i: AgentHub, state) => {
 			const { pruneEvents } = await import("../../src/agent/events");
 			state.storage.sql.exec("update events set at = at - ?", 2 * 24 * 3600 * 1000);
-			pruneEvents(state.storage.sql, Date.now());
+			const synced = state.storage.sql.exec<{ value: string }>("select value from meta where key = 'synced_through'").toArray()[0];
+			pruneEvents(state.storage.sql, Date.now(), Number(synced?.value ?? 0));
 		});
 		agent.send({ type: "result", id: cmd.id, status: "completed" });
 		await waitForStatus(cmd.id, "completed");
@@ -448,8 +452,8 @@ describe("Analytics Engine", () => {
 		// Local Analytics Engine discards writes; give the object a dataset that records them.
 		await runInDurableObject(stub, (instance: AgentHub) => {
 			// SAFETY: test-only swap of the object's env for one with the optional binding.
-			const hub = instance as unknown as { env: Env & { ANALYTICS?: AnalyticsEngineDataset } };
-			hub.env = { ...hub.env, ANALYTICS: { writeDataPoint: (p?: AnalyticsEngineDataPoint) => p && points.push(p) } };
+			const { core } = instance as unknown as { core: { env: Env & { ANALYTICS?: AnalyticsEngineDataset } } };
+			core.env = { ...core.env, ANALYTICS: { writeDataPoint: (p?: AnalyticsEngineDataPoint) => p && points.push(p) } };
 		});
 		const agent = await AgentSocket.connect(agentId);
 		await agent.next("command");

@@ -7,9 +7,10 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
 import * as buffer from "../../src/agent/buffer";
-import * as storage from "../../src/agent/storage";
+import type { AgentCore } from "../../src/agent/core";
+import { pruneSettled } from "../../src/agent/flush";
 import { writeStatus } from "../../src/db/status-writes";
-import { agentHub } from "../../src/routes/commands";
+import { agentHub } from "../../src/agent/stub";
 import {
 	AgentSocket,
 	api,
@@ -32,13 +33,14 @@ import {
 async function alarmWhileCatchUpWaits(stub: ReturnType<typeof agentHub>, waitedMs: number) {
 	await runInDurableObject(stub, (instance: AgentHub, state) => {
 		// SAFETY: a test reaching into the object: a read that has not finished (queued at the gate).
-		const hub = instance as unknown as { catchingUp: Promise<void> | null; catchingUpSince: number };
-		hub.catchingUp = new Promise(() => {});
-		hub.catchingUpSince = Date.now() - waitedMs;
+		const job = (instance as unknown as { catchUpJob: { running: Promise<void> | null; since: number } }).catchUpJob;
+		job.running = new Promise(() => {});
+		job.since = Date.now() - waitedMs;
 		state.storage.sql.exec(
 			"insert into meta (key, value) values ('timer:catch_up', ?) on conflict (key) do update set value = excluded.value",
 			String(Date.now() - 1),
 		);
+		instance.reloadState();
 	});
 	const before = Date.now();
 	await runDurableObjectAlarm(stub);
@@ -136,8 +138,9 @@ describe("an agent that never says hello", () => {
 
 		const second = await AgentSocket.connect(agentId, { hello: false });
 		const stub = agentHub(env, agentId);
-		await runInDurableObject(stub, (_i: AgentHub, state) => {
+		await runInDurableObject(stub, (instance: AgentHub, state) => {
 			state.storage.sql.exec("update meta set value = ? where key = 'timer:hello'", String(Date.now() - 1));
+			instance.reloadState();
 		});
 		await waitFor(async () => {
 			await runDurableObjectAlarm(stub);
@@ -205,16 +208,21 @@ describe("Postgres is the record, and it never goes backwards", () => {
 		const agentId = uniqueAgentId();
 		const cmd = await enqueue(agentId, { action: "old" });
 		const stub = agentHub(env, agentId);
-		await runInDurableObject(stub, (_i: AgentHub, state) => {
+		await runInDurableObject(stub, (instance: AgentHub, state) => {
 			const s = state.storage.sql;
+			// SAFETY: a test reaching into the object for its transaction primitive.
+			const core = (instance as unknown as { core: AgentCore }).core;
 			const t0 = Date.now();
-			buffer.fillWindow(s, 1, 1, t0);
-			expect(buffer.finish(s, cmd.id, { status: "completed" }, t0)).toBe("applied");
-			// Twelve minutes of outage: not synced, so not pruned.
-			expect(storage.prune(s, t0 + 12 * 60_000)).toBe(0);
-			storage.markSynced(s, [cmd.id], t0 + 12 * 60_000);
-			expect(storage.prune(s, t0 + 15 * 60_000)).toBe(0);
-			expect(storage.prune(s, t0 + 23 * 60_000)).toBe(1);
+			core.atomically((tx) => {
+				buffer.fillWindow(tx, 1, 1, t0);
+				expect(buffer.finish(tx, cmd.id, { status: "completed" }, t0)).toBe("applied");
+			});
+			// Twelve minutes of outage: Postgres has not confirmed it, so it stays.
+			expect(pruneSettled(s, t0 + 12 * 60_000, { unsynced: 1, reading: false })).toBe(0);
+			// Confirmed, but a catch-up read that began before is still under way.
+			expect(pruneSettled(s, t0 + 12 * 60_000, { unsynced: 0, reading: true })).toBe(0);
+			expect(pruneSettled(s, t0 + 5 * 60_000, { unsynced: 0, reading: false })).toBe(0);
+			expect(pruneSettled(s, t0 + 12 * 60_000, { unsynced: 0, reading: false })).toBe(1);
 		});
 	});
 

@@ -11,7 +11,7 @@ import type { AgentHub } from "../../src/agent/agent-hub";
 import { signAgentToken } from "../../src/auth/agent-token";
 import { matchApiKey } from "../../src/auth/api-key";
 import { CloseCode, ErrorCode, ServerFrame } from "../../src/protocol";
-import { agentHub } from "../../src/routes/commands";
+import { agentHub } from "../../src/agent/stub";
 import {
 	TEST_ALLOWED_ORIGIN,
 	TEST_PREVIOUS_TOKEN_SECRET,

@@ -76,12 +76,25 @@ export async function waitFor<T>(
  */
 export async function connectSettled(agentId: string): Promise<AgentSocket> {
 	const socket = await AgentSocket.connect(agentId);
-	const { agentHub } = await import("../../../src/routes/commands");
+	const { agentHub } = await import("../../../src/agent/stub");
 	await waitFor(async () => {
 		const seen = await agentHub(env, agentId).inspect();
 		return seen.connected && !seen.timers.includes("catch_up");
 	}, "the connect-time catch-up");
 	return socket;
+}
+
+/**
+ * Waits, without touching Postgres, until the agent's object has nothing
+ * left to read or write (and, if given, is or is not connected).
+ */
+export async function objectSettled(agentId: string, opts: { connected?: boolean } = {}): Promise<void> {
+	const { agentHub } = await import("../../../src/agent/stub");
+	await waitFor(async () => {
+		const seen = await agentHub(env, agentId).inspect();
+		const settled = seen.outbox === 0 && !seen.timers.includes("catch_up") && !seen.timers.includes("flush");
+		return settled && (opts.connected === undefined || seen.connected === opts.connected);
+	}, "the object's reads and flushes");
 }
 
 type FrameOf<T extends ServerFrame["type"]> = Extract<ServerFrame, { type: T }>;
@@ -95,7 +108,7 @@ const liveSockets = new Set<AgentSocket>();
  * file down (an unhandled EnvironmentTeardownError fails a green run).
  */
 export async function closeLiveSockets(): Promise<void> {
-	const { agentHub } = await import("../../../src/routes/commands");
+	const { agentHub } = await import("../../../src/agent/stub");
 	await Promise.all(
 		[...liveSockets].map(async (socket) => {
 			socket.close();

@@ -1,0 +1,161 @@
+/**
+ * The agent object's small typed state (connection generation, presence,
+ * window, timers, token version), kept in its `meta` table so it survives
+ * hibernation and eviction.
+ *
+ * The table is read once per isolate into memory; only this object writes
+ * it, so the copy stays true. Writes collect in memory and reach the table
+ * in one statement when the event's transaction commits (`commit`); a
+ * transaction that rolls back drops the copy (`forget`), so no value it set
+ * outlives it. Two keys of the table are not state and are kept with plain
+ * SQL where they are used: `schema_version` (storage.ts) and
+ * `events_pruned_through` (events.ts).
+ */
+
+interface Codec<T> {
+	decode(text: string): T;
+	encode(value: T): string;
+}
+const num: Codec<number> = { decode: Number, encode: String };
+const flag: Codec<boolean> = { decode: (t) => t === "1", encode: (v) => (v ? "1" : "0") };
+const text: Codec<string> = { decode: (t) => t, encode: (v) => v };
+// SAFETY: only this module writes the key, from a string[].
+const ids: Codec<string[]> = { decode: (t) => JSON.parse(t) as string[], encode: (v) => JSON.stringify(v) };
+
+/** Named deadlines that share the object's one alarm with the commands' own. */
+export const TIMERS = ["hello", "catch_up", "flush", "token_expiry"] as const;
+export type TimerName = (typeof TIMERS)[number];
+
+/** Every key the object keeps, with its type. */
+const SCHEMA = {
+	/** Counts connections; a frame from a socket of an older generation has no say. */
+	generation: num,
+	connected: flag,
+	last_connected_at: num,
+	/** The last frame (or JSON ping) the object took, in ms; edge-answered pings are read from the socket. */
+	last_seen_at: num,
+	/** Presence changed since Postgres last heard. */
+	presence_dirty: flag,
+	/** The agent's window, from its hello. */
+	concurrency: num,
+	/** The connection whose hello was taken, and what it said it runs (for a catch-up that lands later). */
+	hello_generation: num,
+	hello_running: ids,
+	token_version: num,
+	/** A random id of this storage: outbox keys and observers' resume points carry it. */
+	epoch: text,
+	/** The last journal entry observers were sent. */
+	published_seq: num,
+	/** The last journal entry Postgres confirmed. */
+	synced_through: num,
+	catch_up_failures: num,
+	flush_failures: num,
+	"timer:hello": num,
+	"timer:catch_up": num,
+	"timer:flush": num,
+	"timer:token_expiry": num,
+} satisfies Record<string, Codec<never> | Codec<number> | Codec<boolean> | Codec<string> | Codec<string[]>>;
+
+export type StateKey = keyof typeof SCHEMA;
+type ValueOf<K extends StateKey> = (typeof SCHEMA)[K] extends Codec<infer T> ? T : never;
+
+function isKey(key: string): key is StateKey {
+	return Object.hasOwn(SCHEMA, key);
+}
+
+export class State {
+	private values: Map<StateKey, unknown> | undefined;
+	/** Encoded values to write at commit; null deletes the key. */
+	private readonly dirty = new Map<StateKey, string | null>();
+
+	constructor(private readonly sql: SqlStorage) {}
+
+	private loaded(): Map<StateKey, unknown> {
+		if (!this.values) {
+			this.values = new Map();
+			for (const r of this.sql.exec<{ key: string; value: string }>("select key, value from meta")) {
+				if (isKey(r.key)) this.values.set(r.key, SCHEMA[r.key].decode(r.value));
+			}
+		}
+		return this.values;
+	}
+
+	get<K extends StateKey>(key: K): ValueOf<K> | undefined {
+		return this.loaded().get(key) as ValueOf<K> | undefined;
+	}
+
+	set<K extends StateKey>(key: K, value: ValueOf<K>): void {
+		const values = this.loaded();
+		if (values.get(key) === value) return;
+		values.set(key, value);
+		this.dirty.set(key, (SCHEMA[key] as Codec<ValueOf<K>>).encode(value));
+	}
+
+	delete(key: StateKey): void {
+		const values = this.loaded();
+		if (!values.has(key)) return;
+		values.delete(key);
+		this.dirty.set(key, null);
+	}
+
+	timer(name: TimerName): number | undefined {
+		return this.get(`timer:${name}`);
+	}
+
+	setTimer(name: TimerName, at: number): void {
+		this.set(`timer:${name}`, at);
+	}
+
+	clearTimer(name: TimerName): void {
+		this.delete(`timer:${name}`);
+	}
+
+	/** Every timer that is set, by name. */
+	timers(): Map<TimerName, number> {
+		const out = new Map<TimerName, number>();
+		for (const name of TIMERS) {
+			const at = this.timer(name);
+			if (at !== undefined) out.set(name, at);
+		}
+		return out;
+	}
+
+	/**
+	 * The storage epoch, minted on first use (set, so it is written with the
+	 * transaction that first needs it).
+	 */
+	epoch(): string {
+		let epoch = this.get("epoch");
+		if (!epoch) {
+			epoch = crypto.randomUUID();
+			this.set("epoch", epoch);
+		}
+		return epoch;
+	}
+
+	/** Writes what changed: one upsert and at most one delete. Called inside the event's transaction. */
+	commit(): void {
+		if (this.dirty.size === 0) return;
+		const upserts: [string, string][] = [];
+		const deletes: string[] = [];
+		for (const [key, value] of this.dirty) {
+			if (value === null) deletes.push(key);
+			else upserts.push([key, value]);
+		}
+		this.dirty.clear();
+		if (upserts.length > 0) {
+			this.sql.exec(
+				`insert into meta (key, value) select json_extract(value, '$[0]'), json_extract(value, '$[1]') from json_each(?)
+				 where true on conflict (key) do update set value = excluded.value`,
+				JSON.stringify(upserts),
+			);
+		}
+		if (deletes.length > 0) this.sql.exec("delete from meta where key in (select value from json_each(?))", JSON.stringify(deletes));
+	}
+
+	/** Drops the copy and anything not yet written; the next read loads the table again. */
+	forget(): void {
+		this.values = undefined;
+		this.dirty.clear();
+	}
+}

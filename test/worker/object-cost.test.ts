@@ -1,0 +1,138 @@
+/**
+ * What one command costs its agent's object, counted, not timed: SQLite
+ * statements and transactions from enqueue to `completed` in Postgres, and
+ * what is left on the alarm afterwards. A budget that is passed means a
+ * change put work back on every command's path.
+ */
+import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import type { AgentHub } from "../../src/agent/agent-hub";
+import type { AgentCore } from "../../src/agent/core";
+import { agentHub } from "../../src/agent/stub";
+import { connectSettled, enqueue, objectSettled, query, sql, uniqueAgentId, waitFor, waitForStatus } from "../helpers/worker/harness";
+
+/** Statements for one command from enqueue to `completed`, over every event and its share of the flushes. */
+const STATEMENT_BUDGET = 15;
+
+interface Cost {
+	statements: string[];
+	transactions: number;
+	alarmsSet: number;
+	/** Set while the test itself looks inside the object. */
+	paused: boolean;
+}
+
+/** Counts what the object asks of its storage from now on. */
+function meter(stub: ReturnType<typeof agentHub>): Promise<void> {
+	return runInDurableObject(stub, (instance: AgentHub) => {
+		// SAFETY: a test reaching into the object for the storage handles it uses.
+		const core = (instance as unknown as { core: AgentCore }).core;
+		const cost: Cost = { statements: [], transactions: 0, alarmsSet: 0, paused: false };
+		(instance as unknown as { cost: Cost }).cost = cost;
+		const sql = core.sql;
+		const exec = sql.exec.bind(sql);
+		sql.exec = ((query: string, ...params: SqlStorageValue[]) => {
+			if (!cost.paused) cost.statements.push(query.replace(/\s+/g, " ").slice(0, 60));
+			return exec(query, ...params);
+		}) as typeof sql.exec;
+		const storage = core.ctx.storage;
+		const transactionSync = storage.transactionSync.bind(storage);
+		storage.transactionSync = (<T>(fn: () => T): T => {
+			cost.transactions++;
+			return transactionSync(fn);
+		}) as typeof storage.transactionSync;
+		const setAlarm = storage.setAlarm.bind(storage);
+		storage.setAlarm = ((at: number | Date) => {
+			cost.alarmsSet++;
+			return setAlarm(at);
+		}) as typeof storage.setAlarm;
+	});
+}
+
+/** Waits until every flush is done, reading only what the object holds in memory (nothing metered). */
+async function flushed(stub: ReturnType<typeof agentHub>): Promise<void> {
+	await waitFor(
+		() =>
+			runInDurableObject(stub, (instance: AgentHub) => {
+				// SAFETY: a test reading the object's in-memory state.
+				const hub = instance as unknown as { cost: Cost; core: AgentCore; flushJob: { busy: boolean } };
+				hub.cost.paused = true;
+				const done = !hub.flushJob.busy && hub.core.journal.unsynced() === 0;
+				hub.cost.paused = false;
+				return done;
+			}),
+		"every flush",
+	);
+}
+
+function costOf(stub: ReturnType<typeof agentHub>): Promise<Cost> {
+	return runInDurableObject(stub, (instance: AgentHub) => {
+		const cost = (instance as unknown as { cost: Cost }).cost;
+		return { ...cost, statements: [...cost.statements] };
+	});
+}
+
+describe("what one command costs its agent's object", () => {
+	it(`a round trip (enqueue, dispatch, ack, result, flush) takes at most ${STATEMENT_BUDGET} statements and one transaction per event`, async ({
+		annotate,
+	}) => {
+		const agentId = uniqueAgentId();
+		const agent = await connectSettled(agentId);
+		const stub = agentHub(env, agentId);
+		await objectSettled(agentId);
+		await meter(stub);
+
+		const cmd = await enqueue(agentId, { action: "count" });
+		const frame = await agent.next("command");
+		agent.send({ type: "ack", id: frame.id });
+		agent.send({ type: "result", id: frame.id, status: "completed", result: { ok: true } });
+		await waitForStatus(cmd.id, "completed");
+		await flushed(stub);
+
+		const cost = await costOf(stub);
+		await annotate(`${cost.statements.length} statements in ${cost.transactions} transactions, ${cost.alarmsSet} alarm writes:\n${cost.statements.join("\n")}`);
+		expect(cost.statements.length).toBeLessThanOrEqual(STATEMENT_BUDGET);
+		// Enqueue, ack and result are one transaction each; each flush confirms in one.
+		expect(cost.transactions).toBeLessThanOrEqual(6);
+		// The dispatch's ack deadline, and the exact alarm once the agent holds nothing.
+		expect(cost.alarmsSet).toBeLessThanOrEqual(2);
+		// Nothing is left on the alarm but the agent's silence check, minutes out.
+		const alarm = await runInDurableObject(stub, (_i: AgentHub, state) => state.storage.getAlarm());
+		expect(alarm).toBeGreaterThan(Date.now() + 4 * 60_000);
+		agent.close();
+	});
+
+	it("leaves no alarm armed once the agent has gone and everything reached Postgres", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await connectSettled(agentId);
+		const cmd = await enqueue(agentId, { action: "count" });
+		const frame = await agent.next("command");
+		agent.send({ type: "result", id: frame.id, status: "completed" });
+		await waitForStatus(cmd.id, "completed");
+		agent.close();
+		await agent.closed;
+		await objectSettled(agentId, { connected: false });
+		expect(await runDurableObjectAlarm(agentHub(env, agentId))).toBe(false);
+	});
+
+	it("the platform names the object: an alarm in a fresh instance acts for the agent named by ctx.id.name", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await connectSettled(agentId);
+		const stub = agentHub(env, agentId);
+		// Silent for six minutes, as far as the object knows; then a fresh instance runs the alarm.
+		await runInDurableObject(stub, (instance: AgentHub, state) => {
+			state.storage.sql.exec("update meta set value = ? where key = 'last_seen_at'", String(Date.now() - 6 * 60_000));
+			instance.reloadState();
+		});
+		await evictDurableObject(stub);
+		expect(await runDurableObjectAlarm(stub)).toBe(true);
+		expect((await agent.closed).code).toBe(4002);
+		// The presence it wrote is this agent's: the name came from the platform, not from storage.
+		await waitFor(async () => {
+			const [row] = await query<{ connected: boolean }>(sql`select connected from agents where id = ${agentId}`);
+			return row?.connected === false;
+		}, "the agent shown offline");
+		expect(await runInDurableObject(stub, (_i: AgentHub, state) => state.id.name)).toBe(agentId);
+	});
+});
