@@ -8,30 +8,22 @@ import { sign } from "hono/jwt";
 import { describe, expect, it } from "vitest";
 import { signAgentToken } from "../../src/auth/agent-token";
 import { agentHub } from "../../src/agent/stub";
-import { AgentSocket, BASE, enqueue, query, sql, tokenFor, uniqueAgentId, waitFor } from "../helpers/worker/harness";
+import { AgentSocket, BASE, enqueue, expectError, query, sql, tokenFor, uniqueAgentId, waitFor } from "../helpers/worker/harness";
 
 function connectRaw(agentId: string, headers: Record<string, string>): Promise<Response> {
 	return exports.default.fetch(`${BASE}/v1/agents/${agentId}/connect`, { headers });
-}
-
-async function expectRefused(res: Response, status: number, code: string): Promise<string> {
-	expect(res.status).toBe(status);
-	expect(res.webSocket).toBeNull();
-	const body = await res.json<{ error: { code: string; message: string } }>();
-	expect(body.error.code).toBe(code);
-	return body.error.message;
 }
 
 describe("who may connect", () => {
 	it("refuses a token issued for agent A when connecting as agent B", async () => {
 		const tokenForA = await tokenFor(uniqueAgentId("a"));
 		const b = uniqueAgentId("b");
-		const message = await expectRefused(
+		const refused = await expectError(
 			await connectRaw(b, { upgrade: "websocket", authorization: `Bearer ${tokenForA}` }),
 			401,
 			"unauthorized",
 		);
-		expect(message).toMatch(/another agent/);
+		expect(refused.error.message).toMatch(/another agent/);
 		expect((await agentHub(env, b).inspect()).generation).toBe(0);
 	});
 
@@ -44,28 +36,27 @@ describe("who may connect", () => {
 		const algNone = `${b64({ alg: "none", typ: "JWT" })}.${b64({ sub: agentId, aud: "switchyard-agent", iat: now, exp: now + 600 })}.`;
 		const noAudience = await sign({ sub: agentId, iat: now, exp: now + 600 }, env.AGENT_TOKEN_SECRET, "HS256");
 
-		await expectRefused(await connectRaw(agentId, { upgrade: "websocket" }), 401, "unauthorized");
+		await expectError(await connectRaw(agentId, { upgrade: "websocket" }), 401, "unauthorized");
 		for (const token of ["garbage", expired.token, wrongSecret.token, algNone, noAudience]) {
-			await expectRefused(
+			await expectError(
 				await connectRaw(agentId, { upgrade: "websocket", authorization: `Bearer ${token}` }),
 				401,
 				"unauthorized",
 			);
 		}
-		expect(
-			await expectRefused(await connectRaw(agentId, { upgrade: "websocket", authorization: `Bearer ${expired.token}` }), 401, "unauthorized"),
-		).toMatch(/expired/);
+		const refused = await expectError(await connectRaw(agentId, { upgrade: "websocket", authorization: `Bearer ${expired.token}` }), 401, "unauthorized");
+		expect(refused.error.message).toMatch(/expired/);
 		expect((await agentHub(env, agentId).inspect()).generation).toBe(0);
 	});
 
 	it("refuses a plain GET on the socket endpoint with 426", async () => {
 		const agentId = uniqueAgentId();
-		await expectRefused(await connectRaw(agentId, { authorization: `Bearer ${await tokenFor(agentId)}` }), 426, "upgrade_required");
+		await expectError(await connectRaw(agentId, { authorization: `Bearer ${await tokenFor(agentId)}` }), 426, "upgrade_required");
 	});
 
 	it("an operator API key is not an agent token", async () => {
 		const agentId = uniqueAgentId();
-		await expectRefused(await connectRaw(agentId, { upgrade: "websocket", authorization: "Bearer test-operator-key" }), 401, "unauthorized");
+		await expectError(await connectRaw(agentId, { upgrade: "websocket", authorization: "Bearer test-operator-key" }), 401, "unauthorized");
 	});
 });
 

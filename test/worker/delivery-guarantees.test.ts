@@ -23,16 +23,10 @@ import {
 	query,
 	sql,
 	uniqueAgentId,
+	commandEvents,
 	waitFor,
 	waitForStatus,
 } from "../helpers/worker/harness";
-
-async function events(id: string): Promise<[string | null, string, Record<string, unknown> | null][]> {
-	const rows = await query<{ from_status: string | null; to_status: string; detail: Record<string, unknown> | null }>(
-		sql`select from_status, to_status, detail from command_events where command_id = ${id} order by id`,
-	);
-	return rows.map((r) => [r.from_status, r.to_status, r.detail]);
-}
 
 describe("ack deadline", () => {
 	it("resends an unacknowledged command after ackTimeoutSeconds, then fails it as undeliverable", async () => {
@@ -44,7 +38,7 @@ describe("ack deadline", () => {
 
 		const failed = await waitForStatus(cmd.id, "failed");
 		expect(failed).toMatchObject({ errorCode: "undeliverable", attempts: 2, blockedReason: null });
-		const transitions = (await events(cmd.id)).map(([from, to, d]) => `${from}>${to}:${d?.reason ?? ""}`);
+		const transitions = (await commandEvents(cmd.id)).map((e) => `${e.from_status}>${e.to_status}:${e.detail?.reason ?? ""}`);
 		expect(transitions).toEqual([
 			"null>pending:enqueued",
 			"pending>dispatched:delivery",
@@ -496,7 +490,7 @@ describe("Postgres outage", () => {
 		}
 		for (const f of frames) {
 			expect(await waitForStatus(f.id, "completed", 30_000)).toMatchObject({ result: { n: f.action } });
-			expect((await events(f.id)).map(([, to]) => to)).toEqual(["pending", "dispatched", "acknowledged", "completed"]);
+			expect((await commandEvents(f.id)).map((e) => e.to_status)).toEqual(["pending", "dispatched", "acknowledged", "completed"]);
 		}
 		const [n] = await query<{ n: number }>(sql`select count(*)::int as n from agent_commands where agent_id = ${agentId}`);
 		expect(n?.n).toBe(5);

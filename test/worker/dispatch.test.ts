@@ -7,17 +7,13 @@ import { env } from "cloudflare:workers";
 import type { AgentHub } from "../../src/agent/agent-hub";
 import { describe, expect, it } from "vitest";
 import { agentHub } from "../../src/agent/stub";
-import { AgentSocket, api, enqueue, query, sql, uniqueAgentId, waitFor } from "../helpers/worker/harness";
+import { AgentSocket, api, commandEvents, enqueue, query, sql, uniqueAgentId, waitFor } from "../helpers/worker/harness";
 
 type Row = Record<string, unknown>;
 
 async function commandRow(id: string): Promise<Row | undefined> {
 	const rows = await query(sql`select * from agent_commands where id = ${id}`);
 	return rows[0];
-}
-
-async function events(id: string): Promise<{ from_status: string | null; to_status: string }[]> {
-	return query(sql`select from_status, to_status, detail from command_events where command_id = ${id} order by id`);
 }
 
 describe("delivery", () => {
@@ -72,7 +68,7 @@ describe("delivery", () => {
 		expect(dispatched).toBeLessThanOrEqual(acked);
 		expect(acked).toBeLessThanOrEqual(completed);
 
-		expect((await events(cmd.id)).map((e) => [e.from_status, e.to_status])).toEqual([
+		expect((await commandEvents(cmd.id)).map((e) => [e.from_status, e.to_status])).toEqual([
 			[null, "pending"],
 			["pending", "dispatched"],
 			["dispatched", "acknowledged"],

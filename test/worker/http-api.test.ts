@@ -8,19 +8,7 @@ import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
 import { app } from "../../src/app";
 import { agentHub } from "../../src/agent/stub";
-import { AgentSocket, API_KEY, BASE, api, enqueue, query, sql, uniqueAgentId } from "../helpers/worker/harness";
-
-type ErrorShape = { error: { code: string; message: string; issues?: unknown[] } };
-
-async function expectError(res: Response, status: number, code: string): Promise<ErrorShape> {
-	expect(res.status).toBe(status);
-	expect(res.headers.get("content-type")).toMatch(/application\/json/);
-	const body = await res.json<ErrorShape>();
-	expect(body.error.code).toBe(code);
-	expect(typeof body.error.message).toBe("string");
-	expect(body.error.message.length).toBeGreaterThan(0);
-	return body;
-}
+import { AgentSocket, API_KEY, BASE, api, enqueue, expectError, query, sql, uniqueAgentId } from "../helpers/worker/harness";
 
 async function countCommands(agentId: string): Promise<number> {
 	const [row] = await query<{ n: string }>(sql`select count(*)::text as n from agent_commands where agent_id = ${agentId}`);

@@ -25,19 +25,11 @@ import {
 	enqueue,
 	tokenFor,
 	uniqueAgentId,
+	type ErrorBody,
+	expectError,
 	waitFor,
 	waitForStatus,
 } from "../helpers/worker/harness";
-
-type ErrorBody = { error: { code: string; message: string } };
-
-async function expectError(res: Response, status: number, code: string): Promise<string> {
-	expect(res.status, `${res.url} ${await res.clone().text()}`).toBe(status);
-	const body = await res.json<ErrorBody>();
-	expect(body.error.code).toBe(code);
-	expect(typeof body.error.message).toBe("string");
-	return body.error.message;
-}
 
 function connect(agentId: string, headers: Record<string, string>): Promise<Response> {
 	return exports.default.fetch(`${BASE}/v1/agents/${agentId}/connect`, { headers: { upgrade: "websocket", ...headers } });
@@ -138,7 +130,7 @@ describe("agent tokens", () => {
 			[{ authorization: `Bearer ${"x".repeat(10_000)}` }, "invalid agent token"],
 		];
 		for (const [headers, message] of cases) {
-			const text = await expectError(await connect(agentId, headers), 401, ErrorCode.UNAUTHORIZED);
+			const text = (await expectError(await connect(agentId, headers), 401, ErrorCode.UNAUTHORIZED)).error.message;
 			expect(text).toMatch(message);
 		}
 		expect((await agentHub(env, agentId).inspect()).generation).toBe(0);
@@ -235,11 +227,11 @@ describe("agent tokens", () => {
 		expect(res.status).toBe(200);
 		expect(await res.json()).toMatchObject({ agentId, revoked: true, socketClosed: true });
 		expect((await agent.closed).code).toBe(CloseCode.TOKEN_REVOKED);
-		const refused = await expectError(await connect(agentId, { authorization: `Bearer ${before.token}` }), 401, "unauthorized");
+		const refused = (await expectError(await connect(agentId, { authorization: `Bearer ${before.token}` }), 401, "unauthorized")).error.message;
 		expect(refused).toMatch(/revoked/);
 		// The plain GET an SDK sends to learn why its upgrade failed says so too.
 		const probe = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/connect`, { headers: { authorization: `Bearer ${before.token}` } });
-		expect(await expectError(probe, 401, "unauthorized")).toMatch(/revoked/);
+		expect((await expectError(probe, 401, "unauthorized")).error.message).toMatch(/revoked/);
 		const after = await mint(agentId);
 		const back = await AgentSocket.connect(agentId, { token: after.token });
 		// An old token cannot be refreshed into a new one either.

@@ -3,6 +3,7 @@
  * WebSocket upgrades to the agent objects, real Postgres through the driver.
  */
 import { env, exports } from "cloudflare:workers";
+import { expect } from "vitest";
 import { sql, type SQL } from "drizzle-orm";
 import { signAgentToken } from "../../../src/auth/agent-token";
 import { type Db, withDb } from "../../../src/db/client";
@@ -208,6 +209,30 @@ export class AgentSocket {
 			// already closed
 		}
 	}
+}
+
+/** A refusal in the API's error shape. */
+export type ErrorBody = { error: { code: string; message: string; issues?: unknown[] } };
+
+/**
+ * Asserts a refusal a user would see: the status, JSON in the documented
+ * error shape with the code and a message, and no socket. Returns the body.
+ */
+export async function expectError(res: Response, status: number, code: string): Promise<ErrorBody> {
+	expect(res.status, `${res.url} ${await res.clone().text()}`).toBe(status);
+	expect(res.webSocket ?? null).toBeNull();
+	expect(res.headers.get("content-type")).toMatch(/application\/json/);
+	const body = await res.json<ErrorBody>();
+	expect(body.error.code).toBe(code);
+	expect(body.error.message.length).toBeGreaterThan(0);
+	return body;
+}
+
+/** A command's audit trail in Postgres, oldest first. */
+export function commandEvents(id: string) {
+	return query<{ from_status: string | null; to_status: string; detail: Record<string, unknown> | null }>(
+		sql`select from_status, to_status, detail from command_events where command_id = ${id} order by id`,
+	);
 }
 
 /** The command as the API returns it. */
