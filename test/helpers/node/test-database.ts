@@ -1,8 +1,9 @@
 /**
  * The database the suites run against: the embedded one by default, or a real
  * PostgreSQL server when SWITCHYARD_TEST_PG_URL names one (CI does both). On a
- * real server the suite recreates its own database, `switchyard_test`, and
- * touches nothing else.
+ * real server the suite recreates its own database, `switchyard_test` (or the
+ * name in SWITCHYARD_TEST_DB, so two checkouts can run against one server
+ * without dropping each other's database mid-run), and touches nothing else.
  */
 import { startEmbeddedPostgres } from "../../../src/dev/embedded-postgres.ts";
 import { runMigrations, withNodePool } from "../../../src/dev/migrate.ts";
@@ -14,7 +15,8 @@ export interface TestDatabase {
 	stop(): Promise<void>;
 }
 
-const TEST_DB = "switchyard_test";
+const TEST_DB = process.env.SWITCHYARD_TEST_DB ?? "switchyard_test";
+if (!/^[a-z_][a-z0-9_]*$/.test(TEST_DB)) throw new Error(`SWITCHYARD_TEST_DB must be a plain identifier, got ${TEST_DB}`);
 
 export async function startTestDatabase(): Promise<TestDatabase> {
 	const server = process.env.SWITCHYARD_TEST_PG_URL;
