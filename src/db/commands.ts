@@ -3,7 +3,7 @@ import { z } from "zod";
 import {
 	type BatchEnqueueRequest,
 	type BlockedReason,
-	type Command,
+	Command,
 	CommandStatus,
 	type EnqueueRequest,
 	OUTPUT_TRUNCATION_MARKER,
@@ -14,32 +14,25 @@ import type { Db } from "./client";
 // Raw `execute` gives Postgres' text form for timestamps; normalise to Date.
 const Timestamp = z.union([z.date(), z.string().transform((s) => new Date(s))]).pipe(z.date());
 
-/** A command row as read back from Postgres, validated: rows are a boundary too. */
-export const CommandRecord = z.object({
-	id: z.uuid(),
+const When = Timestamp.nullable();
+
+/**
+ * A command row as read back from Postgres, validated: rows are a boundary too.
+ * It is the API's `Command` with Dates for its times, less what is derived from
+ * the row (`blockedReason`, `nextAttemptAt`), plus the columns only the server reads.
+ */
+export const CommandRecord = Command.omit({ blockedReason: true, nextAttemptAt: true }).extend({
 	seq: z.coerce.number().int(),
+	// The table takes any text (a row may come from SQL, not the API); reading it must not fail.
 	agentId: z.string(),
-	sessionId: z.string().nullable(),
-	action: z.string(),
-	payload: z.json(),
-	status: CommandStatus,
-	priority: z.number().int(),
-	attempts: z.number().int(),
-	result: z.json().nullable(),
-	error: z.string().nullable(),
-	errorCode: z.string().nullable(),
-	idempotencyKey: z.string().nullable(),
-	maxAttempts: z.number().int(),
-	ackTimeoutSeconds: z.number().int(),
-	timeoutSeconds: z.number().int().nullable(),
-	expiresAt: Timestamp.nullable(),
-	cancelRequestedAt: Timestamp.nullable(),
+	expiresAt: When,
+	cancelRequestedAt: When,
 	createdAt: Timestamp,
 	updatedAt: Timestamp,
-	dispatchedAt: Timestamp.nullable(),
-	firstDispatchedAt: Timestamp.nullable(),
-	acknowledgedAt: Timestamp.nullable(),
-	completedAt: Timestamp.nullable(),
+	dispatchedAt: When,
+	firstDispatchedAt: When,
+	acknowledgedAt: When,
+	completedAt: When,
 	/** Whether the agent was connected when the row was read (from `agents`). */
 	online: z.boolean(),
 });
@@ -71,23 +64,10 @@ export function blockedReason(r: CommandRecord): BlockedReason | null {
 }
 
 export function toApiCommand(r: CommandRecord): Command {
+	const { seq: _seq, firstDispatchedAt: _first, online: _online, ...fields } = r;
 	const awaitingAck = r.status === "dispatched" && r.dispatchedAt && !r.cancelRequestedAt;
 	return {
-		id: r.id,
-		agentId: r.agentId,
-		sessionId: r.sessionId,
-		action: r.action,
-		payload: r.payload,
-		status: r.status,
-		priority: r.priority,
-		attempts: r.attempts,
-		result: r.result,
-		error: r.error,
-		errorCode: r.errorCode,
-		idempotencyKey: r.idempotencyKey,
-		maxAttempts: r.maxAttempts,
-		ackTimeoutSeconds: r.ackTimeoutSeconds,
-		timeoutSeconds: r.timeoutSeconds,
+		...fields,
 		expiresAt: iso(r.expiresAt),
 		cancelRequestedAt: iso(r.cancelRequestedAt),
 		blockedReason: blockedReason(r),
