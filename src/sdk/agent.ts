@@ -411,15 +411,22 @@ export class Agent {
 		if (this.current !== "open") return;
 		const done = this.results.get(frame.id);
 		if (done) {
-			// A redelivery of something already finished: answer, do not re-run.
-			this.sendRaw(ws, { type: "ack", id: frame.id });
+			// A redelivery of something already finished: the result answers it, do not re-run.
 			this.sendRaw(ws, done);
 			return;
 		}
-		this.sendRaw(ws, { type: "ack", id: frame.id });
-		if (this.running.has(frame.id)) return;
+		if (this.running.has(frame.id)) {
+			this.sendRaw(ws, { type: "ack", id: frame.id });
+			return;
+		}
 		this.emit({ type: "command", id: frame.id, action: frame.action, attempt: frame.attempt });
-		void this.run(frame);
+		const entry = this.run(frame);
+		// A handler that finishes within this turn sends its result alone: the protocol takes a
+		// result without an ack, and one frame is half the server's work for a quick command.
+		// Anything still running when the turn ends is acked then, long before the ack deadline.
+		setTimeout(() => {
+			if (this.running.get(frame.id) === entry && ws.readyState === OPEN) this.sendRaw(ws, { type: "ack", id: frame.id });
+		}, 0);
 	}
 
 	private onCancel(ws: SocketLike, id: string, reason: string): void {
@@ -432,9 +439,15 @@ export class Agent {
 		this.sendRaw(ws, this.results.get(id) ?? { type: "result", id, status: "cancelled" });
 	}
 
-	private async run(frame: CommandFrame): Promise<void> {
+	/** Starts the handler; the entry stays in `running` until it settles. */
+	private run(frame: CommandFrame): Running {
 		const entry: Running = { controller: new AbortController(), abandoned: false };
 		this.running.set(frame.id, entry);
+		void this.settle(frame, entry);
+		return entry;
+	}
+
+	private async settle(frame: CommandFrame, entry: Running): Promise<void> {
 		const ctx: CommandContext = {
 			id: frame.id,
 			action: frame.action,
