@@ -381,7 +381,10 @@ describe("liveness", () => {
 		const stub = agentHub(env, agentId);
 		const alarmIn = () => runInDurableObject(stub, async (_i: AgentHub, state) => ((await state.storage.getAlarm()) ?? 0) - Date.now());
 		await waitFor(async () => (await stub.inspect()).timers.every((t) => t === "token_expiry"), "the connect's timers to clear");
-		expect(await alarmIn()).toBeGreaterThan(240_000);
+		// The hello's grace deadline goes away with the hello; the alarm is set
+		// exactly again at the next quiet moment (the end of the connect's flush),
+		// which on a real server can come a little after the timers clear.
+		await waitFor(async () => (await alarmIn()) > 240_000, "the alarm to settle at the idle silence check");
 		const cmd = await enqueue(agentId, { action: "held", payload: {} });
 		expect((await agent.next("command")).id).toBe(cmd.id);
 		agent.send({ type: "ack", id: cmd.id });
