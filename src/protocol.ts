@@ -164,19 +164,36 @@ export type ErrorBody = z.infer<typeof ErrorBody>;
 
 export const MAX_BODY_BYTES = 1024 * 1024;
 
+/**
+ * An optional field where `null` means "not given". Clients in many languages
+ * (Go's nil, Python's None, serde's Option) write null for a field they do
+ * not set; refusing it would make every one of them special-case this API.
+ */
+export function absentIfNull<T extends z.ZodType>(schema: T) {
+	return schema
+		.nullish()
+		.transform((v) => v ?? undefined)
+		.optional();
+}
+
+/** Like `absentIfNull`, with the value used when the field is absent or null. */
+function defaultIfNull<T extends z.ZodType>(schema: T, value: z.output<T>) {
+	return schema.nullish().transform((v): z.output<T> => v ?? value);
+}
+
 const enqueueFields = {
 	action: Action,
 	payload: z.json().default({}),
 	sessionId: SessionId.nullable().default(null),
-	priority: Priority.default(DEFAULT_PRIORITY),
+	priority: defaultIfNull(Priority, DEFAULT_PRIORITY),
 	/** Same key for the same agent returns the existing command instead of creating another. */
-	idempotencyKey: IdempotencyKey.optional(),
+	idempotencyKey: absentIfNull(IdempotencyKey),
 	/** Not dispatched within this many seconds: `expired`. */
-	ttlSeconds: z.number().int().min(1).max(30 * 24 * 3600).optional(),
+	ttlSeconds: absentIfNull(z.number().int().min(1).max(30 * 24 * 3600)),
 	/** Not finished this many seconds after first dispatch: `failed` with errorCode `timeout`. */
-	timeoutSeconds: z.number().int().min(1).max(7 * 24 * 3600).optional(),
-	maxAttempts: z.number().int().min(1).max(100).default(DEFAULT_MAX_ATTEMPTS),
-	ackTimeoutSeconds: z.number().int().min(1).max(3600).default(DEFAULT_ACK_TIMEOUT_SECONDS),
+	timeoutSeconds: absentIfNull(z.number().int().min(1).max(7 * 24 * 3600)),
+	maxAttempts: defaultIfNull(z.number().int().min(1).max(100), DEFAULT_MAX_ATTEMPTS),
+	ackTimeoutSeconds: defaultIfNull(z.number().int().min(1).max(3600), DEFAULT_ACK_TIMEOUT_SECONDS),
 };
 
 export const EnqueueRequest = z.strictObject(enqueueFields);
@@ -354,8 +371,9 @@ export const ResultFrame = z.object({
 	type: z.literal("result"),
 	id: CommandId,
 	status: z.enum(["completed", "failed", "cancelled"]),
+	// `result: null` is a result (the JSON value null); `error: null` is no error.
 	result: z.json().optional(),
-	error: z.string().max(64 * 1024).optional(),
+	error: absentIfNull(z.string().max(64 * 1024)),
 });
 export type ResultFrame = z.infer<typeof ResultFrame>;
 export const PingFrame = z.object({ type: z.literal("ping") });
@@ -368,7 +386,7 @@ export const MAX_CONCURRENCY = 1000;
 export const HelloFrame = z.object({
 	type: z.literal("hello"),
 	concurrency: z.number().int().min(1).max(MAX_CONCURRENCY),
-	running: z.array(CommandId).max(10_000).default([]),
+	running: defaultIfNull(z.array(CommandId).max(10_000), []),
 });
 export type HelloFrame = z.infer<typeof HelloFrame>;
 

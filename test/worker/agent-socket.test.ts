@@ -8,7 +8,20 @@ import { sign } from "hono/jwt";
 import { describe, expect, it } from "vitest";
 import { signAgentToken } from "../../src/auth/agent-token";
 import { agentHub } from "../../src/agent/stub";
-import { AgentSocket, BASE, enqueue, expectError, query, sql, tokenFor, uniqueAgentId, waitFor } from "../helpers/worker/harness";
+import {
+	AgentSocket,
+	api,
+	apiCommand,
+	BASE,
+	enqueue,
+	expectError,
+	query,
+	sql,
+	tokenFor,
+	uniqueAgentId,
+	waitFor,
+	waitForStatus,
+} from "../helpers/worker/harness";
 
 function connectRaw(agentId: string, headers: Record<string, string>): Promise<Response> {
 	return exports.default.fetch(`${BASE}/v1/agents/${agentId}/connect`, { headers });
@@ -180,6 +193,40 @@ describe("hibernation", () => {
 			const [r] = await query<{ status: string }>(sql`select status from agent_commands where id = ${cmd.id}`);
 			return r?.status === "completed";
 		}, "completed after eviction");
+		agent.close();
+	});
+});
+
+// Go's nil, Python's None and serde's Option all serialise as null. An agent
+// written from docs/protocol.md in those languages sends `"error": null` with
+// a completed result and `"running": null` in its hello; they must work.
+describe("a client that writes null for a field it does not set", () => {
+	it("is served over HTTP and over the socket as if the field were absent", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId, { hello: false });
+		agent.send({ type: "hello", concurrency: 2, running: null });
+		const res = await api(`/v1/agents/${agentId}/commands`, {
+			method: "POST",
+			json: {
+				action: "null_fields",
+				sessionId: null,
+				priority: null,
+				idempotencyKey: null,
+				ttlSeconds: null,
+				timeoutSeconds: null,
+				maxAttempts: null,
+				ackTimeoutSeconds: null,
+			},
+		});
+		expect(res.status).toBe(201);
+		const cmd = await res.json<{ id: string; priority: number; maxAttempts: number; ackTimeoutSeconds: number; expiresAt: string | null }>();
+		expect(cmd).toMatchObject({ priority: 5, maxAttempts: 5, ackTimeoutSeconds: 10, expiresAt: null, idempotencyKey: null });
+
+		expect((await agent.next("command")).id).toBe(cmd.id);
+		agent.send({ type: "result", id: cmd.id, status: "completed", result: { ok: true }, error: null });
+		await waitForStatus(cmd.id, "completed");
+		expect(await apiCommand(cmd.id)).toMatchObject({ result: { ok: true }, error: null });
+		expect(agent.frames.filter((f) => f.type === "error")).toEqual([]);
 		agent.close();
 	});
 });
