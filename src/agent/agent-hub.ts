@@ -218,23 +218,8 @@ export class AgentHub extends DurableObject<Env> {
 	 */
 	private async admit(ws: WebSocket, message: string | ArrayBuffer): Promise<{ frame: AgentFrame; generation: number; now: number } | null> {
 		const core = this.core;
-		const observer = isObserver(this.ctx, ws);
-		if (frameTooLarge(message, MAX_FRAME_BYTES)) {
-			const reason = `frames are limited to ${MAX_FRAME_BYTES} bytes`;
-			if (observer) closeQuietly(ws, CloseCode.MESSAGE_TOO_BIG, reason);
-			else await core.closeSocket(ws, CloseCode.MESSAGE_TOO_BIG, reason, "too_big", {});
-			return null;
-		}
-		const generation = generationOf(this.ctx, ws);
-		if (observer || generation === undefined) {
-			// Observers only listen (their exact-text pings are answered at the edge).
-			send(ws, { type: "error", code: ErrorCode.INVALID_FRAME, message: "observers only listen" });
-			return null;
-		}
-		if (!core.isCurrent(ws)) {
-			log("warn", "frame.stale_socket", { agentId: core.name, generation });
-			return null;
-		}
+		const generation = await this.fromCurrentAgent(ws, message);
+		if (generation === null) return null;
 		const now = Date.now();
 		// The alarm closes an expired socket; until it runs, its frames are not taken either.
 		if (await core.checkTokenExpiry(now)) return null;
@@ -264,6 +249,29 @@ export class AgentHub extends DurableObject<Env> {
 			return null;
 		}
 		return { frame, generation, now };
+	}
+
+	/** The generation of an agent's current socket a frame of acceptable size came on; null (answered) otherwise. */
+	private async fromCurrentAgent(ws: WebSocket, message: string | ArrayBuffer): Promise<number | null> {
+		const core = this.core;
+		const observer = isObserver(this.ctx, ws);
+		if (frameTooLarge(message, MAX_FRAME_BYTES)) {
+			const reason = `frames are limited to ${MAX_FRAME_BYTES} bytes`;
+			if (observer) closeQuietly(ws, CloseCode.MESSAGE_TOO_BIG, reason);
+			else await core.closeSocket(ws, CloseCode.MESSAGE_TOO_BIG, reason, "too_big", {});
+			return null;
+		}
+		const generation = generationOf(this.ctx, ws);
+		if (observer || generation === undefined) {
+			// Observers only listen (their exact-text pings are answered at the edge).
+			send(ws, { type: "error", code: ErrorCode.INVALID_FRAME, message: "observers only listen" });
+			return null;
+		}
+		if (!core.isCurrent(ws)) {
+			log("warn", "frame.stale_socket", { agentId: core.name, generation });
+			return null;
+		}
+		return generation;
 	}
 
 	/**
