@@ -12,6 +12,7 @@ import { ensureDevVars } from "./dev-vars.ts";
 import { type EmbeddedPostgres, startEmbeddedPostgres } from "./embedded-postgres.ts";
 import { runMigrations } from "./migrate.ts";
 import { loopbackOnly, type Relay, startRelay } from "./relay.ts";
+import { wranglerEnv } from "./wrangler-env.ts";
 
 const root = process.cwd();
 const port = Number(process.env.PORT ?? 8787);
@@ -70,8 +71,14 @@ async function main(): Promise<void> {
 		`NEON_WS_PROXY:${proxy}`,
 		...extraVars(),
 	];
+	const env = wranglerEnv(process.env);
+	say(
+		env.X_LOCAL_OBSERVABILITY === "true"
+			? "wrangler local observability: on (SWITCHYARD_LOCAL_OBSERVABILITY=1)"
+			: "wrangler local observability: off (SWITCHYARD_LOCAL_OBSERVABILITY=1 turns it on)",
+	);
 	// Its own process group, so stopping it reaches workerd too.
-	wrangler = spawn(process.execPath, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"], detached: true });
+	wrangler = spawn(process.execPath, args, { cwd: root, env, stdio: ["ignore", "pipe", "pipe"], detached: true });
 	wrangler.stdout?.on("data", (d: Buffer) => process.stdout.write(d));
 	wrangler.stderr?.on("data", (d: Buffer) => process.stderr.write(d));
 	wrangler.on("exit", (code, signal) => {
