@@ -3,14 +3,17 @@
  * wire protocol (docs/protocol.md). The floor worker and the WebSocket peers
  * speak the same frames, so this one fleet drives all of them.
  *
- * Each agent answers every `command` with `ack` then `result: completed`,
- * and records the time from the enqueuer's send (`payload.t`) to receipt.
+ * Each agent answers every `command` as the SDK answers a command its
+ * handler finishes at once (read from the SDK itself, lib/sdk-answer.ts:
+ * today `ack` then `result: completed`), and records the time from the
+ * enqueuer's send (`payload.t`) to receipt.
  */
 import WebSocket from "ws";
 import { signAgentToken } from "../../src/auth/agent-token.ts";
 import { HEARTBEAT_INTERVAL_SECONDS, PING_TEXT } from "../../src/protocol.ts";
 import { Backoff } from "../../src/sdk/backoff.ts";
 import { sentAt } from "../lib/payload.ts";
+import { answerFor, sdkAnswer } from "../lib/sdk-answer.ts";
 import { serve } from "../lib/rpc.ts";
 import { sleep, wallNow } from "../lib/stats.ts";
 
@@ -43,6 +46,8 @@ interface Agent {
 }
 
 const agents = new Map<string, Agent>();
+/** The SDK's answer to a command, learned once per fleet process. */
+const answer = sdkAnswer();
 let latencies: number[] = [];
 let received = 0;
 let duplicates = 0;
@@ -70,6 +75,7 @@ function note(err: string): void {
 }
 
 async function open(agent: Agent, a: ConnectArgs): Promise<void> {
+	const frames = await answer;
 	const headers: Record<string, string> = {};
 	if (a.secret) headers.authorization = `Bearer ${(await signAgentToken(agent.id, { current: a.secret }, 24 * 3600)).token}`;
 	const ws = new WebSocket(`${movedTo ?? a.wsBase}/v1/agents/${encodeURIComponent(agent.id)}/connect`, {
@@ -100,8 +106,7 @@ async function open(agent: Agent, a: ConnectArgs): Promise<void> {
 				if (seen.has(frame.id)) duplicates++;
 				seen.add(frame.id);
 				agent.firstCommandAt ??= now;
-				ws.send(JSON.stringify({ type: "ack", id: frame.id }));
-				ws.send(JSON.stringify({ type: "result", id: frame.id, status: "completed", result: { ok: true } }));
+				for (const f of answerFor(frames, frame.id)) ws.send(f);
 			} else if (frame.type === "error") {
 				note(`${agent.id}: error frame ${data.toString().slice(0, 200)}`);
 			}
