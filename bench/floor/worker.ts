@@ -20,10 +20,10 @@ export class FloorAgent extends DurableObject<FloorEnv> {
 		return new Response(null, { status: 101, webSocket: pair[0] });
 	}
 
-	/** Pushes one command frame to every socket of this agent; returns how many got it. */
-	push(frame: string): number {
+	/** Pushes command frames to every socket of this agent; returns how many sockets got them. */
+	push(...frames: string[]): number {
 		const sockets = this.ctx.getWebSockets();
-		for (const ws of sockets) ws.send(frame);
+		for (const ws of sockets) for (const frame of frames) ws.send(frame);
 		return sockets.length;
 	}
 
@@ -34,11 +34,34 @@ export class FloorAgent extends DurableObject<FloorEnv> {
 	}
 }
 
+function commandFrame(action: string, payload: unknown): { id: string; frame: string } {
+	const id = crypto.randomUUID();
+	return { id, frame: JSON.stringify({ type: "command", id, action, payload, sessionId: null, priority: 5, attempt: 1 }) };
+}
+
+/**
+ * Batch enqueue, the same body as Switchyard's `POST /v1/commands/batch`:
+ * one RPC per agent in the batch, carrying that agent's frames.
+ */
+async function batch(request: Request, env: FloorEnv): Promise<Response> {
+	const body = await request.json<{ commands: { agentId: string; action: string; payload: unknown }[] }>();
+	const byAgent = new Map<string, string[]>();
+	const ids: string[] = [];
+	for (const c of body.commands) {
+		const { id, frame } = commandFrame(c.action, c.payload);
+		ids.push(id);
+		byAgent.set(c.agentId, [...(byAgent.get(c.agentId) ?? []), frame]);
+	}
+	await Promise.all([...byAgent].map(([agentId, frames]) => env.FLOOR.get(env.FLOOR.idFromName(agentId)).push(...frames)));
+	return Response.json({ ids }, { status: 201 });
+}
+
 export default {
 	async fetch(request: Request, env: FloorEnv): Promise<Response> {
 		const path = new URL(request.url).pathname;
 		// What the harness probes to find the runtime behind wrangler dev's proxy, as on Switchyard.
 		if (path === "/healthz") return Response.json({ ok: true });
+		if (path === "/v1/commands/batch" && request.method === "POST") return batch(request, env);
 		const m = /^\/v1\/agents\/([^/]+)\/(connect|commands)$/.exec(path);
 		if (!m?.[1]) return new Response("not found", { status: 404 });
 		const agentId = decodeURIComponent(m[1]);
@@ -49,9 +72,8 @@ export default {
 			return stub.fetch(new Request(request.url, { headers }));
 		}
 		const body = await request.json<{ action: string; payload: unknown }>();
-		const id = crypto.randomUUID();
-		const frame = { type: "command", id, action: body.action, payload: body.payload, sessionId: null, priority: 5, attempt: 1 };
-		const sent = await stub.push(JSON.stringify(frame));
+		const { id, frame } = commandFrame(body.action, body.payload);
+		const sent = await stub.push(frame);
 		return Response.json({ id, sent }, { status: 201 });
 	},
 } satisfies ExportedHandler<FloorEnv>;
