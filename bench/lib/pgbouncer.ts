@@ -18,6 +18,8 @@ export const POOL_SIZE = 40;
 
 export interface Bouncer {
 	port: number;
+	/** The pgbouncer process, for its CPU time. */
+	pid: number | undefined;
 	url: string;
 	stop(): Promise<void>;
 }
@@ -72,6 +74,7 @@ export async function startPgBouncer(database: string): Promise<Bouncer> {
 	await waitUntil(() => tcpOpen(port), "pgbouncer", 20_000);
 	return {
 		port,
+		pid: child.pid,
 		url: `postgres://postgres@127.0.0.1:${port}/${database}`,
 		stop: async () => {
 			child.kill("SIGINT");
