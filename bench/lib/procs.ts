@@ -4,6 +4,7 @@ import { appendFileSync, readdirSync, readFileSync, readlinkSync } from "node:fs
 import { createConnection } from "node:net";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
+import { wranglerEnv } from "../../src/dev/wrangler-env.ts";
 import { descendants, killGroup } from "../../test/helpers/node/processes.ts";
 
 export { freePort, killGroup, waitHealthy, waitUntil } from "../../test/helpers/node/processes.ts";
@@ -20,7 +21,11 @@ export interface Wrangler {
 	stop(): Promise<void>;
 }
 
-/** `wrangler dev` as the launcher runs it (own process group), for a config and vars. */
+/**
+ * `wrangler dev` as the launcher runs it (own process group, the launcher's
+ * environment: local observability off unless SWITCHYARD_LOCAL_OBSERVABILITY=1),
+ * for a config and vars.
+ */
 export function startWrangler(opts: { port: number; persistTo: string; config?: string; vars: Record<string, string> }): Wrangler {
 	const bin = join(dirname(createRequire(import.meta.url).resolve("wrangler/package.json")), "bin", "wrangler.js");
 	const args = [bin, "dev", "--ip", "127.0.0.1", "--port", String(opts.port), "--persist-to", opts.persistTo];
@@ -29,6 +34,7 @@ export function startWrangler(opts: { port: number; persistTo: string; config?: 
 	for (const [k, v] of Object.entries(opts.vars)) args.push("--var", `${k}:${v}`);
 	// `ulimit` in a shell that then becomes node: workerd inherits the limit.
 	const child = spawn("sh", ["-c", `ulimit -n ${NOFILE} 2>/dev/null || ulimit -n $(ulimit -Hn); exec "$@"`, "sh", process.execPath, ...args], {
+		env: wranglerEnv(process.env),
 		stdio: ["ignore", "pipe", "pipe"],
 		detached: true,
 	});
@@ -187,6 +193,12 @@ export function workerdNofile(root: number): number | undefined {
 	if (pid === undefined) return undefined;
 	const m = /^Max open files\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/limits`, "utf8"));
 	return m?.[1] ? Number(m[1]) : undefined;
+}
+
+/** The wrangler settings every stack in a run gets (see startWrangler), for the results file. */
+export function wranglerSettings(): Record<string, string | undefined> {
+	const env = wranglerEnv(process.env);
+	return { X_LOCAL_OBSERVABILITY: env.X_LOCAL_OBSERVABILITY, WRANGLER_WRITE_LOGS: env.WRANGLER_WRITE_LOGS, WRANGLER_LOG: env.WRANGLER_LOG ?? "log (default)" };
 }
 
 export function loadAverage(): number[] {
