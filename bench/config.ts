@@ -5,11 +5,13 @@
  * latency, not queueing.
  */
 export interface Config {
-	/** Switchyard (both Postgres kinds), per agent count: a rate it sustains, so the figure is latency, not queueing. */
-	f1: { agents: number[]; count: number[]; rate: number[] };
-	/** The floor and the peers: as many commands, at a higher rate (they sustain far more), to fit the run's time. */
-	f1Others: { count: number; rate: number };
-	f2: { agents: number; durationMs: number; concurrency: number; batch: number; batchConcurrency: number };
+	/** Every system alike: `count` commands at `rate` per second, per agent count (latency, not queueing). */
+	f1: { agents: number[]; count: number; rate: number };
+	/**
+	 * Throughput at saturation, every system alike: one flood of `durationMs`
+	 * per step of calls in flight (`sweep`, `batchSweep` for 100-command batches).
+	 */
+	f2: { agents: number; durationMs: number; sweep: number[]; batch: number; batchSweep: number[] };
 	f3: { steps: number[]; budgetMs: number };
 	f4: { agents: number };
 	f5: { chunks: number; rate: number };
@@ -21,9 +23,8 @@ export interface Config {
 export function config(quick: boolean): Config {
 	return quick
 		? {
-				f1: { agents: [1, 100], count: [200, 200], rate: [10, 10] },
-				f1Others: { count: 200, rate: 20 },
-				f2: { agents: 100, durationMs: 5_000, concurrency: 8, batch: 100, batchConcurrency: 2 },
+				f1: { agents: [1, 100], count: 100, rate: 20 },
+				f2: { agents: 100, durationMs: 3_000, sweep: [8, 32, 128, 256], batch: 100, batchSweep: [1, 2, 4, 8] },
 				f3: { steps: [200, 500], budgetMs: 60_000 },
 				f4: { agents: 200 },
 				f5: { chunks: 200, rate: 100 },
@@ -31,9 +32,9 @@ export function config(quick: boolean): Config {
 				heavyDbs: ["real"],
 			}
 		: {
-				f1: { agents: [1, 100], count: [2_000, 2_000], rate: [10, 10] },
-				f1Others: { count: 2_000, rate: 50 },
-				f2: { agents: 100, durationMs: 30_000, concurrency: 8, batch: 100, batchConcurrency: 2 },
+				// 30/s is below what every system here sustains (figure 2), so this is latency, not queueing.
+				f1: { agents: [1, 100], count: 600, rate: 30 },
+				f2: { agents: 100, durationMs: 8_000, sweep: [8, 32, 128, 256], batch: 100, batchSweep: [1, 2, 4, 8] },
 				// Agents connect to the runtime past wrangler dev's proxy: two
 				// descriptors each at rest, and three more for an object still live
 				// after its connect. Each ramp stops before the step that would take

@@ -2,12 +2,15 @@
  * `npm run bench`: Switchyard against the machine's limits and its peers, in
  * one run. Prints a table and writes bench/results/<date>.json.
  *
- *   npm run bench                     full run (~30 min on a shared 2-core machine)
+ *   npm run bench                     full run (figures 3 and 4 take most of it)
+ *   npm run bench -- --only f1,f2,floor,peers   issue 14's goals, both Postgres kinds (~18 min)
  *   npm run bench -- --quick          small N smoke run (~3 min)
  *   npm run bench -- --only f1,floor  some figures: f1 f2 f3 f4 f5 floor peers
  *   npm run bench -- --db real        one Postgres: embedded | real (default both)
  *   npm run bench -- --storm-agents N figure 4 with N agents instead of 4,000
  *   npm run bench -- --heavy-db embedded,real  Postgres kinds for figures 3 and 4 (default: real)
+ *   npm run bench -- --note "…"       a line for the results file and its table
+ *   npm run bench -- --out FILE       where the results go (default bench/results/<date>[-quick].json)
  *
  * Exits non-zero only when a run broke (errors, lost commands), never on a
  * slow figure.
@@ -17,7 +20,7 @@ import { parseArgs } from "node:util";
 import { runFloors } from "./figures/floor.ts";
 import { runPeers } from "./figures/peers.ts";
 import { connectionRamp, reconnectStorm, streaming, switchyardTarget } from "./figures/switchyard.ts";
-import { latencyFigure, latencyRun, throughputRun } from "./figures/common.ts";
+import { latencyFigure, latencyRun, measureSaturation } from "./figures/common.ts";
 import { type Config, config } from "./config.ts";
 import { stopAllGroups } from "./lib/procs.ts";
 import { machine, Results, versions } from "./lib/results.ts";
@@ -32,6 +35,8 @@ const { values } = parseArgs({
 		out: { type: "string" },
 		"storm-agents": { type: "string" },
 		"heavy-db": { type: "string" },
+		/** A line for the results file and its table: e.g. that the machine was loaded. */
+		note: { type: "string" },
 	},
 });
 
@@ -47,26 +52,28 @@ async function switchyard(db: DbKind): Promise<void> {
 	process.stdout.write(`[bench] starting Switchyard with ${pgName} Postgres\n`);
 	let stack = await startSwitchyard(db);
 	try {
-		const target = switchyardTarget(stack);
+		// Straight to the workerd runtime, as the floor is reached; and once
+		// through wrangler dev's proxy, as `npm run dev` serves it.
+		const target = await switchyardTarget(stack, "runtime");
+		const viaProxy = await switchyardTarget(stack, "proxy");
 		const sys = "switchyard";
+		const proxySys = "switchyard:dev-proxy";
+		results.settings[`${sys}/${db}`] = { connectedTo: "the workerd runtime, past wrangler dev's proxy", ...stack.settings };
+		results.settings[`${proxySys}/${db}`] = { connectedTo: "wrangler dev's public port (its proxy), as npm run dev serves it", ...stack.settings };
 		if (only.has("f1")) {
-			for (const [i, agents] of cfg.f1.agents.entries()) {
-				const count = cfg.f1.count[i] ?? 0;
-				const rate = cfg.f1.rate[i] ?? 1;
-				await results.measure(latencyFigure(results, agents), sys, db, () =>
-					latencyRun(target, { tag: `f1-${db}-${agents}`, agents, count, rate }),
-				);
+			for (const agents of cfg.f1.agents) {
+				for (const [system, t] of [[sys, target], [proxySys, viaProxy]] as const) {
+					await results.measure(latencyFigure(results, agents), system, db, () =>
+						latencyRun(t, { tag: `f1-${db}-${system === sys ? "rt" : "px"}-${agents}`, agents, count: cfg.f1.count, rate: cfg.f1.rate }),
+					);
+				}
 			}
 		}
 		if (only.has("f2")) {
-			const single = results.figure("f2.throughput.single", `Throughput, enqueue → completed in Postgres, ${cfg.f2.agents} agents, single enqueue`, "cmd/s", false);
-			await results.measure(single, sys, db, () =>
-				throughputRun(target, { tag: `f2s-${db}`, agents: cfg.f2.agents, durationMs: cfg.f2.durationMs, concurrency: cfg.f2.concurrency }),
-			);
-			const batch = results.figure("f2.throughput.batch", `Throughput, ${cfg.f2.agents} agents, batch enqueue (${cfg.f2.batch} per call)`, "cmd/s", false);
-			await results.measure(batch, sys, db, () =>
-				throughputRun(target, { tag: `f2b-${db}`, agents: cfg.f2.agents, durationMs: cfg.f2.durationMs, concurrency: cfg.f2.batchConcurrency, batch: cfg.f2.batch }),
-			);
+			const f2 = { agents: cfg.f2.agents, durationMs: cfg.f2.durationMs };
+			await measureSaturation(results, sys, db, target, { ...f2, tag: `f2s-${db}`, sweep: cfg.f2.sweep });
+			await measureSaturation(results, proxySys, db, viaProxy, { ...f2, tag: `f2p-${db}`, sweep: cfg.f2.sweep });
+			await measureSaturation(results, sys, db, target, { ...f2, tag: `f2b-${db}`, sweep: cfg.f2.batchSweep, batch: cfg.f2.batch });
 		}
 		if (only.has("f5")) {
 			const fig = results.figure("f5.streaming", "Agent output chunk → observer receipt (p50)", "ms", true);
@@ -100,7 +107,7 @@ async function switchyard(db: DbKind): Promise<void> {
 
 async function main(): Promise<void> {
 	const date = new Date().toISOString().slice(0, 10);
-	const meta = { startedAt: new Date().toISOString(), quick: values.quick ?? false, machine: machine(), versions: versions(), config: cfg };
+	const meta = { startedAt: new Date().toISOString(), quick: values.quick ?? false, note: values.note, machine: machine(), versions: versions(), config: cfg };
 	process.stdout.write(`[bench] ${meta.quick ? "quick" : "full"} run; figures: ${[...only].join(", ")}; Postgres: ${dbs.join(", ")}\n`);
 	if (only.has("floor")) await runFloors(results, cfg, only);
 	for (const db of dbs) {
@@ -110,14 +117,14 @@ async function main(): Promise<void> {
 			});
 		}
 	}
-	if (only.has("peers")) await runPeers(results, cfg);
+	if (only.has("peers")) await runPeers(results, cfg, only);
 
 	const out = {
 		...meta,
 		endedAt: new Date().toISOString(),
 		settings: {
-			workerVars: { AGENT_FRAME_RATE_LIMIT: "0", ENQUEUE_RATE_LIMIT: "off" },
-			note: "Load averages are recorded per entry: the machine has 2 cores and other work ran beside the benchmark.",
+			systems: results.settings,
+			note: "Load averages are recorded per entry: the machine has 2 cores and other work may run beside the benchmark.",
 		},
 		figures: [...results.figures.values()],
 		problems: results.problems,

@@ -5,6 +5,7 @@
  * that every command was durably completed.
  */
 import type { Transport } from "../load/enqueue.ts";
+import { fixedRoles, joinRoles, perCommandMs, type Roles, startCpu } from "../lib/cpu.ts";
 import { agentIds } from "../lib/payload.ts";
 import type { Results } from "../lib/results.ts";
 import { type Child, spawnChild } from "../lib/rpc.ts";
@@ -21,6 +22,14 @@ export interface Target {
 	 * breakdown it can give. Throws when a command is lost or failed.
 	 */
 	verify(action: string, expected: number, timeoutMs: number, fleet: Child): Promise<{ doneAt: number; detail?: Record<string, unknown> }>;
+	/** The system's processes by role, for CPU per command (lib/cpu.ts). */
+	roles?: Roles;
+	/**
+	 * The roles whose CPU is the figure's headline: the workerd runtime for
+	 * Switchyard and the floor (not wrangler's proxy or Node), the server
+	 * and broker processes for a peer.
+	 */
+	serving?: string[];
 }
 
 interface FleetDrain {
@@ -53,6 +62,14 @@ export async function withFleet<T>(
 		await fleet.call("close").catch(() => {});
 		fleet.stop();
 	}
+}
+
+/**
+ * Whether the floor and the peers run figure `f` (f1 or f2): when it was
+ * asked for, or when no Switchyard figure was named (`--only floor,peers`).
+ */
+export function wants(only: Set<string>, f: string): boolean {
+	return only.has(f) || !["f1", "f2", "f3", "f4", "f5"].some((x) => only.has(x));
 }
 
 export function latencyFigure(results: Results, agents: number) {
@@ -92,14 +109,33 @@ export async function latencyRun(t: Target, a: { tag: string; agents: number; co
 	});
 }
 
-/** Figure 2: `concurrency` enqueue calls in flight for `durationMs`; commands per second until all completed. */
-export async function throughputRun(
+export interface Step {
+	concurrency: number;
+	/** Commands per second, first send to the last one completed (drain included). */
+	rate: number;
+	commands: number;
+	enqueueSeconds: number;
+	drainSeconds: number;
+	enqueueCallMs: ReturnType<typeof summarize>;
+	receiptLatencyMs: ReturnType<typeof summarize>;
+	/** CPU milliseconds per completed command, by process role. */
+	cpuMsPerCommand: Record<string, number>;
+	/** Of those, the roles in `Target.serving`, summed. */
+	servingCpuMsPerCommand: number;
+	duplicates: number;
+	error?: string;
+	detail?: Record<string, unknown>;
+}
+
+/** One flood: `concurrency` enqueue calls in flight for `durationMs`, then until every command is completed. */
+export async function throughputStep(
 	t: Target,
 	a: { tag: string; agents: number; durationMs: number; concurrency: number; batch?: number },
-) {
+): Promise<Step> {
 	const ids = agentIds(a.tag, a.agents);
 	return withFleet(t, ids, async (fleet) => {
 		const enq = spawnChild("load/enqueue.ts");
+		const cpu = startCpu(joinRoles(t.roles ?? (() => ({})), fixedRoles({ "load: agents (node)": [fleet.proc.pid], "load: enqueuer (node)": [enq.proc.pid] })));
 		try {
 			const sent = await enq.call<Sent>("flood", {
 				transport: t.transport(a.tag, a.batch),
@@ -108,34 +144,91 @@ export async function throughputRun(
 				concurrency: a.concurrency,
 			});
 			if (sent.errors) throw new Error(`${sent.errors} enqueue errors: ${sent.errorSamples.slice(0, 3).join("; ")}`);
-			const v = await t.verify(a.tag, sent.ok, 300_000, fleet);
+			const v = await t.verify(a.tag, sent.ok, 120_000, fleet);
 			await fleet.call("waitReceived", { n: sent.ok, timeoutMs: 30_000 });
+			const seconds = cpu.stop();
 			const d = await fleet.call<FleetDrain>("drain");
 			if (d.received - d.duplicates < sent.ok) throw new Error(`lost commands: ${sent.ok} accepted, ${d.received - d.duplicates} received`);
-			const seconds = (v.doneAt - sent.startedAt) / 1000;
+			const perCommand = perCommandMs(seconds, sent.ok);
+			const serving = (t.serving ?? []).reduce((sum, role) => sum + (perCommand[role] ?? 0), 0);
 			return {
-				value: sent.ok / seconds,
-				samples: d.latencies,
-				detail: {
-					agents: a.agents,
-					commands: sent.ok,
-					concurrency: a.concurrency,
-					batch: a.batch ?? 1,
-					enqueueSeconds: (sent.endedAt - sent.startedAt) / 1000,
-					enqueueRate: Math.round((sent.ok / (sent.endedAt - sent.startedAt)) * 1000),
-					drainSeconds: Math.round(v.doneAt - sent.endedAt) / 1000,
-					totalSeconds: seconds,
-					enqueueCallMs: summarize(sent.callMs),
-					receiptLatencyMs: summarize(d.latencies),
-					duplicates: d.duplicates,
-					...v.detail,
-				},
+				concurrency: a.concurrency,
+				rate: Math.round((sent.ok / (v.doneAt - sent.startedAt)) * 100_000) / 100,
+				commands: sent.ok,
+				enqueueSeconds: (sent.endedAt - sent.startedAt) / 1000,
+				drainSeconds: Math.round(v.doneAt - sent.endedAt) / 1000,
+				enqueueCallMs: summarize(sent.callMs),
+				receiptLatencyMs: summarize(d.latencies),
+				cpuMsPerCommand: perCommand,
+				servingCpuMsPerCommand: Math.round(serving * 100) / 100,
+				duplicates: d.duplicates,
+				detail: v.detail,
 			};
 		} finally {
+			cpu.stop();
 			await enq.call("close").catch(() => {});
 			enq.stop();
 		}
 	});
+}
+
+/**
+ * Figure 2, throughput at saturation: the same sweep of calls in flight for
+ * every system (config `f2.sweep`), each step a fresh fleet and flood. The
+ * sweep stops at the first step with an error (refused or lost commands)
+ * or one that gains less than 5% over the best so far (more calls in
+ * flight then only add queueing). The headline is the best step's rate;
+ * the latency at that point and CPU per command come from the same step.
+ */
+export async function saturation(
+	t: Target,
+	a: { tag: string; agents: number; durationMs: number; sweep: number[]; batch?: number },
+): Promise<{ best: Step; steps: Step[]; stoppedBy: string }> {
+	const steps: Step[] = [];
+	let best: Step | undefined;
+	let stoppedBy = "end of sweep";
+	for (const concurrency of a.sweep) {
+		let step: Step;
+		try {
+			step = await throughputStep(t, { ...a, tag: `${a.tag}-c${concurrency}`, concurrency });
+		} catch (err) {
+			const error = err instanceof Error ? err.message : String(err);
+			steps.push({ concurrency, error } as Step);
+			stoppedBy = `error at ${concurrency} in flight: ${error.slice(0, 300)}`;
+			break;
+		}
+		steps.push(step);
+		process.stdout.write(`[bench]     ${a.tag}: ${concurrency} in flight: ${step.rate} cmd/s, call p50 ${step.enqueueCallMs.median} ms, receipt p50/p99 ${step.receiptLatencyMs.median}/${step.receiptLatencyMs.p99} ms, serving CPU ${step.servingCpuMsPerCommand} ms/cmd\n`);
+		if (best && step.rate < best.rate * 1.05) {
+			stoppedBy = `no gain at ${concurrency} in flight (${step.rate} < 1.05 × ${best.rate})`;
+			if (step.rate > best.rate) best = step;
+			break;
+		}
+		if (!best || step.rate > best.rate) best = step;
+	}
+	if (!best) throw new Error(`no step completed without error: ${stoppedBy}`);
+	return { best, steps, stoppedBy };
+}
+
+/** The headline entry of a saturation sweep, for Results.measure. */
+export function saturationEntry(r: Awaited<ReturnType<typeof saturation>>, a: { agents: number; batch?: number }) {
+	const { best } = r;
+	return {
+		value: best.rate,
+		detail: {
+			agents: a.agents,
+			batch: a.batch ?? 1,
+			bestConcurrency: best.concurrency,
+			commands: best.commands,
+			enqueueCallMs: best.enqueueCallMs,
+			receiptLatencyMs: best.receiptLatencyMs,
+			cpuMsPerCommand: best.cpuMsPerCommand,
+			servingCpuMsPerCommand: best.servingCpuMsPerCommand,
+			stoppedBy: r.stoppedBy,
+			sweep: r.steps.map(({ detail: _d, ...s }) => s),
+			...best.detail,
+		},
+	};
 }
 
 /** Polls `check` until it reports `done`; `doneAt` is the wall time it first did. */
@@ -153,5 +246,45 @@ export async function pollUntil(
 		last = r.progress;
 		if (Date.now() > deadline) throw new Error(`not all commands completed within ${timeoutMs} ms: ${last}`);
 		await new Promise((res) => setTimeout(res, intervalMs));
+	}
+}
+
+/**
+ * Figure 2 for one system: the saturation sweep's best rate (`f2.throughput.<mode>`)
+ * and the CPU per completed command at that step (`f2.cpu.<mode>`).
+ */
+export async function measureSaturation(
+	results: Results,
+	system: string,
+	postgres: string | undefined,
+	t: Target,
+	a: { tag: string; agents: number; durationMs: number; sweep: number[]; batch?: number },
+): Promise<void> {
+	const mode = a.batch ? "batch" : "single";
+	const tput = results.figure(
+		`f2.throughput.${mode}`,
+		a.batch
+			? `Throughput at saturation, enqueue → completed, ${a.agents} agents, batch enqueue (${a.batch} per call), best of calls in flight ${a.sweep.join("/")}`
+			: `Throughput at saturation, enqueue → completed, ${a.agents} agents, single enqueue, best of calls in flight ${a.sweep.join("/")}`,
+		"cmd/s",
+		false,
+	);
+	const cpu = results.figure(
+		`f2.cpu.${mode}`,
+		`CPU per completed command at that point (${mode} enqueue): workerd runtime for Switchyard and the floor, server and broker for a peer`,
+		"ms",
+		true,
+	);
+	let run: Awaited<ReturnType<typeof saturation>> | undefined;
+	await results.measure(tput, system, postgres, async () => {
+		run = await saturation(t, a);
+		return saturationEntry(run, a);
+	});
+	const best = run?.best;
+	if (best) {
+		await results.measure(cpu, system, postgres, async () => ({
+			value: best.servingCpuMsPerCommand,
+			detail: { serving: t.serving ?? [], concurrency: best.concurrency, commands: best.commands, cpuMsPerCommand: best.cpuMsPerCommand },
+		}));
 	}
 }

@@ -8,13 +8,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Config } from "../config.ts";
-import { freePort, runtimeWsBase, startWrangler, waitUntil, workerdOpenFiles, workerdRss } from "../lib/procs.ts";
+import { wranglerRoles, type Roles } from "../lib/cpu.ts";
+import { freePort, runtimeWsBase, startWrangler, waitUntil, workerdOpenFiles, workerdRss, wranglerSettings } from "../lib/procs.ts";
 import type { Results } from "../lib/results.ts";
 import { spawnChild } from "../lib/rpc.ts";
 import { startEmbeddedPostgres } from "../../src/dev/embedded-postgres.ts";
 import { freshDatabase } from "../lib/stack.ts";
 import { summarize } from "../lib/stats.ts";
-import { latencyFigure, latencyRun, pollUntil, type Target, throughputRun } from "./common.ts";
+import { latencyFigure, latencyRun, measureSaturation, pollUntil, type Target, wants } from "./common.ts";
 import { connectionRamp } from "./switchyard.ts";
 
 const FLOOR_CONFIG = fileURLToPath(new URL("../floor/wrangler.toml", import.meta.url));
@@ -51,12 +52,19 @@ async function insertFloor(results: Results, cfg: Config): Promise<void> {
 	}
 }
 
-/** Agents and enqueuer drive the floor worker exactly as they drive Switchyard; it has no Postgres to check. */
-function floorTarget(base: string): Target {
+/**
+ * Agents and enqueuer drive the floor worker exactly as they drive
+ * Switchyard, at the runtime's own address past wrangler dev's proxy; it
+ * has no Postgres to check.
+ */
+function floorTarget(wsBase: string, roles: Roles): Target {
+	const base = wsBase.replace(/^ws/, "http");
 	return {
 		fleet: "load/agents.ts",
-		connectArgs: (ids) => ({ wsBase: base.replace(/^http/, "ws"), ids, deflate: false, parallel: 20, reconnect: false, concurrency: 1000 }),
-		transport: (action) => ({ kind: "http", base, action }),
+		roles,
+		serving: ["runtime (workerd)"],
+		connectArgs: (ids) => ({ wsBase, ids, deflate: false, parallel: 20, reconnect: false, concurrency: 1000 }),
+		transport: (action, batch) => (batch ? { kind: "http-batch", base, action, size: batch } : { kind: "http", base, action }),
 		verify: async (_action, expected, timeoutMs, fleet) => {
 			const doneAt = await pollUntil(async () => {
 				const r = await fleet.call<{ received: number }>("waitReceived", { n: expected, timeoutMs: 1 });
@@ -74,16 +82,20 @@ async function bareDo(results: Results, cfg: Config, only: Set<string>): Promise
 	const base = `http://127.0.0.1:${port}`;
 	try {
 		await waitUntil(async () => (await fetch(`${base}/v1/agents/x/none`).catch(() => undefined))?.status === 404, "floor worker", 120_000);
-		const target = floorTarget(base);
-		for (const agents of cfg.f1.agents) {
-			await results.measure(latencyFigure(results, agents), "floor:bare-do", undefined, () =>
-				latencyRun(target, { tag: `floor-f1-${agents}`, agents, count: cfg.f1Others.count, rate: cfg.f1Others.rate }),
-			);
+		const target = floorTarget(await runtimeWsBase(w.child.pid ?? -1, port), wranglerRoles(() => w.child.pid ?? -1, port));
+		results.settings["floor:bare-do"] = { connectedTo: "the workerd runtime, past wrangler dev's proxy", wrangler: wranglerSettings(), postgres: "none" };
+		if (wants(only, "f1")) {
+			for (const agents of cfg.f1.agents) {
+				await results.measure(latencyFigure(results, agents), "floor:bare-do", undefined, () =>
+					latencyRun(target, { tag: `floor-f1-${agents}`, agents, count: cfg.f1.count, rate: cfg.f1.rate }),
+				);
+			}
 		}
-		const tput = results.figure("f2.throughput.single", `Throughput, ${cfg.f2.agents} agents, single enqueue`, "cmd/s", false);
-		await results.measure(tput, "floor:bare-do", undefined, () =>
-			throughputRun(target, { tag: "floor-f2", agents: cfg.f2.agents, durationMs: cfg.f2.durationMs, concurrency: cfg.f2.concurrency }),
-		);
+		if (wants(only, "f2")) {
+			const f2 = { agents: cfg.f2.agents, durationMs: cfg.f2.durationMs };
+			await measureSaturation(results, "floor:bare-do", undefined, target, { ...f2, tag: "floor-f2s", sweep: cfg.f2.sweep });
+			await measureSaturation(results, "floor:bare-do", undefined, target, { ...f2, tag: "floor-f2b", sweep: cfg.f2.batchSweep, batch: cfg.f2.batch });
+		}
 		if (only.has("f3")) {
 			const fig = results.figure("f3.memory.plain", "Resident memory per idle agent (workerd)", "KiB", true);
 			const stack = {

@@ -5,14 +5,23 @@ import type { Stack } from "../lib/stack.ts";
 import { sleep, summarize, wallNow } from "../lib/stats.ts";
 import { pollUntil, type Target } from "./common.ts";
 
-export function switchyardTarget(stack: Stack): Target {
+/**
+ * Switchyard as the load reaches it: `runtime` (the default) is the workerd
+ * runtime's own address, past wrangler dev's proxy, as the floor is
+ * reached; `proxy` is the public port, as `npm run dev` serves it.
+ */
+export async function switchyardTarget(stack: Stack, via: "runtime" | "proxy" = "runtime"): Promise<Target> {
+	const wsBase = via === "runtime" ? await stack.runtimeWsBase() : stack.wsBase;
+	const base = wsBase.replace(/^ws/, "http");
 	return {
 		fleet: "load/agents.ts",
-		connectArgs: (ids) => ({ wsBase: stack.wsBase, ids, secret: stack.secret, deflate: false, parallel: 20, reconnect: false, concurrency: 1000 }),
+		roles: stack.roles,
+		serving: ["runtime (workerd)"],
+		connectArgs: (ids) => ({ wsBase, ids, secret: stack.secret, deflate: false, parallel: 20, reconnect: false, concurrency: 1000 }),
 		transport: (action, batch) =>
 			batch
-				? { kind: "http-batch", base: stack.base, apiKey: stack.apiKey, action, size: batch }
-				: { kind: "http", base: stack.base, apiKey: stack.apiKey, action },
+				? { kind: "http-batch", base, apiKey: stack.apiKey, action, size: batch }
+				: { kind: "http", base, apiKey: stack.apiKey, action },
 		verify: async (action, expected, timeoutMs) => {
 			const doneAt = await pollUntil(async () => {
 				const { rows } = await stack.pg.query<{ status: string; n: string }>(

@@ -34,6 +34,8 @@ export interface Problem {
 export class Results {
 	readonly figures = new Map<string, Figure>();
 	readonly problems: Problem[] = [];
+	/** What each system ran with (observability, log level, rate limits, Postgres), by system name. */
+	readonly settings: Record<string, Record<string, unknown>> = {};
 
 	figure(key: string, title: string, unit: string, lowerIsBetter: boolean): Figure {
 		let f = this.figures.get(key);

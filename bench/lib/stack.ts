@@ -13,8 +13,9 @@ import { ensureDevVars, parseDevVars } from "../../src/dev/dev-vars.ts";
 import { type EmbeddedPostgres, startEmbeddedPostgres } from "../../src/dev/embedded-postgres.ts";
 import { runMigrations } from "../../src/dev/migrate.ts";
 import { type Relay, startRelay } from "../../src/dev/relay.ts";
-import { type Bouncer, startPgBouncer } from "./pgbouncer.ts";
-import { freePort, runtimeWsBase, startWrangler, waitHealthy, type Wrangler, workerdNofile, workerdOpenFiles, workerdRss } from "./procs.ts";
+import { fixedRoles, joinRoles, postgresBackends, type Roles, wranglerRoles } from "./cpu.ts";
+import { type Bouncer, POOL_SIZE, startPgBouncer } from "./pgbouncer.ts";
+import { freePort, runtimeWsBase, startWrangler, waitHealthy, type Wrangler, workerdNofile, workerdOpenFiles, workerdRss, wranglerSettings } from "./procs.ts";
 
 export type DbKind = "embedded" | "real";
 
@@ -43,8 +44,12 @@ export interface Stack {
 	apiKey: string;
 	secret: string;
 	databaseUrl: string;
-	/** Direct `pg` pool for verification queries. */
+	/** Direct `pg` pool for verification queries (application_name `switchyard-bench`). */
 	pg: pg.Pool;
+	/** Processes by role, for CPU per command (lib/cpu.ts). */
+	roles: Roles;
+	/** What this stack ran with, for the results file. */
+	settings: Record<string, unknown>;
 	workerdRss(): number;
 	workerdOpenFiles(): { open: number; limit: number | undefined };
 	/**
@@ -108,9 +113,24 @@ export async function startSwitchyard(db: DbKind): Promise<Stack> {
 		}
 	};
 	await start();
-	const pool = new pg.Pool({ connectionString: databaseUrl, max: 2 });
+	const pool = new pg.Pool({ connectionString: databaseUrl, max: 2, application_name: "switchyard-bench" });
 	pool.on("error", () => {});
 	const pid = () => wrangler?.child.pid ?? -1;
+	const backends = db === "real" ? postgresBackends(pool, "switchyard_bench") : undefined;
+	const roles = joinRoles(
+		wranglerRoles(pid, port),
+		fixedRoles({ pgbouncer: [bouncer?.pid], [db === "embedded" ? "harness (relay, PGlite, checks)" : "harness (relay, checks)"]: [process.pid] }),
+		backends?.roles ?? (() => ({})),
+	);
+	const settings = {
+		wrangler: wranglerSettings(),
+		workerVars: BENCH_VARS,
+		logLevel: vars.get("LOG_LEVEL") ?? "info (wrangler.toml)",
+		postgres:
+			db === "embedded"
+				? "embedded: PGlite in the harness process, wire protocol, through the relay"
+				: `real: the machine's PostgreSQL, through the relay and PgBouncer (transaction pooling, ${POOL_SIZE} server connections)`,
+	};
 	return {
 		db,
 		base,
@@ -119,6 +139,8 @@ export async function startSwitchyard(db: DbKind): Promise<Stack> {
 		secret,
 		databaseUrl,
 		pg: pool,
+		roles,
+		settings,
 		workerdRss: () => workerdRss(pid()),
 		workerdOpenFiles: () => workerdOpenFiles(pid()),
 		runtimeWsBase: () => runtimeWsBase(pid(), port),
@@ -129,6 +151,7 @@ export async function startSwitchyard(db: DbKind): Promise<Stack> {
 		},
 		startWrangler: start,
 		stop: async () => {
+			backends?.stop();
 			await wrangler?.stop();
 			await pool.end().catch(() => {});
 			await relay.close();
