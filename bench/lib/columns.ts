@@ -41,7 +41,7 @@ function short(role: string): string {
 /** One cell: latency p50 / p99, a rate with where it peaked, CPU with its breakdown. */
 export function cell(e: Entry | undefined, figure: Figure, problems: { figure: string; system: string }[], system: string): string {
 	if (!e) return problems.some((p) => p.figure === figure.key && p.system.startsWith(system)) ? "broke" : "—";
-	if (isLatency(e) && e.summary) return `${e.summary.median} / ${e.summary.p99}`;
+	if (isLatency(e) && e.summary) return `${e.summary.median} / ${e.summary.p99} (n ${e.summary.n})`;
 	const d = e.detail ?? {};
 	if (typeof d.bestConcurrency === "number") {
 		const r = d.receiptLatencyMs as { median?: number; p99?: number } | undefined;
