@@ -4,8 +4,9 @@
  * socket gets a `welcome` and one `command`, and the frames it answers with
  * are recorded. The benchmark's raw fleet (thousands of sockets, one
  * process) replays that answer for every command, so the bench agents do
- * what the SDK does: today `ack` then `result`; if the SDK ever sends the
- * `result` alone for an immediate finish, so does the bench.
+ * what the SDK does: since the SDK sends the `result` alone for a command
+ * that finishes at once (no `ack`), so does the bench; were that to
+ * change, the bench would follow.
  */
 import { PROTOCOL_VERSION } from "../../src/protocol.ts";
 import { Agent } from "../../src/sdk/agent.ts";

@@ -5,7 +5,7 @@
  *
  * Each agent answers every `command` as the SDK answers a command its
  * handler finishes at once (read from the SDK itself, lib/sdk-answer.ts:
- * today `ack` then `result: completed`), and records the time from the
+ * the `result: completed` alone, no `ack`), and records the time from the
  * enqueuer's send (`payload.t`) to receipt.
  */
 import WebSocket from "ws";

@@ -3,12 +3,14 @@
  * connection (its socket) with a durable pull consumer on its own subject of
  * a file-backed work-queue stream. The loop, step for step with Switchyard:
  * the publish returns after the server stored the command (PubAck); the agent
- * sends an in-progress ack (`working`) on receipt; it completes by publishing
+ * sends an in-progress ack (`working`) on receipt where the SDK sends an
+ * `ack` (lib/sdk-answer.ts; not for a command that finishes at once); it completes by publishing
  * its result to a file-backed results stream (PubAck) and then acking the
  * command with a confirmed ack (`ackAck`).
  */
 import { AckPolicy, connect, type ConsumerMessages, type NatsConnection, RetentionPolicy, StorageType, StringCodec } from "nats";
 import { sentAt } from "../lib/payload.ts";
+import { sdkAnswer } from "../lib/sdk-answer.ts";
 import { serve } from "../lib/rpc.ts";
 import { sleep, wallNow } from "../lib/stats.ts";
 
@@ -49,6 +51,7 @@ async function teardown(a: { url: string }) {
 
 async function connectFleet(a: { url: string; ids: string[] }) {
 	const started = wallNow();
+	const acks = (await sdkAnswer()).some((f) => f.type === "ack");
 	for (const id of a.ids) {
 		const nc = await connect({ servers: a.url });
 		const jsm = await nc.jetstreamManager();
@@ -63,7 +66,7 @@ async function connectFleet(a: { url: string; ids: string[] }) {
 				const t = sentAt(payload);
 				if (t !== undefined) latencies.push(wallNow() - t);
 				received++;
-				m.working();
+				if (acks) m.working();
 				await js.publish(`swbench.res.${id}`, sc.encode(JSON.stringify({ seq: m.seq, status: "completed", result: { ok: true } })));
 				await m.ackAck();
 				completed++;

@@ -63,12 +63,16 @@ async function start(a: { databaseUrl: string }) {
 		ws.send(welcomeFrame(agentId));
 		// One socket's frames are applied in order, as Switchyard's object does.
 		let chain = Promise.resolve();
+		// An agent that answers at once sends its result without an ack (as the SDK does).
+		const acked = new Set<string>();
 		const handle = async (f: AgentFrameIn) => {
 			if (!f.id) return;
 			try {
-				if (f.type === "ack") await transition(f.id, "dispatched", "acknowledged", ", acknowledged_at = now()");
-				else if (f.type === "result") {
-					await transition(f.id, "acknowledged", "completed", ", completed_at = now(), result = $4::jsonb", f.result ?? null);
+				if (f.type === "ack") {
+					await transition(f.id, "dispatched", "acknowledged", ", acknowledged_at = now()");
+					acked.add(f.id);
+				} else if (f.type === "result") {
+					await transition(f.id, acked.delete(f.id) ? "acknowledged" : "dispatched", "completed", ", completed_at = now(), result = $4::jsonb", f.result ?? null);
 					completions.add(actions.get(f.id) ?? "", wallNow());
 					actions.delete(f.id);
 				}
