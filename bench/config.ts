@@ -1,8 +1,6 @@
 /**
  * Scale of a run: the full run by default, `--quick` for a smoke run of a few
- * minutes. Rates are set below what the local stack sustains on a shared
- * 2-core machine (figure 2 measures that ceiling), so figure 1 measures
- * latency, not queueing.
+ * minutes. Every system gets the same figure 1 rate and figure 2 sweep.
  */
 export interface Config {
 	/** Every system alike: `count` commands at `rate` per second, per agent count (latency, not queueing). */
@@ -32,7 +30,8 @@ export function config(quick: boolean): Config {
 				heavyDbs: ["real"],
 			}
 		: {
-				// 30/s is below what every system here sustains (figure 2), so this is latency, not queueing.
+				// 30/s is meant to be below what every system sustains (figure 2), so this
+				// is latency, not queueing; a system whose figure-2 rate is near it is queueing.
 				f1: { agents: [1, 100], count: 600, rate: 30 },
 				f2: { agents: 100, durationMs: 8_000, sweep: [8, 32, 128, 256], batch: 100, batchSweep: [1, 2, 4, 8] },
 				// Agents connect to the runtime past wrangler dev's proxy: two
