@@ -1,4 +1,4 @@
-import type { Database } from "./db/client";
+import type { HttpDatabase } from "./db/http";
 
 /** The Hono environment every route shares. */
 export type AppEnv = {
@@ -6,7 +6,7 @@ export type AppEnv = {
 	Variables: {
 		/** `api:<first 8 hex of sha-256(key)>`: names the key in audit events without revealing it. */
 		apiKeyId: string;
-		/** This request's database: one connection at most, ended after the response. */
-		db: Database;
+		/** This request's database: Neon's HTTP query path, one request per statement. */
+		db: HttpDatabase;
 	};
 };

@@ -2,7 +2,7 @@ import { Hono } from "hono";
 import type { AppEnv } from "./app-env";
 import { bodyLimit } from "hono/body-limit";
 import { createMiddleware } from "hono/factory";
-import { requestDb } from "./db/client";
+import { httpDb } from "./db/http";
 import { ApiError, notFound, onError } from "./errors";
 import { ErrorCode, MAX_BODY_BYTES } from "./protocol";
 import { agentRoutes } from "./routes/agents";
@@ -22,15 +22,10 @@ const v1 = new Hono<AppEnv>()
 	.route("/", commandRoutes)
 	.route("/", agentRoutes);
 
-/** Opens nothing until a route queries; ends the connection once the response has gone. */
+/** Each statement a route runs is one request on Neon's HTTP path: nothing to open first or close after. */
 const databasePerRequest = createMiddleware<AppEnv>(async (c, next) => {
-	const db = requestDb(c.env);
-	c.set("db", db);
-	try {
-		await next();
-	} finally {
-		c.executionCtx.waitUntil(db.close());
-	}
+	c.set("db", httpDb(c.env));
+	await next();
 });
 
 export const app = new Hono<AppEnv>()

@@ -1,10 +1,18 @@
 import { Pool, neonConfig } from "@neondatabase/serverless";
 import { DrizzleQueryError } from "drizzle-orm/errors";
+import type { NeonHttpDatabase } from "drizzle-orm/neon-http";
 import { drizzle, type NeonDatabase } from "drizzle-orm/neon-serverless";
 import { ConnectGate, GateFullError, type Priority } from "./connect-gate";
 import * as schema from "./schema";
 
-export type Db = NeonDatabase<typeof schema>;
+/**
+ * What queries run on: a `Pool` connection (the agent objects, scheduled
+ * jobs) or Neon's HTTP path (the worker's requests, http.ts). The queries in
+ * this folder are written once for both.
+ */
+export type Db = PoolDb | NeonHttpDatabase<typeof schema>;
+/** A `Pool` connection's database, which also runs interactive transactions. */
+export type PoolDb = NeonDatabase<typeof schema>;
 
 export interface DbConfig {
 	/** Postgres connection string (Neon's in production). */
@@ -21,6 +29,12 @@ export interface DbConfig {
 	 * waking from zero, waiting is cheaper than failing and retrying.
 	 */
 	DB_CONNECT_TIMEOUT_MS?: string;
+	/**
+	 * How long one statement may run before the caller abandons it and
+	 * answers 503 or retries (milliseconds, 100 to 300,000; default 15,000).
+	 * See `statementTimeout`.
+	 */
+	DB_STATEMENT_TIMEOUT_MS?: string;
 }
 
 const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
@@ -37,6 +51,20 @@ const OBJECT_WAIT_MS = 300_000;
 export function connectTimeout(config: DbConfig): number {
 	const ms = Number(config.DB_CONNECT_TIMEOUT_MS);
 	return Number.isInteger(ms) && ms >= 1_000 && ms <= 60_000 ? ms : DEFAULT_CONNECT_TIMEOUT_MS;
+}
+
+const DEFAULT_STATEMENT_TIMEOUT_MS = 15_000;
+
+/**
+ * How long one statement may take before the caller gives up on it
+ * (DB_STATEMENT_TIMEOUT_MS, 100 to 300,000; default 15,000). A statement past
+ * it is abandoned and reported as the database being unavailable: a request
+ * answers 503 with Retry-After, an object retries its read or flush on its
+ * backoff. A hung query then costs one retry, not a stalled request or object.
+ */
+export function statementTimeout(config: DbConfig): number {
+	const ms = Number(config.DB_STATEMENT_TIMEOUT_MS);
+	return Number.isInteger(ms) && ms >= 100 && ms <= 300_000 ? ms : DEFAULT_STATEMENT_TIMEOUT_MS;
 }
 
 function configureDriver(proxy: string | undefined): void {
@@ -68,13 +96,14 @@ function openPool(config: DbConfig, options: { max: number; idleTimeoutMillis?: 
 }
 
 /**
- * A database opened on first use and ended by `close()`. How long it lives
- * is the caller's: one HTTP request (`requestDb`), one Durable Object
- * (`objectDb`), or one call (`withDb`).
+ * A `Pool` database opened on first use and ended by `close()`. How long it
+ * lives is the caller's: one Durable Object (`objectDb`) or one call
+ * (`withDb`: scheduled jobs, tests). The worker's HTTP requests use Neon's
+ * HTTP path instead (http.ts).
  */
 export class Database {
 	private pool: Pool | undefined;
-	private db: Db | undefined;
+	private db: PoolDb | undefined;
 
 	constructor(
 		private readonly config: DbConfig,
@@ -83,7 +112,7 @@ export class Database {
 	/** The setup under way and its pool, so concurrent callers wait for one connection instead of each queueing for its own. */
 	private connecting: { pool: Pool; setup: Promise<void> } | undefined;
 
-	async run<T>(fn: (db: Db) => Promise<T>): Promise<T> {
+	async run<T>(fn: (db: PoolDb) => Promise<T>): Promise<T> {
 		if (!this.pool || !this.db) {
 			this.pool = openPool(this.config, { max: this.options.max, idleTimeoutMillis: this.options.idleTimeoutMillis });
 			this.db = drizzle({ client: this.pool, schema });
@@ -101,10 +130,33 @@ export class Database {
 				await this.connecting.setup;
 				if (this.pool !== pool) throw new DbUnavailableError(new Error("database closed while connecting"));
 			}
-			return await fn(db);
+			return await this.withDeadline(pool, fn(db));
 		} catch (err) {
 			// The pool drops a broken connection itself; the next call opens a new one.
 			throw classifyDbError(err);
+		}
+	}
+
+	/**
+	 * `work`, or DbUnavailableError once it has run past the statement
+	 * timeout. The connection it holds is dropped then: the late statement's
+	 * reply may yet come, and the next call must not queue behind it.
+	 */
+	private async withDeadline<T>(pool: Pool, work: Promise<T>): Promise<T> {
+		const ms = statementTimeout(this.config);
+		let timer: ReturnType<typeof setTimeout> | undefined;
+		const expired = new Promise<never>((_, reject) => {
+			timer = setTimeout(() => {
+				if (this.pool === pool) void this.close();
+				reject(new DbUnavailableError(new Error(`statement still running after ${ms} ms`)));
+			}, ms);
+		});
+		// The abandoned work fails once its connection is dropped; nobody waits for it.
+		work.catch(() => {});
+		try {
+			return await Promise.race([work, expired]);
+		} finally {
+			if (timer !== undefined) clearTimeout(timer);
 		}
 	}
 
@@ -134,10 +186,10 @@ async function connectThroughGate(pool: Pool, waitMs: number, priority: Priority
 }
 
 /**
- * One HTTP request's database. In a stateless worker a socket belongs to the
- * request that opened it, so the caller closes it when the request is done,
- * after the response has gone (`waitUntil`), so closing costs the client
- * nothing. Queries of one request share its connection.
+ * A database for one call that someone waits on (a scheduled job, a test):
+ * at the gate it goes ahead of objects' background work. Outside an object,
+ * a socket belongs to the event that opened it, so the caller closes it when
+ * done (`withDb`). Queries of one call share its connection.
  */
 export function requestDb(config: DbConfig): Database {
 	return new Database(config, { max: 4, waitMs: connectTimeout(config), priority: "request" });
@@ -161,7 +213,7 @@ export function objectDb(config: DbConfig): Database {
 }
 
 /** Runs `fn` with a database that lives only for this call (scheduled jobs, tests). */
-export async function withDb<T>(config: DbConfig, fn: (db: Db) => Promise<T>): Promise<T> {
+export async function withDb<T>(config: DbConfig, fn: (db: PoolDb) => Promise<T>): Promise<T> {
 	const db = requestDb(config);
 	try {
 		return await db.run(fn);

@@ -67,7 +67,7 @@ export class GateFullError extends Error {
 const STALE_MS = 120_000;
 
 /**
- * `request`: somebody is waiting on the answer (an HTTP call, `/healthz`).
+ * `request`: somebody is waiting on the answer (a scheduled job, a test).
  * `background`: an object's catch-up read or status flush, which may wait.
  * Requests are let in ahead of any queued background work, and `reserved`
  * places are theirs alone, so an API call or a health check still gets a

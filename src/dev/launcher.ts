@@ -1,7 +1,8 @@
 /**
  * `npm run dev`: the whole product on this machine with nothing installed
- * beyond npm packages. Embedded Postgres (or DATABASE_URL), the relay the
- * Neon driver needs for a plain Postgres, migrations, then `wrangler dev`.
+ * beyond npm packages. Embedded Postgres (or DATABASE_URL), the relay that
+ * stands in for Neon's WebSocket and HTTP endpoints in front of a plain
+ * Postgres, migrations, then `wrangler dev`.
  * Ctrl-C or SIGTERM stops everything it started, workerd included.
  */
 import { type ChildProcess, spawn } from "node:child_process";
@@ -89,7 +90,7 @@ async function main(): Promise<void> {
 	});
 
 	const base = `http://127.0.0.1:${port}`;
-	await waitForHealthy(base);
+	await waitForReady(base);
 	say(`ready at ${base}`);
 	say(`agent socket: ws://127.0.0.1:${port}/v1/agents/<agentId>/connect`);
 	say(`API key: ${secrets.apiKey}`);
@@ -118,19 +119,20 @@ function extraVars(): string[] {
 	);
 }
 
-async function waitForHealthy(base: string): Promise<void> {
+/** Until the worker answers and reaches Postgres (`/readyz`; `/healthz` says only that it runs). */
+async function waitForReady(base: string): Promise<void> {
 	const deadline = Date.now() + 90_000;
 	while (Date.now() < deadline) {
 		if (stopping) return;
 		try {
-			const res = await fetch(`${base}/healthz`);
+			const res = await fetch(`${base}/readyz`);
 			if (res.ok) return;
 		} catch {
 			// not listening yet
 		}
 		await new Promise((r) => setTimeout(r, 250));
 	}
-	throw new Error(`wrangler dev did not become healthy at ${base}/healthz within 90 s`);
+	throw new Error(`wrangler dev did not become ready at ${base}/readyz within 90 s`);
 }
 
 function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {

@@ -1,23 +1,31 @@
 /**
- * WebSocket-to-TCP relay: lets `@neondatabase/serverless`, which only speaks
- * Postgres over a WebSocket, reach a plain Postgres exactly as it reaches Neon
- * in production. One TCP connection per WebSocket, bytes piped both ways.
+ * The local stand-in for Neon's endpoints, so `@neondatabase/serverless`
+ * reaches a plain Postgres exactly as it reaches Neon in production, by both
+ * of its paths, on one port:
+ * - WebSocket-to-TCP (the `Pool`/`Client` path, which the agent objects use):
+ *   one TCP connection per WebSocket, bytes piped both ways;
+ * - `POST /sql`, Neon's SQL-over-HTTP protocol (`neon()`, which the worker
+ *   uses), served by sql-over-http.ts.
  *
  * It only ever dials the targets `allow` accepts, so it cannot be used as an
  * open proxy even by something else on this machine.
  */
+import http from "node:http";
 import net from "node:net";
 import type { AddressInfo } from "node:net";
 import { WebSocketServer, type WebSocket } from "ws";
+import { sqlOverHttp } from "./sql-over-http.ts";
 
 export interface Relay {
 	port: number;
-	/** Value for NEON_WS_PROXY. */
+	/** Value for NEON_WS_PROXY (the worker derives the `/sql` endpoint from it). */
 	proxy: string;
-	/** Open client connections, for tests and diagnostics. */
+	/** Open WebSocket connections, for tests and diagnostics. */
 	connections(): number;
-	/** Connections accepted since the relay started. */
+	/** WebSocket connections accepted since the relay started. */
 	opened(): number;
+	/** HTTP requests (`/sql`) served since the relay started. */
+	sqlRequests(): number;
 	/**
 	 * Simulates a database outage (tests): while down, every open connection is
 	 * dropped and new ones are refused.
@@ -38,7 +46,10 @@ export function loopbackOnly(host: string): boolean {
 
 export async function startRelay(opts: RelayOptions): Promise<Relay> {
 	const host = opts.host ?? "127.0.0.1";
-	const wss = new WebSocketServer({ host, port: opts.port ?? 0, perMessageDeflate: false });
+	const sql = sqlOverHttp({ allow: opts.allow, isDown: () => down });
+	const server = http.createServer((req, res) => sql.handle(req, res));
+	server.keepAliveTimeout = 60_000;
+	const wss = new WebSocketServer({ server, perMessageDeflate: false });
 	const open = new Set<{ ws: WebSocket; tcp: net.Socket }>();
 	let down = false;
 	let opened = 0;
@@ -82,24 +93,30 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
 	});
 
 	await new Promise<void>((resolve, reject) => {
-		wss.once("listening", resolve);
-		wss.once("error", reject);
+		server.once("error", reject);
+		server.listen(opts.port ?? 0, host, () => resolve());
 	});
-	const port = (wss.address() as AddressInfo).port;
+	const port = (server.address() as AddressInfo).port;
 	return {
 		port,
 		proxy: `${host}:${port}/v1`,
 		connections: () => open.size,
 		opened: () => opened,
+		sqlRequests: () => sql.requests(),
 		setDown: (value) => {
 			down = value;
-			if (down) dropAll();
-		},
-		close: () =>
-			new Promise<void>((resolve) => {
+			if (down) {
 				dropAll();
-				wss.close(() => resolve());
-			}),
+				void sql.dropConnections();
+			}
+		},
+		close: async () => {
+			dropAll();
+			await sql.close();
+			await new Promise<void>((resolve) => wss.close(() => resolve()));
+			server.closeAllConnections();
+			await new Promise<void>((resolve) => server.close(() => resolve()));
+		},
 	};
 }
 

@@ -72,7 +72,7 @@ const route = fc.oneof(
 		weight: 2,
 		arbitrary: fc.tuple(
 			fc.constantFrom("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"),
-			fc.oneof(fc.constantFrom("/metrics", "/healthz", "/", "/v2/x", "//v1//agents", "/v1/commands/batch"), printable.map((p) => `/${p}`)),
+			fc.oneof(fc.constantFrom("/metrics", "/healthz", "/readyz", "/", "/v2/x", "//v1//agents", "/v1/commands/batch"), printable.map((p) => `/${p}`)),
 		),
 	},
 );

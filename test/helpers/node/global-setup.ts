@@ -32,6 +32,8 @@ export default async function setup(project: TestProject) {
 			res.end(String(relay.opened()));
 		} else if (req.url === "/open") {
 			res.end(String(relay.connections()));
+		} else if (req.url === "/sql-requests") {
+			res.end(String(relay.sqlRequests()));
 		} else {
 			res.statusCode = 404;
 			res.end();

@@ -83,16 +83,17 @@ export function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
 	}
 }
 
+/** Until the worker answers and reaches Postgres (`/readyz`). */
 export async function waitHealthy(base: string, timeoutMs = 90_000): Promise<void> {
 	await waitUntil(
 		async () => {
 			try {
-				return (await fetch(`${base}/healthz`)).ok;
+				return (await fetch(`${base}/readyz`)).ok;
 			} catch {
 				return false;
 			}
 		},
-		`${base}/healthz`,
+		`${base}/readyz`,
 		timeoutMs,
 	);
 }
