@@ -50,19 +50,34 @@ function meter(stub: ReturnType<typeof agentHub>): Promise<void> {
 	});
 }
 
-/** Waits until every flush is done, reading only what the object holds in memory (nothing metered). */
-async function flushed(stub: ReturnType<typeof agentHub>): Promise<void> {
+/**
+ * Waits until the object is quiet: no read or flush running, nothing unsynced,
+ * no presence to write and the alarm set exactly. Reads only what the object
+ * holds in memory, so nothing is metered.
+ */
+async function quiet(stub: ReturnType<typeof agentHub>): Promise<void> {
 	await waitFor(
 		() =>
 			runInDurableObject(stub, (instance: AgentHub) => {
 				// SAFETY: a test reading the object's in-memory state.
-				const hub = instance as unknown as { cost: Cost; core: AgentCore; flushJob: { busy: boolean } };
-				hub.cost.paused = true;
-				const done = !hub.flushJob.busy && hub.core.journal.unsynced() === 0;
-				hub.cost.paused = false;
+				const hub = instance as unknown as {
+					cost?: Cost;
+					core: AgentCore;
+					flushJob: { busy: boolean };
+					catchUpJob: { busy: boolean };
+				};
+				if (hub.cost) hub.cost.paused = true;
+				const { core } = hub;
+				const done =
+					!hub.flushJob.busy &&
+					!hub.catchUpJob.busy &&
+					core.journal.unsynced() === 0 &&
+					!core.state.get("presence_dirty") &&
+					!core.alarm.isStale;
+				if (hub.cost) hub.cost.paused = false;
 				return done;
 			}),
-		"every flush",
+		"the object to be quiet",
 	);
 }
 
@@ -80,7 +95,10 @@ describe("what one command costs its agent's object", () => {
 		const agentId = uniqueAgentId();
 		const agent = await connectSettled(agentId);
 		const stub = agentHub(env, agentId);
+		// What the connect left (its catch-up, its presence write, the alarm's
+		// exact setting after the hello) must not be counted as the command's.
 		await objectSettled(agentId);
+		await quiet(stub);
 		await meter(stub);
 
 		const cmd = await enqueue(agentId, { action: "count" });
@@ -88,7 +106,7 @@ describe("what one command costs its agent's object", () => {
 		agent.send({ type: "ack", id: frame.id });
 		agent.send({ type: "result", id: frame.id, status: "completed", result: { ok: true } });
 		await waitForStatus(cmd.id, "completed");
-		await flushed(stub);
+		await quiet(stub);
 
 		const cost = await costOf(stub);
 		await annotate(`${cost.statements.length} statements in ${cost.transactions} transactions, ${cost.alarmsSet} alarm writes:\n${cost.statements.join("\n")}`);
