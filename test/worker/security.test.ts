@@ -310,8 +310,10 @@ describe("limits", () => {
 		const isLimited = (f: ServerFrame): f is Extract<ServerFrame, { type: "error" }> =>
 			f.type === "error" && f.code === ErrorCode.RATE_LIMITED;
 		// Empty the bucket with frames that cost the object almost nothing; then an
-		// ack and a result between two outputs, all over budget.
-		for (let i = 0; i < 30; i++) agent.send('{"type":"not_a_frame"}');
+		// ack and a result between two outputs, all over budget. 80 of them keep it
+		// empty even if the object needs 6 s to work through them on a loaded
+		// machine (20 + 10 × 6 < 80), and stay under the 100 refusals that close.
+		for (let i = 0; i < 80; i++) agent.send('{"type":"not_a_frame"}');
 		agent.send({ type: "output", id: cmd.id, seq: 0, data: "." });
 		agent.send({ type: "ack", id: cmd.id });
 		agent.send({ type: "result", id: cmd.id, status: "completed" });
