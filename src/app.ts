@@ -9,6 +9,7 @@ import { agentRoutes } from "./routes/agents";
 import { commandRoutes } from "./routes/commands";
 import { healthRoutes } from "./routes/health";
 import { metricsRoutes } from "./routes/metrics";
+import { sessionRoutes } from "./routes/session";
 
 const v1 = new Hono<AppEnv>()
 	.use(
@@ -20,7 +21,8 @@ const v1 = new Hono<AppEnv>()
 		}),
 	)
 	.route("/", commandRoutes)
-	.route("/", agentRoutes);
+	.route("/", agentRoutes)
+	.route("/", sessionRoutes);
 
 /** Opens nothing until a route queries; ends the connection once the response has gone. */
 const databasePerRequest = createMiddleware<AppEnv>(async (c, next) => {
