@@ -7,6 +7,7 @@ import { ApiError, notFound, onError } from "./errors";
 import { ErrorCode, MAX_BODY_BYTES } from "./protocol";
 import { agentRoutes } from "./routes/agents";
 import { commandRoutes } from "./routes/commands";
+import { consoleRoutes } from "./routes/console";
 import { healthRoutes } from "./routes/health";
 import { metricsRoutes } from "./routes/metrics";
 import { sessionRoutes } from "./routes/session";
@@ -39,7 +40,8 @@ export const app = new Hono<AppEnv>()
 	.use(databasePerRequest)
 	.route("/", healthRoutes)
 	.route("/", metricsRoutes)
-	.route("/v1", v1);
+	.route("/v1", v1)
+	.route("/", consoleRoutes);
 
 app.onError(onError);
 app.notFound(notFound);
