@@ -8,6 +8,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
+import { buildConsole } from "./build-console.ts";
 import { ensureDevVars } from "./dev-vars.ts";
 import { type EmbeddedPostgres, startEmbeddedPostgres } from "./embedded-postgres.ts";
 import { runMigrations } from "./migrate.ts";
@@ -52,6 +53,8 @@ async function main(): Promise<void> {
 
 	await runMigrations(databaseUrl);
 	say("migrations applied");
+	await buildConsole({ quiet: true });
+	say("console built into dist/console");
 
 	const wranglerBin = join(dirname(createRequire(import.meta.url).resolve("wrangler/package.json")), "bin", "wrangler.js");
 	const args = [
@@ -84,6 +87,7 @@ async function main(): Promise<void> {
 	const base = `http://127.0.0.1:${port}`;
 	await waitForHealthy(base);
 	say(`ready at ${base}`);
+	say(`console: ${base}/ (sign in with the API key below)`);
 	say(`agent socket: ws://127.0.0.1:${port}/v1/agents/<agentId>/connect`);
 	say(`API key: ${secrets.apiKey}`);
 	say("enqueue a command:");
