@@ -13,14 +13,15 @@ export interface LocalStack {
 	stop(): Promise<void>;
 }
 
-export async function startLocalStack(): Promise<LocalStack> {
+/** `env` adds to the launcher's environment (e.g. `SWITCHYARD_VAR_READ_API_KEYS`). */
+export async function startLocalStack(env: Record<string, string> = {}): Promise<LocalStack> {
 	const stateDir = mkdtempSync(join(tmpdir(), "switchyard-e2e-"));
 	const port = await freePort();
 	// `npm run dev` itself, as the README has users run it: a signal to npm
 	// must reach the launcher (a shell or tsx's CLI in between once swallowed
 	// SIGTERM and left wrangler and workerd running).
 	const launcher = spawn("npm", ["run", "--silent", "dev"], {
-		env: { ...process.env, PORT: String(port), SWITCHYARD_STATE_DIR: stateDir, DATABASE_URL: "" },
+		env: { ...process.env, PORT: String(port), SWITCHYARD_STATE_DIR: stateDir, DATABASE_URL: "", ...env },
 		stdio: ["ignore", "pipe", "pipe"],
 	});
 	let out = "";
