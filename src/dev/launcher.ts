@@ -1,7 +1,8 @@
 /**
  * `npm run dev`: the whole product on this machine with nothing installed
  * beyond npm packages. Embedded Postgres (or DATABASE_URL), the relay the
- * Neon driver needs for a plain Postgres, migrations, then `wrangler dev`.
+ * Neon driver needs for a plain Postgres, migrations, the console's build
+ * (dist/console, served as static assets), then `wrangler dev`.
  * Ctrl-C or SIGTERM stops everything it started, workerd included.
  */
 import { type ChildProcess, spawn } from "node:child_process";

@@ -210,14 +210,22 @@ describe("the console in a browser", () => {
 		await expect.poll(() => page.locator(".title-row [data-testid=status]").textContent(), { timeout: 15_000 }).toBe("completed");
 	});
 
-	it("gives a read-only key everything to see and no button that writes", async () => {
-		const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+	it("gives a read-only key everything to see and no button that writes (in a narrow window, by keyboard)", async () => {
+		const ctx = await browser.newContext({ viewport: { width: 400, height: 800 } });
 		const p = await newPage(ctx);
 		await signIn(p, READ_KEY);
 		await p.getByRole("heading", { name: "Agents" }).waitFor();
 		expect(await p.locator("#who-scope").textContent()).toBe("read-only key");
 		await expect.poll(() => p.locator(`[data-agent="${AGENT_ID}"]`).textContent()).toContain("online");
 		expect(await p.getByRole("link", { name: "Send a command" }).isVisible()).toBe(false);
+		// Fits a phone-wide window without sideways scrolling.
+		expect(await p.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(400);
+		// Keyboard: into the list, down to a row, Enter opens the agent.
+		await p.locator(".viewport").focus();
+		await p.keyboard.press("ArrowDown");
+		expect(await p.evaluate(() => (document.activeElement as HTMLElement | null)?.dataset.agent)).toBe("build-7");
+		await p.keyboard.press("Enter");
+		await p.waitForURL(/#\/agents\/build-7$/);
 		const sleeping = await api.enqueue(AGENT_ID, { action: "sleep", payload: { seconds: 30 } });
 		await p.goto(`${stack.base}/#/agents/${AGENT_ID}`);
 		await expect.poll(() => statusOf(p, sleeping.id).textContent(), { timeout: 15_000 }).toBe("acknowledged");
