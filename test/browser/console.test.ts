@@ -91,12 +91,21 @@ describe("the console in a browser", () => {
 		expect(await page.evaluate(() => [sessionStorage.length, localStorage.length, document.cookie])).toEqual([1, 0, ""]);
 		expect(page.url()).not.toContain(stack.apiKey);
 
+		const row = page.locator(`[data-agent="${AGENT_ID}"]`);
+		// The agent has been sent a command before, so it is listed, offline.
+		await api.enqueue(AGENT_ID, { action: "echo", payload: { before: "connect" } });
+		await expect.poll(() => row.textContent(), { timeout: 10_000 }).toContain("offline");
+		// Its row is watched through the stream: it flips as the agent connects, well before the next
+		// read of the list (every 5 s).
+		await expect.poll(() => page.locator("#health-stream").textContent()).toBe("stream live");
+		const connecting = Date.now();
 		agent = demoAgent({ client: api, url: stack.base, agentId: AGENT_ID, concurrency: 2, allowExec: false, log: () => {} });
 		agent.start();
-		const row = page.locator(`[data-agent="${AGENT_ID}"]`);
 		await expect.poll(() => row.textContent(), { timeout: 20_000 }).toContain("online");
-		await expect.poll(() => row.textContent()).toContain("0 / 2");
-		await expect.poll(() => page.locator(".summary").textContent()).toMatch(/4 agents, 1 online/);
+		expect(Date.now() - connecting).toBeLessThan(4_000);
+		// Its load comes with the next read of the row, once Postgres has the presence too.
+		await expect.poll(() => row.textContent(), { timeout: 10_000 }).toContain("0 / 2");
+		await expect.poll(() => page.locator(".summary").textContent(), { timeout: 10_000 }).toMatch(/4 agents, 1 online/);
 		await shot(page, "console-agents.png");
 	});
 
@@ -256,6 +265,16 @@ describe("the console in a browser", () => {
 		expect(lag).toBeLessThan(1_000);
 		await expect.poll(() => page.locator("#terminal .xterm-rows").textContent(), { timeout: 20_000 }).toContain("line");
 		expect(Date.now() - started).toBeLessThan(30_000);
+	});
+
+	it("flips the agent offline when it goes, without a reload", async () => {
+		await page.goto(`${stack.base}/#/agents`);
+		const row = page.locator(`[data-agent="${AGENT_ID}"]`);
+		await expect.poll(() => row.textContent(), { timeout: 10_000 }).toContain("online");
+		await expect.poll(() => page.locator("#health-stream").textContent()).toBe("stream live");
+		await agent.stop({ graceMs: 0 });
+		await expect.poll(() => row.textContent(), { timeout: 10_000 }).toContain("offline");
+		await expect.poll(() => page.locator(".summary").textContent(), { timeout: 10_000 }).toMatch(/4 agents, 0 online/);
 	});
 
 	it("ran without a script error or a CSP violation", () => {

@@ -1,11 +1,13 @@
 /**
  * Every agent, in one virtualized list: only the rows in view are in the
  * DOM, so ten thousand agents scroll like ten. The list is read page by page
- * (the API's cursor) and read again every few seconds, so online and
- * offline flip without a reload.
+ * (the API's cursor) and again every few seconds; the agents in view are
+ * also watched through their observer streams, so a row flips online or
+ * offline the moment its agent connects or drops.
  */
 import { ago, h, replace } from "../dom";
 import { explain, type Session } from "../session";
+import { AgentStream } from "../stream";
 import type { View } from "./view";
 
 type Agent = Awaited<ReturnType<Session["api"]["agents"]>>["items"][number];
@@ -15,6 +17,10 @@ const OVERSCAN = 8;
 const REFRESH_MS = 5_000;
 /** The list stops reading after this many (the filter still finds any by id through the agent page). */
 const MAX_AGENTS = 20_000;
+/** At most this many rows in view are watched live; one socket each. */
+const MAX_WATCHED = 30;
+/** Watch what is in view once scrolling has settled this long. */
+const WATCH_SETTLE_MS = 400;
 
 const SORTS: Record<string, { label: string; compare: (a: Agent, b: Agent) => number }> = {
 	id: { label: "Id", compare: (a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0) },
@@ -71,10 +77,10 @@ export function agentsView(session: Session): View {
 
 	function apply(): void {
 		const f = filter.trim().toLowerCase();
-		shown = (f ? all.filter((a) => a.id.toLowerCase().includes(f)) : all.slice()).sort(SORTS[sort]?.compare);
+		shown = (f ? all.filter((a) => a.id.toLowerCase().includes(f)) : all.slice()).map(withPresence).sort(SORTS[sort]?.compare);
 		spacer.style.height = `${shown.length * ROW_HEIGHT}px`;
 		table.setAttribute("aria-rowcount", String(shown.length + 1));
-		const online = all.filter((a) => a.online).length;
+		const online = all.filter((a) => withPresence(a).online).length;
 		summary.textContent = `${all.length} agent${all.length === 1 ? "" : "s"}, ${online} online${f ? `; ${shown.length} match` : ""}`;
 		render();
 	}
@@ -96,7 +102,70 @@ export function agentsView(session: Session): View {
 		return r;
 	}
 
+	/** Observer streams of the agents in view, by id. */
+	const watched = new Map<string, AgentStream>();
+	let watchTimer: ReturnType<typeof setTimeout> | undefined;
+
+	function watchVisible(): void {
+		const top = Math.floor(viewport.scrollTop / ROW_HEIGHT);
+		const inView = new Set(shown.slice(top, top + Math.min(MAX_WATCHED, Math.ceil(viewport.clientHeight / ROW_HEIGHT) + 1)).map((a) => a.id));
+		for (const [id, stream] of watched) {
+			if (!inView.has(id)) {
+				stream.close();
+				watched.delete(id);
+			}
+		}
+		for (const id of inView) {
+			if (watched.has(id)) continue;
+			watched.set(
+				id,
+				new AgentStream({
+					agentId: id,
+					apiKey: session.key,
+					onFrame: (f) => {
+						if (f.type !== "presence") return;
+						presence.set(id, { online: f.state !== "disconnected", at: f.at, seen: Date.now() });
+						apply();
+						// The rest of the row (load, counts) from the API once it has caught up.
+						for (const ms of [1_200, 4_000]) setTimeout(() => void reread(id), ms);
+					},
+				}),
+			);
+		}
+	}
+
+	/**
+	 * Presence as the stream told it. The stream is ahead of the API (the
+	 * object writes presence to Postgres a moment later), so for a while a
+	 * read of the list must not flip the row back.
+	 */
+	const presence = new Map<string, { online: boolean; at: string; seen: number }>();
+	const PRESENCE_TRUST_MS = 10_000;
+	function withPresence(a: Agent): Agent {
+		const p = presence.get(a.id);
+		if (!p || Date.now() - p.seen > PRESENCE_TRUST_MS || p.online === a.online) return a;
+		return p.online
+			? { ...a, online: true, connectedSince: a.connectedSince ?? p.at, lastSeenAt: p.at }
+			: { ...a, online: false, connectedSince: null, concurrency: null, running: null, lastSeenAt: p.at };
+	}
+
+	/** One agent's row again from the API (presence changed: online, connected since, load). */
+	async function reread(id: string): Promise<void> {
+		try {
+			const fresh = await session.api.agent(id);
+			const i = all.findIndex((a) => a.id === id);
+			if (i >= 0 && !disposed) {
+				all[i] = fresh;
+				apply();
+			}
+		} catch {
+			// the next full read brings it
+		}
+	}
+
 	function render(): void {
+		clearTimeout(watchTimer);
+		watchTimer = setTimeout(watchVisible, WATCH_SETTLE_MS);
 		const first = Math.max(0, Math.floor(viewport.scrollTop / ROW_HEIGHT) - OVERSCAN);
 		const count = Math.ceil(viewport.clientHeight / ROW_HEIGHT) + OVERSCAN * 2;
 		const rows: HTMLElement[] = [];
@@ -166,6 +235,9 @@ export function agentsView(session: Session): View {
 		dispose() {
 			disposed = true;
 			clearTimeout(timer);
+			clearTimeout(watchTimer);
+			for (const stream of watched.values()) stream.close();
+			watched.clear();
 		},
 	};
 }
