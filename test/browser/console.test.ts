@@ -9,6 +9,7 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import type { Browser, BrowserContext, Page, WebSocketRoute } from "playwright-core";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { demoAgent } from "../../src/cli/demo-agent.ts";
 import type { Agent } from "../../src/sdk/agent.ts";
@@ -98,11 +99,11 @@ describe("the console in a browser", () => {
 		// Its row is watched through the stream: it flips as the agent connects, well before the next
 		// read of the list (every 5 s).
 		await expect.poll(() => page.locator("#health-stream").textContent()).toBe("stream live");
-		const connecting = Date.now();
 		agent = demoAgent({ client: api, url: stack.base, agentId: AGENT_ID, concurrency: 2, allowExec: false, log: () => {} });
+		const opened = new Promise<number>((resolve) => agent.on("open", () => resolve(Date.now())));
 		agent.start();
 		await expect.poll(() => row.textContent(), { timeout: 20_000 }).toContain("online");
-		expect(Date.now() - connecting).toBeLessThan(4_000);
+		expect(Date.now() - (await opened)).toBeLessThan(3_000);
 		// Its load comes with the next read of the row, once Postgres has the presence too.
 		await expect.poll(() => row.textContent(), { timeout: 10_000 }).toContain("0 / 2");
 		await expect.poll(() => page.locator(".summary").textContent(), { timeout: 10_000 }).toMatch(/4 agents, 1 online/);
@@ -275,6 +276,31 @@ describe("the console in a browser", () => {
 		await agent.stop({ graceMs: 0 });
 		await expect.poll(() => row.textContent(), { timeout: 10_000 }).toContain("offline");
 		await expect.poll(() => page.locator(".summary").textContent(), { timeout: 10_000 }).toMatch(/4 agents, 0 online/);
+	});
+
+	it("keeps thousands of agents responsive: only the rows in view are in the page", async () => {
+		// Straight into the launcher's embedded Postgres: enqueueing to 3,000 agents would wake
+		// 3,000 objects, which is not what this measures.
+		const port = /embedded Postgres \(PGlite\) on 127\.0\.0\.1:(\d+)/.exec(stack.output())?.[1];
+		const db = new pg.Client({ connectionString: `postgres://postgres@127.0.0.1:${port}/postgres` });
+		await db.connect();
+		await db.query("insert into agents (id) select 'fleet-' || (g / 1000) || '-' || lpad((g % 1000)::text, 4, '0') from generate_series(0, 2999) g");
+		await db.end();
+		await page.goto(`${stack.base}/#/agents`);
+		await page.reload();
+		await expect.poll(() => page.locator(".summary").textContent(), { timeout: 20_000 }).toMatch(/^3004 agents/);
+		expect(await page.locator(".vrows [data-agent]").count()).toBeLessThan(60);
+		// To the end of the list and back: the last agent is there.
+		await page.locator(".viewport").evaluate((el) => (el.scrollTop = el.scrollHeight));
+		await expect.poll(() => page.locator('[data-agent="gpu-runner-1"]').count()).toBe(1);
+		await page.getByLabel("Filter by id").fill("fleet-2-0999");
+		await expect.poll(() => page.locator(".vrows [data-agent]").count()).toBe(1);
+		const lag = await page.evaluate(async () => {
+			const t = performance.now();
+			await new Promise((r) => setTimeout(r, 0));
+			return performance.now() - t;
+		});
+		expect(lag).toBeLessThan(500);
 	});
 
 	it("ran without a script error or a CSP violation", () => {
