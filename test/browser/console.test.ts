@@ -89,7 +89,7 @@ describe("the console in a browser", () => {
 		await page.getByRole("heading", { name: "Agents" }).waitFor();
 		expect(await page.locator("#who-scope").textContent()).toBe("operator key");
 		// The key is in this tab's sessionStorage only.
-		expect(await page.evaluate(() => [sessionStorage.length, localStorage.length, document.cookie])).toEqual([1, 0, ""]);
+		expect(await page.evaluate("[sessionStorage.length, localStorage.length, document.cookie]")).toEqual([1, 0, ""]);
 		expect(page.url()).not.toContain(stack.apiKey);
 
 		const row = page.locator(`[data-agent="${AGENT_ID}"]`);
@@ -229,11 +229,11 @@ describe("the console in a browser", () => {
 		await expect.poll(() => p.locator(`[data-agent="${AGENT_ID}"]`).textContent()).toContain("online");
 		expect(await p.getByRole("link", { name: "Send a command" }).isVisible()).toBe(false);
 		// Fits a phone-wide window without sideways scrolling.
-		expect(await p.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(400);
+		expect(await p.evaluate<number>("document.documentElement.scrollWidth")).toBeLessThanOrEqual(400);
 		// Keyboard: into the list, down to a row, Enter opens the agent.
 		await p.locator(".viewport").focus();
 		await p.keyboard.press("ArrowDown");
-		expect(await p.evaluate(() => (document.activeElement as HTMLElement | null)?.dataset.agent)).toBe("build-7");
+		expect(await p.evaluate("document.activeElement?.dataset.agent")).toBe("build-7");
 		await p.keyboard.press("Enter");
 		await p.waitForURL(/#\/agents\/build-7$/);
 		const sleeping = await api.enqueue(AGENT_ID, { action: "sleep", payload: { seconds: 30 } });
