@@ -98,7 +98,7 @@ describe("the console in a browser", () => {
 		await expect.poll(() => row.textContent(), { timeout: 10_000 }).toContain("offline");
 		// Its row is watched through the stream: it flips as the agent connects, well before the next
 		// read of the list (every 5 s).
-		await expect.poll(() => page.locator("#health-stream").textContent()).toBe("stream live");
+		await expect.poll(() => row.getAttribute("data-watched"), { timeout: 10_000 }).toBe("");
 		agent = demoAgent({ client: api, url: stack.base, agentId: AGENT_ID, concurrency: 2, allowExec: false, log: () => {} });
 		const opened = new Promise<number>((resolve) => agent.on("open", () => resolve(Date.now())));
 		agent.start();
@@ -272,7 +272,7 @@ describe("the console in a browser", () => {
 		await page.goto(`${stack.base}/#/agents`);
 		const row = page.locator(`[data-agent="${AGENT_ID}"]`);
 		await expect.poll(() => row.textContent(), { timeout: 10_000 }).toContain("online");
-		await expect.poll(() => page.locator("#health-stream").textContent()).toBe("stream live");
+		await expect.poll(() => row.getAttribute("data-watched"), { timeout: 10_000 }).toBe("");
 		await agent.stop({ graceMs: 0 });
 		await expect.poll(() => row.textContent(), { timeout: 10_000 }).toContain("offline");
 		await expect.poll(() => page.locator(".summary").textContent(), { timeout: 10_000 }).toMatch(/4 agents, 0 online/);

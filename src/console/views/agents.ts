@@ -89,7 +89,15 @@ export function agentsView(session: Session): View {
 		const load = a.concurrency === null ? "—" : `${a.running ?? 0} / ${a.concurrency}`;
 		const r = h(
 			"a",
-			{ class: "row agent-row", role: "row", href: `#/agents/${encodeURIComponent(a.id)}`, "aria-rowindex": index + 2, "data-agent": a.id },
+			{
+				class: "row agent-row",
+				role: "row",
+				href: `#/agents/${encodeURIComponent(a.id)}`,
+				"aria-rowindex": index + 2,
+				"data-agent": a.id,
+				// Watched live through its stream (the rest of the list is read every 5 s).
+				"data-watched": observing.has(a.id),
+			},
 			h("span", { role: "cell", class: "id" }, a.id),
 			h("span", { role: "cell" }, h("span", { class: `pill ${a.online ? "ok" : "off"}` }, a.online ? "online" : "offline")),
 			h("span", { role: "cell", title: a.connectedSince ?? "" }, a.connectedSince ? ago(a.connectedSince) : "—"),
@@ -102,8 +110,9 @@ export function agentsView(session: Session): View {
 		return r;
 	}
 
-	/** Observer streams of the agents in view, by id. */
+	/** Observer streams of the agents in view, by id, and those whose stream has started. */
 	const watched = new Map<string, AgentStream>();
+	const observing = new Set<string>();
 	let watchTimer: ReturnType<typeof setTimeout> | undefined;
 
 	function watchVisible(): void {
@@ -113,6 +122,7 @@ export function agentsView(session: Session): View {
 			if (!inView.has(id)) {
 				stream.close();
 				watched.delete(id);
+				observing.delete(id);
 			}
 		}
 		for (const id of inView) {
@@ -123,6 +133,13 @@ export function agentsView(session: Session): View {
 					agentId: id,
 					apiKey: session.key,
 					onFrame: (f) => {
+						if (f.type === "observing") {
+							// The stream starts at the live end: whatever happened between the list's
+							// read and now is in the API, so read the row once more.
+							observing.add(id);
+							void reread(id);
+							return;
+						}
 						if (f.type !== "presence") return;
 						presence.set(id, { online: f.state !== "disconnected", at: f.at, seen: Date.now() });
 						apply();
@@ -238,6 +255,7 @@ export function agentsView(session: Session): View {
 			clearTimeout(watchTimer);
 			for (const stream of watched.values()) stream.close();
 			watched.clear();
+			observing.clear();
 		},
 	};
 }
