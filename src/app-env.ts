@@ -6,6 +6,8 @@ export type AppEnv = {
 	Variables: {
 		/** `api:<first 8 hex of sha-256(key)>`: names the key in audit events without revealing it. */
 		apiKeyId: string;
+		/** What the presented key may do: `write` (API_KEYS) or `read` (READ_API_KEYS only). */
+		apiKeyScope: "read" | "write";
 		/** This request's database: Neon's HTTP query path, one request per statement. */
 		db: HttpDatabase;
 	};

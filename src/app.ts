@@ -7,8 +7,10 @@ import { ApiError, notFound, onError } from "./errors";
 import { ErrorCode, MAX_BODY_BYTES } from "./protocol";
 import { agentRoutes } from "./routes/agents";
 import { commandRoutes } from "./routes/commands";
+import { consoleRoutes } from "./routes/console";
 import { healthRoutes } from "./routes/health";
 import { metricsRoutes } from "./routes/metrics";
+import { sessionRoutes } from "./routes/session";
 
 const v1 = new Hono<AppEnv>()
 	.use(
@@ -20,7 +22,8 @@ const v1 = new Hono<AppEnv>()
 		}),
 	)
 	.route("/", commandRoutes)
-	.route("/", agentRoutes);
+	.route("/", agentRoutes)
+	.route("/", sessionRoutes);
 
 /** Each statement a route runs is one request on Neon's HTTP path: nothing to open first or close after. */
 const databasePerRequest = createMiddleware<AppEnv>(async (c, next) => {
@@ -32,7 +35,8 @@ export const app = new Hono<AppEnv>()
 	.use(databasePerRequest)
 	.route("/", healthRoutes)
 	.route("/", metricsRoutes)
-	.route("/v1", v1);
+	.route("/v1", v1)
+	.route("/", consoleRoutes);
 
 app.onError(onError);
 app.notFound(notFound);

@@ -149,6 +149,17 @@ export class AgentHub extends DurableObject<Env> {
 		return { version, closed: ws !== undefined };
 	}
 
+	/**
+	 * What the agent announced (`hello.concurrency`) and how many of its
+	 * commands are out with it (dispatched or acknowledged), for the agents
+	 * list. Null while no socket is open: an offline agent has no window.
+	 */
+	async load(): Promise<{ concurrency: number; running: number } | null> {
+		const core = this.core;
+		if (core.currentSocket() === undefined) return null;
+		return { concurrency: core.concurrency(), running: core.counts.inFlight };
+	}
+
 	/** The object's own view, for tests and diagnostics. */
 	async inspect(): Promise<{
 		agentId: string;

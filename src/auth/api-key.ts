@@ -59,6 +59,7 @@ function apiKey(scope: Scope) {
 			throw new ApiError(403, ErrorCode.FORBIDDEN, "this API key is read-only; this route needs an operator key");
 		}
 		c.set("apiKeyId", keyId);
+		c.set("apiKeyScope", writeId ? "write" : "read");
 		await next();
 	});
 }

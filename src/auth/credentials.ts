@@ -9,8 +9,9 @@
  *
  * A browser page on any site can open a WebSocket to any host; the `Origin`
  * header is the only thing that tells a cross-site page apart. Requests that
- * carry an Origin must come from ALLOWED_ORIGINS (none by default); agents
- * and tools, which send none, are not affected.
+ * carry an Origin must come from the worker's own origin (the console it
+ * serves) or from ALLOWED_ORIGINS (none by default); agents and tools, which
+ * send none, are not affected.
  */
 import { ApiError } from "../errors";
 import { ErrorCode } from "../protocol";
@@ -50,10 +51,15 @@ export function protocolsWithoutCredential(value: string): string {
 		.join(", ");
 }
 
-/** Refuses a browser request from a site not in ALLOWED_ORIGINS (cross-site WebSocket hijacking). */
+/**
+ * Refuses a browser request from a site other than this worker's own origin
+ * and those in ALLOWED_ORIGINS (cross-site WebSocket hijacking). A browser
+ * sets Origin itself, so a page elsewhere cannot claim ours.
+ */
 export function checkOrigin(request: Request, env: Pick<Env, "ALLOWED_ORIGINS">): void {
 	const origin = request.headers.get("origin");
 	if (origin === null) return;
+	if (origin === new URL(request.url).origin) return;
 	const allowed = (env.ALLOWED_ORIGINS ?? "")
 		.split(",")
 		.map((o) => o.trim().replace(/\/+$/, ""))

@@ -48,6 +48,19 @@ export function demoAgent(opts: DemoAgentOptions): Agent {
 		await sleep(seconds * 1000, ctx.signal);
 		return { slept: seconds };
 	});
+	// Streams numbered lines in ANSI colours: output to watch in the console's terminal view.
+	agent.handle("lines", async (payload, ctx) => {
+		const count = Number(object(payload).count ?? 20);
+		const delayMs = Number(object(payload).delayMs ?? 100);
+		if (!Number.isInteger(count) || count < 1 || count > 100_000) throw new Error("lines: count must be 1-100000");
+		if (!Number.isFinite(delayMs) || delayMs < 0 || delayMs > 10_000) throw new Error("lines: delayMs must be 0-10000");
+		for (let i = 1; i <= count; i++) {
+			ctx.output(`\x1b[3${(i % 6) + 1}mline ${i}\x1b[0m of ${count}\n`);
+			if (delayMs > 0) await sleep(delayMs, ctx.signal);
+			else if (ctx.signal.aborted) throw ctx.signal.reason;
+		}
+		return { lines: count };
+	});
 	agent.handle("fail", (payload) => {
 		throw new Error(String(object(payload).message ?? "failed on purpose"));
 	});

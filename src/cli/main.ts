@@ -27,7 +27,7 @@ usage: switchyard <noun> <verb> [arguments] [flags]
   agent token <id> [--ttl S]
   agent revoke <id>               revoke its tokens and close its socket
   agent run <id> [--concurrency N] [--allow-exec]
-                                  run a demo agent (echo, sleep, fail; exec with --allow-exec)
+                                  run a demo agent (echo, sleep, lines, fail; exec with --allow-exec)
 
 flags: --url URL (or SWITCHYARD_URL; default http://127.0.0.1:8787)
        --api-key KEY (or SWITCHYARD_API_KEY; default: API_KEYS in ./.dev.vars)

@@ -2,13 +2,15 @@
  * `npm run dev`: the whole product on this machine with nothing installed
  * beyond npm packages. Embedded Postgres (or DATABASE_URL), the relay that
  * stands in for Neon's WebSocket and HTTP endpoints in front of a plain
- * Postgres, migrations, then `wrangler dev`.
+ * Postgres, migrations, the console's build (dist/console, served as static
+ * assets), then `wrangler dev`.
  * Ctrl-C or SIGTERM stops everything it started, workerd included.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
+import { buildConsole } from "./build-console.ts";
 import { ensureDevVars } from "./dev-vars.ts";
 import { type EmbeddedPostgres, startEmbeddedPostgres } from "./embedded-postgres.ts";
 import { runMigrations } from "./migrate.ts";
@@ -54,6 +56,8 @@ async function main(): Promise<void> {
 
 	await runMigrations(databaseUrl);
 	say("migrations applied");
+	await buildConsole({ quiet: true });
+	say("console built into dist/console");
 
 	const wranglerBin = join(dirname(createRequire(import.meta.url).resolve("wrangler/package.json")), "bin", "wrangler.js");
 	const args = [
@@ -92,6 +96,7 @@ async function main(): Promise<void> {
 	const base = `http://127.0.0.1:${port}`;
 	await waitForReady(base);
 	say(`ready at ${base}`);
+	say(`console: ${base}/ (sign in with the API key below)`);
 	say(`agent socket: ws://127.0.0.1:${port}/v1/agents/<agentId>/connect`);
 	say(`API key: ${secrets.apiKey}`);
 	say("enqueue a command:");

@@ -5,12 +5,12 @@ import { AGENT_ID_HEADER, OBSERVER_RESUME_HEADER, TOKEN_EXPIRES_HEADER, TOKEN_VE
 import { readAccess, writeAccess } from "../auth/api-key";
 import { signAgentToken, tokenSecrets, verifyAgentToken } from "../auth/agent-token";
 import { checkOrigin, presentedCredential, protocolsWithoutCredential } from "../auth/credentials";
-import { getAgent, listAgents } from "../db/agents";
+import { type AgentWithCounts, getAgent, listAgents } from "../db/agents";
 import { ApiError } from "../errors";
 import { log } from "../log";
 import { AgentId, ErrorCode, ListAgentsQuery, StreamQuery, TokenRequest } from "../protocol";
 import { optionalJsonBody, params, query } from "../validation";
-import { agentHub } from "../agent/stub";
+import { agentHub, boundedAll } from "../agent/stub";
 
 const AgentParam = z.object({ agentId: AgentId });
 
@@ -18,13 +18,14 @@ export const agentRoutes = new Hono<AppEnv>()
 	.get("/agents", readAccess, query(ListAgentsQuery), async (c) => {
 		const q = c.req.valid("query");
 		const page = await c.var.db.run((db) => listAgents(db, { limit: q.limit, afterId: q.cursor }));
-		return c.json(page);
+		return c.json({ items: await withLoad(c.env, page.items), nextCursor: page.nextCursor });
 	})
 	.get("/agents/:agentId", readAccess, params(AgentParam), async (c) => {
 		const { agentId } = c.req.valid("param");
 		const agent = await c.var.db.run((db) => getAgent(db, agentId));
 		if (!agent) throw new ApiError(404, ErrorCode.NOT_FOUND, `no agent with id ${agentId}`);
-		return c.json(agent);
+		const [withCounts] = await withLoad(c.env, [agent]);
+		return c.json(withCounts ?? { ...agent, concurrency: null, running: null });
 	})
 	.post(
 		"/agents/:agentId/token",
@@ -100,6 +101,27 @@ export const agentRoutes = new Hono<AppEnv>()
 		headers.set(TOKEN_VERSION_HEADER, String(check.claims.ver));
 		return agentHub(c.env, agentId).fetch(new Request(c.req.url, { method: "GET", headers }));
 	});
+
+/** Objects asked at once when a page of agents is listed. */
+const LOAD_PARALLEL = 50;
+
+/**
+ * Adds each online agent's `concurrency` and `running` count, which only its
+ * object knows (they change with every dispatch and result, so Postgres does
+ * not keep them). Offline agents, and an object that cannot be reached, get
+ * null: the list still answers.
+ */
+async function withLoad(
+	env: Env,
+	items: AgentWithCounts[],
+): Promise<(AgentWithCounts & { concurrency: number | null; running: number | null })[]> {
+	const loads = await boundedAll(items, LOAD_PARALLEL, (a) => (a.online ? agentHub(env, a.id).load() : Promise.resolve(null)));
+	return items.map((a, i) => {
+		const r = loads[i];
+		const load = r?.status === "fulfilled" ? r.value : null;
+		return { ...a, concurrency: load?.concurrency ?? null, running: load?.running ?? null };
+	});
+}
 
 /**
  * The client's upgrade headers, without any it may not set: the object

@@ -78,6 +78,21 @@ export class SwitchyardClient {
 		return this.rpc.v1.agents[":agentId"].commands.$get({ param: { agentId }, query }).then(unwrap);
 	}
 
+	/** The command's audit trail: every transition with `at`, `actor` and `detail`. */
+	events(id: string) {
+		return this.rpc.v1.commands[":id"].events.$get({ param: { id } }).then(unwrap);
+	}
+
+	/** The output the agent streamed for the command, as stored (the first 1 MiB). */
+	output(id: string) {
+		return this.rpc.v1.commands[":id"].output.$get({ param: { id } }).then(unwrap);
+	}
+
+	/** The presented key's id and scope (`read` or `write`); a wrong key is a 401. */
+	whoami() {
+		return this.rpc.v1.whoami.$get().then(unwrap);
+	}
+
 	cancel(id: string) {
 		return this.rpc.v1.commands[":id"].cancel.$post({ param: { id } }).then(unwrap);
 	}

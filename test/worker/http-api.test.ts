@@ -8,7 +8,8 @@ import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
 import { app } from "../../src/app";
 import { agentHub } from "../../src/agent/stub";
-import { AgentSocket, API_KEY, BASE, api, enqueue, expectError, query, sql, uniqueAgentId } from "../helpers/worker/harness";
+import { TEST_READ_KEY } from "../helpers/test-secrets";
+import { AgentSocket, API_KEY, BASE, api, enqueue, expectError, query, sql, uniqueAgentId, waitFor } from "../helpers/worker/harness";
 
 async function countCommands(agentId: string): Promise<number> {
 	const [row] = await query<{ n: string }>(sql`select count(*)::text as n from agent_commands where agent_id = ${agentId}`);
@@ -232,6 +233,26 @@ describe("agents", () => {
 		expect(next.items.map((a) => a.id)).toEqual([`${prefix}-b`, `${prefix}-c`]);
 	});
 
+	it("GET /v1/agents shows each agent's command counts, and concurrency and running while online", async () => {
+		const prefix = `load-${crypto.randomUUID().slice(0, 6)}`;
+		const [idle, busy] = [`${prefix}-a`, `${prefix}-b`];
+		await enqueue(idle, { action: "x" });
+		const agent = await AgentSocket.connect(busy, { hello: { concurrency: 3 } });
+		const cmd = await enqueue(busy, { action: "run" });
+		await agent.next("command");
+		agent.send({ type: "ack", id: cmd.id });
+		type Row = { id: string; online: boolean; concurrency: number | null; running: number | null; commands: Record<string, number> };
+		const rows = await waitFor(async () => {
+			const page = await (await api(`/v1/agents?limit=2&cursor=${prefix}`)).json<{ items: Row[] }>();
+			return page.items[1]?.online && page.items[1].commands.acknowledged === 1 ? page.items : undefined;
+		}, "the busy agent online with its command acknowledged");
+		expect(rows[0]).toMatchObject({ id: idle, online: false, concurrency: null, running: null, commands: { pending: 1, completed: 0 } });
+		expect(rows[1]).toMatchObject({ id: busy, online: true, concurrency: 3, running: 1, commands: { acknowledged: 1 } });
+		const one = await (await api(`/v1/agents/${busy}`)).json<Row>();
+		expect(one).toMatchObject({ concurrency: 3, running: 1 });
+		agent.close();
+	});
+
 	it("POST /v1/agents/:id/token mints a token that connects that agent", async () => {
 		const agentId = uniqueAgentId();
 		const res = await api(`/v1/agents/${agentId}/token`, { method: "POST", json: { ttlSeconds: 600 } });
@@ -258,6 +279,7 @@ describe("authentication", () => {
 		["GET", "/v1/agents"],
 		["GET", "/v1/agents/auth-check"],
 		["POST", "/v1/agents/auth-check/token"],
+		["GET", "/v1/whoami"],
 	];
 
 	it.each(routes)("%s %s refuses a missing, malformed or wrong API key", async (method, path, json) => {
@@ -265,6 +287,12 @@ describe("authentication", () => {
 			const res = await api(path, { method, json, key: null, headers });
 			await expectError(res, 401, "unauthorized");
 		}
+	});
+
+	it("GET /v1/whoami tells an operator key from a read-only key", async () => {
+		expect(await (await api("/v1/whoami")).json()).toEqual({ keyId: expect.stringMatching(/^api:[0-9a-f]{8}$/), scope: "write" });
+		expect(await (await api("/v1/whoami", { key: TEST_READ_KEY })).json()).toMatchObject({ scope: "read" });
+		await expectError(await api("/v1/whoami", { key: "wrong-key" }), 401, "unauthorized");
 	});
 
 	it("accepts every configured key (rotation)", async () => {

@@ -267,6 +267,23 @@ describe("browsers", () => {
 		await expectError(wrong, 401, "unauthorized");
 	});
 
+	it("admit the worker's own origin (the console it serves) without configuring it", async () => {
+		const agentId = uniqueAgentId();
+		const res = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/stream`, {
+			headers: { upgrade: "websocket", "sec-websocket-protocol": credential(TEST_READ_KEY), origin: BASE },
+		});
+		expect(res.status).toBe(101);
+		res.webSocket?.accept();
+		res.webSocket?.close(1000);
+		// Same host, another scheme or port, is another origin.
+		for (const origin of ["https://switchyard.test", "http://switchyard.test:8080", "http://evil.switchyard.test"]) {
+			const other = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/stream`, {
+				headers: { upgrade: "websocket", "sec-websocket-protocol": credential(TEST_READ_KEY), origin },
+			});
+			await expectError(other, 403, ErrorCode.ORIGIN_NOT_ALLOWED);
+		}
+	});
+
 	it("refuse a page from an origin not in ALLOWED_ORIGINS (cross-site WebSocket hijacking)", async () => {
 		const agentId = uniqueAgentId();
 		for (const path of [`/v1/agents/${agentId}/stream`, `/v1/agents/${agentId}/connect`]) {

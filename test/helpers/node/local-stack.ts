@@ -13,7 +13,7 @@ export interface LocalStack {
 	stop(): Promise<void>;
 }
 
-/** `env` is added to the launcher's environment (after the test's own). */
+/** `env` adds to the launcher's environment, after the test's own (e.g. `SWITCHYARD_VAR_READ_API_KEYS`). */
 export async function startLocalStack(env: Record<string, string> = {}): Promise<LocalStack> {
 	const stateDir = mkdtempSync(join(tmpdir(), "switchyard-e2e-"));
 	const port = await freePort();

@@ -1,0 +1,122 @@
+/**
+ * One agent's observer stream (docs/protocol.md, Observers) as the browser
+ * holds it: the key rides in the `switchyard.auth.*` subprotocol (a browser
+ * cannot set headers on a socket, and URLs end up in logs); after a drop it
+ * reconnects with backoff and resumes with `since` and `epoch`, so nothing
+ * is missed and nothing is shown twice.
+ */
+import type { ObserverFrame } from "switchyard-protocol";
+
+export type StreamState = "connecting" | "open" | "reconnecting" | "closed";
+
+const MIN_BACKOFF_MS = 500;
+const MAX_BACKOFF_MS = 30_000;
+
+function b64url(s: string): string {
+	let bin = "";
+	for (const b of new TextEncoder().encode(s)) bin += String.fromCharCode(b);
+	return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+/** Every open stream reports here; the header shows the worst state. */
+const registry = new Map<AgentStream, StreamState>();
+const listeners = new Set<(state: StreamState | "idle", detail: string) => void>();
+
+export function onStreamHealth(fn: (state: StreamState | "idle", detail: string) => void): void {
+	listeners.add(fn);
+}
+
+function publish(detail: string): void {
+	const states = [...registry.values()];
+	const state = states.includes("reconnecting") ? "reconnecting" : states.includes("connecting") ? "connecting" : states.includes("open") ? "open" : "idle";
+	for (const fn of listeners) fn(state, detail);
+}
+
+export interface StreamOptions {
+	agentId: string;
+	apiKey: string;
+	/** 0 replays the agent's retained log; omitted starts at the live end. */
+	since?: number;
+	onFrame: (frame: ObserverFrame) => void;
+}
+
+export class AgentStream {
+	private ws: WebSocket | undefined;
+	private since: number | undefined;
+	private epoch: string | undefined;
+	private attempt = 0;
+	private timer: ReturnType<typeof setTimeout> | undefined;
+	private closed = false;
+
+	constructor(private readonly opts: StreamOptions) {
+		this.since = opts.since;
+		this.connect();
+	}
+
+	private setState(state: StreamState, detail = ""): void {
+		if (state === "closed") registry.delete(this);
+		else registry.set(this, state);
+		publish(detail);
+	}
+
+	private connect(): void {
+		const q = new URLSearchParams();
+		if (this.since !== undefined) q.set("since", String(this.since));
+		if (this.epoch) q.set("epoch", this.epoch);
+		const url = `${location.origin.replace(/^http/, "ws")}/v1/agents/${encodeURIComponent(this.opts.agentId)}/stream${q.size ? `?${q}` : ""}`;
+		this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
+		const ws = new WebSocket(url, ["switchyard.v1", `switchyard.auth.${b64url(this.opts.apiKey)}`]);
+		this.ws = ws;
+		ws.onopen = () => {
+			this.attempt = 0;
+			this.setState("open");
+		};
+		ws.onmessage = (e) => this.receive(e.data);
+		ws.onclose = () => {
+			if (this.closed || this.ws !== ws) return;
+			// Full jitter over an exponential ceiling, as the agent SDK does.
+			const ceiling = Math.min(MAX_BACKOFF_MS, MIN_BACKOFF_MS * 2 ** this.attempt);
+			const delay = Math.round(Math.random() * ceiling) + 200;
+			this.attempt++;
+			this.setState("reconnecting", `retrying in ${(delay / 1000).toFixed(1)} s`);
+			this.timer = setTimeout(() => this.connect(), delay);
+		};
+	}
+
+	private receive(data: unknown): void {
+		if (typeof data !== "string") return;
+		let frame: ObserverFrame;
+		try {
+			const parsed: unknown = JSON.parse(data);
+			if (typeof parsed !== "object" || parsed === null || typeof (parsed as { type?: unknown }).type !== "string") return;
+			// SAFETY: the server's frames are the ObserverFrame union (src/protocol.ts); views read
+			// only fields of the type they switch on, and ignore types they do not know.
+			frame = parsed as ObserverFrame;
+		} catch {
+			return;
+		}
+		if (frame.type === "observing") {
+			this.epoch = frame.epoch;
+			// Resume from the live end if we asked for nothing earlier.
+			this.since ??= frame.latestSeq;
+		} else if (frame.type === "reset") {
+			this.epoch = frame.epoch;
+			this.since = 0;
+		} else if ("seq" in frame) {
+			this.since = frame.seq;
+		}
+		this.opts.onFrame(frame);
+	}
+
+	/** Drops the socket as if the network had: the stream resumes by itself (for tests and a manual retry). */
+	drop(): void {
+		this.ws?.close(4000, "dropped by the page");
+	}
+
+	close(): void {
+		this.closed = true;
+		clearTimeout(this.timer);
+		this.ws?.close(1000, "closed by the page");
+		this.setState("closed");
+	}
+}
