@@ -8,6 +8,7 @@ import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
+import { FrameRateLimiter } from "../../src/agent/frame-limits";
 import { signAgentToken } from "../../src/auth/agent-token";
 import { matchApiKey } from "../../src/auth/api-key";
 import { CloseCode, ErrorCode, ServerFrame } from "../../src/protocol";
@@ -315,22 +316,28 @@ describe("limits", () => {
 		const agent = await AgentSocket.connect(agentId);
 		const cmd = await enqueue(agentId, { action: "limited" });
 		await agent.next("command");
-		// The bucket refills while the object works through a burst, so at the
-		// default 100 frames/s a loaded machine (CI, 2 cores) may never fall behind
-		// it. This object alone gets 10 frames/s (bursts of 20, closed past 100
-		// refusals in 10 s), which any machine outpaces; the code path is the same.
+		// The bucket refills while the object works through a burst, and on a loaded
+		// runtime (every test file's objects share its one thread) a burst can take
+		// seconds, so no number of frames empties it for sure. This object alone
+		// gets 10 frames/s (bursts of 20, closed past 100 refusals in 10 s) on a
+		// bucket whose clock stands still: the real limiter and the real code
+		// path, without the race.
+		const { generation } = await agentHub(env, agentId).inspect();
 		await runInDurableObject(agentHub(env, agentId), (instance: AgentHub) => {
 			// SAFETY: a test reaching into the object: its env is read on every frame, never cached.
-			const hub = instance as unknown as { env: Env };
+			const hub = instance as unknown as { env: Env; limiter: { generation: number; bucket: FrameRateLimiter } };
 			hub.env = { ...hub.env, AGENT_FRAME_RATE_LIMIT: "10" };
+			const now = Date.now();
+			const bucket = new FrameRateLimiter(10, now);
+			const take = bucket.take.bind(bucket);
+			bucket.take = () => take(now);
+			hub.limiter = { generation, bucket };
 		});
 		const isLimited = (f: ServerFrame): f is Extract<ServerFrame, { type: "error" }> =>
 			f.type === "error" && f.code === ErrorCode.RATE_LIMITED;
 		// Empty the bucket with frames that cost the object almost nothing; then an
-		// ack and a result between two outputs, all over budget. 80 of them keep it
-		// empty even if the object needs 6 s to work through them on a loaded
-		// machine (20 + 10 × 6 < 80), and stay under the 100 refusals that close.
-		for (let i = 0; i < 80; i++) agent.send('{"type":"not_a_frame"}');
+		// ack and a result between two outputs, all over budget.
+		for (let i = 0; i < 30; i++) agent.send('{"type":"not_a_frame"}');
 		agent.send({ type: "output", id: cmd.id, seq: 0, data: "." });
 		agent.send({ type: "ack", id: cmd.id });
 		agent.send({ type: "result", id: cmd.id, status: "completed" });
