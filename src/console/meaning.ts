@@ -17,6 +17,9 @@ export const FAILURE: Record<string, string> = {
 	cancel_unconfirmed: "Cancel requested; the agent did not confirm in time.",
 };
 
+// protocol.ts's TERMINAL_STATUSES, written again on purpose: importing a value
+// from the protocol module pulls zod into the page and more than doubles the
+// bundle (375 KB → 834 KB, measured). The type checks each member is a status.
 export const TERMINAL: ReadonlySet<string> = new Set<CommandStatus>(["completed", "failed", "cancelled", "expired"]);
 
 export function blockedMeaning(reason: string | null): string {

@@ -6,11 +6,10 @@
  * is missed and nothing is shown twice.
  */
 import type { ObserverFrame } from "switchyard-protocol";
+import { Backoff } from "../sdk/backoff";
 
 export type StreamState = "connecting" | "open" | "reconnecting" | "closed";
 
-const MIN_BACKOFF_MS = 500;
-const MAX_BACKOFF_MS = 30_000;
 
 function b64url(s: string): string {
 	let bin = "";
@@ -44,7 +43,8 @@ export class AgentStream {
 	private ws: WebSocket | undefined;
 	private since: number | undefined;
 	private epoch: string | undefined;
-	private attempt = 0;
+	/** Full jitter over an exponential ceiling, the agent SDK's own reconnect rule. */
+	private readonly backoff = new Backoff({ initialMs: 500, maxMs: 30_000 });
 	private timer: ReturnType<typeof setTimeout> | undefined;
 	private closed = false;
 
@@ -64,20 +64,17 @@ export class AgentStream {
 		if (this.since !== undefined) q.set("since", String(this.since));
 		if (this.epoch) q.set("epoch", this.epoch);
 		const url = `${location.origin.replace(/^http/, "ws")}/v1/agents/${encodeURIComponent(this.opts.agentId)}/stream${q.size ? `?${q}` : ""}`;
-		this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
+		this.setState(this.backoff.failures === 0 ? "connecting" : "reconnecting");
 		const ws = new WebSocket(url, ["switchyard.v1", `switchyard.auth.${b64url(this.opts.apiKey)}`]);
 		this.ws = ws;
 		ws.onopen = () => {
-			this.attempt = 0;
+			this.backoff.reset();
 			this.setState("open");
 		};
 		ws.onmessage = (e) => this.receive(e.data);
 		ws.onclose = () => {
 			if (this.closed || this.ws !== ws) return;
-			// Full jitter over an exponential ceiling, as the agent SDK does.
-			const ceiling = Math.min(MAX_BACKOFF_MS, MIN_BACKOFF_MS * 2 ** this.attempt);
-			const delay = Math.round(Math.random() * ceiling) + 200;
-			this.attempt++;
+			const delay = this.backoff.next();
 			this.setState("reconnecting", `retrying in ${(delay / 1000).toFixed(1)} s`);
 			this.timer = setTimeout(() => this.connect(), delay);
 		};
