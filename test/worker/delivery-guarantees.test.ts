@@ -24,6 +24,7 @@ import {
 	sql,
 	uniqueAgentId,
 	commandEvents,
+	msUntilAlarm,
 	waitFor,
 	waitForStatus,
 } from "../helpers/worker/harness";
@@ -379,12 +380,11 @@ describe("liveness", () => {
 		const agentId = uniqueAgentId();
 		const agent = await connectSettled(agentId);
 		const stub = agentHub(env, agentId);
-		const alarmIn = () => runInDurableObject(stub, async (_i: AgentHub, state) => ((await state.storage.getAlarm()) ?? 0) - Date.now());
 		await waitFor(async () => (await stub.inspect()).timers.every((t) => t === "token_expiry"), "the connect's timers to clear");
 		// The hello's grace deadline goes away with the hello; the alarm is set
 		// exactly again at the next quiet moment (the end of the connect's flush),
 		// which on a real server can come a little after the timers clear.
-		await waitFor(async () => (await alarmIn()) > 240_000, "the alarm to settle at the idle silence check");
+		await waitFor(async () => (await msUntilAlarm(agentId)) > 240_000, "the alarm to settle at the idle silence check");
 		const cmd = await enqueue(agentId, { action: "held", payload: {} });
 		expect((await agent.next("command")).id).toBe(cmd.id);
 		agent.send({ type: "ack", id: cmd.id });
@@ -393,9 +393,9 @@ describe("liveness", () => {
 		// ack deadline (moving it on every command would cost a write each); it
 		// fires once, finds nothing due, and the only deadline left is the
 		// silence rule's, 90 s after the last frame.
-		expect(await alarmIn()).toBeLessThanOrEqual(10_000);
+		expect(await msUntilAlarm(agentId)).toBeLessThanOrEqual(10_000);
 		await runDurableObjectAlarm(stub);
-		const held = await alarmIn();
+		const held = await msUntilAlarm(agentId);
 		expect(held).toBeGreaterThan(60_000);
 		expect(held).toBeLessThanOrEqual(90_000);
 		agent.close();

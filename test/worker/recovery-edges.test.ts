@@ -21,6 +21,7 @@ import {
 	query,
 	sql,
 	uniqueAgentId,
+	msUntilAlarm,
 	waitFor,
 	waitForStatus,
 } from "../helpers/worker/harness";
@@ -183,8 +184,7 @@ describe("an idle object sleeps until it has something to do", () => {
 		// hello grace (10 s) and the safety nets (5 s) are gone with their work.
 		// The alarm is set exactly again at the next quiet moment (the end of the
 		// flush the hello asked for), which can come just after the timers clear.
-		const alarmIn = () => runInDurableObject(stub, async (_i: AgentHub, state) => ((await state.storage.getAlarm()) ?? 0) - Date.now());
-		await waitFor(async () => (await alarmIn()) > 240_000, "the alarm to settle at the idle silence check");
+		await waitFor(async () => (await msUntilAlarm(agentId)) > 240_000, "the alarm to settle at the idle silence check");
 		agent.close();
 	});
 

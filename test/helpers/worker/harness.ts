@@ -2,6 +2,7 @@
  * Test harness inside workerd: real HTTP through the worker's fetch, real
  * WebSocket upgrades to the agent objects, real Postgres through the driver.
  */
+import { runInDurableObject } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
 import { expect } from "vitest";
 import { sql, type SQL } from "drizzle-orm";
@@ -96,6 +97,12 @@ export async function objectSettled(agentId: string, opts: { connected?: boolean
 		const settled = seen.outbox === 0 && !seen.timers.includes("catch_up") && !seen.timers.includes("flush");
 		return settled && (opts.connected === undefined || seen.connected === opts.connected);
 	}, "the object's reads and flushes");
+}
+
+/** Milliseconds until the agent's object's alarm fires; far below zero when none is set. */
+export async function msUntilAlarm(agentId: string): Promise<number> {
+	const { agentHub } = await import("../../../src/agent/stub");
+	return runInDurableObject(agentHub(env, agentId), async (_instance, state) => ((await state.storage.getAlarm()) ?? 0) - Date.now());
 }
 
 type FrameOf<T extends ServerFrame["type"]> = Extract<ServerFrame, { type: T }>;
