@@ -9,6 +9,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
+import { buildConsole } from "../../src/dev/build-console.ts";
 import { ensureDevVars, parseDevVars } from "../../src/dev/dev-vars.ts";
 import { type EmbeddedPostgres, startEmbeddedPostgres } from "../../src/dev/embedded-postgres.ts";
 import { runMigrations } from "../../src/dev/migrate.ts";
@@ -96,6 +97,8 @@ export async function startSwitchyard(db: DbKind): Promise<Stack> {
 		allow: (h, p) => h === target.hostname && p === Number(target.port || 5432),
 	});
 	await runMigrations(databaseUrl);
+	// wrangler refuses to start without the console's assets directory.
+	await buildConsole({ quiet: true });
 
 	const port = await freePort();
 	let wrangler: Wrangler | undefined;
