@@ -2,8 +2,9 @@
  * Fleet metrics, read from Postgres on each scrape (so as fresh as the
  * agents' last outbox flushes, normally milliseconds). Gauges are computed
  * from the rows; counters and histograms come from `metric_counters`, which
- * triggers keep (migrations/0005) and retention never touches, so they only
- * grow.
+ * triggers keep (migrations/0005, 0006) and retention never touches, so they
+ * only grow. A histogram is stored one row per bucket (the cheapest for the
+ * trigger to keep) and made cumulative here.
  */
 import { sql } from "drizzle-orm";
 import { z } from "zod";
@@ -50,11 +51,11 @@ export async function snapshot(db: Db): Promise<Snapshot> {
 	const row = Snapshot.parse(result.rows[0]);
 	const counters = new Map((row.counters ?? []).map((c) => [`${c.name}/${c.label}`, c.value]));
 	const counter = (name: string, label = "") => counters.get(`${name}/${label}`) ?? 0;
-	const histogram = (name: string): Histogram => ({
-		buckets: LATENCY_BUCKETS.map((le) => counter(name, String(le))),
-		count: counter(name, "count"),
-		sum: counter(name, "sum"),
-	});
+	const histogram = (name: string): Histogram => {
+		let below = 0;
+		const buckets = LATENCY_BUCKETS.map((le) => (below += counter(name, String(le))));
+		return { buckets, count: below + counter(name, "+Inf"), sum: counter(name, "sum") };
+	};
 	return {
 		agentsConnected: row.agents_connected,
 		outboxDepth: row.outbox_depth,
