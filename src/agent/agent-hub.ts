@@ -52,7 +52,10 @@ export class AgentHub extends DurableObject<Env> {
 		this.catchUpJob = new BackgroundJob(host, "catch_up", async () => void (await this.catchUp.run()), true);
 		const flush = new Flush(core, () => !this.catchUp.reading);
 		this.flushJob = new BackgroundJob(host, "flush", () => flush.run(), false);
-		core.requestFlush = () => this.flushJob.request();
+		core.requestFlush = () => {
+			flush.nudge();
+			this.flushJob.request();
+		};
 		ctx.blockConcurrencyWhile(async () => {
 			ctx.storage.transactionSync(() => storage.migrate(ctx.storage.sql));
 		});

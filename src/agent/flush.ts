@@ -6,12 +6,23 @@
  * result close together cost one write.
  */
 import { DbQueryError } from "../db/client";
-import { writeStatus } from "../db/status-writes";
+import { type Presence, writeStatus } from "../db/status-writes";
 import type { AgentCore } from "./core";
 import { recordAnalytics, salvage } from "./outbox-writes";
 import { prune } from "./storage";
 
 const BATCH = 500;
+/**
+ * A command's dispatch waits this long for its ack or result before it is
+ * written alone, so a command that finishes quickly costs Postgres one
+ * status write instead of two or three (docs/performance.md). Long enough
+ * for an agent a continent away to answer; short beside anything a person
+ * reads the record for, and observers hear every change at once anyway. An
+ * ending is written at once: that is what callers wait for.
+ */
+export const LINGER_MS = 100;
+/** While commands flow, the agent's last_seen_at in Postgres is at most this stale. */
+export const PRESENCE_REFRESH_MS = 30_000;
 /** Finished rows and stale stops are pruned at most this often. */
 const PRUNE_EVERY_MS = 60_000;
 
@@ -33,6 +44,10 @@ export function pruneSettled(sql: SqlStorage, now: number, settled: { unsynced: 
 export class Flush {
 	/** The first prune waits a minute into the isolate's life, like every later one. */
 	private prunedAt = Date.now();
+	/** The last presence Postgres took from this isolate. */
+	private presenceWritten = { at: 0, outboxDepth: -1 };
+	/** Ends a linger early: something that should not wait was journaled. */
+	private wake: (() => void) | null = null;
 
 	constructor(
 		private readonly host: FlushHost,
@@ -43,16 +58,18 @@ export class Flush {
 	async run(): Promise<void> {
 		const host = this.host;
 		for (;;) {
+			await this.linger();
 			const { through, entries } = host.journal.peek(BATCH);
 			if (entries.length === 0 && host.state.get("presence_dirty") !== true) break;
 			const sent = host.presence();
-			const presence = { ...sent, outboxDepth: host.journal.unsynced() - entries.length };
+			const presence = this.presenceDue(sent, host.journal.unsynced() - entries.length);
 			await host.db
 				.run((db) => writeStatus(db, entries, presence, host.name))
 				.catch((err: unknown) => {
 					if (!(err instanceof DbQueryError)) throw err;
-					return salvage(host.db, entries, presence, err);
+					return salvage(host.db, host.name, entries, presence, err);
 				});
+			if (presence) this.presenceWritten = { at: Date.now(), outboxDepth: presence.outboxDepth };
 			recordAnalytics(host.env, host.name, entries);
 			host.atomically(() => {
 				host.journal.confirm(through);
@@ -64,6 +81,39 @@ export class Flush {
 			if (entries.length < BATCH && host.journal.unsynced() === 0) break;
 		}
 		await this.drained();
+	}
+
+	/**
+	 * The agent's row is written when its connection or outbox depth changed,
+	 * and otherwise only to refresh last_seen_at now and then: rewriting it on
+	 * every status write was one more row updated per command, on the one row
+	 * all the agent's writes share.
+	 */
+	private presenceDue(sent: Omit<Presence, "outboxDepth">, outboxDepth: number): Presence | null {
+		const changed = this.host.state.get("presence_dirty") === true || outboxDepth !== this.presenceWritten.outboxDepth;
+		if (!changed && Date.now() - this.presenceWritten.at < PRESENCE_REFRESH_MS) return null;
+		return { ...sent, outboxDepth };
+	}
+
+	/** The journal changed: a linger under way looks again at what it holds. */
+	nudge(): void {
+		this.wake?.();
+	}
+
+	private async linger(): Promise<void> {
+		for (;;) {
+			const pending = this.host.journal.pending();
+			const left = pending && !pending.ending ? pending.oldestAt + LINGER_MS - Date.now() : 0;
+			if (left <= 0) return;
+			await new Promise<void>((resolve) => {
+				const timer = setTimeout(resolve, left);
+				this.wake = () => {
+					clearTimeout(timer);
+					resolve();
+				};
+			});
+			this.wake = null;
+		}
 	}
 
 	/**

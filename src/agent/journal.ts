@@ -12,7 +12,7 @@
  * memory while this isolate lives, so a flush reads nothing it wrote itself.
  */
 import type { KeyedEntry, OutboxEntry } from "../db/status-writes";
-import type { ObserverEvent } from "../protocol";
+import { type ObserverEvent, TERMINAL_STATUSES } from "../protocol";
 import { latestSeq, pruneEvents } from "./events";
 import type { State } from "./state";
 
@@ -136,6 +136,18 @@ export class Journal {
 		if (seq <= (this.state.get("synced_through") ?? 0)) return;
 		this.state.set("synced_through", seq);
 		if (this.tail) this.tail = this.tail.filter((u) => u.seq > seq);
+	}
+
+	/**
+	 * When the oldest unconfirmed entry was made, and whether any of them ends
+	 * a command (someone is waiting to see that). Undefined when nothing is
+	 * unconfirmed or the tail is not in memory (a backlog: no reason to wait).
+	 */
+	pending(): { oldestAt: number; ending: boolean } | undefined {
+		const first = this.tail?.[0];
+		if (!first) return undefined;
+		const ending = this.tail?.some((u) => u.entry.kind === "transition" && TERMINAL_STATUSES.has(u.entry.to)) ?? false;
+		return { oldestAt: Date.parse(first.entry.at), ending };
 	}
 
 	/** How many entries Postgres has not confirmed. */

@@ -14,11 +14,16 @@ import { errorFields, log } from "../log";
  * even then is logged and skipped. Frames are checked on arrival, so this
  * is a backstop.
  */
-export async function salvage(database: Database, entries: KeyedEntry[], presence: Presence, cause: DbQueryError): Promise<void> {
-	const agentId = presence.agentId;
+export async function salvage(
+	database: Database,
+	agentId: string,
+	entries: KeyedEntry[],
+	presence: Presence | null,
+	cause: DbQueryError,
+): Promise<void> {
 	log("error", "outbox.batch_refused", { agentId, size: entries.length, ...errorFields(cause) });
 	await database.run(async (db) => {
-		await writeStatus(db, [], presence);
+		if (presence) await writeStatus(db, [], presence);
 		for (const entry of entries) {
 			try {
 				await writeStatus(db, [entry], null, agentId);

@@ -21,6 +21,8 @@ interface Cost {
 	cursors: SqlStorageCursor<Record<string, SqlStorageValue>>[];
 	transactions: number;
 	alarmsSet: number;
+	/** Round trips to Postgres (status writes, reads). */
+	postgresCalls: number;
 	/** Set while the test itself looks inside the object. */
 	paused: boolean;
 }
@@ -30,7 +32,7 @@ function meter(stub: ReturnType<typeof agentHub>): Promise<void> {
 	return runInDurableObject(stub, (instance: AgentHub) => {
 		// SAFETY: a test reaching into the object for the storage handles it uses.
 		const core = (instance as unknown as { core: AgentCore }).core;
-		const cost: Cost = { statements: [], cursors: [], transactions: 0, alarmsSet: 0, paused: false };
+		const cost: Cost = { statements: [], cursors: [], transactions: 0, alarmsSet: 0, postgresCalls: 0, paused: false };
 		(instance as unknown as { cost: Cost }).cost = cost;
 		const sql = core.sql;
 		const exec = sql.exec.bind(sql);
@@ -48,6 +50,11 @@ function meter(stub: ReturnType<typeof agentHub>): Promise<void> {
 			cost.transactions++;
 			return transactionSync(fn);
 		}) as typeof storage.transactionSync;
+		const run = core.db.run.bind(core.db);
+		core.db.run = ((fn) => {
+			if (!cost.paused) cost.postgresCalls++;
+			return run(fn);
+		}) as typeof core.db.run;
 		const setAlarm = storage.setAlarm.bind(storage);
 		storage.setAlarm = ((at: number | Date) => {
 			cost.alarmsSet++;
@@ -108,6 +115,8 @@ describe("what one command costs its agent's object", () => {
 		// exact setting after the hello) must not be counted as the command's.
 		await objectSettled(agentId);
 		await quiet(stub);
+		const agentRow = () => query<{ xmin: string }>(sql`select xmin::text from agents where id = ${agentId}`);
+		const [agentBefore] = await agentRow();
 		await meter(stub);
 
 		const cmd = await enqueue(agentId, { action: "count" });
@@ -119,10 +128,17 @@ describe("what one command costs its agent's object", () => {
 
 		const cost = await costOf(stub);
 		await annotate(
-			`${cost.statements.length} statements in ${cost.transactions} transactions, ${cost.alarmsSet} alarm writes, ` +
+			`${cost.postgresCalls} Postgres round trips, ` +
+				`${cost.statements.length} statements in ${cost.transactions} transactions, ${cost.alarmsSet} alarm writes, ` +
 				`${cost.rowsRead} rows read, ${cost.rowsWritten} rows written:\n${cost.statements.join("\n")}`,
 		);
 		expect(cost.statements.length).toBeLessThanOrEqual(STATEMENT_BUDGET);
+		// One status write when the answer comes within the flush's linger, as here
+		// unless the machine stalls; never one per change (taken, dispatched, ack, result).
+		expect(cost.postgresCalls).toBeGreaterThan(0);
+		expect(cost.postgresCalls).toBeLessThanOrEqual(2);
+		// The agent's row (connection, outbox depth) did not change, so it was not rewritten.
+		expect(await agentRow()).toEqual([agentBefore]);
 		// Enqueue, ack and result are one transaction each; each flush confirms in one.
 		expect(cost.transactions).toBeLessThanOrEqual(6);
 		// The dispatch's ack deadline, and the exact alarm once the agent holds nothing.
