@@ -1,9 +1,10 @@
+import type { TimingVariables } from "hono/timing";
 import type { HttpDatabase } from "./db/http";
 
 /** The Hono environment every route shares. */
 export type AppEnv = {
 	Bindings: Env;
-	Variables: {
+	Variables: TimingVariables & {
 		/** `api:<first 8 hex of sha-256(key)>`: names the key in audit events without revealing it. */
 		apiKeyId: string;
 		/** What the presented key may do: `write` (API_KEYS) or `read` (READ_API_KEYS only). */

@@ -1,4 +1,5 @@
 import { Hono } from "hono";
+import { endTime, startTime, timing } from "hono/timing";
 import type { AppEnv } from "../app-env";
 import { z } from "zod";
 import { agentHub, forward } from "../agent/stub";
@@ -37,9 +38,17 @@ async function callHub<T>(agentId: string, call: () => Promise<T>): Promise<T> {
 	}
 }
 
+/**
+ * An enqueue says where its time went (`Server-Timing: db, agent, total`):
+ * the durable write, then the agent's object taking it. Browsers' devtools
+ * and `curl -i` show it; docs/performance.md reads it.
+ */
+const enqueueTiming = timing({ totalDescription: "enqueue" });
+
 export const commandRoutes = new Hono<AppEnv>()
 	.post(
 		"/agents/:agentId/commands",
+		enqueueTiming,
 		writeAccess,
 		params(z.object({ agentId: AgentId })),
 		jsonBody(EnqueueRequest),
@@ -47,7 +56,9 @@ export const commandRoutes = new Hono<AppEnv>()
 		async (c) => {
 			const { agentId } = c.req.valid("param");
 			const body = c.req.valid("json");
+			startTime(c, "db", "durable write");
 			const { command, created } = await c.var.db.run((db) => insertCommand(db, agentId, body, c.get("apiKeyId")));
+			endTime(c, "db");
 			// A command logs one info line, when it ends (in its object); the rest is in its events.
 			if (logs("debug")) {
 				log("debug", created ? "command.enqueued" : "command.enqueue_replayed", {
@@ -59,20 +70,26 @@ export const commandRoutes = new Hono<AppEnv>()
 				});
 			}
 			// A replay forwards again: harmless for the object, and it heals a first forward that failed.
+			startTime(c, "agent", "agent's object");
 			if (!TERMINAL_STATUSES.has(command.status)) await forward(c.env, [command]);
+			endTime(c, "agent");
 			return c.json(toApiCommand(command), created ? 201 : 200);
 		},
 	)
-	.post("/commands/batch", writeAccess, jsonBody(BatchEnqueueRequest), enqueueRateLimit, async (c) => {
+	.post("/commands/batch", enqueueTiming, writeAccess, jsonBody(BatchEnqueueRequest), enqueueRateLimit, async (c) => {
 		const body = c.req.valid("json");
+		startTime(c, "db", "durable write");
 		const results = await c.var.db.run((db) => insertBatch(db, body, c.get("apiKeyId")));
+		endTime(c, "db");
 		const fresh = results.filter((r) => !TERMINAL_STATUSES.has(r.command.status)).map((r) => r.command);
 		log("debug", "command.batch_enqueued", {
 			count: results.length,
 			created: results.filter((r) => r.created).length,
 			agents: new Set(fresh.map((f) => f.agentId)).size,
 		});
+		startTime(c, "agent", "agents' objects");
 		await forward(c.env, fresh);
+		endTime(c, "agent");
 		return c.json(
 			{ items: results.map((r) => ({ created: r.created, command: toApiCommand(r.command) })) },
 			201,

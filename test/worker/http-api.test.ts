@@ -40,6 +40,26 @@ describe("POST /v1/agents/:agentId/commands", () => {
 		expect(Date.parse(body.createdAt as string)).not.toBeNaN();
 	});
 
+	it("says where the time went: Server-Timing with the durable write, the agent's object and the total", async () => {
+		const agentId = uniqueAgentId();
+		const timings = (res: Response) =>
+			Object.fromEntries(
+				(res.headers.get("server-timing") ?? "").split(",").map((part) => {
+					const [name, ...fields] = part.trim().split(";");
+					return [name, Number(fields.find((f) => f.startsWith("dur="))?.slice(4))];
+				}),
+			);
+		const single = await api(`/v1/agents/${agentId}/commands`, { method: "POST", json: { action: "echo" } });
+		const batch = await api("/v1/commands/batch", { method: "POST", json: { commands: [{ agentId, action: "echo" }] } });
+		for (const res of [single, batch]) {
+			expect(res.status).toBe(201);
+			const t = timings(res);
+			expect(Object.keys(t).sort()).toEqual(["agent", "db", "total"]);
+			for (const ms of Object.values(t)) expect(ms).toBeGreaterThanOrEqual(0);
+			expect(t.total).toBeGreaterThanOrEqual(t.db ?? Number.NaN);
+		}
+	});
+
 	it("stores any JSON payload verbatim", async () => {
 		const agentId = uniqueAgentId();
 		const payload = { s: "quote ' \" and ; DROP TABLE agents; --", n: 1.5, neg: -3, arr: [null, true, { deep: ["x"] }], uni: "héllo 👋" };
