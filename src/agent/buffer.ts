@@ -236,11 +236,11 @@ export function holds(sql: SqlStorage, id: string): boolean {
 }
 
 /** Output may come for a command that was sent and is not finished. */
-export function acceptsOutput(sql: SqlStorage, id: string): FrameOutcome {
+export function acceptsOutput(sql: SqlStorage, id: string): { outcome: FrameOutcome; row?: BufferedRow } {
 	const row = getCommand(sql, id);
-	if (!row) return "unknown";
-	if (row.status === "pending" && row.attempts === 0) return "not_dispatched";
-	return sentAndOpen(row) ? "applied" : "duplicate";
+	if (!row) return { outcome: "unknown" };
+	if (row.status === "pending" && row.attempts === 0) return { outcome: "not_dispatched", row };
+	return { outcome: sentAndOpen(row) ? "applied" : "duplicate", row };
 }
 
 /** `generation` is the connection the ack came on: proof the agent has the command on it. */

@@ -12,6 +12,8 @@ import { recordAnalytics, salvage } from "./outbox-writes";
 import { prune } from "./storage";
 
 const BATCH = 500;
+/** Output and results carried by one status write, past its first entry (a statement of a few MiB at most). */
+export const BATCH_CHARS = 2 * 1024 * 1024;
 /**
  * A command's dispatch waits this long for its ack or result before it is
  * written alone, so a command that finishes quickly costs Postgres one
@@ -59,7 +61,7 @@ export class Flush {
 		const host = this.host;
 		for (;;) {
 			await this.linger();
-			const { through, entries } = host.journal.peek(BATCH);
+			const { through, entries } = host.journal.peek(BATCH, BATCH_CHARS);
 			if (entries.length === 0 && host.state.get("presence_dirty") !== true) break;
 			const sent = host.presence();
 			const presence = this.presenceDue(sent, host.journal.unsynced() - entries.length);

@@ -16,6 +16,7 @@ import {
 } from "../protocol";
 import * as buffer from "./buffer";
 import type { AgentCore } from "./core";
+import { admitOutput, recordOutput } from "./output";
 
 type FrameHost = Pick<
 	AgentCore,
@@ -87,9 +88,14 @@ async function result({ host, ws, now }: FrameContext, frame: ResultFrame): Prom
 
 /** Logged for observers and journaled for Postgres with the command. */
 async function output({ host, ws, now }: FrameContext, frame: OutputFrame): Promise<void> {
-	const outcome = buffer.acceptsOutput(host.sql, frame.id);
-	if (refuse(host, ws, outcome, frame.id)) return;
-	host.atomically(() => host.journal.output(frame.id, frame.seq, frame.data, now));
+	const outcome = admitOutput(host.sql, frame.id, frame.seq);
+	if (outcome === "repeat" || outcome === "past_cap") return;
+	if (outcome !== "keep" && outcome !== "cut") return void refuse(host, ws, outcome, frame.id);
+	host.atomically(() => {
+		recordOutput(host.sql, frame.id, frame.seq, outcome, frame.data.length);
+		if (outcome === "keep") host.journal.output(frame.id, frame.seq, frame.data, now);
+		else host.journal.outputCut(frame.id, now);
+	});
 	await host.changed();
 }
 

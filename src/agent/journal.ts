@@ -63,6 +63,12 @@ export class Journal {
 		this.staged.push({ at: now, body: JSON.stringify(event), sync: { kind: "output", commandId, at, data } });
 	}
 
+	/** Output past the cap was dropped: Postgres marks the command's output truncated. Observers get nothing more of it. */
+	outputCut(commandId: string, now: number): void {
+		const at = new Date(now).toISOString();
+		this.staged.push({ at: now, body: "", sync: { kind: "output", commandId, at, data: "", cut: true } });
+	}
+
 	/** An event only observers need (presence: Postgres gets it from the object's state). */
 	note(event: ObserverEvent, now: number): void {
 		this.staged.push({ at: now, body: JSON.stringify(event), sync: null });
@@ -105,8 +111,13 @@ export class Journal {
 		this.tail = undefined;
 	}
 
-	/** The oldest unconfirmed entries, at most `limit`, keyed for Postgres's dedup. */
-	peek(limit: number): { through: number; entries: KeyedEntry[] } {
+	/**
+	 * The oldest unconfirmed entries, keyed for Postgres's dedup: at most
+	 * `limit`, and no more than `maxChars` of output and results past the
+	 * first entry, so one status write stays a bounded statement however
+	 * much output waited while Postgres was away.
+	 */
+	peek(limit: number, maxChars = Number.POSITIVE_INFINITY): { through: number; entries: KeyedEntry[] } {
 		const synced = this.state.get("synced_through") ?? 0;
 		let batch: Unsynced[];
 		if (this.tail) batch = this.tail.slice(0, limit);
@@ -123,6 +134,7 @@ export class Journal {
 			// Everything unconfirmed fit: from here on, memory knows the whole tail.
 			if (batch.length < limit) this.tail = [...batch];
 		}
+		batch = upToChars(batch, maxChars);
 		const epoch = this.state.epoch();
 		return {
 			through: batch.at(-1)?.seq ?? synced,
@@ -168,6 +180,23 @@ export class Journal {
 			this.sql.exec<{ seq: number }>("select seq from sqlite_sequence where name = 'events'").toArray()[0]?.seq ?? 0;
 		return this.lastSeq;
 	}
+}
+
+/** The longest prefix of `batch` within `maxChars` of payload (never empty if `batch` is not). */
+function upToChars(batch: Unsynced[], maxChars: number): Unsynced[] {
+	if (maxChars === Number.POSITIVE_INFINITY) return batch;
+	let chars = 0;
+	for (let i = 0; i < batch.length; i++) {
+		chars += payloadChars(batch[i]?.entry);
+		if (chars > maxChars && i > 0) return batch.slice(0, i);
+	}
+	return batch;
+}
+
+function payloadChars(entry: OutboxEntry | undefined): number {
+	if (entry?.kind === "output") return entry.data.length;
+	if (entry?.kind === "transition" && entry.result !== undefined) return JSON.stringify(entry.result).length;
+	return 0;
 }
 
 function observed(entry: OutboxEntry): ObserverEvent | null {

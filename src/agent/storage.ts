@@ -56,6 +56,9 @@ export const MIGRATIONS = [
 	insert into events (at, body, size, sync)
 		select 0, '', 0, json_set(body, '$.key', (select value from meta where key = 'epoch') || ':' || seq) from outbox order by seq;
 	drop table outbox;`,
+	`alter table commands add column output_seq integer;
+	alter table commands add column output_chars integer not null default 0;
+	alter table commands add column output_cut integer not null default 0;`,
 ];
 
 /**
@@ -85,7 +88,10 @@ export const SCHEMA = `create table commands (
 		cancel_deadline integer,
 		synced_at integer,
 		first_dispatched_at integer,
-		cancel_actor text
+		cancel_actor text,
+		output_seq integer,
+		output_chars integer not null default 0,
+		output_cut integer not null default 0
 	);
 	create index commands_by_delivery on commands (status, priority desc, seq);
 	create table stops (id text primary key, reason text not null, until integer not null);
@@ -136,6 +142,12 @@ export interface BufferedRow {
 	finished_at: number | null;
 	synced_at: number | null;
 	first_dispatched_at: number | null;
+	/** The seq of the last output chunk kept (./output.ts). */
+	output_seq: number | null;
+	/** UTF-16 units of output kept for Postgres so far. */
+	output_chars: number;
+	/** 1 once output past the cap was dropped here (and Postgres told). */
+	output_cut: number;
 }
 
 /**

@@ -34,6 +34,8 @@ export interface CancelRequestedMark extends MarkBase {
 export interface OutputMark extends MarkBase {
 	kind: "output";
 	data: string;
+	/** The object dropped output past the cap here (no data): the stored output is cut. */
+	cut?: boolean;
 }
 export type Mark = TakenMark | CancelRequestedMark | OutputMark;
 
@@ -107,6 +109,7 @@ export function foldEntries(entries: readonly OutboxEntry[]): CommandUpdate[] {
 		if (e.at > u.updated_at) u.updated_at = e.at;
 		if (e.kind === "taken") u.taken_at ??= e.at;
 		else if (e.kind === "cancel_requested") u.cancel_requested_at ??= e.at;
+		else if (e.kind === "output" && e.cut) u.output_dropped = true;
 		else if (e.kind === "output") {
 			// Past the cap nothing more is kept, so do not carry it to Postgres either.
 			if ((u.output_append?.length ?? 0) <= OUTPUT_CAP_CHARS) u.output_append = (u.output_append ?? "") + e.data;

@@ -6,6 +6,7 @@ import { runInDurableObject } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
+import type { AgentCore } from "../../src/agent/core";
 import { deleteExpired } from "../../src/retention";
 import { agentHub } from "../../src/agent/stub";
 import { OUTPUT_CAP_CHARS, OUTPUT_TRUNCATION_MARKER } from "../../src/protocol";
@@ -185,6 +186,96 @@ describe("observer stream", () => {
 		agent.close();
 	});
 
+	it("keeps a chunk resent with a seq already kept once: in Postgres and for observers", async () => {
+		const agentId = uniqueAgentId();
+		const observer = await Observer.attach(agentId);
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "flaky-link" });
+		await agent.next("command");
+		// What an agent resends after a reconnect, or after some were refused for rate.
+		const sent: [number, string][] = [[0, "a"], [1, "b"], [1, "b"], [0, "a"], [2, "c"], [2, "c"]];
+		for (const [seq, data] of sent) agent.send({ type: "output", id: cmd.id, seq, data });
+		agent.send({ type: "result", id: cmd.id, status: "completed" });
+		await waitForStatus(cmd.id, "completed");
+		const body = await (await api(`/v1/commands/${cmd.id}/output`)).json<{ output: string }>();
+		expect(body.output).toBe("abc");
+		await waitFor(() => observer.statusOf(cmd.id).includes("dispatched>completed"), "the observer saw it complete");
+		const chunks = observer.events().filter((f) => f.type === "output" && f.id === cmd.id);
+		expect(chunks.map((f) => [f.chunk, f.data])).toEqual([[0, "a"], [1, "b"], [2, "c"]]);
+		observer.close();
+		agent.close();
+	});
+
+	it("journals no output past the cap: a runaway command costs its object one chunk more, then a marker", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "runaway" });
+		await agent.next("command");
+		const chunk = "r".repeat(60 * 1024);
+		const upToCap = Math.ceil(OUTPUT_CAP_CHARS / chunk.length);
+		for (let i = 0; i < upToCap + 10; i++) agent.send({ type: "output", id: cmd.id, seq: i, data: chunk });
+		agent.send({ type: "result", id: cmd.id, status: "completed" });
+		const body = await waitFor(async () => {
+			const b = await (await api(`/v1/commands/${cmd.id}/output`)).json<{ output: string; truncated: boolean; status: string }>();
+			return b.status === "completed" ? b : undefined;
+		}, "completed", 20_000);
+		expect(body.truncated).toBe(true);
+		expect(body.output.length).toBe(OUTPUT_CAP_CHARS + OUTPUT_TRUNCATION_MARKER.length);
+		const journaled = await runInDurableObject(agentHub(env, agentId), (_i: AgentHub, state) =>
+			state.storage.sql
+				.exec<{ n: number }>("select count(*) as n from events where json_extract(sync, '$.kind') = 'output' and json_extract(sync, '$.commandId') = ?", cmd.id)
+				.one().n,
+		);
+		// Every chunk up to and across the cap, and the one marker that says the rest was dropped.
+		expect(journaled).toBe(upToCap + 1);
+		agent.close();
+	});
+
+	it("writes a backlog of output to Postgres in statements of bounded size, and all of it", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmds = [];
+		for (let i = 0; i < 3; i++) cmds.push(await enqueue(agentId, { action: "backlog" }));
+		await agent.commands(3);
+		for (const c of cmds) await waitFor(async () => (await apiCommand(c.id)).status === "dispatched", "dispatched");
+		const stub = agentHub(env, agentId);
+		await runInDurableObject(stub, (instance: AgentHub) => {
+			// SAFETY: a test counting the object's round trips to Postgres.
+			const core = (instance as unknown as { core: AgentCore }).core;
+			const run = core.db.run.bind(core.db);
+			const counted = instance as unknown as { writes: number };
+			counted.writes = 0;
+			core.db.run = ((fn) =>
+				run(fn).then((done) => {
+					counted.writes++;
+					return done;
+				})) as typeof core.db.run;
+		});
+		const resetWrites = () => runInDurableObject(stub, (instance: AgentHub) => void ((instance as unknown as { writes: number }).writes = 0));
+		// 3 × 16 chunks of 60 KiB (2.8 MiB) wait while Postgres is away.
+		const chunk = "b".repeat(60 * 1024);
+		await fetch(`${env.TEST_RELAY_CONTROL}/down`);
+		try {
+			for (let seq = 0; seq < 16; seq++) for (const c of cmds) agent.send({ type: "output", id: c.id, seq, data: chunk });
+			await waitFor(async () => (await stub.inspect()).outbox >= 48, "output held in the outbox");
+		} finally {
+			await resetWrites();
+			await fetch(`${env.TEST_RELAY_CONTROL}/up`);
+		}
+		for (const c of cmds) agent.send({ type: "result", id: c.id, status: "completed" });
+		for (const c of cmds) {
+			const body = await waitFor(async () => {
+				const b = await (await api(`/v1/commands/${c.id}/output`)).json<{ output: string; status: string }>();
+				return b.status === "completed" ? b : undefined;
+			}, "completed", 30_000);
+			expect(body.output).toBe(chunk.repeat(16));
+		}
+		// At most 2 MiB of output per statement past its first entry: two writes at least once Postgres is back.
+		const writes = await runInDurableObject(stub, (instance: AgentHub) => (instance as unknown as { writes: number }).writes);
+		expect(writes).toBeGreaterThanOrEqual(2);
+		agent.close();
+	}, 60_000);
+
 	it("caps stored output with the documented marker", async () => {
 		const agentId = uniqueAgentId();
 		const agent = await AgentSocket.connect(agentId);
@@ -255,11 +346,13 @@ describe("observer stream", () => {
 	it("replays a log of large output events page by page, bounded in bytes, and whole", async () => {
 		const agentId = uniqueAgentId();
 		const agent = await AgentSocket.connect(agentId);
-		const cmd = await enqueue(agentId, { action: "verbose" });
-		await agent.next("command");
+		// Four commands, so the log holds more than one command's capped output.
+		const cmds = [];
+		for (let i = 0; i < 4; i++) cmds.push(await enqueue(agentId, { action: "verbose" }));
+		await agent.commands(4);
 		const chunk = (i: number) => `${i}:`.padEnd(60 * 1024, "z");
 		const n = 40;
-		for (let i = 0; i < n; i++) agent.send({ type: "output", id: cmd.id, seq: i, data: chunk(i) });
+		for (let i = 0; i < n; i++) agent.send({ type: "output", id: cmds[i % 4]?.id ?? "", seq: Math.floor(i / 4), data: chunk(i) });
 		const stub = agentHub(env, agentId);
 		const page = await waitFor(
 			() =>
