@@ -3,6 +3,7 @@ import { errorFields, log } from "../log";
 import { type AgentFrame, CANCEL_GRACE_SECONDS, CloseCode, ErrorCode, MAX_FRAME_BYTES, PING_TEXT, PONG_TEXT, parseAgentFrame } from "../protocol";
 import { acceptedSubprotocol } from "../auth/credentials";
 import { BackgroundJob } from "./background-job";
+import * as answers from "./answers";
 import * as buffer from "./buffer";
 import { CatchUp } from "./catch-up";
 import { acceptAgent } from "./connect";
@@ -23,11 +24,11 @@ const ALARM_RETRY_MS = 1_000;
 
 /**
  * One object per agent id: holds the agent's hibernatable socket, buffers
- * its commands in SQLite, applies the delivery rules in ./buffer.ts, and
- * journals every change for Postgres (./flush.ts) and for observers, so a
- * Postgres outage delays the write but never loses it. This class holds the
- * platform's entry points only; docs/architecture.md follows one command
- * through the modules they call.
+ * its commands in SQLite, applies the delivery rules in ./buffer.ts and
+ * ./answers.ts, and journals every change for Postgres (./flush.ts) and
+ * for observers, so a Postgres outage delays the write but never loses
+ * it. This class holds the platform's entry points only;
+ * docs/architecture.md follows one command through the modules they call.
  */
 export class AgentHub extends DurableObject<Env> {
 	private readonly core: AgentCore;
@@ -291,7 +292,7 @@ export class AgentHub extends DurableObject<Env> {
 	 * against the sender; anything else is dropped.
 	 */
 	private pardoned(frame: AgentFrame): boolean {
-		const owed = (frame.type === "ack" || frame.type === "result") && buffer.holds(this.core.sql, frame.id);
+		const owed = (frame.type === "ack" || frame.type === "result") && answers.holds(this.core.sql, frame.id);
 		if (owed) this.limiter?.bucket.pardon();
 		return owed;
 	}
@@ -362,7 +363,7 @@ export class AgentHub extends DurableObject<Env> {
 		const generation = core.generation();
 		core.state.clearTimer("hello");
 		if (core.state.get("hello_generation") === generation || !core.currentSocket()) return;
-		const changed = buffer.applyHello(tx, new Set(), now, generation, "no_hello");
+		const changed = answers.applyHello(tx, new Set(), now, generation, "no_hello");
 		if (changed) log("info", "agent.no_hello", { agentId: core.name, generation, changed });
 	}
 

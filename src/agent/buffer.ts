@@ -1,7 +1,7 @@
 /**
  * Every delivery rule of an agent's object, as plain functions over its
  * SQLite storage (./storage.ts): intake, the concurrency window, requeues,
- * acks and results, hello reconciliation, cancel, and timers. No socket and
+ * cancel, and timers; what the agent's own frames do is in ./answers.ts. No socket and
  * no network, so the rules can be tested on their own; the object class only
  * wires events to them. Callers run each call inside the event's one
  * transaction (a `Tx`), so a change and its journal entry are one write.
@@ -10,7 +10,6 @@ import { CANCEL_GRACE_SECONDS, type CommandFrame, type CommandStatus, FailureCod
 import {
 	addStop,
 	type BufferedRow,
-	clearStop,
 	fail,
 	getCommand,
 	moveTo,
@@ -220,98 +219,6 @@ export function requeueDispatched(tx: Tx, now: number, reason: "disconnected" | 
 		}
 	}
 	return due.length;
-}
-
-export type FrameOutcome = "applied" | "duplicate" | "unknown" | "not_dispatched";
-
-/** A command the agent may legitimately know: sent at least once and not finished. */
-function sentAndOpen(row: BufferedRow): boolean {
-	return row.status === "dispatched" || row.status === "acknowledged" || (row.status === "pending" && row.attempts > 0);
-}
-
-/** The agent holds this command: it was sent and is not finished. */
-export function holds(sql: SqlStorage, id: string): boolean {
-	const row = getCommand(sql, id);
-	return row !== undefined && sentAndOpen(row);
-}
-
-/** Output may come for a command that was sent and is not finished. */
-export function acceptsOutput(sql: SqlStorage, id: string): FrameOutcome {
-	const row = getCommand(sql, id);
-	if (!row) return "unknown";
-	if (row.status === "pending" && row.attempts === 0) return "not_dispatched";
-	return sentAndOpen(row) ? "applied" : "duplicate";
-}
-
-/** `generation` is the connection the ack came on: proof the agent has the command on it. */
-export function acknowledge(tx: Tx, id: string, now: number, generation: number): FrameOutcome {
-	const row = getCommand(tx.sql, id);
-	if (!row) return "unknown";
-	if (row.status === "pending" && row.attempts === 0) return "not_dispatched";
-	if (row.status === "acknowledged" || !sentAndOpen(row)) return "duplicate";
-	// Also from `pending`: a command requeued after a disconnect that the agent
-	// had in fact received. It is running; do not send it again.
-	moveTo(tx, row, "acknowledged", now, {}, generation);
-	return "applied";
-}
-
-export function finish(
-	tx: Tx,
-	id: string,
-	outcome: { status: "completed" | "failed" | "cancelled"; result?: unknown; error?: string },
-	now: number,
-): FrameOutcome {
-	const row = getCommand(tx.sql, id);
-	if (!row) {
-		clearStop(tx.sql, id);
-		return "unknown";
-	}
-	if (row.status === "pending" && row.attempts === 0) return "not_dispatched";
-	// Any answer about a command means the agent is no longer running it. Only
-	// a command the system already ended can be owed a stop.
-	if (!sentAndOpen(row)) {
-		clearStop(tx.sql, id);
-		return "duplicate";
-	}
-	moveTo(tx, row, outcome.status, now, {
-		result: outcome.result ?? null,
-		error: outcome.status === "failed" ? (outcome.error ?? "failed") : (outcome.error ?? null),
-		errorCode: null,
-	});
-	return "applied";
-}
-
-/**
- * Reconciles with the agent's own list of running commands. Commands
- * acknowledged on an earlier connection that it does not list were lost (the
- * agent restarted): they are sent again, or failed with `lost` once their
- * attempts are spent. One acknowledged on this connection is proof enough and
- * is left alone. Sent commands it does list are running, whatever the buffer
- * thought.
- */
-export function applyHello(
-	tx: Tx,
-	running: ReadonlySet<string>,
-	now: number,
-	generation: number,
-	reason: "lost" | "no_hello" = "lost",
-): number {
-	if (tx.counts.open === 0) return 0;
-	let changed = 0;
-	for (const row of rows(tx.sql, `select * from commands where status in ${OPEN}`)) {
-		const listed = running.has(row.id);
-		if (row.status === "acknowledged" && !listed && row.generation !== generation) {
-			changed++;
-			if (row.cancel_requested_at !== null) moveTo(tx, row, "cancelled", now, { detail: { reason: "lost" } });
-			else if (row.attempts >= row.max_attempts)
-				fail(tx, row, now, FailureCode.LOST, "the agent lost it and no attempts are left");
-			else moveTo(tx, row, "pending", now, { detail: { reason, attempt: row.attempts } });
-		} else if (listed && row.status !== "acknowledged" && sentAndOpen(row)) {
-			changed++;
-			moveTo(tx, row, "acknowledged", now, { detail: { reason: "reported_running" } }, generation);
-		}
-	}
-	return changed;
 }
 
 export type CancelOutcome = "cancelled" | "cancel_requested" | "already_finished" | "unknown";

@@ -2,7 +2,7 @@
  * The agent object's SQLite storage: schema, command rows, stop notices,
  * and the one primitive that moves a command between statuses (and tells
  * the journal, and so Postgres and the observers, in the same breath).
- * The delivery rules built on these live in ./buffer.ts.
+ * The delivery rules built on these live in ./buffer.ts and ./answers.ts.
  *
  * A finished row is removed only PRUNE_AFTER_MS after it finished and once
  * Postgres has confirmed everything journaled, and never while a catch-up
@@ -199,7 +199,7 @@ export interface Tx {
 }
 
 export function rows(sql: SqlStorage, query: string, ...params: SqlStorageValue[]): BufferedRow[] {
-	// SAFETY: only this module and buffer.ts write the commands table, with these columns.
+	// SAFETY: only this module, buffer.ts and answers.ts write the commands table, with these columns.
 	return sql.exec(query, ...params).toArray() as unknown as BufferedRow[];
 }
 

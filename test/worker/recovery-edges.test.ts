@@ -6,6 +6,7 @@ import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
+import * as answers from "../../src/agent/answers";
 import * as buffer from "../../src/agent/buffer";
 import type { AgentCore } from "../../src/agent/core";
 import { pruneSettled } from "../../src/agent/flush";
@@ -216,7 +217,7 @@ describe("Postgres is the record, and it never goes backwards", () => {
 			const t0 = Date.now();
 			core.atomically((tx) => {
 				buffer.fillWindow(tx, 1, 1, t0);
-				expect(buffer.finish(tx, cmd.id, { status: "completed" }, t0)).toBe("applied");
+				expect(answers.finish(tx, cmd.id, { status: "completed" }, t0)).toBe("applied");
 			});
 			// Twelve minutes of outage: Postgres has not confirmed it, so it stays.
 			expect(pruneSettled(s, t0 + 12 * 60_000, { unsynced: 1, reading: false })).toBe(0);
