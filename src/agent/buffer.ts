@@ -107,8 +107,9 @@ function insertCommand(sql: SqlStorage, c: BufferInput, status: CommandStatus, n
 /** The earliest deadline a newly buffered command brings (its ttl, or a run deadline already counting). */
 export function deadlineOf(c: BufferInput): number | null {
 	const run = c.timeoutSeconds && c.firstDispatchedAt ? c.firstDispatchedAt + c.timeoutSeconds * 1000 : null;
-	if (c.expiresAt === null) return run;
-	return run === null ? c.expiresAt : Math.min(run, c.expiresAt);
+	const ttl = c.attempts === 0 ? c.expiresAt : null;
+	if (ttl === null) return run;
+	return run === null ? ttl : Math.min(run, ttl);
 }
 
 /** Cancels a command that is not out with the agent now; if it ever was, the agent is told to stop. */
@@ -160,10 +161,14 @@ export function fillWindow(
 	return { frames, wakeBy };
 }
 
-/** Ends a pending command that must not be sent any more; says whether it did. */
+/**
+ * Ends a pending command that must not be sent any more; says whether it
+ * did. A ttl bounds the wait for a first dispatch only: once sent, the
+ * agent may be running it, and only its word (or the run deadline) ends it.
+ */
 function finishUnsendable(tx: Tx, row: BufferedRow, now: number): boolean {
 	if (row.cancel_requested_at !== null) cancelQueued(tx, row, now);
-	else if (row.expires_at !== null && row.expires_at <= now) fail(tx, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
+	else if (row.attempts === 0 && row.expires_at !== null && row.expires_at <= now) fail(tx, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
 	else if (row.run_deadline !== null && row.run_deadline <= now) fail(tx, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
 	else if (row.attempts >= row.max_attempts) fail(tx, row, now, FailureCode.UNDELIVERABLE, `not acknowledged after ${row.attempts} attempts`);
 	else return false;
@@ -219,6 +224,15 @@ export function requeueDispatched(tx: Tx, now: number, reason: "disconnected" | 
 		}
 	}
 	return due.length;
+}
+
+/**
+ * Whether a command that was sent before waits in the queue. Its fate is
+ * unknown until the connection's `hello` (or that hello's grace) says
+ * whether the agent holds it.
+ */
+export function sentBeforeAndQueued(sql: SqlStorage): boolean {
+	return sql.exec("select 1 from commands where status = 'pending' and attempts > 0 limit 1").toArray().length > 0;
 }
 
 export type CancelOutcome = "cancelled" | "cancel_requested" | "already_finished" | "unknown";
@@ -288,7 +302,7 @@ export function runDueTimers(tx: Tx, now: number): { stop: string[] } {
 	}
 	for (const row of rows(
 		sql,
-		"select * from commands where status = 'pending' and expires_at is not null and expires_at <= ?",
+		"select * from commands where status = 'pending' and attempts = 0 and expires_at is not null and expires_at <= ?",
 		now,
 	)) {
 		fail(tx, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
@@ -303,7 +317,7 @@ export function nextDeadline(sql: SqlStorage): number | null {
 		.exec<{ at: number | null }>(
 			`select min(at) as at from (
 				select min(ack_deadline) as at from commands where status = 'dispatched'
-				union all select min(expires_at) from commands where status = 'pending'
+				union all select min(expires_at) from commands where status = 'pending' and attempts = 0
 				union all select min(run_deadline) from commands where status in ${OPEN}
 				union all select min(cancel_deadline) from commands where status in ${OPEN}
 			)`,

@@ -176,6 +176,7 @@ export class AgentCore {
 		const now = Date.now();
 		if (!ws || this.silentPastLimit(ws, now) !== null) return [];
 		if (this.counts.inFlight >= this.concurrency()) return [];
+		if (this.awaitingHello()) return [];
 		const generation = this.generation();
 		const { frames, wakeBy } = buffer.fillWindow(tx, this.concurrency(), generation, now);
 		for (const f of frames) {
@@ -184,6 +185,16 @@ export class AgentCore {
 		}
 		if (wakeBy !== null) this.wakeNeeded = Math.min(this.wakeNeeded ?? wakeBy, wakeBy);
 		return frames.map((f) => f.id);
+	}
+
+	/**
+	 * Whether this connection's `hello` (or its grace) has yet to say if the
+	 * agent holds what earlier connections sent it. Until then nothing is
+	 * sent: a resend could run a command twice, a send past it break the
+	 * order, and the agent's window may be full of work the object cannot see.
+	 */
+	private awaitingHello(): boolean {
+		return this.state.timer("hello") !== undefined && buffer.sentBeforeAndQueued(this.sql);
 	}
 
 	/** Whether the agent is connected and silent past the limit; if so its socket is closed first (4002). */

@@ -87,6 +87,19 @@ describe("the buffer's delivery rules", () => {
 		});
 	});
 
+	it("a ttl bounds only the wait for a first dispatch: a command sent once never expires", async () => {
+		await inFreshObject((core) => {
+			const c = command({ expiresAt: T0 + 1_000 });
+			add(core, c);
+			expect(fill(core, 1)).toEqual([c.id]);
+			core.atomically((tx) => buffer.requeueDispatched(tx, T0 + 1, "disconnected"));
+			expect(buffer.nextDeadline(core.sql)).toBeNull();
+			core.atomically((tx) => buffer.runDueTimers(tx, T0 + 2_000));
+			expect(statusOf(core, c.id)).toBe("pending");
+			expect(fill(core, 1, T0 + 2_000)).toEqual([c.id]);
+		});
+	});
+
 	it("fails a command as undeliverable once its attempts are spent", async () => {
 		await inFreshObject((core) => {
 			const c = command({ maxAttempts: 2 });

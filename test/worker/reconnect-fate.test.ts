@@ -1,0 +1,136 @@
+/**
+ * A command the agent was sent, whose socket dropped before its ack left
+ * (issue 15, defect 1). The record once said such work never ran while it
+ * ran: on reconnect the object ended it (`expired` by a ttl that had passed,
+ * `undeliverable` with its attempts spent) before `hello` could say the
+ * agent held it, told the agent nothing, and dropped the agent's result as
+ * a duplicate. Now what the agent says decides, and what the system ended
+ * while the agent may hold it gets a stop whose answer still counts.
+ */
+import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import type { AgentHub } from "../../src/agent/agent-hub";
+import { agentHub } from "../../src/agent/stub";
+import {
+	AgentSocket,
+	apiCommand,
+	commandEvents,
+	enqueue,
+	objectSettled,
+	uniqueAgentId,
+	waitFor,
+	waitForStatus,
+} from "../helpers/worker/harness";
+
+/** The agent receives the command and its socket drops before it acknowledges it. */
+async function sentThenDropped(agentId: string, body: Record<string, unknown>): Promise<{ id: string }> {
+	const first = await AgentSocket.connect(agentId);
+	const cmd = await enqueue(agentId, body);
+	expect(await first.next("command")).toMatchObject({ id: cmd.id, attempt: 1 });
+	first.close();
+	await first.closed;
+	await objectSettled(agentId, { connected: false });
+	return cmd;
+}
+
+/** The command's ttl runs out while the agent is away, and the object's alarm runs. */
+async function ttlRunsOut(agentId: string, id: string): Promise<void> {
+	const stub = agentHub(env, agentId);
+	await runInDurableObject(stub, (instance: AgentHub, state) => {
+		state.storage.sql.exec("update commands set expires_at = ? where id = ?", Date.now() - 1, id);
+		instance.reloadState();
+	});
+	await runDurableObjectAlarm(stub);
+}
+
+/** The command's audit trail as `from>to:reason`. */
+async function trail(id: string): Promise<string[]> {
+	return (await commandEvents(id)).map((e) => `${e.from_status}>${e.to_status}:${e.detail?.reason ?? ""}`);
+}
+
+/** Everything the server sent before it answered a ping sent now. */
+async function framesUntilPong(agent: AgentSocket) {
+	agent.send({ type: "ping" });
+	await agent.next("pong");
+	return agent.frames.splice(0);
+}
+
+describe("a command the agent holds when it reconnects", () => {
+	it("is not expired by a ttl that ran out after it was sent: the hello that lists it keeps it running", async () => {
+		const agentId = uniqueAgentId();
+		const cmd = await sentThenDropped(agentId, { action: "slow_start", ttlSeconds: 60 });
+		await ttlRunsOut(agentId, cmd.id);
+		expect(await apiCommand(cmd.id)).toMatchObject({ status: "pending", errorCode: null });
+
+		const back = await AgentSocket.connect(agentId, { hello: { concurrency: 5, running: [cmd.id] } });
+		expect(await waitForStatus(cmd.id, "acknowledged")).toMatchObject({ errorCode: null, attempts: 1 });
+		back.send({ type: "result", id: cmd.id, status: "completed", result: { ran: true } });
+		expect(await waitForStatus(cmd.id, "completed")).toMatchObject({ result: { ran: true }, errorCode: null, attempts: 1 });
+		// Neither sent again nor stopped.
+		expect((await framesUntilPong(back)).filter((f) => f.type === "command" || f.type === "cancel")).toEqual([]);
+		expect(await trail(cmd.id)).toEqual([
+			"null>pending:enqueued",
+			"pending>dispatched:delivery",
+			"dispatched>pending:disconnected",
+			"pending>acknowledged:reported_running",
+			"acknowledged>completed:",
+		]);
+		back.close();
+	});
+
+	it("is not failed as undeliverable before the hello that lists it, though its last attempt's ack deadline passed", async () => {
+		const agentId = uniqueAgentId();
+		const cmd = await sentThenDropped(agentId, { action: "one_shot", maxAttempts: 1, ackTimeoutSeconds: 1 });
+		const back = await AgentSocket.connect(agentId, { hello: { concurrency: 5, running: [cmd.id] } });
+		expect(await waitForStatus(cmd.id, "acknowledged")).toMatchObject({ errorCode: null, attempts: 1 });
+		back.send({ type: "result", id: cmd.id, status: "completed", result: 1 });
+		expect(await waitForStatus(cmd.id, "completed")).toMatchObject({ result: 1, errorCode: null });
+		expect((await framesUntilPong(back)).filter((f) => f.type === "command" || f.type === "cancel")).toEqual([]);
+		back.close();
+	});
+
+	it("takes a result sent before the hello (the SDK's order) for a command whose ttl and attempts ran out", async () => {
+		const agentId = uniqueAgentId();
+		const cmd = await sentThenDropped(agentId, { action: "finished_offline", ttlSeconds: 60, maxAttempts: 1 });
+		await ttlRunsOut(agentId, cmd.id);
+		const back = await AgentSocket.connect(agentId, { hello: false });
+		back.send({ type: "result", id: cmd.id, status: "completed", result: "done while away" });
+		back.send({ type: "hello", concurrency: 5, running: [] });
+		expect(await waitForStatus(cmd.id, "completed")).toMatchObject({ result: "done while away", errorCode: null });
+		expect((await trail(cmd.id)).slice(-1)).toEqual(["pending>completed:"]);
+		expect((await framesUntilPong(back)).filter((f) => f.type === "command" || f.type === "cancel")).toEqual([]);
+		back.close();
+	});
+});
+
+describe("a command whose fate is in doubt waits for the agent's word", () => {
+	it("is not sent again before the hello, or its grace period, says the agent does not hold it", async () => {
+		const agentId = uniqueAgentId();
+		const cmd = await sentThenDropped(agentId, { action: "in_doubt" });
+		const back = await AgentSocket.connect(agentId, { hello: false });
+		expect((await framesUntilPong(back)).filter((f) => f.type === "command")).toEqual([]);
+		expect(await apiCommand(cmd.id)).toMatchObject({ status: "pending", attempts: 1 });
+
+		const stub = agentHub(env, agentId);
+		await runInDurableObject(stub, (instance: AgentHub, state) => {
+			state.storage.sql.exec("update meta set value = ? where key = 'timer:hello'", String(Date.now() - 1));
+			instance.reloadState();
+		});
+		await waitFor(async () => {
+			await runDurableObjectAlarm(stub);
+			return back.frames.some((f) => f.type === "command");
+		}, "the hello grace period to end");
+		expect(await back.next("command")).toMatchObject({ id: cmd.id, attempt: 2 });
+		back.close();
+	});
+
+	it("a hello that does not list it sends it again while attempts are left", async () => {
+		const agentId = uniqueAgentId();
+		const cmd = await sentThenDropped(agentId, { action: "resent", ttlSeconds: 60 });
+		await ttlRunsOut(agentId, cmd.id);
+		const back = await AgentSocket.connect(agentId, { hello: { concurrency: 5, running: [] } });
+		expect(await back.next("command")).toMatchObject({ id: cmd.id, attempt: 2 });
+		back.close();
+	});
+});
