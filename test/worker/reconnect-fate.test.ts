@@ -16,10 +16,10 @@ import {
 	AgentSocket,
 	apiCommand,
 	commandEvents,
+	endHelloGrace,
 	enqueue,
 	objectSettled,
 	uniqueAgentId,
-	waitFor,
 	waitForStatus,
 } from "../helpers/worker/harness";
 
@@ -112,15 +112,7 @@ describe("a command whose fate is in doubt waits for the agent's word", () => {
 		expect((await framesUntilPong(back)).filter((f) => f.type === "command")).toEqual([]);
 		expect(await apiCommand(cmd.id)).toMatchObject({ status: "pending", attempts: 1 });
 
-		const stub = agentHub(env, agentId);
-		await runInDurableObject(stub, (instance: AgentHub, state) => {
-			state.storage.sql.exec("update meta set value = ? where key = 'timer:hello'", String(Date.now() - 1));
-			instance.reloadState();
-		});
-		await waitFor(async () => {
-			await runDurableObjectAlarm(stub);
-			return back.frames.some((f) => f.type === "command");
-		}, "the hello grace period to end");
+		await endHelloGrace(agentId, () => back.frames.some((f) => f.type === "command"));
 		expect(await back.next("command")).toMatchObject({ id: cmd.id, attempt: 2 });
 		back.close();
 	});

@@ -18,6 +18,7 @@ import {
 	connectSettled,
 	apiCommand,
 	db,
+	endHelloGrace,
 	enqueue,
 	query,
 	sql,
@@ -139,15 +140,7 @@ describe("an agent that never says hello", () => {
 		await first.closed;
 
 		const second = await AgentSocket.connect(agentId, { hello: false });
-		const stub = agentHub(env, agentId);
-		await runInDurableObject(stub, (instance: AgentHub, state) => {
-			state.storage.sql.exec("update meta set value = ? where key = 'timer:hello'", String(Date.now() - 1));
-			instance.reloadState();
-		});
-		await waitFor(async () => {
-			await runDurableObjectAlarm(stub);
-			return second.frames.some((f) => f.type === "command");
-		}, "the hello grace period to end");
+		await endHelloGrace(agentId, () => second.frames.some((f) => f.type === "command"));
 		expect(await second.next("command")).toMatchObject({ id: cmd.id, attempt: 2 });
 		second.send({ type: "result", id: cmd.id, status: "completed" });
 		expect((await second.next("command")).id).toBe(behind.id);
