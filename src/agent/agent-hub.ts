@@ -342,9 +342,7 @@ export class AgentHub extends DurableObject<Env> {
 		await core.checkHeartbeat(now);
 		const timers = core.state.timers();
 		core.atomically((tx) => {
-			const { stop } = buffer.runDueTimers(tx, now);
-			const ws = core.currentSocket();
-			if (ws) for (const id of stop) core.send(ws, { type: "cancel", id, reason: "timeout" });
+			buffer.runDueTimers(tx, now);
 			if ((timers.get("hello") ?? Number.POSITIVE_INFINITY) <= now) this.assumeNothingRunning(tx, now);
 			core.pump(tx);
 		});

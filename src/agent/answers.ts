@@ -86,7 +86,8 @@ export function applyHello(
 		const listed = running.has(row.id);
 		if (row.status === "acknowledged" && !listed && row.generation !== generation) {
 			changed++;
-			if (row.cancel_requested_at !== null) moveTo(tx, row, "cancelled", now, { detail: { reason: "lost" } });
+			if (row.cancel_requested_at !== null)
+				fail(tx, row, now, FailureCode.CANCEL_UNCONFIRMED, "the agent no longer runs it", { detail: { reason: "lost" } });
 			else if (row.attempts >= row.max_attempts)
 				fail(tx, row, now, FailureCode.LOST, "the agent lost it and no attempts are left");
 			else moveTo(tx, row, "pending", now, { detail: { reason, attempt: row.attempts } });

@@ -8,7 +8,6 @@
  */
 import { CANCEL_GRACE_SECONDS, type CommandFrame, type CommandStatus, FailureCode, TERMINAL_STATUSES } from "../protocol";
 import {
-	addStop,
 	type BufferedRow,
 	fail,
 	getCommand,
@@ -112,10 +111,15 @@ export function deadlineOf(c: BufferInput): number | null {
 	return run === null ? ttl : Math.min(run, ttl);
 }
 
-/** Cancels a command that is not out with the agent now; if it ever was, the agent is told to stop. */
+/**
+ * Cancels a command that is not out with the agent now. One it was ever
+ * sent, it may hold: that end is the system's guess, unconfirmed, and the
+ * agent is told to stop (`fail`).
+ */
 function cancelQueued(tx: Tx, row: BufferedRow, now: number, actor = "system"): void {
-	moveTo(tx, row, "cancelled", now, { detail: { reason: "requested" }, result: null, error: null, actor });
-	if (row.attempts > 0) addStop(tx.sql, row.id, "requested", now);
+	const extra = { detail: { reason: "requested" }, actor };
+	if (row.attempts > 0) fail(tx, row, now, FailureCode.CANCEL_UNCONFIRMED, "cancelled before the agent acknowledged it", extra);
+	else moveTo(tx, row, "cancelled", now, { ...extra, result: null, error: null });
 }
 
 // ---------------------------------------------------------------- delivery
@@ -216,12 +220,8 @@ export function requeueDispatched(tx: Tx, now: number, reason: "disconnected" | 
 			? rows(tx.sql, "select * from commands where status = 'dispatched' and ack_deadline <= ?", now)
 			: rows(tx.sql, "select * from commands where status = 'dispatched'");
 	for (const row of due) {
-		if (row.cancel_requested_at !== null) {
-			fail(tx, row, now, FailureCode.CANCEL_UNCONFIRMED, "cancelled before the agent acknowledged it");
-			addStop(tx.sql, row.id, "requested", now);
-		} else {
-			moveTo(tx, row, "pending", now, { detail: { reason, attempt: row.attempts } });
-		}
+		if (row.cancel_requested_at !== null) fail(tx, row, now, FailureCode.CANCEL_UNCONFIRMED, "cancelled before the agent acknowledged it");
+		else moveTo(tx, row, "pending", now, { detail: { reason, attempt: row.attempts } });
 	}
 	return due.length;
 }
@@ -273,20 +273,15 @@ export function cancelsOwed(sql: SqlStorage, now: number): { id: string; reason:
 	return [...open, ...stopsOwed(sql, now)];
 }
 
-/**
- * Runs every timer that is due. Returns the ids of commands the agent must
- * be told to stop (execution timeout while it holds them).
- */
-export function runDueTimers(tx: Tx, now: number): { stop: string[] } {
+/** Runs every timer that is due. What it ends that the agent may hold, the agent is told to stop (`fail`). */
+export function runDueTimers(tx: Tx, now: number): void {
 	const { sql } = tx;
-	const stop: string[] = [];
 	for (const row of rows(
 		sql,
 		`select * from commands where status in ${OPEN} and cancel_deadline is not null and cancel_deadline <= ?`,
 		now,
 	)) {
 		fail(tx, row, now, FailureCode.CANCEL_UNCONFIRMED, "the agent did not confirm the cancel in time");
-		addStop(sql, row.id, "requested", now);
 	}
 	for (const row of rows(
 		sql,
@@ -294,11 +289,6 @@ export function runDueTimers(tx: Tx, now: number): { stop: string[] } {
 		now,
 	)) {
 		fail(tx, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
-		if (row.status !== "pending" || row.attempts > 0) {
-			// It may still be running; told now if connected, and on every connect until it answers.
-			addStop(sql, row.id, "timeout", now);
-			stop.push(row.id);
-		}
 	}
 	for (const row of rows(
 		sql,
@@ -308,7 +298,6 @@ export function runDueTimers(tx: Tx, now: number): { stop: string[] } {
 		fail(tx, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
 	}
 	requeueDispatched(tx, now, "ack_timeout");
-	return { stop };
 }
 
 /** The earliest moment any command timer is due, or null. */

@@ -15,7 +15,7 @@ import { Journal } from "./journal";
 import { Observers } from "./observers";
 import { closeQuietly, generationOf, send, socketOf } from "./sockets";
 import { State } from "./state";
-import { Counts, type Tx } from "./storage";
+import { Counts, type Stop, type Tx } from "./storage";
 
 export const SILENCE_LIMIT_MS = HEARTBEAT_INTERVAL_SECONDS * HEARTBEAT_MISSES * 1000;
 /**
@@ -42,6 +42,8 @@ export class AgentCore {
 	readonly db: Database;
 	/** The last frame taken, in memory; written to state with the flush (and by pings) so hibernation keeps it. */
 	private lastFrameAt = 0;
+	/** Stops the transaction under way added (see Tx). */
+	readonly stops: Stop[] = [];
 	/** Commands that ended in the transaction under way, logged once it commits. */
 	private ended: { id: string; status: string; attempts: number; errorCode?: string | null }[] = [];
 
@@ -88,6 +90,7 @@ export class AgentCore {
 			});
 		} catch (err) {
 			this.outgoing = undefined;
+			this.stops.length = 0;
 			this.ended = [];
 			this.state.forget();
 			this.journal.rollback();
@@ -96,6 +99,7 @@ export class AgentCore {
 		}
 		// State first, then the wire: a frame lost with its socket is redelivered
 		// on the next connect, and a frame never goes out for a rolled-back change.
+		this.queueStops(this.outgoing);
 		const outgoing = this.outgoing;
 		this.outgoing = undefined;
 		for (const { ws, frame } of outgoing) this.send(ws, frame);
@@ -106,6 +110,16 @@ export class AgentCore {
 
 	/** Frames to send once the transaction under way commits; undefined outside one. */
 	private outgoing: { ws: WebSocket; frame: ServerFrame }[] | undefined;
+
+	/** The stops a transaction added go out at once to a connected agent, unless the event sends them itself. */
+	private queueStops(outgoing: { ws: WebSocket; frame: ServerFrame }[]): void {
+		const ws = this.currentSocket();
+		for (const { id, reason } of this.stops) {
+			const sent = outgoing.some((o) => o.frame.type === "cancel" && o.frame.id === id);
+			if (ws && !sent) outgoing.push({ ws, frame: { type: "cancel", id, reason } });
+		}
+		this.stops.length = 0;
+	}
 
 	/** Drops every in-memory copy of storage (see AgentHub.reloadState). */
 	reload(): void {

@@ -191,11 +191,19 @@ export class Counts {
 	}
 }
 
+/** A `cancel` frame the agent is owed for a command the system ended. */
+export interface Stop {
+	id: string;
+	reason: "requested" | "timeout";
+}
+
 /** What the delivery rules write through: the table, the journal and the counts, inside one transaction. */
 export interface Tx {
 	readonly sql: SqlStorage;
 	readonly journal: Journal;
 	readonly counts: Counts;
+	/** Stops added in this transaction: sent to a connected agent once it commits. */
+	readonly stops: Stop[];
 }
 
 export function rows(sql: SqlStorage, query: string, ...params: SqlStorageValue[]): BufferedRow[] {
@@ -216,23 +224,22 @@ export function prune(sql: SqlStorage, now: number): number {
 // ------------------------------------------------------------------- stops
 
 /**
- * Commands the system ended (cancelled, timed out) that the agent may still
- * be running: it is sent a `cancel` frame now if connected, and again on
+ * Commands the system ended that the agent may still be running (it was
+ * sent them): it is sent a `cancel` frame now if connected, and again on
  * every connect until it answers with a result or PRUNE_AFTER_MS pass.
  */
-export function addStop(sql: SqlStorage, id: string, reason: "requested" | "timeout", now: number): void {
-	sql.exec(
+function addStop(tx: Tx, id: string, reason: Stop["reason"], now: number): void {
+	tx.sql.exec(
 		"insert into stops (id, reason, until) values (?, ?, ?) on conflict (id) do update set reason = excluded.reason",
 		id,
 		reason,
 		now + PRUNE_AFTER_MS,
 	);
+	tx.stops.push({ id, reason });
 }
 
-export function stopsOwed(sql: SqlStorage, now: number): { id: string; reason: "requested" | "timeout" }[] {
-	return sql
-		.exec<{ id: string; reason: "requested" | "timeout" }>("select id, reason from stops where until >= ?", now)
-		.toArray();
+export function stopsOwed(sql: SqlStorage, now: number): Stop[] {
+	return sql.exec<{ id: string; reason: Stop["reason"] }>("select id, reason from stops where until >= ?", now).toArray();
 }
 
 export function clearStop(sql: SqlStorage, id: string): void {
@@ -290,12 +297,15 @@ function cancelAttribution(row: BufferedRow, to: CommandStatus, extra: Extra): P
 	};
 }
 
-export function fail(tx: Tx, row: BufferedRow, now: number, code: FailureCode, error: string): void {
+/** The system ends a command. One it ever sent, the agent may hold: it is told to stop. */
+export function fail(tx: Tx, row: BufferedRow, now: number, code: FailureCode, error: string, extra: Pick<Extra, "actor" | "detail"> = {}): void {
 	moveTo(tx, row, code === FailureCode.EXPIRED ? "expired" : code === FailureCode.CANCEL_UNCONFIRMED ? "cancelled" : "failed", now, {
 		error,
 		errorCode: code,
 		result: null,
+		...extra,
 	});
+	if (row.attempts > 0) addStop(tx, row.id, code === FailureCode.TIMEOUT ? "timeout" : "requested", now);
 }
 
 export function statusCounts(sql: SqlStorage): Partial<Record<CommandStatus, number>> {

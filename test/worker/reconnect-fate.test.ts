@@ -126,3 +126,31 @@ describe("a command whose fate is in doubt waits for the agent's word", () => {
 		back.close();
 	});
 });
+
+describe("what the system ends while the agent may hold it", () => {
+	it("a `cancelled` answer to the stop confirms the system's end and changes nothing", async () => {
+		const agentId = uniqueAgentId();
+		const cmd = await sentThenDropped(agentId, { action: "never_arrived", maxAttempts: 1 });
+		const back = await AgentSocket.connect(agentId, { hello: { concurrency: 5, running: [] } });
+		expect(await back.next("cancel")).toEqual({ type: "cancel", id: cmd.id, reason: "requested" });
+		back.send({ type: "result", id: cmd.id, status: "cancelled" });
+		await framesUntilPong(back);
+		await objectSettled(agentId);
+		expect(await apiCommand(cmd.id)).toMatchObject({ status: "failed", errorCode: "undeliverable" });
+		back.close();
+		await back.closed;
+		const again = await AgentSocket.connect(agentId);
+		expect((await framesUntilPong(again)).filter((f) => f.type === "cancel")).toEqual([]);
+		again.close();
+	});
+
+	it("a command that runs out of attempts while the agent is connected is stopped at once", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "unacked", ackTimeoutSeconds: 1, maxAttempts: 1 });
+		await agent.next("command");
+		expect(await agent.next("cancel", 5_000)).toEqual({ type: "cancel", id: cmd.id, reason: "requested" });
+		expect(await waitForStatus(cmd.id, "failed")).toMatchObject({ errorCode: "undeliverable" });
+		agent.close();
+	});
+});
