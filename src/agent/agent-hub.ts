@@ -251,7 +251,7 @@ export class AgentHub extends DurableObject<Env> {
 		}
 		const frame = parsed.frame;
 		core.heard(now);
-		if (verdict === "refused" && !this.pardoned(frame)) {
+		if (verdict === "refused" && !this.pardoned(frame, now)) {
 			core.send(ws, {
 				type: "error",
 				code: ErrorCode.RATE_LIMITED,
@@ -291,8 +291,8 @@ export class AgentHub extends DurableObject<Env> {
 	 * still taken (dropping it would run the command twice) and not held
 	 * against the sender; anything else is dropped.
 	 */
-	private pardoned(frame: AgentFrame): boolean {
-		const owed = (frame.type === "ack" || frame.type === "result") && answers.holds(this.core.sql, frame.id);
+	private pardoned(frame: AgentFrame, now: number): boolean {
+		const owed = (frame.type === "ack" || frame.type === "result") && answers.holds(this.core.sql, frame.id, now);
 		if (owed) this.limiter?.bucket.pardon();
 		return owed;
 	}

@@ -4,7 +4,9 @@
  * object's storage, like ./buffer.ts, run inside the event's transaction.
  */
 import { FailureCode } from "../protocol";
-import { type BufferedRow, clearStop, fail, getCommand, moveTo, OPEN, rows, type Tx } from "./storage";
+import { type BufferedRow, fail, getCommand, moveTo, OPEN, rows, stopOwed, takeStop, type Tx } from "./storage";
+
+type Outcome = { status: "completed" | "failed" | "cancelled"; result?: unknown; error?: string };
 
 export type FrameOutcome = "applied" | "duplicate" | "unknown" | "not_dispatched";
 
@@ -13,10 +15,10 @@ function sentAndOpen(row: BufferedRow): boolean {
 	return row.status === "dispatched" || row.status === "acknowledged" || (row.status === "pending" && row.attempts > 0);
 }
 
-/** The agent holds this command: it was sent and is not finished. */
-export function holds(sql: SqlStorage, id: string): boolean {
+/** The agent holds this command (sent, not finished), or the system ended it and waits for the agent's word. */
+export function holds(sql: SqlStorage, id: string, now: number): boolean {
 	const row = getCommand(sql, id);
-	return row !== undefined && sentAndOpen(row);
+	return row !== undefined && (sentAndOpen(row) || stopOwed(sql, id, now));
 }
 
 /** Output may come for a command that was sent and is not finished. */
@@ -39,30 +41,38 @@ export function acknowledge(tx: Tx, id: string, now: number, generation: number)
 	return "applied";
 }
 
-export function finish(
-	tx: Tx,
-	id: string,
-	outcome: { status: "completed" | "failed" | "cancelled"; result?: unknown; error?: string },
-	now: number,
-): FrameOutcome {
+export function finish(tx: Tx, id: string, outcome: Outcome, now: number): FrameOutcome {
 	const row = getCommand(tx.sql, id);
 	if (!row) {
-		clearStop(tx.sql, id);
+		takeStop(tx.sql, id, now);
 		return "unknown";
 	}
 	if (row.status === "pending" && row.attempts === 0) return "not_dispatched";
-	// Any answer about a command means the agent is no longer running it. Only
-	// a command the system already ended can be owed a stop.
-	if (!sentAndOpen(row)) {
-		clearStop(tx.sql, id);
-		return "duplicate";
-	}
-	moveTo(tx, row, outcome.status, now, {
+	if (!sentAndOpen(row)) return answerAfterEnd(tx, row, outcome, now);
+	moveTo(tx, row, outcome.status, now, agentsWord(outcome));
+	return "applied";
+}
+
+/**
+ * A result for a finished command. Any answer means the agent no longer
+ * runs it, so its stop ends. If the system ended the command while the
+ * agent may have held it (a stop was owed), a `completed` or `failed`
+ * answer says what became of the work, and the agent's word beats the
+ * system's guess: it replaces that end, once. A `cancelled` answer only
+ * confirms the stop. Anything else is a duplicate: the first result stands.
+ */
+function answerAfterEnd(tx: Tx, row: BufferedRow, outcome: Outcome, now: number): FrameOutcome {
+	if (!takeStop(tx.sql, row.id, now) || outcome.status === "cancelled") return "duplicate";
+	moveTo(tx, row, outcome.status, now, { ...agentsWord(outcome), detail: { reason: "reported_late" } });
+	return "applied";
+}
+
+function agentsWord(outcome: Outcome) {
+	return {
 		result: outcome.result ?? null,
 		error: outcome.status === "failed" ? (outcome.error ?? "failed") : (outcome.error ?? null),
 		errorCode: null,
-	});
-	return "applied";
+	};
 }
 
 /**

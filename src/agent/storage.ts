@@ -226,7 +226,8 @@ export function prune(sql: SqlStorage, now: number): number {
 /**
  * Commands the system ended that the agent may still be running (it was
  * sent them): it is sent a `cancel` frame now if connected, and again on
- * every connect until it answers with a result or PRUNE_AFTER_MS pass.
+ * every connect until it answers with a result or PRUNE_AFTER_MS pass. The
+ * answer still counts (answers.ts, `finish`).
  */
 function addStop(tx: Tx, id: string, reason: Stop["reason"], now: number): void {
 	tx.sql.exec(
@@ -242,8 +243,15 @@ export function stopsOwed(sql: SqlStorage, now: number): Stop[] {
 	return sql.exec<{ id: string; reason: Stop["reason"] }>("select id, reason from stops where until >= ?", now).toArray();
 }
 
-export function clearStop(sql: SqlStorage, id: string): void {
+export function stopOwed(sql: SqlStorage, id: string, now: number): boolean {
+	return sql.exec("select 1 from stops where id = ? and until >= ?", id, now).toArray().length > 0;
+}
+
+/** Any answer about a command ends its stop; says whether one was owed. */
+export function takeStop(sql: SqlStorage, id: string, now: number): boolean {
+	const owed = stopOwed(sql, id, now);
 	sql.exec("delete from stops where id = ?", id);
+	return owed;
 }
 
 // ------------------------------------------------------------- transitions
@@ -297,7 +305,11 @@ function cancelAttribution(row: BufferedRow, to: CommandStatus, extra: Extra): P
 	};
 }
 
-/** The system ends a command. One it ever sent, the agent may hold: it is told to stop. */
+/**
+ * The system ends a command. One it ever sent, the agent may hold: it is
+ * told to stop, and its answer still counts, since its word on what became
+ * of the work beats the system's guess.
+ */
 export function fail(tx: Tx, row: BufferedRow, now: number, code: FailureCode, error: string, extra: Pick<Extra, "actor" | "detail"> = {}): void {
 	moveTo(tx, row, code === FailureCode.EXPIRED ? "expired" : code === FailureCode.CANCEL_UNCONFIRMED ? "cancelled" : "failed", now, {
 		error,

@@ -12,13 +12,17 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
 import { agentHub } from "../../src/agent/stub";
+import { writeStatus } from "../../src/db/status-writes";
 import {
 	AgentSocket,
 	apiCommand,
 	commandEvents,
+	db,
 	endHelloGrace,
 	enqueue,
 	objectSettled,
+	query,
+	sql,
 	uniqueAgentId,
 	waitForStatus,
 } from "../helpers/worker/harness";
@@ -128,6 +132,30 @@ describe("a command whose fate is in doubt waits for the agent's word", () => {
 });
 
 describe("what the system ends while the agent may hold it", () => {
+	it("an unlisted command with no attempts left fails as undeliverable, the agent is told to stop, and its late result stands", async () => {
+		const agentId = uniqueAgentId();
+		const cmd = await sentThenDropped(agentId, { action: "spent", maxAttempts: 1 });
+		const back = await AgentSocket.connect(agentId, { hello: { concurrency: 5, running: [] } });
+		expect(await back.next("cancel")).toEqual({ type: "cancel", id: cmd.id, reason: "requested" });
+		expect(await waitForStatus(cmd.id, "failed")).toMatchObject({ errorCode: "undeliverable" });
+
+		// The agent had finished it: it answers the stop with its result.
+		back.send({ type: "result", id: cmd.id, status: "completed", result: { late: true } });
+		expect(await waitForStatus(cmd.id, "completed")).toMatchObject({ result: { late: true }, error: null, errorCode: null });
+		expect((await trail(cmd.id)).slice(-2)).toEqual(["pending>failed:", "failed>completed:reported_late"]);
+		const [late] = await query<{ actor: string }>(sql`
+			select actor from command_events where command_id = ${cmd.id} and to_status = 'completed'`);
+		expect(late?.actor).toBe(`agent:${agentId}`);
+		// Answered: not told again, and a second answer changes nothing.
+		back.send({ type: "result", id: cmd.id, status: "failed", error: "again" });
+		back.close();
+		await back.closed;
+		const third = await AgentSocket.connect(agentId);
+		expect((await framesUntilPong(third)).filter((f) => f.type === "cancel")).toEqual([]);
+		expect(await apiCommand(cmd.id)).toMatchObject({ status: "completed", result: { late: true } });
+		third.close();
+	});
+
 	it("a `cancelled` answer to the stop confirms the system's end and changes nothing", async () => {
 		const agentId = uniqueAgentId();
 		const cmd = await sentThenDropped(agentId, { action: "never_arrived", maxAttempts: 1 });
@@ -152,5 +180,44 @@ describe("what the system ends while the agent may hold it", () => {
 		expect(await agent.next("cancel", 5_000)).toEqual({ type: "cancel", id: cmd.id, reason: "requested" });
 		expect(await waitForStatus(cmd.id, "failed")).toMatchObject({ errorCode: "undeliverable" });
 		agent.close();
+	});
+});
+
+describe("Postgres moves a finished command again only for the agent's late word", () => {
+	const at = () => new Date().toISOString();
+	const late = (id: string, from: "failed" | "completed" | "expired") => ({
+		kind: "transition" as const,
+		key: `test:${crypto.randomUUID()}`,
+		commandId: id,
+		from,
+		to: "completed" as const,
+		at: at(),
+		attempts: 1,
+		result: "late",
+		errorCode: null,
+		detail: { reason: "reported_late" },
+	});
+
+	async function finishedRow(agentId: string, status: string, errorCode: string | null): Promise<string> {
+		const [row] = await query<{ id: string }>(sql`
+			insert into agent_commands (agent_id, action, status, attempts, error_code, completed_at)
+			values (${agentId}, 'ended', ${status}, 1, ${errorCode}, now()) returning id`);
+		return row?.id ?? "";
+	}
+
+	it("takes a late report over the system's end it answers, and nothing else", async () => {
+		const agentId = uniqueAgentId();
+		const systemEnded = await finishedRow(agentId, "failed", "undeliverable");
+		const agentEnded = await finishedRow(agentId, "failed", null);
+		const otherEnd = await finishedRow(agentId, "cancelled", "cancel_unconfirmed");
+		await db((d) => writeStatus(d, [late(systemEnded, "failed"), late(agentEnded, "failed"), late(otherEnd, "failed")], null, agentId));
+		expect(await apiCommand(systemEnded)).toMatchObject({ status: "completed", result: "late", errorCode: null });
+		// The agent's own result is never replaced, nor an end the report does not answer.
+		expect(await apiCommand(agentEnded)).toMatchObject({ status: "failed", result: null });
+		expect(await apiCommand(otherEnd)).toMatchObject({ status: "cancelled", errorCode: "cancel_unconfirmed" });
+		// Any other transition still cannot move a finished command.
+		const plain = { ...late(otherEnd, "failed"), detail: { reason: "delivery" }, from: "cancelled" as const };
+		await db((d) => writeStatus(d, [plain], null, agentId));
+		expect(await apiCommand(otherEnd)).toMatchObject({ status: "cancelled" });
 	});
 });
