@@ -210,8 +210,9 @@ function dispatch(tx: Tx, row: BufferedRow, generation: number, now: number): { 
 /**
  * Puts dispatched-but-unacknowledged commands back in the queue: their socket
  * is gone (`disconnected`, `reconnect`) or their ack deadline passed
- * (`ack_timeout`). They go out again, attempt + 1, when the window allows.
- * One whose cancel was requested is cancelled instead: it is never resent.
+ * (`ack_timeout`). They go out again, attempt + 1, when the window allows
+ * and, after a reconnect, once the agent's hello says it does not hold them
+ * (core.pump). One whose cancel was requested is cancelled instead.
  */
 export function requeueDispatched(tx: Tx, now: number, reason: "disconnected" | "reconnect" | "ack_timeout"): number {
 	if (tx.counts.inFlight === 0) return 0;

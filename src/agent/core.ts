@@ -255,7 +255,7 @@ export class AgentCore {
 		});
 		if (requeued) log("info", "agent.requeued", { agentId: this.name, requeued });
 		await this.changed();
-		// Requeued commands count their ttl again, and the silence check is gone.
+		// The silence check is gone with the socket, and so is any ack deadline.
 		await this.settleAlarm();
 	}
 
