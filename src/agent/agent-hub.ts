@@ -3,6 +3,7 @@ import { errorFields, log } from "../log";
 import { type AgentFrame, CANCEL_GRACE_SECONDS, CloseCode, ErrorCode, MAX_FRAME_BYTES, PING_TEXT, PONG_TEXT, parseAgentFrame } from "../protocol";
 import { acceptedSubprotocol } from "../auth/credentials";
 import { BackgroundJob } from "./background-job";
+import * as answers from "./answers";
 import * as buffer from "./buffer";
 import { CatchUp } from "./catch-up";
 import { acceptAgent } from "./connect";
@@ -23,11 +24,11 @@ const ALARM_RETRY_MS = 1_000;
 
 /**
  * One object per agent id: holds the agent's hibernatable socket, buffers
- * its commands in SQLite, applies the delivery rules in ./buffer.ts, and
- * journals every change for Postgres (./flush.ts) and for observers, so a
- * Postgres outage delays the write but never loses it. This class holds the
- * platform's entry points only; docs/architecture.md follows one command
- * through the modules they call.
+ * its commands in SQLite, applies the delivery rules in ./buffer.ts and
+ * ./answers.ts, and journals every change for Postgres (./flush.ts) and
+ * for observers, so a Postgres outage delays the write but never loses
+ * it. This class holds the platform's entry points only;
+ * docs/architecture.md follows one command through the modules they call.
  */
 export class AgentHub extends DurableObject<Env> {
 	private readonly core: AgentCore;
@@ -253,7 +254,7 @@ export class AgentHub extends DurableObject<Env> {
 		}
 		const frame = parsed.frame;
 		core.heard(now);
-		if (verdict === "refused" && !this.pardoned(frame)) {
+		if (verdict === "refused" && !this.pardoned(frame, now)) {
 			core.send(ws, {
 				type: "error",
 				code: ErrorCode.RATE_LIMITED,
@@ -293,8 +294,8 @@ export class AgentHub extends DurableObject<Env> {
 	 * still taken (dropping it would run the command twice) and not held
 	 * against the sender; anything else is dropped.
 	 */
-	private pardoned(frame: AgentFrame): boolean {
-		const owed = (frame.type === "ack" || frame.type === "result") && buffer.holds(this.core.sql, frame.id);
+	private pardoned(frame: AgentFrame, now: number): boolean {
+		const owed = (frame.type === "ack" || frame.type === "result") && answers.holds(this.core.sql, frame.id, now);
 		if (owed) this.limiter?.bucket.pardon();
 		return owed;
 	}
@@ -344,9 +345,7 @@ export class AgentHub extends DurableObject<Env> {
 		await core.checkHeartbeat(now);
 		const timers = core.state.timers();
 		core.atomically((tx) => {
-			const { stop } = buffer.runDueTimers(tx, now);
-			const ws = core.currentSocket();
-			if (ws) for (const id of stop) core.send(ws, { type: "cancel", id, reason: "timeout" });
+			buffer.runDueTimers(tx, now);
 			if ((timers.get("hello") ?? Number.POSITIVE_INFINITY) <= now) this.assumeNothingRunning(tx, now);
 			core.pump(tx);
 		});
@@ -365,7 +364,7 @@ export class AgentHub extends DurableObject<Env> {
 		const generation = core.generation();
 		core.state.clearTimer("hello");
 		if (core.state.get("hello_generation") === generation || !core.currentSocket()) return;
-		const changed = buffer.applyHello(tx, new Set(), now, generation, "no_hello");
+		const changed = answers.applyHello(tx, new Set(), now, generation, "no_hello");
 		if (changed) log("info", "agent.no_hello", { agentId: core.name, generation, changed });
 	}
 

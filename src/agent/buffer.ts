@@ -1,16 +1,14 @@
 /**
  * Every delivery rule of an agent's object, as plain functions over its
  * SQLite storage (./storage.ts): intake, the concurrency window, requeues,
- * acks and results, hello reconciliation, cancel, and timers. No socket and
+ * cancel, and timers; what the agent's own frames do is in ./answers.ts. No socket and
  * no network, so the rules can be tested on their own; the object class only
  * wires events to them. Callers run each call inside the event's one
  * transaction (a `Tx`), so a change and its journal entry are one write.
  */
 import { CANCEL_GRACE_SECONDS, type CommandFrame, type CommandStatus, FailureCode, TERMINAL_STATUSES } from "../protocol";
 import {
-	addStop,
 	type BufferedRow,
-	clearStop,
 	fail,
 	getCommand,
 	moveTo,
@@ -108,14 +106,20 @@ function insertCommand(sql: SqlStorage, c: BufferInput, status: CommandStatus, n
 /** The earliest deadline a newly buffered command brings (its ttl, or a run deadline already counting). */
 export function deadlineOf(c: BufferInput): number | null {
 	const run = c.timeoutSeconds && c.firstDispatchedAt ? c.firstDispatchedAt + c.timeoutSeconds * 1000 : null;
-	if (c.expiresAt === null) return run;
-	return run === null ? c.expiresAt : Math.min(run, c.expiresAt);
+	const ttl = c.attempts === 0 ? c.expiresAt : null;
+	if (ttl === null) return run;
+	return run === null ? ttl : Math.min(run, ttl);
 }
 
-/** Cancels a command that is not out with the agent now; if it ever was, the agent is told to stop. */
+/**
+ * Cancels a command that is not out with the agent now. One it was ever
+ * sent, it may hold: that end is the system's guess, unconfirmed, and the
+ * agent is told to stop (`fail`).
+ */
 function cancelQueued(tx: Tx, row: BufferedRow, now: number, actor = "system"): void {
-	moveTo(tx, row, "cancelled", now, { detail: { reason: "requested" }, result: null, error: null, actor });
-	if (row.attempts > 0) addStop(tx.sql, row.id, "requested", now);
+	const extra = { detail: { reason: "requested" }, actor };
+	if (row.attempts > 0) fail(tx, row, now, FailureCode.CANCEL_UNCONFIRMED, "cancelled before the agent acknowledged it", extra);
+	else moveTo(tx, row, "cancelled", now, { ...extra, result: null, error: null });
 }
 
 // ---------------------------------------------------------------- delivery
@@ -161,10 +165,14 @@ export function fillWindow(
 	return { frames, wakeBy };
 }
 
-/** Ends a pending command that must not be sent any more; says whether it did. */
+/**
+ * Ends a pending command that must not be sent any more; says whether it
+ * did. A ttl bounds the wait for a first dispatch only: once sent, the
+ * agent may be running it, and only its word (or the run deadline) ends it.
+ */
 function finishUnsendable(tx: Tx, row: BufferedRow, now: number): boolean {
 	if (row.cancel_requested_at !== null) cancelQueued(tx, row, now);
-	else if (row.expires_at !== null && row.expires_at <= now) fail(tx, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
+	else if (row.attempts === 0 && row.expires_at !== null && row.expires_at <= now) fail(tx, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
 	else if (row.run_deadline !== null && row.run_deadline <= now) fail(tx, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
 	else if (row.attempts >= row.max_attempts) fail(tx, row, now, FailureCode.UNDELIVERABLE, `not acknowledged after ${row.attempts} attempts`);
 	else return false;
@@ -202,8 +210,9 @@ function dispatch(tx: Tx, row: BufferedRow, generation: number, now: number): { 
 /**
  * Puts dispatched-but-unacknowledged commands back in the queue: their socket
  * is gone (`disconnected`, `reconnect`) or their ack deadline passed
- * (`ack_timeout`). They go out again, attempt + 1, when the window allows.
- * One whose cancel was requested is cancelled instead: it is never resent.
+ * (`ack_timeout`). They go out again, attempt + 1, when the window allows
+ * and, after a reconnect, once the agent's hello says it does not hold them
+ * (core.pump). One whose cancel was requested is cancelled instead.
  */
 export function requeueDispatched(tx: Tx, now: number, reason: "disconnected" | "reconnect" | "ack_timeout"): number {
 	if (tx.counts.inFlight === 0) return 0;
@@ -212,106 +221,19 @@ export function requeueDispatched(tx: Tx, now: number, reason: "disconnected" | 
 			? rows(tx.sql, "select * from commands where status = 'dispatched' and ack_deadline <= ?", now)
 			: rows(tx.sql, "select * from commands where status = 'dispatched'");
 	for (const row of due) {
-		if (row.cancel_requested_at !== null) {
-			fail(tx, row, now, FailureCode.CANCEL_UNCONFIRMED, "cancelled before the agent acknowledged it");
-			addStop(tx.sql, row.id, "requested", now);
-		} else {
-			moveTo(tx, row, "pending", now, { detail: { reason, attempt: row.attempts } });
-		}
+		if (row.cancel_requested_at !== null) fail(tx, row, now, FailureCode.CANCEL_UNCONFIRMED, "cancelled before the agent acknowledged it");
+		else moveTo(tx, row, "pending", now, { detail: { reason, attempt: row.attempts } });
 	}
 	return due.length;
 }
 
-export type FrameOutcome = "applied" | "duplicate" | "unknown" | "not_dispatched";
-
-/** A command the agent may legitimately know: sent at least once and not finished. */
-function sentAndOpen(row: BufferedRow): boolean {
-	return row.status === "dispatched" || row.status === "acknowledged" || (row.status === "pending" && row.attempts > 0);
-}
-
-/** The agent holds this command: it was sent and is not finished. */
-export function holds(sql: SqlStorage, id: string): boolean {
-	const row = getCommand(sql, id);
-	return row !== undefined && sentAndOpen(row);
-}
-
-/** Output may come for a command that was sent and is not finished. */
-export function acceptsOutput(sql: SqlStorage, id: string): { outcome: FrameOutcome; row?: BufferedRow } {
-	const row = getCommand(sql, id);
-	if (!row) return { outcome: "unknown" };
-	if (row.status === "pending" && row.attempts === 0) return { outcome: "not_dispatched", row };
-	return { outcome: sentAndOpen(row) ? "applied" : "duplicate", row };
-}
-
-/** `generation` is the connection the ack came on: proof the agent has the command on it. */
-export function acknowledge(tx: Tx, id: string, now: number, generation: number): FrameOutcome {
-	const row = getCommand(tx.sql, id);
-	if (!row) return "unknown";
-	if (row.status === "pending" && row.attempts === 0) return "not_dispatched";
-	if (row.status === "acknowledged" || !sentAndOpen(row)) return "duplicate";
-	// Also from `pending`: a command requeued after a disconnect that the agent
-	// had in fact received. It is running; do not send it again.
-	moveTo(tx, row, "acknowledged", now, {}, generation);
-	return "applied";
-}
-
-export function finish(
-	tx: Tx,
-	id: string,
-	outcome: { status: "completed" | "failed" | "cancelled"; result?: unknown; error?: string },
-	now: number,
-): FrameOutcome {
-	const row = getCommand(tx.sql, id);
-	if (!row) {
-		clearStop(tx.sql, id);
-		return "unknown";
-	}
-	if (row.status === "pending" && row.attempts === 0) return "not_dispatched";
-	// Any answer about a command means the agent is no longer running it. Only
-	// a command the system already ended can be owed a stop.
-	if (!sentAndOpen(row)) {
-		clearStop(tx.sql, id);
-		return "duplicate";
-	}
-	moveTo(tx, row, outcome.status, now, {
-		result: outcome.result ?? null,
-		error: outcome.status === "failed" ? (outcome.error ?? "failed") : (outcome.error ?? null),
-		errorCode: null,
-	});
-	return "applied";
-}
-
 /**
- * Reconciles with the agent's own list of running commands. Commands
- * acknowledged on an earlier connection that it does not list were lost (the
- * agent restarted): they are sent again, or failed with `lost` once their
- * attempts are spent. One acknowledged on this connection is proof enough and
- * is left alone. Sent commands it does list are running, whatever the buffer
- * thought.
+ * Whether a command that was sent before waits in the queue. Its fate is
+ * unknown until the connection's `hello` (or that hello's grace) says
+ * whether the agent holds it.
  */
-export function applyHello(
-	tx: Tx,
-	running: ReadonlySet<string>,
-	now: number,
-	generation: number,
-	reason: "lost" | "no_hello" = "lost",
-): number {
-	if (tx.counts.open === 0) return 0;
-	let changed = 0;
-	for (const row of rows(tx.sql, `select * from commands where status in ${OPEN}`)) {
-		const listed = running.has(row.id);
-		if (row.status === "acknowledged" && !listed && row.generation !== generation) {
-			changed++;
-			if (row.cancel_requested_at !== null) moveTo(tx, row, "cancelled", now, { detail: { reason: "lost" } });
-			else if (row.attempts >= row.max_attempts)
-				fail(tx, row, now, FailureCode.LOST, "the agent lost it and no attempts are left");
-			else moveTo(tx, row, "pending", now, { detail: { reason, attempt: row.attempts } });
-		} else if (listed && row.status !== "acknowledged" && sentAndOpen(row)) {
-			changed++;
-			moveTo(tx, row, "acknowledged", now, { detail: { reason: "reported_running" } }, generation);
-		}
-	}
-	return changed;
+export function sentBeforeAndQueued(sql: SqlStorage): boolean {
+	return sql.exec("select 1 from commands where status = 'pending' and attempts > 0 limit 1").toArray().length > 0;
 }
 
 export type CancelOutcome = "cancelled" | "cancel_requested" | "already_finished" | "unknown";
@@ -352,20 +274,15 @@ export function cancelsOwed(sql: SqlStorage, now: number): { id: string; reason:
 	return [...open, ...stopsOwed(sql, now)];
 }
 
-/**
- * Runs every timer that is due. Returns the ids of commands the agent must
- * be told to stop (execution timeout while it holds them).
- */
-export function runDueTimers(tx: Tx, now: number): { stop: string[] } {
+/** Runs every timer that is due. What it ends that the agent may hold, the agent is told to stop (`fail`). */
+export function runDueTimers(tx: Tx, now: number): void {
 	const { sql } = tx;
-	const stop: string[] = [];
 	for (const row of rows(
 		sql,
 		`select * from commands where status in ${OPEN} and cancel_deadline is not null and cancel_deadline <= ?`,
 		now,
 	)) {
 		fail(tx, row, now, FailureCode.CANCEL_UNCONFIRMED, "the agent did not confirm the cancel in time");
-		addStop(sql, row.id, "requested", now);
 	}
 	for (const row of rows(
 		sql,
@@ -373,21 +290,15 @@ export function runDueTimers(tx: Tx, now: number): { stop: string[] } {
 		now,
 	)) {
 		fail(tx, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
-		if (row.status !== "pending" || row.attempts > 0) {
-			// It may still be running; told now if connected, and on every connect until it answers.
-			addStop(sql, row.id, "timeout", now);
-			stop.push(row.id);
-		}
 	}
 	for (const row of rows(
 		sql,
-		"select * from commands where status = 'pending' and expires_at is not null and expires_at <= ?",
+		"select * from commands where status = 'pending' and attempts = 0 and expires_at is not null and expires_at <= ?",
 		now,
 	)) {
 		fail(tx, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
 	}
 	requeueDispatched(tx, now, "ack_timeout");
-	return { stop };
 }
 
 /** The earliest moment any command timer is due, or null. */
@@ -396,7 +307,7 @@ export function nextDeadline(sql: SqlStorage): number | null {
 		.exec<{ at: number | null }>(
 			`select min(at) as at from (
 				select min(ack_deadline) as at from commands where status = 'dispatched'
-				union all select min(expires_at) from commands where status = 'pending'
+				union all select min(expires_at) from commands where status = 'pending' and attempts = 0
 				union all select min(run_deadline) from commands where status in ${OPEN}
 				union all select min(cancel_deadline) from commands where status in ${OPEN}
 			)`,

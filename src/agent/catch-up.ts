@@ -7,7 +7,8 @@
  */
 import { listOpenCommands } from "../db/commands";
 import { log } from "../log";
-import { addCommand, applyHello, deadlineOf } from "./buffer";
+import { applyHello } from "./answers";
+import { addCommand, deadlineOf } from "./buffer";
 import type { AgentCore } from "./core";
 import { toBufferInput } from "./stub";
 

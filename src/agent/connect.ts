@@ -59,8 +59,9 @@ export function acceptAgent(core: AgentCore, request: Request, startCatchUp: () 
 
 /**
  * The new connection's state. Whatever the previous socket was sent and
- * never acknowledged goes out again on this one: a close event for it may
- * never have come (a crash). Returns how many were requeued.
+ * never acknowledged goes back in the queue (a close event for it may never
+ * have come: a crash), where it waits for this connection's hello to say
+ * whether the agent holds it. Returns how many were requeued.
  */
 function startConnection(core: AgentCore, tx: Tx, generation: number, now: number, expiresAt: number | undefined): number {
 	core.state.set("generation", generation);

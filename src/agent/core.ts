@@ -15,7 +15,7 @@ import { Journal } from "./journal";
 import { Observers } from "./observers";
 import { closeQuietly, generationOf, send, socketOf } from "./sockets";
 import { State } from "./state";
-import { Counts, type Tx } from "./storage";
+import { Counts, type Stop, type Tx } from "./storage";
 
 export const SILENCE_LIMIT_MS = HEARTBEAT_INTERVAL_SECONDS * HEARTBEAT_MISSES * 1000;
 /**
@@ -42,6 +42,8 @@ export class AgentCore {
 	readonly db: Database;
 	/** The last frame taken, in memory; written to state with the flush (and by pings) so hibernation keeps it. */
 	private lastFrameAt = 0;
+	/** Stops the transaction under way added (see Tx). */
+	readonly stops: Stop[] = [];
 	/** Commands that ended in the transaction under way, logged once it commits. */
 	private ended: { id: string; status: string; attempts: number; errorCode?: string | null }[] = [];
 
@@ -88,6 +90,7 @@ export class AgentCore {
 			});
 		} catch (err) {
 			this.outgoing = undefined;
+			this.stops.length = 0;
 			this.ended = [];
 			this.state.forget();
 			this.journal.rollback();
@@ -96,6 +99,7 @@ export class AgentCore {
 		}
 		// State first, then the wire: a frame lost with its socket is redelivered
 		// on the next connect, and a frame never goes out for a rolled-back change.
+		this.queueStops(this.outgoing);
 		const outgoing = this.outgoing;
 		this.outgoing = undefined;
 		for (const { ws, frame } of outgoing) this.send(ws, frame);
@@ -106,6 +110,16 @@ export class AgentCore {
 
 	/** Frames to send once the transaction under way commits; undefined outside one. */
 	private outgoing: { ws: WebSocket; frame: ServerFrame }[] | undefined;
+
+	/** The stops a transaction added go out at once to a connected agent, unless the event sends them itself. */
+	private queueStops(outgoing: { ws: WebSocket; frame: ServerFrame }[]): void {
+		const ws = this.currentSocket();
+		for (const { id, reason } of this.stops) {
+			const sent = outgoing.some((o) => o.frame.type === "cancel" && o.frame.id === id);
+			if (ws && !sent) outgoing.push({ ws, frame: { type: "cancel", id, reason } });
+		}
+		this.stops.length = 0;
+	}
 
 	/** Drops every in-memory copy of storage (see AgentHub.reloadState). */
 	reload(): void {
@@ -176,6 +190,7 @@ export class AgentCore {
 		const now = Date.now();
 		if (!ws || this.silentPastLimit(ws, now) !== null) return [];
 		if (this.counts.inFlight >= this.concurrency()) return [];
+		if (this.awaitingHello()) return [];
 		const generation = this.generation();
 		const { frames, wakeBy } = buffer.fillWindow(tx, this.concurrency(), generation, now);
 		for (const f of frames) {
@@ -184,6 +199,16 @@ export class AgentCore {
 		}
 		if (wakeBy !== null) this.wakeNeeded = Math.min(this.wakeNeeded ?? wakeBy, wakeBy);
 		return frames.map((f) => f.id);
+	}
+
+	/**
+	 * Whether this connection's `hello` (or its grace) has yet to say if the
+	 * agent holds what earlier connections sent it. Until then nothing is
+	 * sent: a resend could run a command twice, a send past it break the
+	 * order, and the agent's window may be full of work the object cannot see.
+	 */
+	private awaitingHello(): boolean {
+		return this.state.timer("hello") !== undefined && buffer.sentBeforeAndQueued(this.sql);
 	}
 
 	/** Whether the agent is connected and silent past the limit; if so its socket is closed first (4002). */
@@ -230,7 +255,7 @@ export class AgentCore {
 		});
 		if (requeued) log("info", "agent.requeued", { agentId: this.name, requeued });
 		await this.changed();
-		// Requeued commands count their ttl again, and the silence check is gone.
+		// The silence check is gone with the socket, and so is any ack deadline.
 		await this.settleAlarm();
 	}
 

@@ -14,7 +14,7 @@ import {
 	type OutputFrame,
 	type ResultFrame,
 } from "../protocol";
-import * as buffer from "./buffer";
+import * as answers from "./answers";
 import type { AgentCore } from "./core";
 import { admitOutput, recordOutput } from "./output";
 
@@ -60,7 +60,7 @@ async function hello({ host, generation, now }: FrameContext, frame: HelloFrame)
 		host.state.set("hello_generation", generation);
 		host.state.set("hello_running", frame.running);
 		host.state.clearTimer("hello");
-		const changed = buffer.applyHello(tx, new Set(frame.running), now, generation);
+		const changed = answers.applyHello(tx, new Set(frame.running), now, generation);
 		return { changed, sent: host.pump(tx).length };
 	});
 	host.alarm.markStale();
@@ -69,7 +69,7 @@ async function hello({ host, generation, now }: FrameContext, frame: HelloFrame)
 }
 
 async function ack({ host, ws, generation, now }: FrameContext, frame: AckFrame): Promise<void> {
-	const outcome = host.atomically((tx) => buffer.acknowledge(tx, frame.id, now, generation));
+	const outcome = host.atomically((tx) => answers.acknowledge(tx, frame.id, now, generation));
 	if (refuse(host, ws, outcome, frame.id)) return;
 	host.alarm.markStale();
 	await host.changed();
@@ -77,7 +77,7 @@ async function ack({ host, ws, generation, now }: FrameContext, frame: AckFrame)
 
 async function result({ host, ws, now }: FrameContext, frame: ResultFrame): Promise<void> {
 	const outcome = host.atomically((tx) => {
-		const outcome = buffer.finish(tx, frame.id, frame, now);
+		const outcome = answers.finish(tx, frame.id, frame, now);
 		if (outcome === "applied") host.pump(tx);
 		return outcome;
 	});
@@ -115,13 +115,13 @@ async function refresh({ host, ws, generation, now }: FrameContext, frame: AuthR
 }
 
 /** Answers a frame that changed nothing with the error it deserves; says whether it did not apply. */
-function refuse(host: FrameHost, ws: WebSocket, outcome: buffer.FrameOutcome, id: string): boolean {
+function refuse(host: FrameHost, ws: WebSocket, outcome: answers.FrameOutcome, id: string): boolean {
 	const error = refusalFor(outcome, id);
 	if (error) host.send(ws, error);
 	return outcome !== "applied";
 }
 
-function refusalFor(outcome: buffer.FrameOutcome, id: string): ErrorFrame | undefined {
+function refusalFor(outcome: answers.FrameOutcome, id: string): ErrorFrame | undefined {
 	switch (outcome) {
 		case "unknown":
 			return { type: "error", code: ErrorCode.UNKNOWN_COMMAND, message: "no such command for this agent", id };

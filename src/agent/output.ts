@@ -10,7 +10,8 @@
  * one dropped after it tells Postgres the output was cut.
  */
 import { OUTPUT_CAP_CHARS } from "../protocol";
-import { acceptsOutput, type FrameOutcome } from "./buffer";
+import { acceptsOutput } from "./answers";
+import type { FrameOutcome } from "./answers";
 
 /** `keep`: journal it. `cut`: drop it and tell Postgres. `repeat`, `past_cap`: drop it quietly. */
 export type OutputOutcome = Exclude<FrameOutcome, "applied"> | "keep" | "cut" | "repeat" | "past_cap";

@@ -2,7 +2,7 @@
  * The agent object's SQLite storage: schema, command rows, stop notices,
  * and the one primitive that moves a command between statuses (and tells
  * the journal, and so Postgres and the observers, in the same breath).
- * The delivery rules built on these live in ./buffer.ts.
+ * The delivery rules built on these live in ./buffer.ts and ./answers.ts.
  *
  * A finished row is removed only PRUNE_AFTER_MS after it finished and once
  * Postgres has confirmed everything journaled, and never while a catch-up
@@ -203,15 +203,23 @@ export class Counts {
 	}
 }
 
+/** A `cancel` frame the agent is owed for a command the system ended. */
+export interface Stop {
+	id: string;
+	reason: "requested" | "timeout";
+}
+
 /** What the delivery rules write through: the table, the journal and the counts, inside one transaction. */
 export interface Tx {
 	readonly sql: SqlStorage;
 	readonly journal: Journal;
 	readonly counts: Counts;
+	/** Stops added in this transaction: sent to a connected agent once it commits. */
+	readonly stops: Stop[];
 }
 
 export function rows(sql: SqlStorage, query: string, ...params: SqlStorageValue[]): BufferedRow[] {
-	// SAFETY: only this module and buffer.ts write the commands table, with these columns.
+	// SAFETY: only this module, buffer.ts and answers.ts write the commands table, with these columns.
 	return sql.exec(query, ...params).toArray() as unknown as BufferedRow[];
 }
 
@@ -228,27 +236,34 @@ export function prune(sql: SqlStorage, now: number): number {
 // ------------------------------------------------------------------- stops
 
 /**
- * Commands the system ended (cancelled, timed out) that the agent may still
- * be running: it is sent a `cancel` frame now if connected, and again on
- * every connect until it answers with a result or PRUNE_AFTER_MS pass.
+ * Commands the system ended that the agent may still be running (it was
+ * sent them): it is sent a `cancel` frame now if connected, and again on
+ * every connect until it answers with a result or PRUNE_AFTER_MS pass. The
+ * answer still counts (answers.ts, `finish`).
  */
-export function addStop(sql: SqlStorage, id: string, reason: "requested" | "timeout", now: number): void {
-	sql.exec(
+function addStop(tx: Tx, id: string, reason: Stop["reason"], now: number): void {
+	tx.sql.exec(
 		"insert into stops (id, reason, until) values (?, ?, ?) on conflict (id) do update set reason = excluded.reason",
 		id,
 		reason,
 		now + PRUNE_AFTER_MS,
 	);
+	tx.stops.push({ id, reason });
 }
 
-export function stopsOwed(sql: SqlStorage, now: number): { id: string; reason: "requested" | "timeout" }[] {
-	return sql
-		.exec<{ id: string; reason: "requested" | "timeout" }>("select id, reason from stops where until >= ?", now)
-		.toArray();
+export function stopsOwed(sql: SqlStorage, now: number): Stop[] {
+	return sql.exec<{ id: string; reason: Stop["reason"] }>("select id, reason from stops where until >= ?", now).toArray();
 }
 
-export function clearStop(sql: SqlStorage, id: string): void {
+export function stopOwed(sql: SqlStorage, id: string, now: number): boolean {
+	return sql.exec("select 1 from stops where id = ? and until >= ?", id, now).toArray().length > 0;
+}
+
+/** Any answer about a command ends its stop; says whether one was owed. */
+export function takeStop(sql: SqlStorage, id: string, now: number): boolean {
+	const owed = stopOwed(sql, id, now);
 	sql.exec("delete from stops where id = ?", id);
+	return owed;
 }
 
 // ------------------------------------------------------------- transitions
@@ -302,12 +317,19 @@ function cancelAttribution(row: BufferedRow, to: CommandStatus, extra: Extra): P
 	};
 }
 
-export function fail(tx: Tx, row: BufferedRow, now: number, code: FailureCode, error: string): void {
+/**
+ * The system ends a command. One it ever sent, the agent may hold: it is
+ * told to stop, and its answer still counts, since its word on what became
+ * of the work beats the system's guess.
+ */
+export function fail(tx: Tx, row: BufferedRow, now: number, code: FailureCode, error: string, extra: Pick<Extra, "actor" | "detail"> = {}): void {
 	moveTo(tx, row, code === FailureCode.EXPIRED ? "expired" : code === FailureCode.CANCEL_UNCONFIRMED ? "cancelled" : "failed", now, {
 		error,
 		errorCode: code,
 		result: null,
+		...extra,
 	});
+	if (row.attempts > 0) addStop(tx, row.id, code === FailureCode.TIMEOUT ? "timeout" : "requested", now);
 }
 
 export function statusCounts(sql: SqlStorage): Partial<Record<CommandStatus, number>> {

@@ -74,6 +74,8 @@ export interface CommandUpdate {
 	output_append: string | null;
 	/** Output this batch held but did not carry, being past the cap already. */
 	output_dropped: boolean;
+	/** The system's end the agent's late result replaces (answers.ts), when the last transition is one. */
+	late_from: CommandStatus | null;
 }
 
 /**
@@ -103,6 +105,7 @@ export function foldEntries(entries: readonly OutboxEntry[]): CommandUpdate[] {
 				cancel_requested_at: null,
 				output_append: null,
 				output_dropped: false,
+				late_from: null,
 			};
 			byId.set(e.commandId, u);
 		}
@@ -119,6 +122,7 @@ export function foldEntries(entries: readonly OutboxEntry[]): CommandUpdate[] {
 		}
 		else {
 			u.status = e.to;
+			u.late_from = e.detail?.reason === "reported_late" ? e.from : null;
 			u.attempts = Math.max(u.attempts, e.attempts);
 			if (e.to === "dispatched") {
 				u.dispatched_at = e.at;
@@ -148,6 +152,7 @@ export function actorOf(t: Transition, agentId: string): string {
 	const reason = t.detail?.reason;
 	const byAgent =
 		reason === "reported_running" ||
+		reason === "reported_late" ||
 		reason === "lost" ||
 		(reason === undefined && !t.errorCode && ["acknowledged", "completed", "failed", "cancelled"].includes(t.to));
 	return byAgent ? `agent:${agentId}` : "system";
@@ -196,7 +201,7 @@ export async function writeStatus(
 				command_id uuid, status text, attempts int, updated_at timestamptz,
 				dispatched_at timestamptz, first_dispatched_at timestamptz, acknowledged_at timestamptz, completed_at timestamptz,
 				has_result boolean, result jsonb, has_error boolean, error text, error_code text,
-				taken_at timestamptz, cancel_requested_at timestamptz, output_append text, output_dropped boolean)
+				taken_at timestamptz, cancel_requested_at timestamptz, output_append text, output_dropped boolean, late_from text)
 		), upd as (
 			update agent_commands c set
 				status = coalesce(u.status, c.status),
@@ -217,8 +222,10 @@ export async function writeStatus(
 					else left(coalesce(c.output, '') || u.output_append, ${OUTPUT_CAP_CHARS}) end,
 				output_truncated = c.output_truncated or u.output_dropped
 					or length(coalesce(c.output, '')) + length(coalesce(u.output_append, '')) > ${OUTPUT_CAP_CHARS}
-			-- A finished command never moves again, whatever arrives late.
-			from u where c.id = u.command_id and c.status not in ('completed','failed','cancelled','expired')
+			-- A finished command never moves again, whatever arrives late, but for
+			-- one case: the agent's result replaces the system's end it answers.
+			from u where c.id = u.command_id and (c.status not in ('completed','failed','cancelled','expired')
+				or (c.status = u.late_from and c.error_code is not null))
 		), events as (
 			insert into command_events (command_id, from_status, to_status, at, detail, dedup_key, actor)
 			select e.command_id, e.from_status, e.to_status, e.at, e.detail, e.dedup_key, e.actor

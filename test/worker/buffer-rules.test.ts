@@ -8,6 +8,7 @@ import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
+import * as answers from "../../src/agent/answers";
 import * as buffer from "../../src/agent/buffer";
 import type { AgentCore } from "../../src/agent/core";
 import { getCommand } from "../../src/agent/storage";
@@ -69,7 +70,7 @@ describe("the buffer's delivery rules", () => {
 			expect(fill(core, 2)).toEqual([high.id, midA.id]);
 			// The window is full: nothing more goes out until an answer frees a place.
 			expect(fill(core, 2)).toEqual([]);
-			expect(core.atomically((tx) => buffer.finish(tx, high.id, { status: "completed" }, T0))).toBe("applied");
+			expect(core.atomically((tx) => answers.finish(tx, high.id, { status: "completed" }, T0))).toBe("applied");
 			expect(fill(core, 2)).toEqual([midB.id]);
 			expect(core.counts.inFlight).toBe(2);
 			expect(core.counts.pending).toBe(1);
@@ -83,6 +84,19 @@ describe("the buffer's delivery rules", () => {
 			add(core, stale, fresh);
 			expect(fill(core, 5, T0 + 2_000)).toEqual([fresh.id]);
 			expect(statusOf(core, stale.id)).toBe("expired");
+		});
+	});
+
+	it("a ttl bounds only the wait for a first dispatch: a command sent once never expires", async () => {
+		await inFreshObject((core) => {
+			const c = command({ expiresAt: T0 + 1_000 });
+			add(core, c);
+			expect(fill(core, 1)).toEqual([c.id]);
+			core.atomically((tx) => buffer.requeueDispatched(tx, T0 + 1, "disconnected"));
+			expect(buffer.nextDeadline(core.sql)).toBeNull();
+			core.atomically((tx) => buffer.runDueTimers(tx, T0 + 2_000));
+			expect(statusOf(core, c.id)).toBe("pending");
+			expect(fill(core, 1, T0 + 2_000)).toEqual([c.id]);
 		});
 	});
 
@@ -108,11 +122,11 @@ describe("the buffer's delivery rules", () => {
 			add(core, lost, kept);
 			expect(fill(core, 2, T0, 1)).toEqual([lost.id, kept.id]);
 			core.atomically((tx) => {
-				expect(buffer.acknowledge(tx, lost.id, T0, 1)).toBe("applied");
-				expect(buffer.acknowledge(tx, kept.id, T0, 1)).toBe("applied");
+				expect(answers.acknowledge(tx, lost.id, T0, 1)).toBe("applied");
+				expect(answers.acknowledge(tx, kept.id, T0, 1)).toBe("applied");
 			});
 			// The agent restarted: a new connection (generation 2) says it runs only `kept`.
-			expect(core.atomically((tx) => buffer.applyHello(tx, new Set([kept.id]), T0 + 1, 2))).toBe(1);
+			expect(core.atomically((tx) => answers.applyHello(tx, new Set([kept.id]), T0 + 1, 2))).toBe(1);
 			expect(statusOf(core, lost.id)).toBe("pending");
 			expect(statusOf(core, kept.id)).toBe("acknowledged");
 			expect(fill(core, 2, T0 + 2, 2)).toEqual([lost.id]);
@@ -141,10 +155,10 @@ describe("the buffer's delivery rules", () => {
 			const unsent = command();
 			add(core, c, unsent);
 			expect(fill(core, 1)).toEqual([c.id]);
-			expect(core.atomically((tx) => buffer.acknowledge(tx, c.id, T0, 1))).toBe("applied");
-			expect(core.atomically((tx) => buffer.acknowledge(tx, c.id, T0, 1))).toBe("duplicate");
-			expect(core.atomically((tx) => buffer.acknowledge(tx, unsent.id, T0, 1))).toBe("not_dispatched");
-			expect(core.atomically((tx) => buffer.acknowledge(tx, crypto.randomUUID(), T0, 1))).toBe("unknown");
+			expect(core.atomically((tx) => answers.acknowledge(tx, c.id, T0, 1))).toBe("applied");
+			expect(core.atomically((tx) => answers.acknowledge(tx, c.id, T0, 1))).toBe("duplicate");
+			expect(core.atomically((tx) => answers.acknowledge(tx, unsent.id, T0, 1))).toBe("not_dispatched");
+			expect(core.atomically((tx) => answers.acknowledge(tx, crypto.randomUUID(), T0, 1))).toBe("unknown");
 		});
 	});
 

@@ -25,6 +25,7 @@ import {
 	uniqueAgentId,
 	commandEvents,
 	msUntilAlarm,
+	objectSettled,
 	waitFor,
 	waitForStatus,
 } from "../helpers/worker/harness";
@@ -157,7 +158,7 @@ describe("lost in flight", () => {
 		after.close();
 	});
 
-	it("fails it with `lost` once its attempts are spent", async () => {
+	it("fails it with `lost` once its attempts are spent, tells the agent to stop, and takes its late word", async () => {
 		const agentId = uniqueAgentId();
 		const before = await AgentSocket.connect(agentId);
 		const cmd = await enqueue(agentId, { action: "fragile", maxAttempts: 1 });
@@ -167,6 +168,12 @@ describe("lost in flight", () => {
 		before.close();
 		const after = await AgentSocket.connect(agentId, { hello: { concurrency: 5, running: [] } });
 		expect(await waitForStatus(cmd.id, "failed")).toMatchObject({ errorCode: "lost" });
+		// `lost` is the system's guess: the agent may have finished it, and its answer to the stop replaces it.
+		expect(await after.next("cancel")).toEqual({ type: "cancel", id: cmd.id, reason: "requested" });
+		after.send({ type: "result", id: cmd.id, status: "failed", error: "disk full" });
+		await waitFor(async () => (await apiCommand(cmd.id)).errorCode === null, "the agent's failure to replace `lost`");
+		expect(await apiCommand(cmd.id)).toMatchObject({ status: "failed", error: "disk full" });
+		expect((await commandEvents(cmd.id)).at(-1)).toMatchObject({ from_status: "failed", to_status: "failed", detail: { reason: "reported_late" } });
 		expect(after.frames.filter((f) => f.type === "command")).toEqual([]);
 		after.close();
 	});
@@ -256,19 +263,28 @@ describe("expiry and timeouts", () => {
 		agent.close();
 	});
 
-	it("fails a command not finished within timeoutSeconds and tells the agent to stop", async () => {
+	it("fails a command not finished within timeoutSeconds and tells the agent to stop; its answer still counts", async () => {
 		const agentId = uniqueAgentId();
 		const agent = await AgentSocket.connect(agentId);
-		const cmd = await enqueue(agentId, { action: "hangs", timeoutSeconds: 1 });
-		await agent.next("command");
-		agent.send({ type: "ack", id: cmd.id });
-		expect(await agent.next("cancel", 5_000)).toEqual({ type: "cancel", id: cmd.id, reason: "timeout" });
-		expect(await waitForStatus(cmd.id, "failed")).toMatchObject({ errorCode: "timeout" });
-		// A late result does not overturn the verdict.
-		agent.send({ type: "result", id: cmd.id, status: "completed" });
-		agent.send({ type: "ping" });
-		await agent.next("pong");
-		expect((await apiCommand(cmd.id)).status).toBe("failed");
+		const stopped = await enqueue(agentId, { action: "hangs", timeoutSeconds: 1 });
+		const finished = await enqueue(agentId, { action: "just_late", timeoutSeconds: 1 });
+		for (const f of await agent.commands(2)) agent.send({ type: "ack", id: f.id });
+		const cancels = [await agent.next("cancel", 5_000), await agent.next("cancel", 5_000)];
+		expect(new Set(cancels)).toEqual(new Set([stopped.id, finished.id].map((id) => ({ type: "cancel", id, reason: "timeout" }))));
+		expect(await waitForStatus(stopped.id, "failed")).toMatchObject({ errorCode: "timeout" });
+		await waitForStatus(finished.id, "failed");
+
+		// Stopped as asked: the `cancelled` answer confirms the verdict.
+		agent.send({ type: "result", id: stopped.id, status: "cancelled" });
+		// Finished before the stop arrived: the agent's word stands, and the timeout stays in the events.
+		agent.send({ type: "result", id: finished.id, status: "completed", result: "made it" });
+		expect(await waitForStatus(finished.id, "completed")).toMatchObject({ result: "made it", errorCode: null });
+		expect((await commandEvents(finished.id)).slice(-2)).toMatchObject([
+			{ from_status: "acknowledged", to_status: "failed", detail: { errorCode: "timeout" } },
+			{ from_status: "failed", to_status: "completed", detail: { reason: "reported_late" } },
+		]);
+		await objectSettled(agentId);
+		expect(await apiCommand(stopped.id)).toMatchObject({ status: "failed", errorCode: "timeout" });
 		agent.close();
 	});
 });

@@ -6,6 +6,7 @@ import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
+import * as answers from "../../src/agent/answers";
 import * as buffer from "../../src/agent/buffer";
 import type { AgentCore } from "../../src/agent/core";
 import { pruneSettled } from "../../src/agent/flush";
@@ -17,6 +18,7 @@ import {
 	connectSettled,
 	apiCommand,
 	db,
+	endHelloGrace,
 	enqueue,
 	query,
 	sql,
@@ -138,15 +140,7 @@ describe("an agent that never says hello", () => {
 		await first.closed;
 
 		const second = await AgentSocket.connect(agentId, { hello: false });
-		const stub = agentHub(env, agentId);
-		await runInDurableObject(stub, (instance: AgentHub, state) => {
-			state.storage.sql.exec("update meta set value = ? where key = 'timer:hello'", String(Date.now() - 1));
-			instance.reloadState();
-		});
-		await waitFor(async () => {
-			await runDurableObjectAlarm(stub);
-			return second.frames.some((f) => f.type === "command");
-		}, "the hello grace period to end");
+		await endHelloGrace(agentId, () => second.frames.some((f) => f.type === "command"));
 		expect(await second.next("command")).toMatchObject({ id: cmd.id, attempt: 2 });
 		second.send({ type: "result", id: cmd.id, status: "completed" });
 		expect((await second.next("command")).id).toBe(behind.id);
@@ -216,7 +210,7 @@ describe("Postgres is the record, and it never goes backwards", () => {
 			const t0 = Date.now();
 			core.atomically((tx) => {
 				buffer.fillWindow(tx, 1, 1, t0);
-				expect(buffer.finish(tx, cmd.id, { status: "completed" }, t0)).toBe("applied");
+				expect(answers.finish(tx, cmd.id, { status: "completed" }, t0)).toBe("applied");
 			});
 			// Twelve minutes of outage: Postgres has not confirmed it, so it stays.
 			expect(pruneSettled(s, t0 + 12 * 60_000, { unsynced: 1, reading: false })).toBe(0);

@@ -2,10 +2,11 @@
  * Test harness inside workerd: real HTTP through the worker's fetch, real
  * WebSocket upgrades to the agent objects, real Postgres through the driver.
  */
-import { runInDurableObject } from "cloudflare:test";
+import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
 import { expect } from "vitest";
 import { sql, type SQL } from "drizzle-orm";
+import type { AgentHub } from "../../../src/agent/agent-hub";
 import { signAgentToken } from "../../../src/auth/agent-token";
 import { type Db, withDb } from "../../../src/db/client";
 import { type ServerFrame, ServerFrame as ServerFrameSchema } from "../../../src/protocol";
@@ -103,6 +104,23 @@ export async function objectSettled(agentId: string, opts: { connected?: boolean
 export async function msUntilAlarm(agentId: string): Promise<number> {
 	const { agentHub } = await import("../../../src/agent/stub");
 	return runInDurableObject(agentHub(env, agentId), async (_instance, state) => ((await state.storage.getAlarm()) ?? 0) - Date.now());
+}
+
+/**
+ * Ends the current connection's hello grace period now (the agent has sent
+ * no hello) and runs the object's alarm until `acted` says it was acted on.
+ */
+export async function endHelloGrace(agentId: string, acted: () => boolean): Promise<void> {
+	const { agentHub } = await import("../../../src/agent/stub");
+	const stub = agentHub(env, agentId);
+	await runInDurableObject(stub, (instance: AgentHub, state) => {
+		state.storage.sql.exec("update meta set value = ? where key = 'timer:hello'", String(Date.now() - 1));
+		instance.reloadState();
+	});
+	await waitFor(async () => {
+		await runDurableObjectAlarm(stub);
+		return acted();
+	}, "the hello grace period to end");
 }
 
 type FrameOf<T extends ServerFrame["type"]> = Extract<ServerFrame, { type: T }>;
