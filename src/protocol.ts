@@ -139,6 +139,8 @@ export const ErrorCode = {
 	UNSUPPORTED_MEDIA_TYPE: "unsupported_media_type",
 	UPGRADE_REQUIRED: "upgrade_required",
 	ALREADY_FINISHED: "already_finished",
+	/** An idempotency key sent again with a different command than the one it first named. */
+	IDEMPOTENCY_KEY_REUSED: "idempotency_key_reused",
 	DB_UNAVAILABLE: "db_unavailable",
 	AGENT_UNAVAILABLE: "agent_unavailable",
 	INTERNAL: "internal",
