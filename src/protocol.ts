@@ -142,6 +142,8 @@ export const ErrorCode = {
 	/** An idempotency key sent again with a different command than the one it first named. */
 	IDEMPOTENCY_KEY_REUSED: "idempotency_key_reused",
 	DB_UNAVAILABLE: "db_unavailable",
+	/** Postgres kept giving up on the request's statement because of concurrent ones (HTTP 503, Retry-After). */
+	DB_CONFLICT: "db_conflict",
 	AGENT_UNAVAILABLE: "agent_unavailable",
 	INTERNAL: "internal",
 	// frame-only

@@ -48,6 +48,35 @@ export async function query<T = Record<string, unknown>>(q: SQL): Promise<T[]> {
 
 export { sql };
 
+/**
+ * Runs `statement` in a transaction on a connection of its own (taking a
+ * lock, say), then `fn`, and ends the transaction once `fn` has settled.
+ */
+export async function withDbHeld<T>(statement: SQL, fn: () => Promise<T>): Promise<T> {
+	let release = () => {};
+	const released = new Promise<void>((r) => {
+		release = r;
+	});
+	let held = () => {};
+	const holding = new Promise<void>((r) => {
+		held = r;
+	});
+	const holder = db((d) =>
+		d.transaction(async (tx) => {
+			await tx.execute(statement);
+			held();
+			await released;
+		}),
+	);
+	await Promise.race([holding, holder]);
+	try {
+		return await fn();
+	} finally {
+		release();
+		await holder;
+	}
+}
+
 export async function tokenFor(agentId: string, ttlSeconds = 3600): Promise<string> {
 	return (await signAgentToken(agentId, { current: env.AGENT_TOKEN_SECRET }, ttlSeconds)).token;
 }
