@@ -47,6 +47,7 @@ describe("the SDK's finished results", () => {
 			agentId,
 			token: await tokenFor(agentId),
 			connect,
+			concurrency: 3,
 			backoff: { initialMs: 10, maxMs: 50 },
 		});
 		let runs = 0;
@@ -59,7 +60,8 @@ describe("the SDK's finished results", () => {
 		agent.on("error", (e) => refusals.push(e.error.message));
 		agent.start();
 		await agent.whenOpen();
-		await waitFor(async () => (await agentHub(env, agentId).inspect()).connected, "the agent's hello");
+		// The hello is in before the budget goes: its concurrency is the object's.
+		await waitFor(async () => (await agentHub(env, agentId).inspect()).concurrency === 3, "the agent's hello");
 		// 1 frame a second and none left: every output frame is refused (acks and results are always taken).
 		await freezeFrameBucket(agentId, 1, { empty: true });
 
