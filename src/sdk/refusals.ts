@@ -12,9 +12,10 @@ import { ErrorCode } from "../protocol";
  *   delivery is a new dispatch, to run afresh.
  * - `resend`: the server failed handling the frame: if it was the result,
  *   it was not applied. Results are idempotent, so send it again.
- * - `keep`: anything else, rate_limited above all, which drops output and
- *   never a result. The server has the result, or it will send the command
- *   again and the kept result answers it; forgetting would run it twice.
+ * - `keep`: anything else, rate_limited above all, which drops output, or
+ *   a result only when the server no longer needs it. The server has the
+ *   result, or it will send the command again and the kept result answers
+ *   it; forgetting would run it twice.
  */
 export type AfterRefusal = "forget" | "resend" | "keep";
 
