@@ -45,6 +45,7 @@ export default defineConfig({
 								ALLOWED_ORIGINS: TEST_ALLOWED_ORIGIN,
 								TEST_DEAD_DATABASE_URL: inject("deadDatabaseUrl"),
 								TEST_RELAY_CONTROL: inject("relayControl"),
+								TEST_DATABASE_KIND: inject("databaseKind"),
 							},
 						},
 					})),

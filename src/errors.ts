@@ -1,7 +1,7 @@
 import type { Context, ErrorHandler, NotFoundHandler } from "hono";
 import { HTTPException } from "hono/http-exception";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
-import { DbUnavailableError } from "./db/client";
+import { DbConflictError, DbUnavailableError } from "./db/client";
 import { errorFields, log } from "./log";
 import { type ErrorBody, ErrorCode } from "./protocol";
 
@@ -39,6 +39,12 @@ export const onError: ErrorHandler = (err, c) => {
 		log("warn", "http.db_unavailable", { path: c.req.path, ...errorFields(err) });
 		c.header("Retry-After", "5");
 		return c.json(body(ErrorCode.DB_UNAVAILABLE, "the database is unavailable; retry shortly"), 503);
+	}
+	if (err instanceof DbConflictError) {
+		// Already retried (db/retry.ts): the contention outlasted a few tries, so the client waits a little.
+		log("warn", "http.db_conflict", { path: c.req.path, sqlState: err.sqlState });
+		c.header("Retry-After", "1");
+		return c.json(body(ErrorCode.DB_CONFLICT, "the database gave up on this request because of concurrent ones; retry shortly"), 503);
 	}
 	if (err instanceof HTTPException && err.status < 500) {
 		const code = HTTP_EXCEPTION_CODES[err.status] ?? ErrorCode.BAD_REQUEST;

@@ -139,7 +139,11 @@ export const ErrorCode = {
 	UNSUPPORTED_MEDIA_TYPE: "unsupported_media_type",
 	UPGRADE_REQUIRED: "upgrade_required",
 	ALREADY_FINISHED: "already_finished",
+	/** An idempotency key sent again with a different command than the one it first named. */
+	IDEMPOTENCY_KEY_REUSED: "idempotency_key_reused",
 	DB_UNAVAILABLE: "db_unavailable",
+	/** Postgres kept giving up on the request's statement because of concurrent ones (HTTP 503, Retry-After). */
+	DB_CONFLICT: "db_conflict",
 	AGENT_UNAVAILABLE: "agent_unavailable",
 	INTERNAL: "internal",
 	// frame-only

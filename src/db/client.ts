@@ -252,6 +252,22 @@ export class DbQueryError extends Error {
 	}
 }
 
+/**
+ * Postgres gave up on a statement because of other transactions and rolled
+ * it back (isConflictState); the same statement may succeed when run again.
+ * Still a DbQueryError: the agent objects' paths treat it as they did.
+ */
+export class DbConflictError extends DbQueryError {
+	override name = "DbConflictError";
+}
+
+/** serialization_failure, deadlock_detected, lock_not_available (a lock_timeout or NOWAIT). */
+const CONFLICT_STATES = new Set(["40001", "40P01", "55P03"]);
+
+export function isConflictState(sqlState: string): boolean {
+	return CONFLICT_STATES.has(sqlState);
+}
+
 // SQLSTATE classes that mean "the server is not serving you right now".
 const UNAVAILABLE_CLASSES = ["08", "53", "57"];
 
@@ -293,6 +309,7 @@ export function classifyDbError(caught: unknown): unknown {
 	if (err instanceof DrizzleQueryError) err = err.cause ?? new Error("query failed");
 	if (!wrapped && !isDriverError(err)) return err;
 	const state = sqlStateOf(err);
+	if (state && isConflictState(state)) return new DbConflictError(state, err);
 	if (state && !UNAVAILABLE_CLASSES.includes(state.slice(0, 2))) return new DbQueryError(state, err);
 	// No SQLSTATE: the socket, the relay or DNS failed before Postgres answered.
 	return new DbUnavailableError(err);

@@ -1,11 +1,9 @@
 import { type SQL, sql } from "drizzle-orm";
 import { z } from "zod";
 import {
-	type BatchEnqueueRequest,
 	type BlockedReason,
 	Command,
 	CommandStatus,
-	type EnqueueRequest,
 	OUTPUT_TRUNCATION_MARKER,
 	TERMINAL_STATUSES,
 } from "../protocol";
@@ -39,7 +37,7 @@ export const CommandRecord = Command.omit({ blockedReason: true, nextAttemptAt: 
 export type CommandRecord = z.infer<typeof CommandRecord>;
 
 /** Every read of commands selects these, so one parser serves all of them. */
-const COLUMNS = sql.raw(`
+export const COLUMNS = sql.raw(`
 	c.id, c.seq, c.agent_id as "agentId", c.session_id as "sessionId", c.action, c.payload, c.status,
 	c.priority, c.attempts, c.result, c.error, c.error_code as "errorCode",
 	c.idempotency_key as "idempotencyKey", c.max_attempts as "maxAttempts",
@@ -89,118 +87,6 @@ async function selectCommands(db: Db, where: SQL, tail: SQL = sql``): Promise<Co
 		where ${where} ${tail}`);
 	// A row that does not parse means the table and this code disagree: fail loudly.
 	return result.rows.map((row) => CommandRecord.parse(row));
-}
-
-/** One request's command as the insert statement takes it. */
-function insertRow(agentId: string, r: EnqueueRequest, ord: number) {
-	return {
-		ord,
-		agent_id: agentId,
-		session_id: r.sessionId,
-		action: r.action,
-		payload: r.payload,
-		priority: r.priority,
-		idempotency_key: r.idempotencyKey ?? null,
-		max_attempts: r.maxAttempts,
-		ack_timeout_seconds: r.ackTimeoutSeconds,
-		timeout_seconds: r.timeoutSeconds ?? null,
-		ttl_seconds: r.ttlSeconds ?? null,
-	};
-}
-
-/**
- * Inserts commands, their agents (if new) and their first audit events in one
- * statement: one round trip however many, and no command without its event.
- * Rows whose idempotency key already exists for that agent are skipped;
- * returns only the rows created.
- */
-async function insertRows(db: Db, rows: ReturnType<typeof insertRow>[], actor: string): Promise<CommandRecord[]> {
-	const result = await db.execute(sql`
-		with input as (
-			select * from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) as x(
-				ord int, agent_id text, session_id text, action text, payload jsonb, priority int,
-				idempotency_key text, max_attempts int, ack_timeout_seconds int, timeout_seconds int, ttl_seconds int)
-		), new_agents as (
-			insert into agents (id) select distinct agent_id from input on conflict (id) do nothing
-		), c as (
-			insert into agent_commands (agent_id, session_id, action, payload, priority, idempotency_key,
-				max_attempts, ack_timeout_seconds, timeout_seconds, expires_at)
-			select agent_id, session_id, action, coalesce(payload, 'null'::jsonb), priority, idempotency_key,
-				max_attempts, ack_timeout_seconds, timeout_seconds,
-				case when ttl_seconds is null then null else now() + make_interval(secs => ttl_seconds) end
-			from input order by ord
-			on conflict (agent_id, idempotency_key) where idempotency_key is not null do nothing
-			returning *
-		), events as (
-			insert into command_events (command_id, from_status, to_status, at, detail, actor)
-			select id, null, 'pending', created_at, '{"reason":"enqueued"}'::jsonb, ${actor} from c
-		)
-		select ${COLUMNS} from c left join agents a on a.id = c.agent_id order by c.seq`);
-	return result.rows.map((row) => CommandRecord.parse(row));
-}
-
-async function findByIdempotencyKeys(
-	db: Db,
-	keys: { agentId: string; key: string }[],
-): Promise<CommandRecord[]> {
-	if (keys.length === 0) return [];
-	const pairs = JSON.stringify(keys.map((k) => ({ agent_id: k.agentId, key: k.key })));
-	return selectCommands(
-		db,
-		sql`(c.agent_id, c.idempotency_key) in (
-			select agent_id, key from jsonb_to_recordset(${pairs}::jsonb) as k(agent_id text, key text))`,
-	);
-}
-
-export interface Enqueued {
-	command: CommandRecord;
-	/** False when an earlier command with the same idempotency key was returned instead. */
-	created: boolean;
-}
-
-export async function insertCommand(db: Db, agentId: string, req: EnqueueRequest, actor: string): Promise<Enqueued> {
-	const [created] = await insertRows(db, [insertRow(agentId, req, 0)], actor);
-	if (created) return { command: created, created: true };
-	// The key's row was committed by another request; this statement (a new
-	// snapshot) sees it even if the insert above raced that request.
-	const [existing] = await findByIdempotencyKeys(db, [{ agentId, key: req.idempotencyKey ?? "" }]);
-	if (!existing) throw new Error("idempotent insert found neither a new nor an existing row");
-	return { command: existing, created: false };
-}
-
-/** Inserts a batch in one statement; results come back in request order. */
-export async function insertBatch(db: Db, req: BatchEnqueueRequest, actor: string): Promise<Enqueued[]> {
-	const rows = req.commands.map((c, i) => insertRow(c.agentId, c, i));
-	const created = await insertRows(db, rows, actor);
-	const keyOf = (agentId: string, k: string) => JSON.stringify([agentId, k]);
-	// Rows without a key are always inserted, and come back in input order (by
-	// seq); rows with a key are matched by it, whether new or already there.
-	const unkeyed = created.filter((c) => c.idempotencyKey === null);
-	const byKey = new Map(
-		created.filter((c) => c.idempotencyKey !== null).map((c) => [keyOf(c.agentId, c.idempotencyKey ?? ""), c]),
-	);
-	const missing = rows.filter((r) => r.idempotency_key && !byKey.has(keyOf(r.agent_id, r.idempotency_key)));
-	for (const c of await findByIdempotencyKeys(
-		db,
-		missing.map((r) => ({ agentId: r.agent_id, key: r.idempotency_key ?? "" })),
-	)) {
-		byKey.set(keyOf(c.agentId, c.idempotencyKey ?? ""), c);
-	}
-	const claimed = new Set<string>();
-	return rows.map((r) => {
-		if (!r.idempotency_key) {
-			const command = unkeyed.shift();
-			if (!command) throw new Error("batch insert returned fewer rows than it was given");
-			return { command, created: true };
-		}
-		const k = keyOf(r.agent_id, r.idempotency_key);
-		const command = byKey.get(k);
-		if (!command) throw new Error("batch insert lost track of an idempotent row");
-		// The first occurrence of a key this batch created is the created one.
-		const isNew = created.includes(command) && !claimed.has(k);
-		claimed.add(k);
-		return { command, created: isNew };
-	});
 }
 
 export async function getCommand(db: Db, id: string): Promise<CommandRecord | undefined> {

@@ -12,6 +12,7 @@
 import { neon, neonConfig } from "@neondatabase/serverless";
 import { drizzle, type NeonHttpDatabase } from "drizzle-orm/neon-http";
 import { classifyDbError, type DbConfig, DbUnavailableError, statementTimeout } from "./client";
+import { conflictRetryingFetch } from "./retry";
 import * as schema from "./schema";
 
 export type HttpDb = NeonHttpDatabase<typeof schema>;
@@ -30,10 +31,16 @@ export function relaySqlEndpoint(proxy: string | undefined): string | undefined 
 	return hostPort ? `http://${hostPort}/sql` : undefined;
 }
 
+/** Each call's statement deadline, under the abort signal its requests carry. */
+const deadlines = new WeakMap<AbortSignal, number>();
+const retryingFetch = conflictRetryingFetch(deadlines);
+
 function configureFetch(proxy: string | undefined): void {
 	// neonConfig is module-global; every caller in one isolate has the same env.
 	const relay = relaySqlEndpoint(proxy);
 	neonConfig.fetchEndpoint = relay ? () => relay : neonFetchEndpoint;
+	// A statement Postgres rolled back for a conflict is sent again (retry.ts).
+	neonConfig.fetchFunction = retryingFetch;
 }
 
 /**
@@ -53,6 +60,7 @@ export class HttpDatabase {
 		// statement that hangs is abandoned, and the relay or Neon's proxy
 		// sees the request go away.
 		const deadline = AbortSignal.timeout(this.timeoutMs);
+		deadlines.set(deadline, Date.now() + this.timeoutMs);
 		const client = neon(this.config.DATABASE_URL, { fetchOptions: { signal: deadline } });
 		try {
 			return await fn(drizzle({ client, schema }));

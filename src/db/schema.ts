@@ -47,6 +47,10 @@ export const agentCommands = pgTable(
 		priority: smallint("priority").notNull().default(5),
 		attempts: integer("attempts").notNull().default(0),
 		idempotencyKey: text("idempotency_key"),
+		// Hash of the command the key was first used for (src/db/fingerprint.ts), so a
+		// reuse of the key with another command is refused. Null on rows that came
+		// from plain SQL or predate it: those replay whatever the body.
+		idempotencyFingerprint: text("idempotency_fingerprint"),
 		result: jsonb("result"),
 		error: text("error"),
 		// Machine-readable reason for a failure the system decided

@@ -5,16 +5,8 @@ import { z } from "zod";
 import { agentHub, forward } from "../agent/stub";
 import { readAccess, writeAccess } from "../auth/api-key";
 import { enqueueRateLimit } from "../rate-limit";
-import {
-	decodeCursor,
-	getCommand,
-	getOutput,
-	insertBatch,
-	listEvents,
-	insertCommand,
-	listCommands,
-	toApiCommand,
-} from "../db/commands";
+import { decodeCursor, getCommand, getOutput, listCommands, listEvents, toApiCommand } from "../db/commands";
+import { type Enqueued, insertBatch, insertCommand } from "../db/enqueue";
 import { ApiError } from "../errors";
 import { errorFields, log, logs, payloadFields } from "../log";
 import {
@@ -45,6 +37,15 @@ async function callHub<T>(agentId: string, call: () => Promise<T>): Promise<T> {
  */
 const enqueueTiming = timing({ totalDescription: "enqueue" });
 
+function keyReused(reused: NonNullable<Enqueued["reused"]>): { code: ErrorCode; message: string } {
+	return {
+		code: ErrorCode.IDEMPOTENCY_KEY_REUSED,
+		message:
+			`idempotency key "${reused.key}" already names command ${reused.commandId}, enqueued with a different ` +
+			"action, payload or options; send that same command to get it back, or use a new key",
+	};
+}
+
 export const commandRoutes = new Hono<AppEnv>()
 	.post(
 		"/agents/:agentId/commands",
@@ -57,8 +58,13 @@ export const commandRoutes = new Hono<AppEnv>()
 			const { agentId } = c.req.valid("param");
 			const body = c.req.valid("json");
 			startTime(c, "db", "durable write");
-			const { command, created } = await c.var.db.run((db) => insertCommand(db, agentId, body, c.get("apiKeyId")));
+			const enqueued = await c.var.db.run((db) => insertCommand(db, agentId, body, c.get("apiKeyId")));
 			endTime(c, "db");
+			if (enqueued.reused) {
+				const { code, message } = keyReused(enqueued.reused);
+				throw new ApiError(422, code, message);
+			}
+			const { command, created } = enqueued;
 			// A command logs one info line, when it ends (in its object); the rest is in its events.
 			if (logs("debug")) {
 				log("debug", created ? "command.enqueued" : "command.enqueue_replayed", {
@@ -81,19 +87,25 @@ export const commandRoutes = new Hono<AppEnv>()
 		startTime(c, "db", "durable write");
 		const results = await c.var.db.run((db) => insertBatch(db, body, c.get("apiKeyId")));
 		endTime(c, "db");
-		const fresh = results.filter((r) => !TERMINAL_STATUSES.has(r.command.status)).map((r) => r.command);
+		const commands = results.flatMap((r) => (r.command ? [r.command] : []));
+		const fresh = commands.filter((command) => !TERMINAL_STATUSES.has(command.status));
 		log("debug", "command.batch_enqueued", {
 			count: results.length,
-			created: results.filter((r) => r.created).length,
+			created: results.filter((r) => r.created === true).length,
+			refused: results.length - commands.length,
 			agents: new Set(fresh.map((f) => f.agentId)).size,
 		});
 		startTime(c, "agent", "agents' objects");
 		await forward(c.env, fresh);
 		endTime(c, "agent");
-		return c.json(
-			{ items: results.map((r) => ({ created: r.created, command: toApiCommand(r.command) })) },
-			201,
+		// An item that reuses a key is refused alone: the others are written already, and
+		// failing the whole batch would have a retry duplicate the ones without a key.
+		const items = results.map((r) =>
+			r.reused
+				? { created: false as const, error: keyReused(r.reused) }
+				: { created: r.created, command: toApiCommand(r.command) },
 		);
+		return c.json({ items }, 201);
 	})
 	.get(
 		"/agents/:agentId/commands",

@@ -26,6 +26,7 @@ import { Backoff, type BackoffOptions } from "./backoff";
 import { Recent } from "./recent";
 import { TokenKeeper, type TokenSource } from "./token-keeper";
 import { OutputPacer } from "./output-pacer";
+import { afterRefusal } from "./refusals";
 import { stringProblem } from "../json-safety";
 import {
 	type Connector,
@@ -107,6 +108,8 @@ export class Agent {
 	private readonly listeners = new Map<string, Set<(e: AgentEvent) => void>>();
 	private readonly running = new Map<string, Running>();
 	private readonly results: Recent<ResultFrame>;
+	/** Results sent again after the server failed handling a frame of theirs (`internal`). */
+	private readonly resent = new Recent<true>(1_000);
 	/** Results not yet handed to an open socket; sent first on the next connection. */
 	private readonly unsent = new Map<string, ResultFrame>();
 	private readonly backoff: Backoff;
@@ -392,14 +395,24 @@ export class Agent {
 				this.onCancel(ws, frame.id, frame.reason);
 				return;
 			case "error":
-				// A refused result must not be cached and resent forever: forget it, so
-				// a redelivery runs the command again instead of repeating the refusal.
-				if (frame.id && this.results.get(frame.id)) this.results.delete(frame.id);
+				if (frame.id) this.onRefusal(ws, frame.id, frame.code);
 				this.emit({ type: "error", error: new Error(`server refused a frame: ${frame.code}: ${frame.message}`) });
 				return;
 			case "pong":
 				return;
 		}
+	}
+
+	/** A finished result is kept until the server can no longer ask for it (see refusals.ts). */
+	private onRefusal(ws: SocketLike, id: string, code: string): void {
+		const result = this.results.get(id);
+		if (!result) return;
+		const next = afterRefusal(code);
+		if (next === "forget") this.results.delete(id);
+		if (next !== "resend" || this.resent.has(id) || ws.readyState !== OPEN) return;
+		// Once: a server that keeps failing on it must not get it back at network speed.
+		this.resent.set(id, true);
+		this.sendRaw(ws, result);
 	}
 
 	private refreshToken(ws: SocketLike, token: string): void {

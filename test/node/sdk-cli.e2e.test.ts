@@ -85,7 +85,9 @@ describe("two SDK agents, the typed client and the CLI", () => {
 			{ agentId: alpha, action: "echo", payload: "a" },
 			{ agentId: beta, action: "echo", payload: "b" },
 		]);
-		const results = await Promise.all(batch.items.map((i) => client.wait(i.command.id)));
+		// An item is a command, or an error of its own (a reused idempotency key): the type says which.
+		const ids = batch.items.map((i) => ("command" in i ? i.command.id : i.error.code));
+		const results = await Promise.all(ids.map((id) => client.wait(id)));
 		expect(results.map((r) => r.result)).toEqual([{ alpha: "a" }, { beta: "b" }]);
 
 		const page = await client.list(alpha, { status: "completed" });

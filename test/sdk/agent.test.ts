@@ -62,6 +62,47 @@ describe("agent", () => {
 		await agent.stop();
 	});
 
+	it.each([
+		["rate_limited", 1],
+		["invalid_frame", 1],
+		["internal", 1],
+		["unknown_command", 2],
+		["not_dispatched", 2],
+	])("after an error frame %s naming a finished command, a redelivery runs it %i time(s) in all", async (code, expectedRuns) => {
+		const { agent, conn } = makeAgent();
+		let runs = 0;
+		agent.handle("work", () => ++runs);
+		agent.start();
+		const ws = await conn.next();
+		ws.open();
+		ws.command(ID1, "work");
+		await until(() => ws.of("result").length === 1, "result");
+		// Only unknown_command and not_dispatched say the server does not hold the command as sent.
+		ws.deliver({ type: "error", code, message: "refused", id: ID1 });
+		ws.command(ID1, "work", {}, 2);
+		await until(() => ws.of("result").length >= 2, "the redelivery's answer");
+		expect(runs).toBe(expectedRuns);
+		expect(ws.of("result").at(-1)).toEqual({ type: "result", id: ID1, status: "completed", result: expectedRuns });
+		await agent.stop();
+	});
+
+	it("sends a result again, once, when the server failed handling a frame of that command", async () => {
+		const { agent, conn } = makeAgent();
+		agent.handle("work", () => "done");
+		agent.start();
+		const ws = await conn.next();
+		ws.open();
+		ws.command(ID1, "work");
+		await until(() => ws.of("result").length === 1, "result");
+		ws.deliver({ type: "error", code: "internal", message: "failed", id: ID1 });
+		ws.deliver({ type: "error", code: "internal", message: "failed", id: ID1 });
+		expect(ws.of("result")).toEqual([
+			{ type: "result", id: ID1, status: "completed", result: "done" },
+			{ type: "result", id: ID1, status: "completed", result: "done" },
+		]);
+		await agent.stop();
+	});
+
 	it("acks a command whose handler is still running, before its result", async () => {
 		const { agent, conn } = makeAgent();
 		agent.handle("slow", () => new Promise((r) => setTimeout(() => r("ok"), 30)));

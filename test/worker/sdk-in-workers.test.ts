@@ -3,21 +3,9 @@
  * living in a Worker connects through a fetch upgrade, as the SDK's default
  * connector does there, and completes commands.
  */
-import { exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { Agent } from "../../src/sdk/agent";
-import { ConnectRefused, type SocketLike } from "../../src/sdk/transport";
-import { enqueue, tokenFor, uniqueAgentId, waitForStatus } from "../helpers/worker/harness";
-
-/** The SDK's Workers connector, pointed at this worker instead of the network. */
-async function connectHere(url: string, token: string): Promise<SocketLike> {
-	const res = await exports.default.fetch(url.replace(/^ws/, "http"), {
-		headers: { upgrade: "websocket", authorization: `Bearer ${token}` },
-	});
-	if (!res.webSocket) throw new ConnectRefused(res.status, (await res.json<{ error: { message: string } }>()).error.message);
-	res.webSocket.accept();
-	return res.webSocket;
-}
+import { connectHere, enqueue, tokenFor, uniqueAgentId, waitForStatus } from "../helpers/worker/harness";
 
 describe("the agent SDK in a Worker", () => {
 	it("connects, runs a handler and reports its result", async () => {

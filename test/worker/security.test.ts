@@ -4,11 +4,9 @@
  * form of a credential and its Origin check, and the limits on frames and
  * enqueue requests.
  */
-import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { runDurableObjectAlarm } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import type { AgentHub } from "../../src/agent/agent-hub";
-import { FrameRateLimiter } from "../../src/agent/frame-limits";
 import { signAgentToken } from "../../src/auth/agent-token";
 import { matchApiKey } from "../../src/auth/api-key";
 import { CloseCode, ErrorCode, ServerFrame } from "../../src/protocol";
@@ -24,6 +22,7 @@ import {
 	BASE,
 	api,
 	enqueue,
+	freezeFrameBucket,
 	tokenFor,
 	uniqueAgentId,
 	type ErrorBody,
@@ -322,17 +321,7 @@ describe("limits", () => {
 		// gets 10 frames/s (bursts of 20, closed past 100 refusals in 10 s) on a
 		// bucket whose clock stands still: the real limiter and the real code
 		// path, without the race.
-		const { generation } = await agentHub(env, agentId).inspect();
-		await runInDurableObject(agentHub(env, agentId), (instance: AgentHub) => {
-			// SAFETY: a test reaching into the object: its env is read on every frame, never cached.
-			const hub = instance as unknown as { env: Env; limiter: { generation: number; bucket: FrameRateLimiter } };
-			hub.env = { ...hub.env, AGENT_FRAME_RATE_LIMIT: "10" };
-			const now = Date.now();
-			const bucket = new FrameRateLimiter(10, now);
-			const take = bucket.take.bind(bucket);
-			bucket.take = () => take(now);
-			hub.limiter = { generation, bucket };
-		});
+		await freezeFrameBucket(agentId, 10);
 		const isLimited = (f: ServerFrame): f is Extract<ServerFrame, { type: "error" }> =>
 			f.type === "error" && f.code === ErrorCode.RATE_LIMITED;
 		// Empty the bucket with frames that cost the object almost nothing; then an

@@ -7,9 +7,11 @@ import { env, exports } from "cloudflare:workers";
 import { expect } from "vitest";
 import { sql, type SQL } from "drizzle-orm";
 import type { AgentHub } from "../../../src/agent/agent-hub";
+import { FrameRateLimiter } from "../../../src/agent/frame-limits";
 import { signAgentToken } from "../../../src/auth/agent-token";
 import { type Db, withDb } from "../../../src/db/client";
 import { type ServerFrame, ServerFrame as ServerFrameSchema } from "../../../src/protocol";
+import { ConnectRefused, type SocketLike } from "../../../src/sdk/transport";
 
 export const BASE = "http://switchyard.test";
 export const API_KEY = "test-operator-key";
@@ -48,6 +50,35 @@ export async function query<T = Record<string, unknown>>(q: SQL): Promise<T[]> {
 }
 
 export { sql };
+
+/**
+ * Runs `statement` in a transaction on a connection of its own (taking a
+ * lock, say), then `fn`, and ends the transaction once `fn` has settled.
+ */
+export async function withDbHeld<T>(statement: SQL, fn: () => Promise<T>): Promise<T> {
+	let release = () => {};
+	const released = new Promise<void>((r) => {
+		release = r;
+	});
+	let held = () => {};
+	const holding = new Promise<void>((r) => {
+		held = r;
+	});
+	const holder = db((d) =>
+		d.transaction(async (tx) => {
+			await tx.execute(statement);
+			held();
+			await released;
+		}),
+	);
+	await Promise.race([holding, holder]);
+	try {
+		return await fn();
+	} finally {
+		release();
+		await holder;
+	}
+}
 
 export async function tokenFor(agentId: string, ttlSeconds = 3600): Promise<string> {
 	return (await signAgentToken(agentId, { current: env.AGENT_TOKEN_SECRET }, ttlSeconds)).token;
@@ -234,6 +265,38 @@ export class AgentSocket {
 			// already closed
 		}
 	}
+}
+
+/** The SDK's Workers connector, pointed at this worker instead of the network. */
+export async function connectHere(url: string, token: string): Promise<SocketLike> {
+	const res = await exports.default.fetch(url.replace(/^ws/, "http"), {
+		headers: { upgrade: "websocket", authorization: `Bearer ${token}` },
+	});
+	if (!res.webSocket) throw new ConnectRefused(res.status, (await res.json<{ error: { message: string } }>()).error.message);
+	res.webSocket.accept();
+	return res.webSocket;
+}
+
+/**
+ * Gives the agent's current socket a frame bucket of `rate` frames a second
+ * (bursts of twice that) whose clock stands still, so refill cannot race the
+ * test; `empty` takes every token first. The object's env says the same rate,
+ * or its next frame would replace the bucket.
+ */
+export async function freezeFrameBucket(agentId: string, rate: number, opts: { empty?: boolean } = {}): Promise<void> {
+	const { agentHub } = await import("../../../src/agent/stub");
+	const { generation } = await agentHub(env, agentId).inspect();
+	await runInDurableObject(agentHub(env, agentId), (instance: AgentHub) => {
+		// SAFETY: a test reaching into the object: its env is read on every frame, never cached.
+		const hub = instance as unknown as { env: Env; limiter: { generation: number; bucket: FrameRateLimiter } };
+		hub.env = { ...hub.env, AGENT_FRAME_RATE_LIMIT: String(rate) };
+		const now = Date.now();
+		const bucket = new FrameRateLimiter(rate, now);
+		const take = bucket.take.bind(bucket);
+		bucket.take = () => take(now);
+		while (opts.empty && bucket.take(now) === "ok") {}
+		hub.limiter = { generation, bucket };
+	});
 }
 
 /** A refusal in the API's error shape. */

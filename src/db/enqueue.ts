@@ -1,0 +1,134 @@
+/**
+ * Enqueue: commands into Postgres, one statement however many, with their
+ * idempotency keys honoured. A key names one command per agent: the same
+ * command again gets the first one back, another command under the same key
+ * is refused (`reused`), never answered with a command the client did not
+ * ask for.
+ */
+import { sql } from "drizzle-orm";
+import { z } from "zod";
+import type { BatchEnqueueRequest, EnqueueRequest } from "../protocol";
+import type { Db } from "./client";
+import { COLUMNS, CommandRecord } from "./commands";
+import { commandFingerprint } from "./fingerprint";
+
+export type Enqueued =
+	/** `created` is false when an earlier command with the same key and body was returned instead. */
+	| { command: CommandRecord; created: boolean; reused?: undefined }
+	/** The key was used before for another command (`commandId`): nothing was written. */
+	| { reused: { key: string; commandId: string }; command?: undefined; created?: undefined };
+
+/** A row as read back with the fingerprint its key was first used with (null: unknown). */
+const KeyedRecord = CommandRecord.extend({ fingerprint: z.string().nullable() });
+type KeyedRecord = z.infer<typeof KeyedRecord>;
+
+const WITH_FINGERPRINT = sql`${COLUMNS}, c.idempotency_fingerprint as "fingerprint"`;
+
+/** One request's command as the insert statement takes it. */
+async function insertRow(agentId: string, r: EnqueueRequest, ord: number) {
+	return {
+		ord,
+		agent_id: agentId,
+		session_id: r.sessionId,
+		action: r.action,
+		payload: r.payload,
+		priority: r.priority,
+		idempotency_key: r.idempotencyKey ?? null,
+		idempotency_fingerprint: r.idempotencyKey ? await commandFingerprint(r) : null,
+		max_attempts: r.maxAttempts,
+		ack_timeout_seconds: r.ackTimeoutSeconds,
+		timeout_seconds: r.timeoutSeconds ?? null,
+		ttl_seconds: r.ttlSeconds ?? null,
+	};
+}
+type Row = Awaited<ReturnType<typeof insertRow>>;
+
+/**
+ * Inserts commands, their agents (if new) and their first audit events in one
+ * statement: one round trip however many, and no command without its event.
+ * Rows whose idempotency key already exists for that agent are skipped;
+ * returns only the rows created.
+ */
+async function insertRows(db: Db, rows: Row[], actor: string): Promise<KeyedRecord[]> {
+	const result = await db.execute(sql`
+		with input as (
+			select * from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) as x(
+				ord int, agent_id text, session_id text, action text, payload jsonb, priority int,
+				idempotency_key text, idempotency_fingerprint text, max_attempts int, ack_timeout_seconds int,
+				timeout_seconds int, ttl_seconds int)
+		), new_agents as (
+			insert into agents (id) select distinct agent_id from input on conflict (id) do nothing
+		), c as (
+			insert into agent_commands (agent_id, session_id, action, payload, priority, idempotency_key,
+				idempotency_fingerprint, max_attempts, ack_timeout_seconds, timeout_seconds, expires_at)
+			select agent_id, session_id, action, coalesce(payload, 'null'::jsonb), priority, idempotency_key,
+				idempotency_fingerprint, max_attempts, ack_timeout_seconds, timeout_seconds,
+				case when ttl_seconds is null then null else now() + make_interval(secs => ttl_seconds) end
+			from input order by ord
+			on conflict (agent_id, idempotency_key) where idempotency_key is not null do nothing
+			returning *
+		), events as (
+			insert into command_events (command_id, from_status, to_status, at, detail, actor)
+			select id, null, 'pending', created_at, '{"reason":"enqueued"}'::jsonb, ${actor} from c
+		)
+		select ${WITH_FINGERPRINT} from c left join agents a on a.id = c.agent_id order by c.seq`);
+	return result.rows.map((row) => KeyedRecord.parse(row));
+}
+
+/** The rows these keys name. A new statement: it sees a row a racing request committed. */
+async function findByIdempotencyKeys(db: Db, rows: Row[]): Promise<KeyedRecord[]> {
+	if (rows.length === 0) return [];
+	const pairs = JSON.stringify(rows.map((r) => ({ agent_id: r.agent_id, key: r.idempotency_key })));
+	const result = await db.execute(sql`
+		select ${WITH_FINGERPRINT} from agent_commands c left join agents a on a.id = c.agent_id
+		where (c.agent_id, c.idempotency_key) in (
+			select agent_id, key from jsonb_to_recordset(${pairs}::jsonb) as k(agent_id text, key text))`);
+	return result.rows.map((row) => KeyedRecord.parse(row));
+}
+
+/** Whether `row` answers a request for `existing`'s key: the same command, or one too old to tell. */
+function answer(row: Row, existing: KeyedRecord, created: boolean): Enqueued {
+	if (existing.fingerprint !== null && existing.fingerprint !== row.idempotency_fingerprint) {
+		return { reused: { key: row.idempotency_key ?? "", commandId: existing.id } };
+	}
+	const { fingerprint: _fingerprint, ...command } = existing;
+	return { command, created };
+}
+
+export async function insertCommand(db: Db, agentId: string, req: EnqueueRequest, actor: string): Promise<Enqueued> {
+	const row = await insertRow(agentId, req, 0);
+	const [created] = await insertRows(db, [row], actor);
+	if (created) return answer(row, created, true);
+	const [existing] = await findByIdempotencyKeys(db, [row]);
+	if (!existing) throw new Error("idempotent insert found neither a new nor an existing row");
+	return answer(row, existing, false);
+}
+
+const keyOf = (agentId: string, key: string) => JSON.stringify([agentId, key]);
+
+/** Inserts a batch in one statement; results come back in request order, one per item. */
+export async function insertBatch(db: Db, req: BatchEnqueueRequest, actor: string): Promise<Enqueued[]> {
+	const rows = await Promise.all(req.commands.map((c, i) => insertRow(c.agentId, c, i)));
+	const created = await insertRows(db, rows, actor);
+	// Rows without a key are always inserted, and come back in input order (by
+	// seq); rows with a key are matched by it, whether new or already there.
+	const unkeyed = created.filter((c) => c.idempotencyKey === null);
+	const byKey = new Map(created.filter((c) => c.idempotencyKey !== null).map((c) => [keyOf(c.agentId, c.idempotencyKey ?? ""), c]));
+	const missing = rows.filter((r) => r.idempotency_key && !byKey.has(keyOf(r.agent_id, r.idempotency_key)));
+	for (const c of await findByIdempotencyKeys(db, missing)) byKey.set(keyOf(c.agentId, c.idempotencyKey ?? ""), c);
+	const claimed = new Set<string>();
+	return rows.map((r) => {
+		if (!r.idempotency_key) {
+			const command = unkeyed.shift();
+			if (!command) throw new Error("batch insert returned fewer rows than it was given");
+			return answer(r, command, true);
+		}
+		const k = keyOf(r.agent_id, r.idempotency_key);
+		const command = byKey.get(k);
+		if (!command) throw new Error("batch insert lost track of an idempotent row");
+		// The first occurrence of a key this batch created is the created one.
+		const isNew = created.includes(command) && !claimed.has(k);
+		claimed.add(k);
+		return answer(r, command, isNew);
+	});
+}
