@@ -238,7 +238,7 @@ export class AgentHub extends DurableObject<Env> {
 		const now = Date.now();
 		// The alarm closes an expired socket; until it runs, its frames are not taken either.
 		if (await core.checkTokenExpiry(now)) return null;
-		const verdict = this.takeFrameBudget(generation, now);
+		const verdict = this.takeFrameBudget(generation, now, typeof message === "string" ? message.length : message.byteLength);
 		if (verdict === "abusive") {
 			await core.closeSocket(ws, CloseCode.RATE_LIMITED, "frame rate limit exceeded", "rate_limited", {});
 			return null;
@@ -258,7 +258,7 @@ export class AgentHub extends DurableObject<Env> {
 			core.send(ws, {
 				type: "error",
 				code: ErrorCode.RATE_LIMITED,
-				message: `over ${this.limiter?.bucket.rate ?? 0} frames per second; this ${frame.type} frame was dropped`,
+				message: `over ${this.limiter?.bucket.rate ?? 0} frames or ${this.limiter?.bucket.charRate ?? 0} characters per second; this ${frame.type} frame was dropped`,
 				...("id" in frame ? { id: frame.id } : {}),
 			});
 			return null;
@@ -290,12 +290,13 @@ export class AgentHub extends DurableObject<Env> {
 	}
 
 	/**
-	 * Over budget, an ack or result for a command this agent really holds is
-	 * still taken (dropping it would run the command twice) and not held
-	 * against the sender; anything else is dropped.
+	 * Over budget, an ack or result that changes a command this agent holds
+	 * is still taken (dropping it would run the command twice) and not held
+	 * against the sender; anything else is dropped, a repeated ack included,
+	 * or repeating one would be a way past the budget.
 	 */
 	private pardoned(frame: AgentFrame, now: number): boolean {
-		const owed = (frame.type === "ack" || frame.type === "result") && answers.holds(this.core.sql, frame.id, now);
+		const owed = (frame.type === "ack" || frame.type === "result") && answers.wouldChange(this.core.sql, frame, now);
 		if (owed) this.limiter?.bucket.pardon();
 		return owed;
 	}
@@ -368,12 +369,12 @@ export class AgentHub extends DurableObject<Env> {
 		if (changed) log("info", "agent.no_hello", { agentId: core.name, generation, changed });
 	}
 
-	private takeFrameBudget(generation: number, now: number): "ok" | "refused" | "abusive" {
+	private takeFrameBudget(generation: number, now: number, size: number): "ok" | "refused" | "abusive" {
 		const rate = frameRateLimit(this.env);
 		if (rate === null) return "ok";
 		if (this.limiter?.generation !== generation || this.limiter.bucket.rate !== rate) {
 			this.limiter = { generation, bucket: new FrameRateLimiter(rate, now) };
 		}
-		return this.limiter.bucket.take(now);
+		return this.limiter.bucket.take(now, size);
 	}
 }

@@ -29,6 +29,17 @@ export function acceptsOutput(sql: SqlStorage, id: string): { outcome: FrameOutc
 	return { outcome: sentAndOpen(row) ? "applied" : "duplicate", row };
 }
 
+/**
+ * Whether this ack or result would change something: an ack for a command
+ * not yet acknowledged, a result for one the agent holds or owes an answer
+ * for. Only such a frame is taken over the frame budget.
+ */
+export function wouldChange(sql: SqlStorage, frame: { type: "ack" | "result"; id: string }, now: number): boolean {
+	if (frame.type === "result") return holds(sql, frame.id, now);
+	const row = getCommand(sql, frame.id);
+	return row !== undefined && row.status !== "acknowledged" && sentAndOpen(row);
+}
+
 /** `generation` is the connection the ack came on: proof the agent has the command on it. */
 export function acknowledge(tx: Tx, id: string, now: number, generation: number): FrameOutcome {
 	const row = getCommand(tx.sql, id);

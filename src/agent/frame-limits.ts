@@ -1,12 +1,21 @@
 /**
- * How much an agent socket may send: a token bucket per connection, and a
- * line past which refusing frames is no longer enough and the socket is
- * closed. Plain functions of time, so they are tested without a socket.
+ * How much an agent socket may send: token buckets per connection, one of
+ * frames and one of characters (so a few huge frames cost what many small
+ * ones do), and a line past which refusing frames is no longer enough and
+ * the socket is closed. Plain functions of time, so they are tested
+ * without a socket.
  *
  * The bucket lives in memory. A socket whose object hibernated was idle, so
  * its bucket would have been full anyway; a rebuilt one starts full.
  */
 export const DEFAULT_FRAMES_PER_SECOND = 100;
+/**
+ * Characters a second per frame of the frame rate: 100 frames/s allow
+ * 2 MiB/s (output at its 50 frames/s of 40 KiB, with room for results).
+ */
+export const CHARS_PER_FRAME_OF_RATE = 20 * 1024;
+/** The character bucket always holds one frame of the largest size. */
+const MAX_FRAME_CHARS = 1024 * 1024;
 /** Refusals within one window, in seconds of the rate, that close the socket (4005). */
 const ABUSE_WINDOW_MS = 10_000;
 
@@ -14,6 +23,7 @@ export type FrameVerdict = "ok" | "refused" | "abusive";
 
 export class FrameRateLimiter {
 	private tokens: number;
+	private chars: number;
 	private last: number;
 	private windowStart: number;
 	private refusedInWindow = 0;
@@ -24,6 +34,7 @@ export class FrameRateLimiter {
 		now: number,
 	) {
 		this.tokens = this.burst;
+		this.chars = this.charBurst;
 		this.last = now;
 		this.windowStart = now;
 	}
@@ -32,16 +43,28 @@ export class FrameRateLimiter {
 		return this.rate * 2;
 	}
 
+	get charRate(): number {
+		return this.rate * CHARS_PER_FRAME_OF_RATE;
+	}
+
+	private get charBurst(): number {
+		return Math.max(this.charRate * 2, MAX_FRAME_CHARS);
+	}
+
 	/**
-	 * Takes one frame's token. `refused` once the bucket is empty; `abusive`
-	 * once more frames were refused in the last window than the rate allows in
-	 * the whole window (the sender ignores the `rate_limited` errors).
+	 * Takes one frame's token and its `size` in characters. `refused` once
+	 * either bucket is short (nothing is taken then); `abusive` once more
+	 * frames were refused in the last window than the rate allows in the
+	 * whole window (the sender ignores the `rate_limited` errors).
 	 */
-	take(now: number): FrameVerdict {
-		this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
+	take(now: number, size = 0): FrameVerdict {
+		const seconds = (now - this.last) / 1000;
+		this.tokens = Math.min(this.burst, this.tokens + seconds * this.rate);
+		this.chars = Math.min(this.charBurst, this.chars + seconds * this.charRate);
 		this.last = now;
-		if (this.tokens >= 1) {
+		if (this.tokens >= 1 && this.chars >= size) {
 			this.tokens -= 1;
+			this.chars -= size;
 			return "ok";
 		}
 		if (now - this.windowStart >= ABUSE_WINDOW_MS) {

@@ -343,6 +343,41 @@ describe("limits", () => {
 		(await AgentSocket.connect(agentId)).close();
 	});
 
+	it("takes an ack over the budget only once: a sender repeating acks for a command it holds is closed with 4005", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "ack_flood" });
+		await agent.next("command");
+		await freezeFrameBucket(agentId, 10, { empty: true });
+		// The first ack changes the command, so it is taken over budget and not held against the sender.
+		agent.send({ type: "ack", id: cmd.id });
+		await waitForStatus(cmd.id, "acknowledged");
+		const isLimited = (f: ServerFrame) => f.type === "error" && f.code === ErrorCode.RATE_LIMITED;
+		expect(agent.frames.filter(isLimited)).toEqual([]);
+		// The same ack again changes nothing: refused, and a sender that keeps on is closed.
+		for (let i = 0; i < 300; i++) agent.send({ type: "ack", id: cmd.id });
+		expect((await agent.closed).code).toBe(CloseCode.RATE_LIMITED);
+		expect(agent.frames.filter(isLimited).length).toBeGreaterThan(0);
+	});
+
+	it("counts characters as well as frames: a few huge frames are refused where many small ones would be", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "huge_output" });
+		await agent.next("command");
+		// 10 frames/s: bursts of 20 frames and of 1 MiB of characters (the largest frame always fits).
+		await freezeFrameBucket(agentId, 10);
+		const chunk = "h".repeat(60 * 1024);
+		for (let seq = 0; seq < 20; seq++) agent.send({ type: "output", id: cmd.id, seq, data: chunk });
+		// 17 frames of just over 60 KiB fit in 1 MiB; the 18th does not, though frame tokens remain.
+		const limited = await waitFor(() => {
+			const errors = agent.frames.filter((f) => f.type === "error" && f.code === ErrorCode.RATE_LIMITED);
+			return errors.length >= 3 ? errors : undefined;
+		}, "rate_limited errors for the frames past the character budget");
+		expect(limited.map((f) => (f as { id?: string }).id)).toEqual([cmd.id, cmd.id, cmd.id]);
+		agent.close();
+	});
+
 	it("answers enqueues over the per-key rate with 429, Retry-After and the error shape; other keys are not affected", async () => {
 		const agentId = uniqueAgentId("limited");
 		const key = "test-ratelimited-key";

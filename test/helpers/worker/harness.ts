@@ -293,7 +293,7 @@ export async function freezeFrameBucket(agentId: string, rate: number, opts: { e
 		const now = Date.now();
 		const bucket = new FrameRateLimiter(rate, now);
 		const take = bucket.take.bind(bucket);
-		bucket.take = () => take(now);
+		bucket.take = (_now: number, size?: number) => take(now, size);
 		while (opts.empty && bucket.take(now) === "ok") {}
 		hub.limiter = { generation, bucket };
 	});
