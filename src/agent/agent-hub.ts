@@ -11,6 +11,7 @@ import { AgentCore } from "./core";
 import { handleFrame } from "./frames";
 import { FrameRateLimiter, frameRateLimit, frameTooLarge } from "./frame-limits";
 import { Flush } from "./flush";
+import { parkedCount } from "./parked";
 import { AGENT_ID_HEADER, OBSERVER_RESUME_HEADER } from "./headers";
 import { parseResume } from "./observers";
 import { closeQuietly, generationOf, isObserver, send } from "./sockets";
@@ -173,6 +174,8 @@ export class AgentHub extends DurableObject<Env> {
 		buffered: Partial<Record<string, number>>;
 		/** Journal entries Postgres has not confirmed. */
 		outbox: number;
+		/** Status changes Postgres refused, waiting to be tried again (./parked.ts). */
+		parked: number;
 		/** Named timers still pending (e.g. `catch_up` while a read of Postgres is under way). */
 		timers: string[];
 	}> {
@@ -184,6 +187,7 @@ export class AgentHub extends DurableObject<Env> {
 			concurrency: core.concurrency(),
 			buffered: storage.statusCounts(core.sql),
 			outbox: core.journal.unsynced(),
+			parked: parkedCount(core.sql),
 			timers: [...core.state.timers().keys()],
 		};
 	}
@@ -352,7 +356,9 @@ export class AgentHub extends DurableObject<Env> {
 		});
 		if ((timers.get("catch_up") ?? Number.POSITIVE_INFINITY) <= now) this.catchUpJob.onDue(now);
 		if ((timers.get("flush") ?? Number.POSITIVE_INFINITY) <= now) this.flushJob.onDue(now);
-		else if (core.journal.unsynced() > 0 || core.state.get("presence_dirty")) this.flushJob.request();
+		else if (core.journal.unsynced() > 0 || core.state.get("presence_dirty") || (timers.get("parked") ?? Number.POSITIVE_INFINITY) <= now) {
+			this.flushJob.request();
+		}
 		core.observers.publish();
 		// Waited for (so the re-arm sees its timers), but not for long: a flush
 		// queued at the connection gate must not hold up the deadlines.

@@ -5,10 +5,12 @@
  * while a write is under way leave with the next one, so an ack and a
  * result close together cost one write.
  */
-import { DbQueryError } from "../db/client";
-import { type Presence, writeStatus } from "../db/status-writes";
+import { DbConflictError, DbQueryError } from "../db/client";
+import { type KeyedEntry, type Presence, writeStatus } from "../db/status-writes";
+import { log } from "../log";
 import type { AgentCore } from "./core";
-import { recordAnalytics, salvage } from "./outbox-writes";
+import { recordAnalytics, salvage, tryWrite } from "./outbox-writes";
+import * as parked from "./parked";
 import { prune } from "./storage";
 
 const BATCH = 500;
@@ -64,25 +66,98 @@ export class Flush {
 			const { through, entries } = host.journal.peek(BATCH, BATCH_CHARS);
 			if (entries.length === 0 && host.state.get("presence_dirty") !== true) break;
 			const sent = host.presence();
-			const presence = this.presenceDue(sent, host.journal.unsynced() - entries.length);
-			await host.db
-				.run((db) => writeStatus(db, entries, presence, host.name))
-				.catch((err: unknown) => {
-					if (!(err instanceof DbQueryError)) throw err;
-					return salvage(host.db, host.name, entries, presence, err);
-				});
+			const presence = this.presenceDue(sent, host.journal.unsynced() - entries.length + this.parkedCount());
+			const { refused, error } = await this.write(entries, presence);
 			if (presence) this.presenceWritten = { at: Date.now(), outboxDepth: presence.outboxDepth };
-			recordAnalytics(host.env, host.name, entries);
+			recordAnalytics(host.env, host.name, refused.length ? entries.filter((e) => !refused.includes(e)) : entries);
 			host.atomically(() => {
 				host.journal.confirm(through);
+				if (refused.length > 0) this.park(refused, error);
 				host.rememberHeard();
 				// Presence written above is stale if it changed during the await.
 				const now = host.presence();
 				if (now.lastSeenAt === sent.lastSeenAt && now.connected === sent.connected) host.state.delete("presence_dirty");
 			});
-			if (entries.length < BATCH && host.journal.unsynced() === 0) break;
+			if (refused.length > 0) await this.wakeForParked();
+			// After parking, once more: the outbox depth Postgres shows now counts them.
+			if (entries.length < BATCH && host.journal.unsynced() === 0 && refused.length === 0) break;
 		}
+		// Written ones change the outbox depth Postgres shows: one more pass writes it.
+		if (await this.retryParked()) return this.run();
 		await this.drained();
+	}
+
+	/**
+	 * One statement for the batch. Refused (not an outage, not a conflict,
+	 * which are thrown for the job to retry on its backoff): entry by entry,
+	 * and what Postgres refuses even so comes back to be parked.
+	 */
+	private async write(entries: KeyedEntry[], presence: Presence | null): Promise<{ refused: KeyedEntry[]; error: string }> {
+		const host = this.host;
+		try {
+			await host.db.run((db) => writeStatus(db, entries, presence, host.name));
+			return { refused: [], error: "" };
+		} catch (err) {
+			if (!(err instanceof DbQueryError) || err instanceof DbConflictError) throw err;
+			const { refused, error } = await salvage(host.db, host.name, entries, presence, err);
+			return { refused, error: describe(error) };
+		}
+	}
+
+	private parkedKnown: number | undefined;
+
+	private parkedCount(): number {
+		this.parkedKnown ??= parked.parkedCount(this.host.sql);
+		return this.parkedKnown;
+	}
+
+	private park(entries: KeyedEntry[], error: string): void {
+		const now = Date.now();
+		parked.park(this.host.sql, entries, error, now);
+		this.parkedKnown = this.parkedCount() + entries.length;
+		for (const e of entries) log("error", "outbox.entry_parked", { agentId: this.host.name, commandId: e.commandId, error });
+		this.armParked();
+		this.host.state.set("presence_dirty", true);
+	}
+
+	/** Due parked entries, one statement each: written ones leave, refused ones wait longer. Says whether any left. */
+	private async retryParked(): Promise<boolean> {
+		const host = this.host;
+		if (this.parkedCount() === 0) return false;
+		const due = parked.dueParked(host.sql, Date.now());
+		if (due.length === 0) return false;
+		const outcomes = await host.db.run(async (db) => {
+			const out: { p: parked.Parked; refusal: DbQueryError | null }[] = [];
+			for (const p of due) out.push({ p, refusal: await tryWrite(db, p.entry, host.name) });
+			return out;
+		});
+		host.atomically(() => {
+			const now = Date.now();
+			for (const { p, refusal } of outcomes) {
+				if (refusal) parked.deferParked(host.sql, p, describe(refusal), now);
+				else parked.unpark(host.sql, p.seq);
+			}
+			this.parkedKnown = parked.parkedCount(host.sql);
+			if (this.parkedKnown > 0) this.armParked();
+			else host.state.clearTimer("parked");
+			// The outbox depth operators see has changed.
+			host.state.set("presence_dirty", true);
+		});
+		await this.wakeForParked();
+		const written = outcomes.filter((o) => o.refusal === null).length;
+		if (written > 0) log("info", "outbox.parked_written", { agentId: host.name, written, left: this.parkedKnown });
+		return written > 0;
+	}
+
+	/** The next parked entry's retry, as a timer; the caller commits it, then `wakeForParked`. */
+	private armParked(): void {
+		const at = parked.nextParkedAt(this.host.sql);
+		if (at !== null) this.host.state.setTimer("parked", at);
+	}
+
+	private async wakeForParked(): Promise<void> {
+		const at = this.host.state.timer("parked");
+		if (at !== undefined) await this.host.alarm.require(at);
 	}
 
 	/**
@@ -133,4 +208,9 @@ export class Flush {
 		}
 		if (this.host.alarm.isStale && this.host.counts.open === 0) await this.host.settleAlarm();
 	}
+}
+
+/** What Postgres said, for the parked row: the driver's message names the SQLSTATE, its cause the reason. */
+function describe(err: Error): string {
+	return err.cause instanceof Error ? `${err.message}: ${err.cause.message}` : err.message;
 }

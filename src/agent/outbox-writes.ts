@@ -3,16 +3,16 @@
  * path when Postgres refuses a batch, and the Analytics Engine data points
  * for what it accepted. Plain functions of the batch, outside the object.
  */
-import { type Database, DbQueryError } from "../db/client";
+import { classifyDbError, type Database, type Db, DbConflictError, DbQueryError } from "../db/client";
 import { type KeyedEntry, type Presence, writeStatus } from "../db/status-writes";
 import { errorFields, log } from "../log";
 
 /**
  * Postgres refused a batch (not an outage): write it entry by entry so one
  * bad entry cannot wedge the outbox. A result Postgres cannot store is
- * replaced by an explanation, so the status still lands; an entry refused
- * even then is logged and skipped. Frames are checked on arrival, so this
- * is a backstop.
+ * replaced by an explanation, so the status still lands; the entries
+ * refused even then are returned, for the caller to park (./parked.ts).
+ * Frames are checked on arrival, so this is a backstop.
  */
 export async function salvage(
 	database: Database,
@@ -20,32 +20,54 @@ export async function salvage(
 	entries: KeyedEntry[],
 	presence: Presence | null,
 	cause: DbQueryError,
-): Promise<void> {
+): Promise<{ refused: KeyedEntry[]; error: DbQueryError }> {
 	log("error", "outbox.batch_refused", { agentId, size: entries.length, ...errorFields(cause) });
+	const refused: KeyedEntry[] = [];
+	let error = cause;
 	await database.run(async (db) => {
 		if (presence) await writeStatus(db, [], presence);
 		for (const entry of entries) {
-			try {
-				await writeStatus(db, [entry], null, agentId);
-			} catch (err) {
-				if (!(err instanceof DbQueryError)) throw err;
-				if (entry.kind !== "transition") {
-					log("error", "outbox.entry_dropped", { agentId, commandId: entry.commandId, ...errorFields(err) });
-					continue;
-				}
-				const plain = {
-					...entry,
-					result: entry.result === undefined ? undefined : null,
-					error: "the agent's result could not be stored",
-					detail: { ...entry.detail, unstorable: true },
-				};
-				await writeStatus(db, [plain], null, agentId).catch((again: unknown) => {
-					if (!(again instanceof DbQueryError)) throw again;
-					log("error", "outbox.entry_dropped", { agentId, commandId: entry.commandId, ...errorFields(again) });
-				});
-			}
+			const failed = await tryWrite(db, entry, agentId);
+			if (!failed) continue;
+			error = failed;
+			if (entry.kind === "transition") refused.push(entry);
+			else log("error", "outbox.entry_dropped", { agentId, commandId: entry.commandId, ...errorFields(failed) });
 		}
 	});
+	return { refused, error };
+}
+
+/**
+ * One entry on its own, then (a transition) with its result replaced by an
+ * explanation. Returns what Postgres said if it refused both; a conflict or
+ * an outage is thrown, for the flush to retry it all.
+ */
+export async function tryWrite(db: Db, entry: KeyedEntry, agentId: string): Promise<DbQueryError | null> {
+	// Inside a run the driver's own errors arrive unclassified.
+	const refusal = (caught: unknown) => {
+		const err = classifyDbError(caught);
+		if (!(err instanceof DbQueryError) || err instanceof DbConflictError) throw err;
+		return err;
+	};
+	try {
+		await writeStatus(db, [entry], null, agentId);
+		return null;
+	} catch (err) {
+		const first = refusal(err);
+		if (entry.kind !== "transition") return first;
+	}
+	const plain = {
+		...entry,
+		result: entry.result === undefined ? undefined : null,
+		error: "the agent's result could not be stored",
+		detail: { ...entry.detail, unstorable: true },
+	};
+	try {
+		await writeStatus(db, [plain], null, agentId);
+		return null;
+	} catch (err) {
+		return refusal(err);
+	}
 }
 
 /**

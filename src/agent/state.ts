@@ -23,7 +23,7 @@ const text: Codec<string> = { decode: (t) => t, encode: (v) => v };
 const ids: Codec<string[]> = { decode: (t) => JSON.parse(t) as string[], encode: (v) => JSON.stringify(v) };
 
 /** Named deadlines that share the object's one alarm with the commands' own. */
-export const TIMERS = ["hello", "catch_up", "flush", "token_expiry"] as const;
+export const TIMERS = ["hello", "catch_up", "flush", "token_expiry", "parked"] as const;
 export type TimerName = (typeof TIMERS)[number];
 
 /** Every key the object keeps, with its type. */
@@ -54,6 +54,7 @@ const SCHEMA = {
 	"timer:catch_up": num,
 	"timer:flush": num,
 	"timer:token_expiry": num,
+	"timer:parked": num,
 } satisfies Record<string, Codec<never> | Codec<number> | Codec<boolean> | Codec<string> | Codec<string[]>>;
 
 export type StateKey = keyof typeof SCHEMA;

@@ -59,6 +59,7 @@ export const MIGRATIONS = [
 	`alter table commands add column output_seq integer;
 	alter table commands add column output_chars integer not null default 0;
 	alter table commands add column output_cut integer not null default 0;`,
+	`create table if not exists parked (seq integer primary key autoincrement, sync text not null, error text not null, tries integer not null, next_at integer not null);`,
 ];
 
 /**
@@ -96,7 +97,8 @@ export const SCHEMA = `create table commands (
 	create index commands_by_delivery on commands (status, priority desc, seq);
 	create table stops (id text primary key, reason text not null, until integer not null);
 	create table events (seq integer primary key autoincrement, at integer not null, body text not null, size integer not null default 0, sync text, event_seq integer);
-	create index events_by_event_seq on events (event_seq) where event_seq is not null;`;
+	create index events_by_event_seq on events (event_seq) where event_seq is not null;
+	create table parked (seq integer primary key autoincrement, sync text not null, error text not null, tries integer not null, next_at integer not null);`;
 
 /** Brings the object's tables to the current schema. The object runs this in a transaction, so the schema and its version move together. */
 export function migrate(sql: SqlStorage): void {
@@ -227,10 +229,18 @@ export function getCommand(sql: SqlStorage, id: string): BufferedRow | undefined
 	return rows(sql, "select * from commands where id = ?", id)[0];
 }
 
-/** Forgets finished commands PRUNE_AFTER_MS after they finished, and stale stops. */
+/**
+ * Forgets finished commands PRUNE_AFTER_MS after they finished, and stale
+ * stops. A command with a parked outbox entry is kept: Postgres has not
+ * heard how it ended, and a catch-up must not take it again.
+ */
 export function prune(sql: SqlStorage, now: number): number {
 	sql.exec("delete from stops where until < ?", now);
-	return sql.exec("delete from commands where finished_at is not null and finished_at < ?", now - PRUNE_AFTER_MS).rowsWritten;
+	return sql.exec(
+		`delete from commands where finished_at is not null and finished_at < ?
+			and id not in (select json_extract(sync, '$.commandId') from parked)`,
+		now - PRUNE_AFTER_MS,
+	).rowsWritten;
 }
 
 // ------------------------------------------------------------------- stops
