@@ -2,10 +2,11 @@
  * Watching an agent live: the observer stream (order, resume, gaps, output,
  * many observers), stored output, the audit trail and retention.
  */
-import { runInDurableObject } from "cloudflare:test";
+import { createExecutionContext, runInDurableObject } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
+import { app } from "../../src/app";
 import { deleteExpired } from "../../src/retention";
 import { agentHub } from "../../src/agent/stub";
 import { OUTPUT_CAP_CHARS, OUTPUT_TRUNCATION_MARKER } from "../../src/protocol";
@@ -476,8 +477,17 @@ describe("metrics", () => {
 		return Number(line.slice(series.length + 1));
 	}
 
-	async function scrape(): Promise<string> {
-		const res = await api("/metrics");
+	/** The test database under a URL no scrape has used, so this isolate has no snapshot cached for it. */
+	function freshUrl(): string {
+		const url = new URL(env.DATABASE_URL);
+		url.searchParams.set("application_name", `metrics-${crypto.randomUUID().slice(0, 8)}`);
+		return url.toString();
+	}
+
+	/** A scrape that reads Postgres now (`url` fresh), or shares the isolate's snapshot for `url`. */
+	async function scrape(url = freshUrl()): Promise<string> {
+		const req = new Request(`${BASE}/metrics`, { headers: { authorization: `Bearer ${API_KEY}` } });
+		const res = await app.fetch(req, { ...env, DATABASE_URL: url }, createExecutionContext());
 		expect(res.status).toBe(200);
 		expect(res.headers.get("content-type")).toMatch(/^text\/plain; version=0\.0\.4/);
 		return res.text();
@@ -505,8 +515,9 @@ describe("metrics", () => {
 		expect(delta('switchyard_command_transitions_total{to="dispatched"}')).toBe(3);
 		expect(delta('switchyard_command_transitions_total{to="completed"}')).toBe(2);
 		expect(delta('switchyard_command_transitions_total{to="failed"}')).toBe(1);
-		expect(delta('switchyard_commands{status="completed"}')).toBe(2);
+		// Open statuses are gauged; finished ones are counted by transitions_total.
 		expect(delta('switchyard_commands{status="pending"}')).toBe(1);
+		expect(after).not.toMatch(/switchyard_commands\{status="(completed|failed|cancelled|expired)"\}/);
 		expect(delta("switchyard_pending_backlog")).toBe(1);
 		expect(delta("switchyard_enqueue_to_dispatch_seconds_count")).toBe(3);
 		expect(delta("switchyard_dispatch_to_completion_seconds_count")).toBe(3);
@@ -571,6 +582,58 @@ describe("metrics", () => {
 		expect(delta(`${name}_count`)).toBe(latencies.length);
 		expect(delta(`${name}_sum`)).toBeCloseTo(latencies.reduce((a, b) => a + b, 0), 3);
 		expect(value(await scrape(), `${name}_count`)).toBe(value(after, `${name}_count`));
+	});
+
+	it("gauges count exactly the open commands, the connected agents and the outbox, whoever wrote the rows", async () => {
+		const expected = {
+			switchyard_agents_connected: 1,
+			switchyard_outbox_depth: 7,
+			'switchyard_commands{status="pending"}': 1,
+			'switchyard_commands{status="dispatched"}': 1,
+			'switchyard_commands{status="acknowledged"}': 2,
+			switchyard_pending_backlog: 1,
+		};
+		// Objects left by earlier tests may still flush a presence or a status
+		// between two scrapes; a measurement they disturbed is taken again.
+		let deltas: Record<string, number> = {};
+		let oldest = 0;
+		for (let attempt = 0; attempt < 5; attempt++) {
+			const agentId = uniqueAgentId("metrics-gauges");
+			const before = await scrape();
+			await query(sql`insert into agents (id, connected, outbox_depth) values (${agentId}, true, 7)`);
+			await query(sql`
+				insert into agent_commands (agent_id, action, status, created_at, completed_at) values
+					(${agentId}, 'g', 'pending', now() - interval '1 day', null),
+					(${agentId}, 'g', 'dispatched', now(), null),
+					(${agentId}, 'g', 'acknowledged', now(), null),
+					(${agentId}, 'g', 'acknowledged', now(), null),
+					(${agentId}, 'g', 'completed', now(), now()),
+					(${agentId}, 'g', 'expired', now(), now())`);
+			let after: string;
+			try {
+				after = await scrape();
+			} finally {
+				await query(sql`delete from agent_commands where agent_id = ${agentId}`);
+				await query(sql`delete from agents where id = ${agentId}`);
+			}
+			deltas = Object.fromEntries(Object.keys(expected).map((k) => [k, value(after, k) - value(before, k)]));
+			oldest = value(after, "switchyard_pending_oldest_seconds");
+			if (Object.entries(expected).every(([k, v]) => deltas[k] === v)) break;
+		}
+		expect(deltas).toEqual(expected);
+		expect(oldest).toBeGreaterThanOrEqual(86_400);
+	});
+
+	it("send Postgres one query per isolate however often they are scraped", async () => {
+		const sqlRequests = async () => Number(await (await fetch(`${env.TEST_RELAY_CONTROL}/sql-requests`)).text());
+		const url = freshUrl();
+		const before = await sqlRequests();
+		// Concurrent scrapes share the query under way; later ones reuse its snapshot.
+		const first = await Promise.all(Array.from({ length: 5 }, () => scrape(url)));
+		const later: string[] = [];
+		for (let i = 0; i < 5; i++) later.push(await scrape(url));
+		expect((await sqlRequests()) - before).toBe(1);
+		for (const text of [...first, ...later]) expect(text).toBe(first[0]);
 	});
 
 	it("need an operator key", async () => {
