@@ -436,11 +436,55 @@ describe("retention", () => {
 		const idOf = (a: string) => rows.find((r) => r.action === a)?.id ?? "";
 		await query(sql`insert into command_events (command_id, from_status, to_status) values (${idOf("old_done")}, null, 'pending')`);
 
-		await deleteExpired(env, 30);
+		await deleteExpired(env, { days: 30 });
 		const left = await query<{ action: string }>(sql`select action from agent_commands where agent_id = ${agentId} order by action`);
 		expect(left.map((r) => r.action)).toEqual(["old_pending", "old_running", "recent_done"]);
 		const orphanEvents = await query(sql`select 1 from command_events where command_id = ${idOf("old_done")}`);
 		expect(orphanEvents).toEqual([]);
+	});
+
+	/** `due` finished commands past a 365-day period, each with two events, beside rows it must keep. */
+	async function history(agentId: string, due: number): Promise<void> {
+		// Nothing else due first, so the counts below are this agent's.
+		await deleteExpired(env, { days: 365 });
+		await query(sql`
+			insert into agent_commands (agent_id, action, status, created_at, completed_at)
+			select ${agentId}, 'old', (array['completed','failed','cancelled','expired'])[1 + i % 4],
+				now() - interval '401 days', now() - interval '400 days' - make_interval(secs => i)
+			from generate_series(1, ${due}) i`);
+		await query(sql`
+			insert into command_events (command_id, from_status, to_status)
+			select id, s.f, s.t from agent_commands, (values (null, 'pending'), ('pending', 'dispatched')) s(f, t)
+			where agent_id = ${agentId}`);
+		await query(sql`
+			insert into agent_commands (agent_id, action, status, created_at, completed_at) values
+				(${agentId}, 'keep_recent', 'completed', now() - interval '2 days', now() - interval '2 days'),
+				(${agentId}, 'keep_pending', 'pending', now() - interval '900 days', null),
+				(${agentId}, 'keep_dispatched', 'dispatched', now() - interval '900 days', null),
+				(${agentId}, 'keep_running', 'acknowledged', now() - interval '900 days', null)`);
+	}
+
+	const left = async (agentId: string) =>
+		(await query<{ action: string }>(sql`select action from agent_commands where agent_id = ${agentId} order by action`)).map((r) => r.action);
+
+	// The old run stopped after 20 batches (20,000 rows a minute, ~333/s) whatever was due.
+	it("one run deletes everything due, past the old 20-batch cap, and keeps open and recent commands", async () => {
+		const agentId = uniqueAgentId("ret-all");
+		await history(agentId, 45);
+		expect(await deleteExpired(env, { days: 365, batchSize: 2, budgetMs: 60_000 })).toBe(45);
+		expect(await left(agentId)).toEqual(["keep_dispatched", "keep_pending", "keep_recent", "keep_running"]);
+		const events = await query(sql`
+			select 1 from command_events e left join agent_commands c on c.id = e.command_id where c.id is null`);
+		expect(events).toEqual([]);
+	});
+
+	it("a run whose budget is spent stops after its batch; the next run goes on", async () => {
+		const agentId = uniqueAgentId("ret-budget");
+		await history(agentId, 7);
+		expect(await deleteExpired(env, { days: 365, batchSize: 3, budgetMs: 0 })).toBe(3);
+		expect((await left(agentId)).filter((a) => a === "old")).toHaveLength(4);
+		expect(await deleteExpired(env, { days: 365, batchSize: 3 })).toBe(4);
+		expect(await left(agentId)).toEqual(["keep_dispatched", "keep_pending", "keep_recent", "keep_running"]);
 	});
 });
 
@@ -538,7 +582,7 @@ describe("metrics", () => {
 		agent.close();
 		const before = await scrape();
 		await query(sql`update agent_commands set completed_at = now() - interval '400 days' where id = ${cmd.id}`);
-		expect(await deleteExpired(env, 365)).toBeGreaterThanOrEqual(1);
+		expect(await deleteExpired(env, { days: 365 })).toBeGreaterThanOrEqual(1);
 		expect(await query(sql`select 1 from agent_commands where id = ${cmd.id}`)).toEqual([]);
 		const after = await scrape();
 		for (const series of [

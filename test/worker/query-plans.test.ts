@@ -9,6 +9,7 @@
 import { sql, type SQL } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
 import { snapshotQuery } from "../../src/db/metrics";
+import { RETENTION_BATCH, retentionBatchQuery } from "../../src/retention";
 import { db } from "../helpers/worker/harness";
 
 interface PlanNode {
@@ -65,6 +66,17 @@ describe("query plans", () => {
 			expect(open, JSON.stringify(s)).toContain(s.index);
 		}
 		expect(found.map((s) => s.relation).sort()).toEqual(expect.arrayContaining(["agent_commands", "agents"]));
+	});
+
+	it("a retention batch finds due rows through the finished index and deletes them by key", async () => {
+		const found = await scans(retentionBatchQuery(30, RETENTION_BATCH), ["agent_commands"]);
+		expect(found.length, JSON.stringify(found)).toBeGreaterThanOrEqual(2);
+		for (const s of found) expect(s.node, JSON.stringify(s)).not.toBe("Seq Scan");
+		const finding = found.find((s) => s.index === "agent_commands_finished_idx");
+		expect(finding?.cond, JSON.stringify(found)).toMatch(/completed_at/);
+		// The delete itself: one primary-key lookup per doomed id, not a walk of the table.
+		const deleting = found.filter((s) => s !== finding);
+		for (const s of deleting) expect(s, JSON.stringify(found)).toMatchObject({ index: "agent_commands_pkey", cond: expect.stringMatching(/id/) });
 	});
 
 	it("the cascade from a deleted command to its events is served by an index on command_id", async () => {
