@@ -130,7 +130,9 @@ export class Database {
 				await this.connecting.setup;
 				if (this.pool !== pool) throw new DbUnavailableError(new Error("database closed while connecting"));
 			}
-			return await this.withDeadline(pool, fn(db));
+			// A drizzle query is a thenable that runs its statement on every
+			// then(): resolve it once here, or withDeadline's two would run it twice.
+			return await this.withDeadline(pool, Promise.resolve(fn(db)));
 		} catch (err) {
 			// The pool drops a broken connection itself; the next call opens a new one.
 			throw classifyDbError(err);

@@ -18,15 +18,24 @@ import {
 
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: "date" });
 
-export const agents = pgTable("agents", {
-	id: text("id").primaryKey(),
-	createdAt: ts("created_at").notNull().defaultNow(),
-	connected: boolean("connected").notNull().default(false),
-	lastConnectedAt: ts("last_connected_at"),
-	lastSeenAt: ts("last_seen_at"),
-	// Status changes the agent's object still holds for Postgres, as of its last flush.
-	outboxDepth: integer("outbox_depth").notNull().default(0),
-});
+export const agents = pgTable(
+	"agents",
+	{
+		id: text("id").primaryKey(),
+		createdAt: ts("created_at").notNull().defaultNow(),
+		connected: boolean("connected").notNull().default(false),
+		lastConnectedAt: ts("last_connected_at"),
+		lastSeenAt: ts("last_seen_at"),
+		// Status changes the agent's object still holds for Postgres, as of its last flush.
+		outboxDepth: integer("outbox_depth").notNull().default(0),
+	},
+	(t) => [
+		// /metrics reads only the agents that are online or hold unflushed
+		// changes, never the whole fleet's history (migrations/0008).
+		index("agents_connected_idx").on(t.id).where(sql`${t.connected}`),
+		index("agents_outbox_idx").on(t.outboxDepth).where(sql`${t.outboxDepth} > 0`),
+	],
+);
 
 /**
  * No foreign key to `agents`: operators may insert commands with plain SQL for
@@ -91,6 +100,15 @@ export const agentCommands = pgTable(
 		index("agent_commands_untaken_idx")
 			.on(t.createdAt)
 			.where(sql`${t.status} = 'pending' and ${t.takenAt} is null`),
+		// /metrics: open commands by status, and the oldest pending one, without
+		// reading the finished history (migrations/0008).
+		index("agent_commands_open_status_idx")
+			.on(t.status, t.createdAt)
+			.where(sql`${t.status} in ('pending','dispatched','acknowledged')`),
+		// Retention: finished rows, oldest completion first.
+		index("agent_commands_finished_idx")
+			.on(t.completedAt)
+			.where(sql`${t.status} in ('completed','failed','cancelled','expired')`),
 		uniqueIndex("agent_commands_idempotency_idx")
 			.on(t.agentId, t.idempotencyKey)
 			.where(sql`${t.idempotencyKey} is not null`),

@@ -1,8 +1,31 @@
 import { Hono } from "hono";
 import type { AppEnv } from "../app-env";
 import { readAccess } from "../auth/api-key";
+import type { HttpDatabase } from "../db/http";
 import { type Histogram, LATENCY_BUCKETS, type Snapshot, snapshot } from "../db/metrics";
-import { COMMAND_STATUSES } from "../protocol";
+import { COMMAND_STATUSES, OPEN_STATUSES } from "../protocol";
+
+/**
+ * A snapshot is reused for this long: however many Prometheus replicas
+ * scrape, or however hard a dashboard refreshes, an isolate sends Postgres at
+ * most one metrics query per period (docs/operations.md, "Metrics").
+ */
+export const METRICS_CACHE_MS = 5_000;
+
+/** The isolate's last snapshot and the database it came from (one URL in production; tests switch it). */
+let cached: { url: string; at: number; snapshot: Promise<Snapshot> } | undefined;
+
+/** Concurrent scrapes share the query under way; a failed one is not kept, so the next scrape asks again. */
+function cachedSnapshot(url: string, db: HttpDatabase): Promise<Snapshot> {
+	const now = Date.now();
+	if (cached && cached.url === url && now - cached.at < METRICS_CACHE_MS) return cached.snapshot;
+	const entry = { url, at: now, snapshot: db.run((d) => snapshot(d)) };
+	cached = entry;
+	entry.snapshot.catch(() => {
+		if (cached === entry) cached = undefined;
+	});
+	return entry.snapshot;
+}
 
 /** Prometheus text exposition (version 0.0.4). */
 export function render(s: Snapshot): string {
@@ -19,11 +42,14 @@ export function render(s: Snapshot): string {
 			["_count", h.count],
 		]);
 	metric("switchyard_agents_connected", "gauge", "Agents with an open socket.", [["", s.agentsConnected]]);
+	// Open statuses only: counting the retained finished rows would cost a
+	// scan of the history per scrape. Finished commands are counted by
+	// switchyard_command_transitions_total{to=...}.
 	metric(
 		"switchyard_commands",
 		"gauge",
-		"Commands by current status.",
-		COMMAND_STATUSES.map((st) => [`{status="${st}"}`, s.byStatus[st] ?? 0]),
+		"Open commands by current status (finished ones: switchyard_command_transitions_total).",
+		OPEN_STATUSES.map((st) => [`{status="${st}"}`, s.byStatus[st] ?? 0]),
 	);
 	metric(
 		"switchyard_command_transitions_total",
@@ -47,6 +73,6 @@ export function render(s: Snapshot): string {
 }
 
 export const metricsRoutes = new Hono<AppEnv>().get("/metrics", readAccess, async (c) => {
-	const s = await c.var.db.run((db) => snapshot(db));
+	const s = await cachedSnapshot(c.env.DATABASE_URL, c.var.db);
 	return c.text(render(s), 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
 });

@@ -117,4 +117,23 @@ describe.each(servers)("upgrading a database in use ($kind)", ({ start }) => {
 		expect(next.count).toBe(latencies.length + 1);
 		expect(next.sum).toBeCloseTo(old.sum + 0.04, 6);
 	});
+
+	it("that upgrade applied every migration, 0008's scan indexes included", async () => {
+		const { rows } = await withNodePool(url, (pool) =>
+			pool.query<{ indexname: string }>("select indexname from pg_indexes where schemaname = 'public' order by indexname"),
+		);
+		expect(rows.map((r) => r.indexname)).toEqual(
+			expect.arrayContaining(["agent_commands_finished_idx", "agent_commands_open_status_idx", "agents_connected_idx", "agents_outbox_idx"]),
+		);
+	});
+});
+
+// drizzle's migrator applies only the migrations whose `when` is later than
+// the last one a database has: one stamped earlier than its predecessor (as
+// drizzle-kit stamps a migration made on a branch while a later one was
+// merged) would be skipped on every database already past that predecessor.
+it("each migration in the journal is stamped later than the one before", () => {
+	const journal = JSON.parse(readFileSync(join(MIGRATIONS_DIR, "meta", "_journal.json"), "utf8")) as { entries: { tag: string; when: number }[] };
+	const late = journal.entries.filter((e, i) => i > 0 && e.when <= (journal.entries[i - 1]?.when ?? 0)).map((e) => e.tag);
+	expect(late).toEqual([]);
 });

@@ -2,11 +2,12 @@
  * Watching an agent live: the observer stream (order, resume, gaps, output,
  * many observers), stored output, the audit trail and retention.
  */
-import { runInDurableObject } from "cloudflare:test";
+import { createExecutionContext, runInDurableObject } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
 import type { AgentCore } from "../../src/agent/core";
+import { app } from "../../src/app";
 import { deleteExpired } from "../../src/retention";
 import { agentHub } from "../../src/agent/stub";
 import { OUTPUT_CAP_CHARS, OUTPUT_TRUNCATION_MARKER } from "../../src/protocol";
@@ -528,11 +529,55 @@ describe("retention", () => {
 		const idOf = (a: string) => rows.find((r) => r.action === a)?.id ?? "";
 		await query(sql`insert into command_events (command_id, from_status, to_status) values (${idOf("old_done")}, null, 'pending')`);
 
-		await deleteExpired(env, 30);
+		await deleteExpired(env, { days: 30 });
 		const left = await query<{ action: string }>(sql`select action from agent_commands where agent_id = ${agentId} order by action`);
 		expect(left.map((r) => r.action)).toEqual(["old_pending", "old_running", "recent_done"]);
 		const orphanEvents = await query(sql`select 1 from command_events where command_id = ${idOf("old_done")}`);
 		expect(orphanEvents).toEqual([]);
+	});
+
+	/** `due` finished commands past a 365-day period, each with two events, beside rows it must keep. */
+	async function history(agentId: string, due: number): Promise<void> {
+		// Nothing else due first, so the counts below are this agent's.
+		await deleteExpired(env, { days: 365 });
+		await query(sql`
+			insert into agent_commands (agent_id, action, status, created_at, completed_at)
+			select ${agentId}, 'old', (array['completed','failed','cancelled','expired'])[1 + i % 4],
+				now() - interval '401 days', now() - interval '400 days' - make_interval(secs => i)
+			from generate_series(1, ${due}) i`);
+		await query(sql`
+			insert into command_events (command_id, from_status, to_status)
+			select id, s.f, s.t from agent_commands, (values (null, 'pending'), ('pending', 'dispatched')) s(f, t)
+			where agent_id = ${agentId}`);
+		await query(sql`
+			insert into agent_commands (agent_id, action, status, created_at, completed_at) values
+				(${agentId}, 'keep_recent', 'completed', now() - interval '2 days', now() - interval '2 days'),
+				(${agentId}, 'keep_pending', 'pending', now() - interval '900 days', null),
+				(${agentId}, 'keep_dispatched', 'dispatched', now() - interval '900 days', null),
+				(${agentId}, 'keep_running', 'acknowledged', now() - interval '900 days', null)`);
+	}
+
+	const left = async (agentId: string) =>
+		(await query<{ action: string }>(sql`select action from agent_commands where agent_id = ${agentId} order by action`)).map((r) => r.action);
+
+	// The old run stopped after 20 batches (20,000 rows a minute, ~333/s) whatever was due.
+	it("one run deletes everything due, past the old 20-batch cap, and keeps open and recent commands", async () => {
+		const agentId = uniqueAgentId("ret-all");
+		await history(agentId, 45);
+		expect(await deleteExpired(env, { days: 365, batchSize: 2, budgetMs: 60_000 })).toBe(45);
+		expect(await left(agentId)).toEqual(["keep_dispatched", "keep_pending", "keep_recent", "keep_running"]);
+		const events = await query(sql`
+			select 1 from command_events e left join agent_commands c on c.id = e.command_id where c.id is null`);
+		expect(events).toEqual([]);
+	});
+
+	it("a run whose budget is spent stops after its batch; the next run goes on", async () => {
+		const agentId = uniqueAgentId("ret-budget");
+		await history(agentId, 7);
+		expect(await deleteExpired(env, { days: 365, batchSize: 3, budgetMs: 0 })).toBe(3);
+		expect((await left(agentId)).filter((a) => a === "old")).toHaveLength(4);
+		expect(await deleteExpired(env, { days: 365, batchSize: 3 })).toBe(4);
+		expect(await left(agentId)).toEqual(["keep_dispatched", "keep_pending", "keep_recent", "keep_running"]);
 	});
 });
 
@@ -569,8 +614,17 @@ describe("metrics", () => {
 		return Number(line.slice(series.length + 1));
 	}
 
-	async function scrape(): Promise<string> {
-		const res = await api("/metrics");
+	/** The test database under a URL no scrape has used, so this isolate has no snapshot cached for it. */
+	function freshUrl(): string {
+		const url = new URL(env.DATABASE_URL);
+		url.searchParams.set("application_name", `metrics-${crypto.randomUUID().slice(0, 8)}`);
+		return url.toString();
+	}
+
+	/** A scrape that reads Postgres now (`url` fresh), or shares the isolate's snapshot for `url`. */
+	async function scrape(url = freshUrl()): Promise<string> {
+		const req = new Request(`${BASE}/metrics`, { headers: { authorization: `Bearer ${API_KEY}` } });
+		const res = await app.fetch(req, { ...env, DATABASE_URL: url }, createExecutionContext());
 		expect(res.status).toBe(200);
 		expect(res.headers.get("content-type")).toMatch(/^text\/plain; version=0\.0\.4/);
 		return res.text();
@@ -598,8 +652,9 @@ describe("metrics", () => {
 		expect(delta('switchyard_command_transitions_total{to="dispatched"}')).toBe(3);
 		expect(delta('switchyard_command_transitions_total{to="completed"}')).toBe(2);
 		expect(delta('switchyard_command_transitions_total{to="failed"}')).toBe(1);
-		expect(delta('switchyard_commands{status="completed"}')).toBe(2);
+		// Open statuses are gauged; finished ones are counted by transitions_total.
 		expect(delta('switchyard_commands{status="pending"}')).toBe(1);
+		expect(after).not.toMatch(/switchyard_commands\{status="(completed|failed|cancelled|expired)"\}/);
 		expect(delta("switchyard_pending_backlog")).toBe(1);
 		expect(delta("switchyard_enqueue_to_dispatch_seconds_count")).toBe(3);
 		expect(delta("switchyard_dispatch_to_completion_seconds_count")).toBe(3);
@@ -620,7 +675,7 @@ describe("metrics", () => {
 		agent.close();
 		const before = await scrape();
 		await query(sql`update agent_commands set completed_at = now() - interval '400 days' where id = ${cmd.id}`);
-		expect(await deleteExpired(env, 365)).toBeGreaterThanOrEqual(1);
+		expect(await deleteExpired(env, { days: 365 })).toBeGreaterThanOrEqual(1);
 		expect(await query(sql`select 1 from agent_commands where id = ${cmd.id}`)).toEqual([]);
 		const after = await scrape();
 		for (const series of [
@@ -664,6 +719,58 @@ describe("metrics", () => {
 		expect(delta(`${name}_count`)).toBe(latencies.length);
 		expect(delta(`${name}_sum`)).toBeCloseTo(latencies.reduce((a, b) => a + b, 0), 3);
 		expect(value(await scrape(), `${name}_count`)).toBe(value(after, `${name}_count`));
+	});
+
+	it("gauges count exactly the open commands, the connected agents and the outbox, whoever wrote the rows", async () => {
+		const expected = {
+			switchyard_agents_connected: 1,
+			switchyard_outbox_depth: 7,
+			'switchyard_commands{status="pending"}': 1,
+			'switchyard_commands{status="dispatched"}': 1,
+			'switchyard_commands{status="acknowledged"}': 2,
+			switchyard_pending_backlog: 1,
+		};
+		// Objects left by earlier tests may still flush a presence or a status
+		// between two scrapes; a measurement they disturbed is taken again.
+		let deltas: Record<string, number> = {};
+		let oldest = 0;
+		for (let attempt = 0; attempt < 5; attempt++) {
+			const agentId = uniqueAgentId("metrics-gauges");
+			const before = await scrape();
+			await query(sql`insert into agents (id, connected, outbox_depth) values (${agentId}, true, 7)`);
+			await query(sql`
+				insert into agent_commands (agent_id, action, status, created_at, completed_at) values
+					(${agentId}, 'g', 'pending', now() - interval '1 day', null),
+					(${agentId}, 'g', 'dispatched', now(), null),
+					(${agentId}, 'g', 'acknowledged', now(), null),
+					(${agentId}, 'g', 'acknowledged', now(), null),
+					(${agentId}, 'g', 'completed', now(), now()),
+					(${agentId}, 'g', 'expired', now(), now())`);
+			let after: string;
+			try {
+				after = await scrape();
+			} finally {
+				await query(sql`delete from agent_commands where agent_id = ${agentId}`);
+				await query(sql`delete from agents where id = ${agentId}`);
+			}
+			deltas = Object.fromEntries(Object.keys(expected).map((k) => [k, value(after, k) - value(before, k)]));
+			oldest = value(after, "switchyard_pending_oldest_seconds");
+			if (Object.entries(expected).every(([k, v]) => deltas[k] === v)) break;
+		}
+		expect(deltas).toEqual(expected);
+		expect(oldest).toBeGreaterThanOrEqual(86_400);
+	});
+
+	it("send Postgres one query per isolate however often they are scraped", async () => {
+		const sqlRequests = async () => Number(await (await fetch(`${env.TEST_RELAY_CONTROL}/sql-requests`)).text());
+		const url = freshUrl();
+		const before = await sqlRequests();
+		// Concurrent scrapes share the query under way; later ones reuse its snapshot.
+		const first = await Promise.all(Array.from({ length: 5 }, () => scrape(url)));
+		const later: string[] = [];
+		for (let i = 0; i < 5; i++) later.push(await scrape(url));
+		expect((await sqlRequests()) - before).toBe(1);
+		for (const text of [...first, ...later]) expect(text).toBe(first[0]);
 	});
 
 	it("need an operator key", async () => {

@@ -9,7 +9,7 @@ import { describe, expect, it } from "vitest";
 import { app } from "../../src/app";
 import { DbUnavailableError, objectDb, statementTimeout, withDb } from "../../src/db/client";
 import { httpDb } from "../../src/db/http";
-import { API_KEY, BASE, expectError, sql } from "../helpers/worker/harness";
+import { API_KEY, BASE, expectError, query, sql, uniqueAgentId } from "../helpers/worker/harness";
 
 const SLOW_SECONDS = 2;
 const short = { ...env, DB_STATEMENT_TIMEOUT_MS: "300" };
@@ -77,5 +77,20 @@ describe("statement timeout", () => {
 		} finally {
 			await db.close();
 		}
+	});
+
+	// A drizzle query runs its statement on every then(); the deadline race
+	// awaited it twice, so a retention batch deleted two batches and counted one.
+	it("the object's path runs a drizzle query it is handed once, not twice", async () => {
+		const db = objectDb(env);
+		const agentId = uniqueAgentId("once");
+		try {
+			await db.run((d) => d.execute(sql`insert into agents (id) select ${agentId} || '-' || (select count(*) from agents where id like ${`${agentId}-%`})`));
+		} finally {
+			await db.close();
+		}
+		const rows = await query<{ id: string }>(sql`select id from agents where id like ${`${agentId}-%`}`);
+		await query(sql`delete from agents where id like ${`${agentId}-%`}`);
+		expect(rows.map((r) => r.id)).toEqual([`${agentId}-0`]);
 	});
 });
