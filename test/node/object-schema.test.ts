@@ -52,7 +52,7 @@ describe("agent object schema", () => {
 		migrated.exec(`insert into meta (key, value) values ('schema_version', '${MIGRATIONS.length}')`);
 		migrate(old);
 
-		expect(shape(fresh).map((t) => t.name)).toEqual(["commands", "events", "meta", "stops"]);
+		expect(shape(fresh).map((t) => t.name)).toEqual(["commands", "events", "meta", "parked", "stops"]);
 		expect(shape(fresh)).toEqual(shape(migrated));
 	});
 
