@@ -10,6 +10,7 @@ import { describe, expect, it } from "vitest";
 import { signAgentToken } from "../../src/auth/agent-token";
 import { matchApiKey } from "../../src/auth/api-key";
 import { CloseCode, ErrorCode, ServerFrame } from "../../src/protocol";
+import { CONNECT_BURST, CONNECT_REFILL_MS } from "../../src/agent/connect-limit";
 import { agentHub } from "../../src/agent/stub";
 import {
 	TEST_ALLOWED_ORIGIN,
@@ -298,6 +299,38 @@ describe("browsers", () => {
 });
 
 describe("limits", () => {
+	it("refuses an agent that connects too often with 429 and Retry-After, then serves it again", async () => {
+		const agentId = uniqueAgentId();
+		const token = (await signAgentToken(agentId, { current: env.AGENT_TOKEN_SECRET }, 3600)).token;
+		let refused: Response | undefined;
+		let accepted = 0;
+		// A crash-looping agent; the bucket refills one every few seconds, so a slow loop may get a few more.
+		for (let i = 0; i < CONNECT_BURST + 10 && !refused; i++) {
+			const res = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/connect`, {
+				headers: { upgrade: "websocket", authorization: `Bearer ${token}` },
+			});
+			if (res.status === 101) {
+				res.webSocket?.accept();
+				res.webSocket?.close();
+				accepted++;
+				continue;
+			}
+			refused = res;
+		}
+		expect(accepted).toBeGreaterThanOrEqual(CONNECT_BURST);
+		if (!refused) throw new Error("never refused");
+		const retryAfter = Number(refused.headers.get("retry-after"));
+		expect(retryAfter).toBeGreaterThan(0);
+		expect(retryAfter).toBeLessThanOrEqual(Math.ceil(CONNECT_REFILL_MS / 1000));
+		await expectError(refused, 429, ErrorCode.RATE_LIMITED);
+		// Once the bucket has a connect again, the agent is served as usual.
+		await new Promise((r) => setTimeout(r, retryAfter * 1000));
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "after_flapping" });
+		expect((await agent.next("command")).id).toBe(cmd.id);
+		agent.close();
+	});
+
 	it("closes a socket that sends a frame over 1 MiB with 1009, before parsing it", async () => {
 		const agentId = uniqueAgentId();
 		const agent = await AgentSocket.connect(agentId);
