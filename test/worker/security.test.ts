@@ -8,7 +8,7 @@ import { runDurableObjectAlarm } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { signAgentToken } from "../../src/auth/agent-token";
-import { matchApiKey } from "../../src/auth/api-key";
+import { apiKeyId } from "../../src/auth/api-key";
 import { CloseCode, ErrorCode, ServerFrame } from "../../src/protocol";
 import { CONNECT_BURST, CONNECT_REFILL_MS } from "../../src/agent/connect-limit";
 import { agentHub } from "../../src/agent/stub";
@@ -298,6 +298,20 @@ describe("browsers", () => {
 	});
 });
 
+describe("audit key ids", () => {
+	it("name a key by an HMAC under the deployment's secret, not by a hash anyone can recompute", async () => {
+		const key = "test-second-key";
+		const { keyId } = await (await api("/v1/whoami", { key })).json<{ keyId: string }>();
+		expect(keyId).toBe(await apiKeyId(key, env.AGENT_TOKEN_SECRET));
+		const plain = [...new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(key)))]
+			.map((b) => b.toString(16).padStart(2, "0"))
+			.join("");
+		expect(plain.includes(keyId.slice(4, 12))).toBe(false);
+		// Another deployment's secret gives another id for the same key.
+		expect(await apiKeyId(key, `${env.AGENT_TOKEN_SECRET}-elsewhere`)).not.toBe(keyId);
+	});
+});
+
 describe("limits", () => {
 	it("refuses an agent that connects too often with 429 and Retry-After, then serves it again", async () => {
 		const agentId = uniqueAgentId();
@@ -416,7 +430,7 @@ describe("limits", () => {
 		const key = "test-ratelimited-key";
 		// The worker's own limiter, used up for this key the way 1,000 requests in 10 s would.
 		// Its windows are fixed: if one rolls over between using it up and asking, use it up again.
-		const keyId = (await matchApiKey(key, key)) ?? "";
+		const keyId = await apiKeyId(key, env.AGENT_TOKEN_SECRET);
 		let single: Response | undefined;
 		for (let attempt = 0; attempt < 3 && single?.status !== 429; attempt++) {
 			for (let i = 0; i < 3_000; i++) if (!(await env.ENQUEUE_LIMITER.limit({ key: keyId })).success) break;
