@@ -5,7 +5,7 @@ import type { HttpDatabase } from "./db/http";
 export type AppEnv = {
 	Bindings: Env;
 	Variables: TimingVariables & {
-		/** `api:<first 8 hex of sha-256(key)>`: names the key in audit events without revealing it. */
+		/** `api:<16 hex>`: an HMAC of the key (auth/api-key.ts); names it in audit events without revealing it. */
 		apiKeyId: string;
 		/** What the presented key may do: `write` (API_KEYS) or `read` (READ_API_KEYS only). */
 		apiKeyScope: "read" | "write";

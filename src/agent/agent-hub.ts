@@ -10,6 +10,7 @@ import { acceptAgent } from "./connect";
 import { AgentCore } from "./core";
 import { handleFrame } from "./frames";
 import { FrameRateLimiter, frameRateLimit, frameTooLarge } from "./frame-limits";
+import { ConnectLimiter, tooManyConnects } from "./connect-limit";
 import { Flush } from "./flush";
 import { parkedCount } from "./parked";
 import { AGENT_ID_HEADER, OBSERVER_RESUME_HEADER } from "./headers";
@@ -38,6 +39,7 @@ export class AgentHub extends DurableObject<Env> {
 	private readonly flushJob: BackgroundJob;
 	/** The current connection's frame budget (in memory: see frame-limits.ts). */
 	private limiter: { generation: number; bucket: FrameRateLimiter } | undefined;
+	private readonly connects = new ConnectLimiter(Date.now());
 
 	constructor(ctx: DurableObjectState, env: Env) {
 		super(ctx, env);
@@ -214,6 +216,8 @@ export class AgentHub extends DurableObject<Env> {
 			const response = core.atomically(() => core.observers.accept(core.name, resume, acceptedSubprotocol(request.headers)));
 			return response;
 		}
+		const waitMs = this.connects.take(Date.now());
+		if (waitMs > 0) return tooManyConnects(core.name, waitMs);
 		const response = acceptAgent(core, request, () => this.catchUpJob.request(true));
 		await core.changed();
 		return response;

@@ -179,9 +179,16 @@ function finishUnsendable(tx: Tx, row: BufferedRow, now: number): boolean {
 	return true;
 }
 
-/** Marks a pending command sent on connection `generation`; returns its frame and its earliest deadline. */
+/**
+ * Marks a pending command sent on connection `generation`; returns its frame
+ * and its earliest deadline. An attempt is an ack deadline spent, not a
+ * socket: sent again because its connection dropped before its deadline
+ * (a requeue keeps the deadline), it keeps its attempt number, so a
+ * flapping link does not use up `maxAttempts`.
+ */
 function dispatch(tx: Tx, row: BufferedRow, generation: number, now: number): { frame: CommandFrame; deadline: number } {
-	const attempt = row.attempts + 1;
+	const spent = row.attempts === 0 || row.ack_deadline === null || row.ack_deadline <= now;
+	const attempt = spent ? row.attempts + 1 : row.attempts;
 	const runDeadline = row.run_deadline ?? (row.timeout_ms === null ? null : now + row.timeout_ms);
 	tx.sql.exec(
 		`update commands set status = 'dispatched', attempts = ?, generation = ?, ack_deadline = ?, run_deadline = ?,

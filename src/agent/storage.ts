@@ -289,7 +289,7 @@ export function moveTo(tx: Tx, row: BufferedRow, to: CommandStatus, now: number,
 	const terminal = TERMINAL_STATUSES.has(to);
 	tx.sql.exec(
 		`update commands set status = ?, finished_at = ?,
-			ack_deadline = case when ? = 'dispatched' then ack_deadline else null end,
+			ack_deadline = case when ? in ('dispatched','pending') then ack_deadline else null end,
 			generation = case when ? is not null then ? when ? in ('dispatched','acknowledged') then generation else null end
 		 where id = ?`,
 		to,

@@ -21,18 +21,28 @@ function keysOf(configured: string | undefined): string[] {
 /**
  * Compares against every configured key in constant time: hashing first
  * makes the lengths equal, and no early exit reveals which key was closest.
- * Returns the key's id (for audit) when it matches one.
  */
-export async function matchApiKey(presented: string, configured: string | undefined): Promise<string | undefined> {
+export async function matchApiKey(presented: string, configured: string | undefined): Promise<boolean> {
 	const keys = keysOf(configured);
-	if (keys.length === 0) return undefined;
+	if (keys.length === 0) return false;
 	const p = await digest(presented);
 	let ok = false;
 	for (const k of keys) {
 		if (crypto.subtle.timingSafeEqual(p, await digest(k))) ok = true;
 	}
-	if (!ok) return undefined;
-	return `api:${hexPrefix(p, 4)}`;
+	return ok;
+}
+
+/**
+ * A key's id in audit events, logs and rate limits (`api:` and 16 hex): an
+ * HMAC of the key under the deployment's AGENT_TOKEN_SECRET. A plain hash in
+ * an exported audit trail would let anyone confirm a guessed key offline;
+ * keyed by a secret, the id names the key and says nothing about it. Ids
+ * change when AGENT_TOKEN_SECRET does.
+ */
+export async function apiKeyId(presented: string, secret: string): Promise<string> {
+	const key = await crypto.subtle.importKey("raw", encoder.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+	return `api:${hexPrefix(await crypto.subtle.sign("HMAC", key, encoder.encode(`api-key-id:${presented}`)), 8)}`;
 }
 
 /**
@@ -49,17 +59,16 @@ function apiKey(scope: Scope) {
 			throw new ApiError(401, ErrorCode.UNAUTHORIZED, "missing API key: send Authorization: Bearer <key>");
 		}
 		// Both lists are always checked, so the time taken says nothing about which one matched.
-		const [writeId, readId] = await Promise.all([
+		const [writer, reader] = await Promise.all([
 			matchApiKey(presented, c.env.API_KEYS),
 			matchApiKey(presented, c.env.READ_API_KEYS),
 		]);
-		const keyId = writeId ?? readId;
-		if (!keyId) throw new ApiError(401, ErrorCode.UNAUTHORIZED, "invalid API key");
-		if (scope === "write" && !writeId) {
+		if (!writer && !reader) throw new ApiError(401, ErrorCode.UNAUTHORIZED, "invalid API key");
+		if (scope === "write" && !writer) {
 			throw new ApiError(403, ErrorCode.FORBIDDEN, "this API key is read-only; this route needs an operator key");
 		}
-		c.set("apiKeyId", keyId);
-		c.set("apiKeyScope", writeId ? "write" : "read");
+		c.set("apiKeyId", await apiKeyId(presented, c.env.AGENT_TOKEN_SECRET));
+		c.set("apiKeyScope", writer ? "write" : "read");
 		await next();
 	});
 }

@@ -158,6 +158,23 @@ describe("lost in flight", () => {
 		after.close();
 	});
 
+	it("counts an attempt per ack deadline, not per socket: a flapping link does not use up maxAttempts", async () => {
+		const agentId = uniqueAgentId();
+		const cmd = await enqueue(agentId, { action: "over_a_bad_link", maxAttempts: 2, ackTimeoutSeconds: 60 });
+		// Five connections that each drop before the ack leaves, well within one ack deadline.
+		for (let i = 0; i < 5; i++) {
+			const flaky = await AgentSocket.connect(agentId, { hello: { concurrency: 5, running: [] } });
+			expect(await flaky.next("command")).toMatchObject({ id: cmd.id, attempt: 1 });
+			flaky.close();
+			await flaky.closed;
+		}
+		const steady = await AgentSocket.connect(agentId, { hello: { concurrency: 5, running: [] } });
+		expect(await steady.next("command")).toMatchObject({ id: cmd.id, attempt: 1 });
+		steady.send({ type: "result", id: cmd.id, status: "completed" });
+		expect(await waitForStatus(cmd.id, "completed")).toMatchObject({ attempts: 1, errorCode: null });
+		steady.close();
+	});
+
 	it("fails it with `lost` once its attempts are spent, tells the agent to stop, and takes its late word", async () => {
 		const agentId = uniqueAgentId();
 		const before = await AgentSocket.connect(agentId);

@@ -310,7 +310,7 @@ describe("authentication", () => {
 	});
 
 	it("GET /v1/whoami tells an operator key from a read-only key", async () => {
-		expect(await (await api("/v1/whoami")).json()).toEqual({ keyId: expect.stringMatching(/^api:[0-9a-f]{8}$/), scope: "write" });
+		expect(await (await api("/v1/whoami")).json()).toEqual({ keyId: expect.stringMatching(/^api:[0-9a-f]{16}$/), scope: "write" });
 		expect(await (await api("/v1/whoami", { key: TEST_READ_KEY })).json()).toMatchObject({ scope: "read" });
 		await expectError(await api("/v1/whoami", { key: "wrong-key" }), 401, "unauthorized");
 	});

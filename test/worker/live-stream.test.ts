@@ -464,7 +464,7 @@ describe("audit trail", () => {
 			["dispatched", "acknowledged"],
 			["acknowledged", "cancelled"],
 		]);
-		expect(items[0]?.actor).toMatch(/^api:[0-9a-f]{8}$/);
+		expect(items[0]?.actor).toMatch(/^api:[0-9a-f]{16}$/);
 		expect(items[1]?.actor).toBe("system");
 		expect(items[2]?.actor).toBe(`agent:${agentId}`);
 		// The agent carried the cancel out; the operator who asked for it caused it.
@@ -481,7 +481,7 @@ describe("audit trail", () => {
 			return r.items.length === 2 ? r.items : undefined;
 		}, "cancel event");
 		expect(items[1]?.to).toBe("cancelled");
-		expect(items[1]?.actor).toMatch(/^api:[0-9a-f]{8}$/);
+		expect(items[1]?.actor).toMatch(/^api:[0-9a-f]{16}$/);
 		expect(items[1]?.actor).not.toBe(items[0]?.actor); // another key than the one that enqueued
 	});
 
@@ -506,7 +506,7 @@ describe("audit trail", () => {
 		const [enqueuedBy] = await trail(stopped.id);
 		const operator = (await trail(stopped.id)).at(-1);
 		expect(operator?.to).toBe("cancelled");
-		expect(operator?.actor).toMatch(/^api:[0-9a-f]{8}$/);
+		expect(operator?.actor).toMatch(/^api:[0-9a-f]{16}$/);
 		expect(operator?.actor).not.toBe(enqueuedBy?.actor);
 		expect(operator?.detail.cancelRequestedBy).toBe(operator?.actor);
 		const completed = (await trail(finishedAnyway.id)).at(-1);

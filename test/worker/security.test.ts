@@ -8,8 +8,9 @@ import { runDurableObjectAlarm } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { signAgentToken } from "../../src/auth/agent-token";
-import { matchApiKey } from "../../src/auth/api-key";
+import { apiKeyId } from "../../src/auth/api-key";
 import { CloseCode, ErrorCode, ServerFrame } from "../../src/protocol";
+import { CONNECT_BURST, CONNECT_REFILL_MS } from "../../src/agent/connect-limit";
 import { agentHub } from "../../src/agent/stub";
 import {
 	TEST_ALLOWED_ORIGIN,
@@ -297,7 +298,53 @@ describe("browsers", () => {
 	});
 });
 
+describe("audit key ids", () => {
+	it("name a key by an HMAC under the deployment's secret, not by a hash anyone can recompute", async () => {
+		const key = "test-second-key";
+		const { keyId } = await (await api("/v1/whoami", { key })).json<{ keyId: string }>();
+		expect(keyId).toBe(await apiKeyId(key, env.AGENT_TOKEN_SECRET));
+		const plain = [...new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(key)))]
+			.map((b) => b.toString(16).padStart(2, "0"))
+			.join("");
+		expect(plain.includes(keyId.slice(4, 12))).toBe(false);
+		// Another deployment's secret gives another id for the same key.
+		expect(await apiKeyId(key, `${env.AGENT_TOKEN_SECRET}-elsewhere`)).not.toBe(keyId);
+	});
+});
+
 describe("limits", () => {
+	it("refuses an agent that connects too often with 429 and Retry-After, then serves it again", async () => {
+		const agentId = uniqueAgentId();
+		const token = (await signAgentToken(agentId, { current: env.AGENT_TOKEN_SECRET }, 3600)).token;
+		let refused: Response | undefined;
+		let accepted = 0;
+		// A crash-looping agent; the bucket refills one every few seconds, so a slow loop may get a few more.
+		for (let i = 0; i < CONNECT_BURST + 10 && !refused; i++) {
+			const res = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/connect`, {
+				headers: { upgrade: "websocket", authorization: `Bearer ${token}` },
+			});
+			if (res.status === 101) {
+				res.webSocket?.accept();
+				res.webSocket?.close();
+				accepted++;
+				continue;
+			}
+			refused = res;
+		}
+		expect(accepted).toBeGreaterThanOrEqual(CONNECT_BURST);
+		if (!refused) throw new Error("never refused");
+		const retryAfter = Number(refused.headers.get("retry-after"));
+		expect(retryAfter).toBeGreaterThan(0);
+		expect(retryAfter).toBeLessThanOrEqual(Math.ceil(CONNECT_REFILL_MS / 1000));
+		await expectError(refused, 429, ErrorCode.RATE_LIMITED);
+		// Once the bucket has a connect again, the agent is served as usual.
+		await new Promise((r) => setTimeout(r, retryAfter * 1000));
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "after_flapping" });
+		expect((await agent.next("command")).id).toBe(cmd.id);
+		agent.close();
+	});
+
 	it("closes a socket that sends a frame over 1 MiB with 1009, before parsing it", async () => {
 		const agentId = uniqueAgentId();
 		const agent = await AgentSocket.connect(agentId);
@@ -383,7 +430,7 @@ describe("limits", () => {
 		const key = "test-ratelimited-key";
 		// The worker's own limiter, used up for this key the way 1,000 requests in 10 s would.
 		// Its windows are fixed: if one rolls over between using it up and asking, use it up again.
-		const keyId = (await matchApiKey(key, key)) ?? "";
+		const keyId = await apiKeyId(key, env.AGENT_TOKEN_SECRET);
 		let single: Response | undefined;
 		for (let attempt = 0; attempt < 3 && single?.status !== 429; attempt++) {
 			for (let i = 0; i < 3_000; i++) if (!(await env.ENQUEUE_LIMITER.limit({ key: keyId })).success) break;
