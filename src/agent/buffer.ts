@@ -174,9 +174,14 @@ function finishUnsendable(tx: Tx, row: BufferedRow, now: number): boolean {
 	if (row.cancel_requested_at !== null) cancelQueued(tx, row, now);
 	else if (row.attempts === 0 && row.expires_at !== null && row.expires_at <= now) fail(tx, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
 	else if (row.run_deadline !== null && row.run_deadline <= now) fail(tx, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
-	else if (row.attempts >= row.max_attempts) fail(tx, row, now, FailureCode.UNDELIVERABLE, `not acknowledged after ${row.attempts} attempts`);
+	else if (row.attempts >= row.max_attempts && deadlineSpent(row, now)) fail(tx, row, now, FailureCode.UNDELIVERABLE, `not acknowledged after ${row.attempts} attempts`);
 	else return false;
 	return true;
+}
+
+/** Whether the command's last send has used up its attempt: its ack deadline passed (or it was acknowledged, then lost). */
+function deadlineSpent(row: BufferedRow, now: number): boolean {
+	return row.ack_deadline === null || row.ack_deadline <= now;
 }
 
 /**
@@ -187,8 +192,7 @@ function finishUnsendable(tx: Tx, row: BufferedRow, now: number): boolean {
  * flapping link does not use up `maxAttempts`.
  */
 function dispatch(tx: Tx, row: BufferedRow, generation: number, now: number): { frame: CommandFrame; deadline: number } {
-	const spent = row.attempts === 0 || row.ack_deadline === null || row.ack_deadline <= now;
-	const attempt = spent ? row.attempts + 1 : row.attempts;
+	const attempt = row.attempts === 0 || deadlineSpent(row, now) ? row.attempts + 1 : row.attempts;
 	const runDeadline = row.run_deadline ?? (row.timeout_ms === null ? null : now + row.timeout_ms);
 	tx.sql.exec(
 		`update commands set status = 'dispatched', attempts = ?, generation = ?, ack_deadline = ?, run_deadline = ?,

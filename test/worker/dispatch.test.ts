@@ -121,7 +121,8 @@ describe("delivery", () => {
 		// The agent is still running the acknowledged one and says so.
 		const second = await AgentSocket.connect(agentId, { hello: { concurrency: 10, running: [acked.id] } });
 		const again = await second.next("command");
-		expect(again).toMatchObject({ id: unacked.id, attempt: 2 });
+		// Sent again within its ack deadline: the same attempt (an attempt is a deadline spent).
+		expect(again).toMatchObject({ id: unacked.id, attempt: 1 });
 		second.send({ type: "result", id: acked.id, status: "completed" });
 		await waitFor(async () => (await commandRow(acked.id))?.status === "completed", "acked one completed");
 		expect(second.frames.filter((f) => f.type === "command")).toEqual([]);
@@ -200,7 +201,7 @@ describe("connections", () => {
 			await instance.webSocketMessage(pair[1], JSON.stringify({ type: "result", id: cmd.id, status: "completed" }));
 		});
 		const again = await second.next("command");
-		expect(again).toMatchObject({ id: cmd.id, attempt: 2 });
+		expect(again).toMatchObject({ id: cmd.id, attempt: 1 });
 		expect((await stub.inspect()).buffered).toEqual({ dispatched: 1 });
 
 		second.send({ type: "result", id: cmd.id, status: "completed" });

@@ -48,6 +48,14 @@ async function ttlRunsOut(agentId: string, id: string): Promise<void> {
 	await runDurableObjectAlarm(stub);
 }
 
+/** The send's ack deadline passes while the agent is away: that attempt is spent. */
+async function ackDeadlinePasses(agentId: string, id: string): Promise<void> {
+	await runInDurableObject(agentHub(env, agentId), (instance: AgentHub, state) => {
+		state.storage.sql.exec("update commands set ack_deadline = ? where id = ?", Date.now() - 1, id);
+		instance.reloadState();
+	});
+}
+
 /** The command's audit trail as `from>to:reason`. */
 async function trail(id: string): Promise<string[]> {
 	return (await commandEvents(id)).map((e) => `${e.from_status}>${e.to_status}:${e.detail?.reason ?? ""}`);
@@ -117,7 +125,8 @@ describe("a command whose fate is in doubt waits for the agent's word", () => {
 		expect(await apiCommand(cmd.id)).toMatchObject({ status: "pending", attempts: 1 });
 
 		await endHelloGrace(agentId, () => back.frames.some((f) => f.type === "command"));
-		expect(await back.next("command")).toMatchObject({ id: cmd.id, attempt: 2 });
+		// Within its ack deadline still: the same attempt, sent again.
+		expect(await back.next("command")).toMatchObject({ id: cmd.id, attempt: 1 });
 		back.close();
 	});
 
@@ -126,7 +135,7 @@ describe("a command whose fate is in doubt waits for the agent's word", () => {
 		const cmd = await sentThenDropped(agentId, { action: "resent", ttlSeconds: 60 });
 		await ttlRunsOut(agentId, cmd.id);
 		const back = await AgentSocket.connect(agentId, { hello: { concurrency: 5, running: [] } });
-		expect(await back.next("command")).toMatchObject({ id: cmd.id, attempt: 2 });
+		expect(await back.next("command")).toMatchObject({ id: cmd.id, attempt: 1 });
 		back.close();
 	});
 });
@@ -135,6 +144,7 @@ describe("what the system ends while the agent may hold it", () => {
 	it("an unlisted command with no attempts left fails as undeliverable, the agent is told to stop, and its late result stands", async () => {
 		const agentId = uniqueAgentId();
 		const cmd = await sentThenDropped(agentId, { action: "spent", maxAttempts: 1 });
+		await ackDeadlinePasses(agentId, cmd.id);
 		const back = await AgentSocket.connect(agentId, { hello: { concurrency: 5, running: [] } });
 		expect(await back.next("cancel")).toEqual({ type: "cancel", id: cmd.id, reason: "requested" });
 		expect(await waitForStatus(cmd.id, "failed")).toMatchObject({ errorCode: "undeliverable" });
@@ -159,6 +169,7 @@ describe("what the system ends while the agent may hold it", () => {
 	it("a `cancelled` answer to the stop confirms the system's end and changes nothing", async () => {
 		const agentId = uniqueAgentId();
 		const cmd = await sentThenDropped(agentId, { action: "never_arrived", maxAttempts: 1 });
+		await ackDeadlinePasses(agentId, cmd.id);
 		const back = await AgentSocket.connect(agentId, { hello: { concurrency: 5, running: [] } });
 		expect(await back.next("cancel")).toEqual({ type: "cancel", id: cmd.id, reason: "requested" });
 		back.send({ type: "result", id: cmd.id, status: "cancelled" });
