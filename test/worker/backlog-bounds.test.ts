@@ -9,9 +9,11 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
 import type { AgentCore } from "../../src/agent/core";
-import { agentHub } from "../../src/agent/stub";
+import { agentHub, toBufferInput } from "../../src/agent/stub";
+import { getCommand } from "../../src/db/commands";
 import {
 	AgentSocket,
+	db,
 	enqueue,
 	query,
 	sql,
@@ -73,6 +75,18 @@ describe("catch-up", () => {
 });
 
 describe("payloads read when sent", () => {
+	it("takes the payload a forward carries for a command a catch-up buffered without one", async () => {
+		const agentId = uniqueAgentId("late-forward");
+		const stub = agentHub(env, agentId);
+		const [row] = await insertByHand(agentId, 1);
+		expect((await stub.reconcile()).added).toBe(1);
+		// The worker's forward, late: the row is known, so only its payload is new.
+		const record = await db((d) => getCommand(d, row?.id ?? ""));
+		if (!record) throw new Error("the row is gone");
+		expect((await stub.enqueue([toBufferInput(record)])).statuses).toEqual({ [record.id]: "pending" });
+		expect(JSON.parse(Object.values(await bufferedPayloads(agentId))[0] ?? "")).toMatchObject({ i: 0 });
+	});
+
 	it("keeps a command pending, unsent, while Postgres is down at its dispatch, and sends it once it is back", async () => {
 		const agentId = uniqueAgentId("unread");
 		const stub = agentHub(env, agentId);
