@@ -139,6 +139,7 @@ describe("bytes in flight", () => {
 		expect((await stub.inspect()).buffered).toMatchObject({ dispatched: 2, acknowledged: 2, pending: 1 });
 		// Over the bound on its own, the big one waits until nothing else is awaiting an ack, then goes.
 		agent.send({ type: "ack", id: small[2]?.id });
+		await waitFor(async () => (await stub.inspect()).buffered.acknowledged === 3, "the third ack");
 		expect((await stub.inspect()).buffered).toMatchObject({ dispatched: 1, pending: 1 });
 		agent.send({ type: "ack", id: small[3]?.id });
 		expect((await agent.next("command")).id).toBe(big.id);
