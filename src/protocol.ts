@@ -141,6 +141,8 @@ export const ErrorCode = {
 	ALREADY_FINISHED: "already_finished",
 	/** An idempotency key sent again with a different command than the one it first named. */
 	IDEMPOTENCY_KEY_REUSED: "idempotency_key_reused",
+	/** The agent has AGENT_BACKLOG_LIMIT open commands already (HTTP 429, Retry-After; one item of a batch). */
+	AGENT_BACKLOG_FULL: "agent_backlog_full",
 	DB_UNAVAILABLE: "db_unavailable",
 	/** Postgres kept giving up on the request's statement because of concurrent ones (HTTP 503, Retry-After). */
 	DB_CONFLICT: "db_conflict",

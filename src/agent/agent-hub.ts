@@ -16,6 +16,7 @@ import { parkedCount } from "./parked";
 import { AGENT_ID_HEADER, OBSERVER_RESUME_HEADER } from "./headers";
 import { parseResume } from "./observers";
 import { closeQuietly, generationOf, isObserver, send } from "./sockets";
+import { PayloadReader } from "./payloads";
 import * as storage from "./storage";
 
 /** The alarm waits this long for a flush it started, then leaves it to finish on its own. */
@@ -37,6 +38,7 @@ export class AgentHub extends DurableObject<Env> {
 	private readonly catchUp: CatchUp;
 	private readonly catchUpJob: BackgroundJob;
 	private readonly flushJob: BackgroundJob;
+	private readonly payloadJob: BackgroundJob;
 	/** The current connection's frame budget (in memory: see frame-limits.ts). */
 	private limiter: { generation: number; bucket: FrameRateLimiter } | undefined;
 	private readonly connects = new ConnectLimiter(Date.now());
@@ -56,6 +58,9 @@ export class AgentHub extends DurableObject<Env> {
 		this.catchUpJob = new BackgroundJob(host, "catch_up", async () => void (await this.catchUp.run()), true);
 		const flush = new Flush(core, () => !this.catchUp.reading);
 		this.flushJob = new BackgroundJob(host, "flush", () => flush.run(), false);
+		const payloads = new PayloadReader(core);
+		this.payloadJob = new BackgroundJob(host, "payloads", () => payloads.run(), true);
+		core.requestPayloads = () => this.payloadJob.request();
 		core.requestFlush = () => {
 			flush.nudge();
 			this.flushJob.request();
@@ -359,6 +364,7 @@ export class AgentHub extends DurableObject<Env> {
 			core.pump(tx);
 		});
 		if ((timers.get("catch_up") ?? Number.POSITIVE_INFINITY) <= now) this.catchUpJob.onDue(now);
+		if ((timers.get("payloads") ?? Number.POSITIVE_INFINITY) <= now) this.payloadJob.onDue(now);
 		if ((timers.get("flush") ?? Number.POSITIVE_INFINITY) <= now) this.flushJob.onDue(now);
 		else if (core.journal.unsynced() > 0 || core.state.get("presence_dirty") || (timers.get("parked") ?? Number.POSITIVE_INFINITY) <= now) {
 			this.flushJob.request();

@@ -4,7 +4,7 @@
  * object's storage, like ./buffer.ts, run inside the event's transaction.
  */
 import { FailureCode } from "../protocol";
-import { type BufferedRow, fail, getCommand, moveTo, OPEN, rows, stopOwed, takeStop, type Tx } from "./storage";
+import { type BufferedRow, fail, getCommand, moveTo, OPEN, ROW, rows, stopOwed, takeStop, type Tx } from "./storage";
 
 type Outcome = { status: "completed" | "failed" | "cancelled"; result?: unknown; error?: string };
 
@@ -103,7 +103,7 @@ export function applyHello(
 ): number {
 	if (tx.counts.open === 0) return 0;
 	let changed = 0;
-	for (const row of rows(tx.sql, `select * from commands where status in ${OPEN}`)) {
+	for (const row of rows(tx.sql, `select ${ROW} from commands where status in ${OPEN}`)) {
 		const listed = running.has(row.id);
 		if (row.status === "acknowledged" && !listed && row.generation !== generation) {
 			changed++;

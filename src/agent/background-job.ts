@@ -1,6 +1,6 @@
 /**
  * Work an agent's object does for nobody waiting (its catch-up read of
- * Postgres, its outbox flush): one run at a time, another run if asked for
+ * Postgres, its outbox flush, its read of the payloads its window needs): one run at a time, another run if asked for
  * meanwhile, and after a failure a retry on the object's alarm with
  * backoff, which also keeps new requests from hammering a database that is
  * down. A run that may die with its isolate leaves a safety-net timer, so
@@ -34,7 +34,10 @@ export interface JobHost {
 	wakeBy(at: number): Promise<void>;
 }
 
-type JobName = "catch_up" | "flush";
+type JobName = "catch_up" | "flush" | "payloads";
+
+const FAILURES = { catch_up: "catch_up_failures", flush: "flush_failures", payloads: "payloads_failures" } as const;
+const FAILED_EVENT = { catch_up: "agent.catch_up_failed", flush: "outbox.flush_failed", payloads: "agent.payloads_failed" } as const;
 
 export class BackgroundJob {
 	private running: Promise<void> | null = null;
@@ -54,7 +57,7 @@ export class BackgroundJob {
 	}
 
 	private get failuresKey() {
-		return this.job === "flush" ? ("flush_failures" as const) : ("catch_up_failures" as const);
+		return FAILURES[this.job];
 	}
 
 	/**
@@ -113,7 +116,7 @@ export class BackgroundJob {
 				state.setTimer(this.job, at);
 			});
 			await this.host.wakeBy(at);
-			log(err instanceof DbUnavailableError ? "warn" : "error", this.job === "flush" ? "outbox.flush_failed" : "agent.catch_up_failed", {
+			log(err instanceof DbUnavailableError ? "warn" : "error", FAILED_EVENT[this.job], {
 				agentId: this.host.name,
 				failures,
 				...errorFields(err),

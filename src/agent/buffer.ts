@@ -6,16 +6,18 @@
  * wires events to them. Callers run each call inside the event's one
  * transaction (a `Tx`), so a change and its journal entry are one write.
  */
-import { CANCEL_GRACE_SECONDS, type CommandFrame, type CommandStatus, FailureCode, TERMINAL_STATUSES } from "../protocol";
+import { CANCEL_GRACE_SECONDS, type CommandStatus, FailureCode, TERMINAL_STATUSES } from "../protocol";
 import {
 	type BufferedRow,
 	fail,
 	getCommand,
 	moveTo,
 	OPEN,
+	ROW,
 	rows,
 	stopsOwed,
 	type Tx,
+	UNREAD_PAYLOAD,
 } from "./storage";
 
 // ------------------------------------------------------------------ intake
@@ -29,7 +31,8 @@ export interface BufferInput {
 	id: string;
 	seq: number;
 	action: string;
-	payload: unknown;
+	/** Absent when a catch-up took it: the window reads it from Postgres to send it (./payloads.ts). */
+	payload?: unknown;
 	sessionId: string | null;
 	priority: number;
 	status: "pending" | "dispatched" | "acknowledged";
@@ -54,7 +57,11 @@ export function addCommand(tx: Tx, c: BufferInput, now: number): CommandStatus |
 	const { sql } = tx;
 	const status = c.status === "dispatched" ? "pending" : c.status;
 	const written = insertCommand(sql, c, status, now);
-	if (written === 0) return null;
+	if (written === 0) {
+		// The worker's forward lost a race with a catch-up: its payload saves a read of Postgres.
+		if (c.payload !== undefined) sql.exec("update commands set payload = ? where id = ? and payload = ?", JSON.stringify(c.payload), c.id, UNREAD_PAYLOAD);
+		return null;
+	}
 	tx.counts.move(null, status);
 	tx.journal.record({ kind: "taken", commandId: c.id, at: new Date(now).toISOString() });
 	if (status !== c.status) {
@@ -88,7 +95,7 @@ function insertCommand(sql: SqlStorage, c: BufferInput, status: CommandStatus, n
 		c.id,
 		c.seq,
 		c.action,
-		JSON.stringify(c.payload),
+		c.payload === undefined ? UNREAD_PAYLOAD : JSON.stringify(c.payload),
 		c.sessionId,
 		c.priority,
 		status,
@@ -116,7 +123,7 @@ export function deadlineOf(c: BufferInput): number | null {
  * sent, it may hold: that end is the system's guess, unconfirmed, and the
  * agent is told to stop (`fail`).
  */
-function cancelQueued(tx: Tx, row: BufferedRow, now: number, actor = "system"): void {
+export function cancelQueued(tx: Tx, row: BufferedRow, now: number, actor = "system"): void {
 	const extra = { detail: { reason: "requested" }, actor };
 	if (row.attempts > 0) fail(tx, row, now, FailureCode.CANCEL_UNCONFIRMED, "cancelled before the agent acknowledged it", extra);
 	else moveTo(tx, row, "cancelled", now, { ...extra, result: null, error: null });
@@ -124,99 +131,8 @@ function cancelQueued(tx: Tx, row: BufferedRow, now: number, actor = "system"): 
 
 // ---------------------------------------------------------------- delivery
 
-function commandFrame(row: BufferedRow, attempt: number): CommandFrame {
-	return {
-		type: "command",
-		id: row.id,
-		action: row.action,
-		payload: JSON.parse(row.payload),
-		sessionId: row.session_id,
-		priority: row.priority,
-		attempt,
-	};
-}
-
-/**
- * Fills the agent's window: dispatches pending commands in priority, then
- * enqueue, order until `concurrency` are in flight. Commands whose ttl, run
- * deadline or attempts ran out on the way are finished instead of sent.
- * Returns the frames to send, in order, and the earliest deadline they set.
- */
-export function fillWindow(
-	tx: Tx,
-	concurrency: number,
-	generation: number,
-	now: number,
-): { frames: CommandFrame[]; wakeBy: number | null } {
-	const frames: CommandFrame[] = [];
-	let wakeBy: number | null = null;
-	let free = concurrency - tx.counts.inFlight;
-	while (free > 0 && tx.counts.pending > 0) {
-		const batch = rows(tx.sql, "select * from commands where status = 'pending' order by priority desc, seq asc limit ?", free);
-		if (batch.length === 0) break;
-		for (const row of batch) {
-			if (finishUnsendable(tx, row, now)) continue;
-			const sent = dispatch(tx, row, generation, now);
-			frames.push(sent.frame);
-			wakeBy = Math.min(wakeBy ?? sent.deadline, sent.deadline);
-			free--;
-		}
-	}
-	return { frames, wakeBy };
-}
-
-/**
- * Ends a pending command that must not be sent any more; says whether it
- * did. A ttl bounds the wait for a first dispatch only: once sent, the
- * agent may be running it, and only its word (or the run deadline) ends it.
- */
-function finishUnsendable(tx: Tx, row: BufferedRow, now: number): boolean {
-	if (row.cancel_requested_at !== null) cancelQueued(tx, row, now);
-	else if (row.attempts === 0 && row.expires_at !== null && row.expires_at <= now) fail(tx, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");
-	else if (row.run_deadline !== null && row.run_deadline <= now) fail(tx, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
-	else if (row.attempts >= row.max_attempts && deadlineSpent(row, now)) fail(tx, row, now, FailureCode.UNDELIVERABLE, `not acknowledged after ${row.attempts} attempts`);
-	else return false;
-	return true;
-}
-
-/** Whether the command's last send has used up its attempt: its ack deadline passed (or it was acknowledged, then lost). */
-function deadlineSpent(row: BufferedRow, now: number): boolean {
-	return row.ack_deadline === null || row.ack_deadline <= now;
-}
-
-/**
- * Marks a pending command sent on connection `generation`; returns its frame
- * and its earliest deadline. An attempt is an ack deadline spent, not a
- * socket: sent again because its connection dropped before its deadline
- * (a requeue keeps the deadline), it keeps its attempt number, so a
- * flapping link does not use up `maxAttempts`.
- */
-function dispatch(tx: Tx, row: BufferedRow, generation: number, now: number): { frame: CommandFrame; deadline: number } {
-	const attempt = row.attempts === 0 || deadlineSpent(row, now) ? row.attempts + 1 : row.attempts;
-	const runDeadline = row.run_deadline ?? (row.timeout_ms === null ? null : now + row.timeout_ms);
-	tx.sql.exec(
-		`update commands set status = 'dispatched', attempts = ?, generation = ?, ack_deadline = ?, run_deadline = ?,
-			first_dispatched_at = coalesce(first_dispatched_at, ?)
-		 where id = ?`,
-		attempt,
-		generation,
-		now + row.ack_timeout_ms,
-		runDeadline,
-		now,
-		row.id,
-	);
-	tx.counts.move("pending", "dispatched");
-	tx.journal.record({
-		kind: "transition",
-		commandId: row.id,
-		from: "pending",
-		to: "dispatched",
-		at: new Date(now).toISOString(),
-		attempts: attempt,
-		detail: { attempt, generation, reason: row.attempts === 0 ? "delivery" : "redelivery" },
-	});
-	return { frame: commandFrame(row, attempt), deadline: Math.min(now + row.ack_timeout_ms, runDeadline ?? Number.POSITIVE_INFINITY) };
-}
+// The window (what is sent, and how much at once) is in ./window.ts.
+export { fillWindow, WINDOW_BYTES } from "./window";
 
 /**
  * Puts dispatched-but-unacknowledged commands back in the queue: their socket
@@ -229,8 +145,8 @@ export function requeueDispatched(tx: Tx, now: number, reason: "disconnected" | 
 	if (tx.counts.inFlight === 0) return 0;
 	const due =
 		reason === "ack_timeout"
-			? rows(tx.sql, "select * from commands where status = 'dispatched' and ack_deadline <= ?", now)
-			: rows(tx.sql, "select * from commands where status = 'dispatched'");
+			? rows(tx.sql, `select ${ROW} from commands where status = 'dispatched' and ack_deadline <= ?`, now)
+			: rows(tx.sql, `select ${ROW} from commands where status = 'dispatched'`);
 	for (const row of due) {
 		if (row.cancel_requested_at !== null) fail(tx, row, now, FailureCode.CANCEL_UNCONFIRMED, "cancelled before the agent acknowledged it");
 		else moveTo(tx, row, "pending", now, { detail: { reason, attempt: row.attempts } });
@@ -290,21 +206,21 @@ export function runDueTimers(tx: Tx, now: number): void {
 	const { sql } = tx;
 	for (const row of rows(
 		sql,
-		`select * from commands where status in ${OPEN} and cancel_deadline is not null and cancel_deadline <= ?`,
+		`select ${ROW} from commands where status in ${OPEN} and cancel_deadline is not null and cancel_deadline <= ?`,
 		now,
 	)) {
 		fail(tx, row, now, FailureCode.CANCEL_UNCONFIRMED, "the agent did not confirm the cancel in time");
 	}
 	for (const row of rows(
 		sql,
-		`select * from commands where status in ${OPEN} and run_deadline is not null and run_deadline <= ?`,
+		`select ${ROW} from commands where status in ${OPEN} and run_deadline is not null and run_deadline <= ?`,
 		now,
 	)) {
 		fail(tx, row, now, FailureCode.TIMEOUT, "not finished within timeoutSeconds");
 	}
 	for (const row of rows(
 		sql,
-		"select * from commands where status = 'pending' and attempts = 0 and expires_at is not null and expires_at <= ?",
+		`select ${ROW} from commands where status = 'pending' and attempts = 0 and expires_at is not null and expires_at <= ?`,
 		now,
 	)) {
 		fail(tx, row, now, FailureCode.EXPIRED, "not dispatched before its ttl ran out");

@@ -15,7 +15,9 @@ import { Journal } from "./journal";
 import { Observers } from "./observers";
 import { closeQuietly, generationOf, send, socketOf } from "./sockets";
 import { State } from "./state";
+import { CATCH_UP_PAGE_ROWS } from "./catch-up";
 import { Counts, type Stop, type Tx } from "./storage";
+import { fillWindow, WINDOW_BYTES } from "./window";
 
 export const SILENCE_LIMIT_MS = HEARTBEAT_INTERVAL_SECONDS * HEARTBEAT_MISSES * 1000;
 /**
@@ -44,6 +46,11 @@ export class AgentCore {
 	private lastFrameAt = 0;
 	/** Stops the transaction under way added (see Tx). */
 	readonly stops: Stop[] = [];
+	/**
+	 * The object's bounds on what it reads and sends at once. Fields, not
+	 * constants, only so a test can make them small enough to cross.
+	 */
+	readonly limits = { catchUpPageRows: CATCH_UP_PAGE_ROWS, windowBytes: WINDOW_BYTES };
 	/** Commands that ended in the transaction under way, logged once it commits. */
 	private ended: { id: string; status: string; attempts: number; errorCode?: string | null }[] = [];
 
@@ -90,6 +97,7 @@ export class AgentCore {
 			});
 		} catch (err) {
 			this.outgoing = undefined;
+			this.payloadsWanted = false;
 			this.stops.length = 0;
 			this.ended = [];
 			this.state.forget();
@@ -103,6 +111,11 @@ export class AgentCore {
 		const outgoing = this.outgoing;
 		this.outgoing = undefined;
 		for (const { ws, frame } of outgoing) this.send(ws, frame);
+		// A job's run opens transactions of its own: it starts once this one is over.
+		if (this.payloadsWanted) {
+			this.payloadsWanted = false;
+			this.requestPayloads();
+		}
 		for (const e of this.ended) log("info", `command.${e.status}`, { agentId: this.name, commandId: e.id, attempts: e.attempts, errorCode: e.errorCode ?? undefined });
 		this.ended = [];
 		return result;
@@ -192,7 +205,8 @@ export class AgentCore {
 		if (this.counts.inFlight >= this.concurrency()) return [];
 		if (this.awaitingHello()) return [];
 		const generation = this.generation();
-		const { frames, wakeBy } = buffer.fillWindow(tx, this.concurrency(), generation, now);
+		const { frames, wakeBy, unread } = fillWindow(tx, this.concurrency(), generation, now, this.limits.windowBytes);
+		if (unread) this.payloadsWanted = true;
 		for (const f of frames) {
 			this.send(ws, f);
 			log("debug", "command.dispatched", { agentId: this.name, commandId: f.id, action: f.action, attempt: f.attempt, generation });
@@ -294,6 +308,12 @@ export class AgentCore {
 
 	/** Set by the object to its flush job. */
 	requestFlush: () => void = () => {};
+
+	/** Set by the object to its job that reads the payloads the window needs (./payloads.ts). */
+	requestPayloads: () => void = () => {};
+
+	/** A fill in the transaction under way stopped at an unread payload. */
+	private payloadsWanted = false;
 
 	/** A deadline (a timer just set) needs the alarm by `at`. */
 	wakeBy(at: number): void {

@@ -69,7 +69,12 @@ async function hello({ host, generation, now }: FrameContext, frame: HelloFrame)
 }
 
 async function ack({ host, ws, generation, now }: FrameContext, frame: AckFrame): Promise<void> {
-	const outcome = host.atomically((tx) => answers.acknowledge(tx, frame.id, now, generation));
+	// An ack frees the window's bytes (window.ts), if not a slot: the fill may go on.
+	const outcome = host.atomically((tx) => {
+		const outcome = answers.acknowledge(tx, frame.id, now, generation);
+		if (outcome === "applied") host.pump(tx);
+		return outcome;
+	});
 	if (refuse(host, ws, outcome, frame.id)) return;
 	host.alarm.markStale();
 	await host.changed();

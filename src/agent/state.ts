@@ -23,7 +23,7 @@ const text: Codec<string> = { decode: (t) => t, encode: (v) => v };
 const ids: Codec<string[]> = { decode: (t) => JSON.parse(t) as string[], encode: (v) => JSON.stringify(v) };
 
 /** Named deadlines that share the object's one alarm with the commands' own. */
-export const TIMERS = ["hello", "catch_up", "flush", "token_expiry", "parked"] as const;
+export const TIMERS = ["hello", "catch_up", "flush", "payloads", "token_expiry", "parked"] as const;
 export type TimerName = (typeof TIMERS)[number];
 
 /** Every key the object keeps, with its type. */
@@ -50,9 +50,11 @@ const SCHEMA = {
 	synced_through: num,
 	catch_up_failures: num,
 	flush_failures: num,
+	payloads_failures: num,
 	"timer:hello": num,
 	"timer:catch_up": num,
 	"timer:flush": num,
+	"timer:payloads": num,
 	"timer:token_expiry": num,
 	"timer:parked": num,
 } satisfies Record<string, Codec<never> | Codec<number> | Codec<boolean> | Codec<string> | Codec<string[]>>;

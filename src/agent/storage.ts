@@ -120,12 +120,26 @@ function tableExists(sql: SqlStorage, name: string): boolean {
 
 export const OPEN = "('pending','dispatched','acknowledged')";
 
-/** A command row as the object wrote it. */
+/**
+ * A catch-up buffers a command without its payload (it may be a backlog of
+ * megabytes): the column, which is not null, holds this text, which no JSON
+ * encoding is, until the window reads the payload from Postgres to send it.
+ */
+export const UNREAD_PAYLOAD = "";
+
+/**
+ * Every column but the payload: a rule reads rows by the hundred, a payload
+ * may be a megabyte, and only the send needs it (./buffer.ts, `dispatch`).
+ */
+export const ROW = `id, seq, action, session_id, priority, status, attempts, finished_at, max_attempts, ack_timeout_ms,
+	timeout_ms, expires_at, generation, ack_deadline, run_deadline, cancel_requested_at, cancel_deadline, synced_at,
+	first_dispatched_at, cancel_actor, output_seq, output_chars, output_cut`;
+
+/** A command row as the object wrote it, less its payload (see ROW). */
 export interface BufferedRow {
 	id: string;
 	seq: number;
 	action: string;
-	payload: string;
 	session_id: string | null;
 	priority: number;
 	status: CommandStatus;
@@ -226,7 +240,7 @@ export function rows(sql: SqlStorage, query: string, ...params: SqlStorageValue[
 }
 
 export function getCommand(sql: SqlStorage, id: string): BufferedRow | undefined {
-	return rows(sql, "select * from commands where id = ?", id)[0];
+	return rows(sql, `select ${ROW} from commands where id = ?`, id)[0];
 }
 
 /**

@@ -3,7 +3,7 @@
  * platform names the object; inside it, `ctx.id.name` is the agent id), and
  * the bounded fan-out that hands committed commands over.
  */
-import type { CommandRecord } from "../db/commands";
+import type { CommandRecord, OpenCommand } from "../db/commands";
 import { errorFields, log } from "../log";
 import type { AgentHub } from "./agent-hub";
 import type { BufferInput } from "./buffer";
@@ -12,13 +12,16 @@ export function agentHub(env: Env, agentId: string): DurableObjectStub<AgentHub>
 	return env.AGENT_HUB.getByName(agentId);
 }
 
-/** What the worker hands the object: the committed Postgres row, in the object's terms. */
-export function toBufferInput(r: CommandRecord): BufferInput {
+/**
+ * What the worker hands the object: the committed Postgres row, in the
+ * object's terms. A catch-up's row comes without its payload (OpenCommand).
+ */
+export function toBufferInput(r: CommandRecord | OpenCommand): BufferInput {
 	return {
 		id: r.id,
 		seq: r.seq,
 		action: r.action,
-		payload: r.payload,
+		...("payload" in r ? { payload: r.payload } : {}),
 		sessionId: r.sessionId,
 		priority: r.priority,
 		status: r.status === "dispatched" || r.status === "acknowledged" ? r.status : "pending",

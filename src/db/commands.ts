@@ -36,16 +36,19 @@ export const CommandRecord = Command.omit({ blockedReason: true, nextAttemptAt: 
 });
 export type CommandRecord = z.infer<typeof CommandRecord>;
 
-/** Every read of commands selects these, so one parser serves all of them. */
-export const COLUMNS = sql.raw(`
-	c.id, c.seq, c.agent_id as "agentId", c.session_id as "sessionId", c.action, c.payload, c.status,
+/** Every column a read of commands selects but the payload (a megabyte, perhaps). */
+const FIELDS = `
+	c.id, c.seq, c.agent_id as "agentId", c.session_id as "sessionId", c.action, c.status,
 	c.priority, c.attempts, c.result, c.error, c.error_code as "errorCode",
 	c.idempotency_key as "idempotencyKey", c.max_attempts as "maxAttempts",
 	c.ack_timeout_seconds as "ackTimeoutSeconds", c.timeout_seconds as "timeoutSeconds",
 	c.expires_at as "expiresAt", c.cancel_requested_at as "cancelRequestedAt",
 	c.created_at as "createdAt", c.updated_at as "updatedAt", c.dispatched_at as "dispatchedAt", c.first_dispatched_at as "firstDispatchedAt",
 	c.acknowledged_at as "acknowledgedAt", c.completed_at as "completedAt",
-	coalesce(a.connected, false) as online`);
+	coalesce(a.connected, false) as online`;
+
+/** Every read of commands selects these, so one parser serves all of them. */
+export const COLUMNS = sql.raw(`${FIELDS}, c.payload`);
 
 const iso = (d: Date | null) => (d ? d.toISOString() : null);
 
@@ -134,13 +137,60 @@ export function decodeCursor(cursor: string): number | undefined {
 	}
 }
 
-/** Every command the agent's Durable Object still owes work on, in delivery order. */
-export async function listOpenCommands(db: Db, agentId: string): Promise<CommandRecord[]> {
-	return selectCommands(
-		db,
-		sql`c.agent_id = ${agentId} and c.status in ('pending', 'dispatched', 'acknowledged')`,
-		sql`order by c.priority desc, c.seq asc`,
-	);
+/** An open command as the agent's object takes it: without its payload, which it reads only to send it. */
+export const OpenCommand = CommandRecord.omit({ payload: true });
+export type OpenCommand = z.infer<typeof OpenCommand>;
+
+/** Where a page of open commands ends, in delivery order: the next page starts after it. */
+export interface OpenKey {
+	priority: number;
+	seq: number;
+}
+
+/**
+ * One page of the commands the agent's Durable Object still owes work on,
+ * in delivery order, after `after`. Paged by the key agent_commands_open_idx
+ * holds (agent, priority desc, seq), so a page costs the same however long
+ * the backlog; payloads stay behind (see readPayloads).
+ */
+export async function listOpenCommands(db: Db, agentId: string, opts: { after: OpenKey | null; limit: number }): Promise<OpenCommand[]> {
+	const { after, limit } = opts;
+	const open = sql`c.agent_id = ${agentId} and c.status in ('pending', 'dispatched', 'acknowledged')`;
+	const from = sql`from agent_commands c left join agents a on a.id = c.agent_id`;
+	// Two exact ranges of the index (the rest of this priority, then the lower ones), each
+	// scanned in order and stopped at the limit; one range with an OR in it is scanned whole.
+	const result = after
+		? await db.execute(sql`
+			select * from (
+				(select ${sql.raw(FIELDS)} ${from} where ${open} and c.priority = ${after.priority} and c.seq > ${after.seq}
+					order by c.seq limit ${limit})
+				union all
+				(select ${sql.raw(FIELDS)} ${from} where ${open} and c.priority < ${after.priority}
+					order by c.priority desc, c.seq limit ${limit})
+			) page order by priority desc, seq limit ${limit}`)
+		: await db.execute(sql`select ${sql.raw(FIELDS)} ${from} where ${open} order by c.priority desc, c.seq limit ${limit}`);
+	return result.rows.map((row) => OpenCommand.parse(row));
+}
+
+const PayloadRow = z.object({ id: z.string(), payload: z.json() });
+
+/**
+ * The payloads of these commands, in the order given, up to `maxBytes` of
+ * them (UTF-8 JSON), and always the first: what one fill of an agent's
+ * window needs. A command not found is left out.
+ */
+export async function readPayloads(db: Db, ids: readonly string[], maxBytes: number): Promise<{ id: string; payload: unknown }[]> {
+	const result = await db.execute(sql`
+		select id, payload from (
+			select c.id, c.payload, k.ord, octet_length(c.payload::text) as size,
+				sum(octet_length(c.payload::text)) over (order by k.ord) as upto
+			from jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb) with ordinality as k(id, ord)
+			join agent_commands c on c.id = k.id::uuid
+		) p
+		-- The first row found starts at 0, so it is always in.
+		where upto - size < ${maxBytes}
+		order by ord`);
+	return result.rows.map((row) => PayloadRow.parse(row));
 }
 
 /**

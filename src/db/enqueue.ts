@@ -14,12 +14,16 @@ import { commandFingerprint } from "./fingerprint";
 
 export type Enqueued =
 	/** `created` is false when an earlier command with the same key and body was returned instead. */
-	| { command: CommandRecord; created: boolean; reused?: undefined }
+	| { command: CommandRecord; created: boolean; reused?: undefined; full?: undefined }
 	/** The key was used before for another command (`commandId`): nothing was written. */
-	| { reused: { key: string; commandId: string }; command?: undefined; created?: undefined };
+	| { reused: { key: string; commandId: string }; command?: undefined; created?: undefined; full?: undefined }
+	/** The agent had `limit` open commands already (see backlogLimit): nothing was written. */
+	| { full: { agentId: string; limit: number }; command?: undefined; created?: undefined; reused?: undefined };
 
 /** A row as read back with the fingerprint its key was first used with (null: unknown). */
 const KeyedRecord = CommandRecord.extend({ fingerprint: z.string().nullable() });
+/** A created row, with the request positions (`ord`) of the statement's rows the quota refused. */
+const CreatedRecord = KeyedRecord.extend({ refused: z.array(z.coerce.number().int()) });
 type KeyedRecord = z.infer<typeof KeyedRecord>;
 
 const WITH_FINGERPRINT = sql`${COLUMNS}, c.idempotency_fingerprint as "fingerprint"`;
@@ -46,16 +50,27 @@ type Row = Awaited<ReturnType<typeof insertRow>>;
 /**
  * Inserts commands, their agents (if new) and their first audit events in one
  * statement: one round trip however many, and no command without its event.
- * Rows whose idempotency key already exists for that agent are skipped;
- * returns only the rows created.
+ * Rows whose idempotency key already exists for that agent are skipped, and
+ * so are rows past their agent's backlog quota: with `limit` open commands
+ * (counted through agent_commands_open_idx, and never past `limit` rows),
+ * an agent takes none; with fewer, its rows in request order up to `limit`.
+ * Returns the rows created and the positions of the rows the quota refused.
  */
-async function insertRows(db: Db, rows: Row[], actor: string): Promise<KeyedRecord[]> {
+async function insertRows(db: Db, rows: Row[], actor: string, limit: number): Promise<{ created: KeyedRecord[]; refused: Set<number> }> {
 	const result = await db.execute(sql`
 		with input as (
 			select * from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) as x(
 				ord int, agent_id text, session_id text, action text, payload jsonb, priority int,
 				idempotency_key text, idempotency_fingerprint text, max_attempts int, ack_timeout_seconds int,
 				timeout_seconds int, ttl_seconds int)
+		), backlog as (
+			select agent_id, (select count(*) from (
+				select 1 from agent_commands o
+				where o.agent_id = i.agent_id and o.status in ('pending', 'dispatched', 'acknowledged') limit ${limit}) open) as open
+			from (select distinct agent_id from input) i
+		), admitted as (
+			select x.* from (select input.*, row_number() over (partition by agent_id order by ord) as n from input) x
+			join backlog b using (agent_id) where b.open + x.n <= ${limit}
 		), new_agents as (
 			insert into agents (id) select distinct agent_id from input on conflict (id) do nothing
 		), c as (
@@ -64,15 +79,20 @@ async function insertRows(db: Db, rows: Row[], actor: string): Promise<KeyedReco
 			select agent_id, session_id, action, coalesce(payload, 'null'::jsonb), priority, idempotency_key,
 				idempotency_fingerprint, max_attempts, ack_timeout_seconds, timeout_seconds,
 				case when ttl_seconds is null then null else now() + make_interval(secs => ttl_seconds) end
-			from input order by ord
+			from admitted order by ord
 			on conflict (agent_id, idempotency_key) where idempotency_key is not null do nothing
 			returning *
 		), events as (
 			insert into command_events (command_id, from_status, to_status, at, detail, actor)
 			select id, null, 'pending', created_at, '{"reason":"enqueued"}'::jsonb, ${actor} from c
 		)
-		select ${WITH_FINGERPRINT} from c left join agents a on a.id = c.agent_id order by c.seq`);
-	return result.rows.map((row) => KeyedRecord.parse(row));
+		select ${WITH_FINGERPRINT},
+			array(select ord from input where ord not in (select ord from admitted)) as refused
+		from c left join agents a on a.id = c.agent_id order by c.seq`);
+	const created = result.rows.map((row) => CreatedRecord.parse(row));
+	// No row created: every unkeyed row was refused, and a keyed one too unless its key is found.
+	const refused = created[0] ? created[0].refused : rows.filter((r) => !r.idempotency_key).map((r) => r.ord);
+	return { created: created.map(({ refused: _refused, ...row }) => row), refused: new Set(refused) };
 }
 
 /** The rows these keys name. A new statement: it sees a row a racing request committed. */
@@ -95,36 +115,55 @@ function answer(row: Row, existing: KeyedRecord, created: boolean): Enqueued {
 	return { command, created };
 }
 
-export async function insertCommand(db: Db, agentId: string, req: EnqueueRequest, actor: string): Promise<Enqueued> {
+/**
+ * The quota on an agent's open commands (AGENT_BACKLOG_LIMIT, default
+ * 10,000): an enqueue past it is refused, so a backlog can never outgrow
+ * what its agent's object reads and keeps. Approximate under concurrent
+ * enqueues: each statement counts what was committed before it began.
+ */
+export function backlogLimit(env: { AGENT_BACKLOG_LIMIT?: string }): number {
+	const n = Number(env.AGENT_BACKLOG_LIMIT);
+	return Number.isSafeInteger(n) && n > 0 ? n : DEFAULT_BACKLOG_LIMIT;
+}
+export const DEFAULT_BACKLOG_LIMIT = 10_000;
+
+export async function insertCommand(db: Db, agentId: string, req: EnqueueRequest, actor: string, limit: number): Promise<Enqueued> {
 	const row = await insertRow(agentId, req, 0);
-	const [created] = await insertRows(db, [row], actor);
+	const { created: [created] } = await insertRows(db, [row], actor, limit);
 	if (created) return answer(row, created, true);
-	const [existing] = await findByIdempotencyKeys(db, [row]);
-	if (!existing) throw new Error("idempotent insert found neither a new nor an existing row");
+	// A replay is answered whatever the backlog: it adds nothing to it.
+	const [existing] = await findByIdempotencyKeys(db, row.idempotency_key ? [row] : []);
+	if (!existing) return { full: { agentId, limit } };
 	return answer(row, existing, false);
 }
 
 const keyOf = (agentId: string, key: string) => JSON.stringify([agentId, key]);
 
-/** Inserts a batch in one statement; results come back in request order, one per item. */
-export async function insertBatch(db: Db, req: BatchEnqueueRequest, actor: string): Promise<Enqueued[]> {
+/**
+ * Inserts a batch in one statement; results come back in request order, one
+ * per item. An item past its agent's quota is refused alone (`full`), like
+ * a reused key: the others are written.
+ */
+export async function insertBatch(db: Db, req: BatchEnqueueRequest, actor: string, limit: number): Promise<Enqueued[]> {
 	const rows = await Promise.all(req.commands.map((c, i) => insertRow(c.agentId, c, i)));
-	const created = await insertRows(db, rows, actor);
-	// Rows without a key are always inserted, and come back in input order (by
-	// seq); rows with a key are matched by it, whether new or already there.
+	const { created, refused } = await insertRows(db, rows, actor, limit);
+	// Rows without a key are always inserted unless refused, and come back in
+	// input order (by seq); rows with a key are matched by it, new or not.
 	const unkeyed = created.filter((c) => c.idempotencyKey === null);
 	const byKey = new Map(created.filter((c) => c.idempotencyKey !== null).map((c) => [keyOf(c.agentId, c.idempotencyKey ?? ""), c]));
 	const missing = rows.filter((r) => r.idempotency_key && !byKey.has(keyOf(r.agent_id, r.idempotency_key)));
 	for (const c of await findByIdempotencyKeys(db, missing)) byKey.set(keyOf(c.agentId, c.idempotencyKey ?? ""), c);
 	const claimed = new Set<string>();
-	return rows.map((r) => {
+	return rows.map((r): Enqueued => {
 		if (!r.idempotency_key) {
+			if (refused.has(r.ord)) return { full: { agentId: r.agent_id, limit } };
 			const command = unkeyed.shift();
 			if (!command) throw new Error("batch insert returned fewer rows than it was given");
 			return answer(r, command, true);
 		}
 		const k = keyOf(r.agent_id, r.idempotency_key);
 		const command = byKey.get(k);
+		if (!command && refused.has(r.ord)) return { full: { agentId: r.agent_id, limit } };
 		if (!command) throw new Error("batch insert lost track of an idempotent row");
 		// The first occurrence of a key this batch created is the created one.
 		const isNew = created.includes(command) && !claimed.has(k);

@@ -6,7 +6,7 @@ import { agentHub, forward } from "../agent/stub";
 import { readAccess, writeAccess } from "../auth/api-key";
 import { enqueueRateLimit } from "../rate-limit";
 import { decodeCursor, getCommand, getOutput, listCommands, listEvents, toApiCommand } from "../db/commands";
-import { type Enqueued, insertBatch, insertCommand } from "../db/enqueue";
+import { backlogLimit, type Enqueued, insertBatch, insertCommand } from "../db/enqueue";
 import { ApiError } from "../errors";
 import { errorFields, log, logs, payloadFields } from "../log";
 import {
@@ -46,6 +46,18 @@ function keyReused(reused: NonNullable<Enqueued["reused"]>): { code: ErrorCode; 
 	};
 }
 
+/** A full backlog drains as fast as its agent works: this is a guess, not a promise. */
+const BACKLOG_RETRY_AFTER_SECONDS = 30;
+
+function backlogFull(full: NonNullable<Enqueued["full"]>): { code: ErrorCode; message: string } {
+	return {
+		code: ErrorCode.AGENT_BACKLOG_FULL,
+		message:
+			`agent ${full.agentId} has ${full.limit} open commands, its backlog quota (AGENT_BACKLOG_LIMIT); ` +
+			`retry once it has worked some off (after ${BACKLOG_RETRY_AFTER_SECONDS} s, say)`,
+	};
+}
+
 export const commandRoutes = new Hono<AppEnv>()
 	.post(
 		"/agents/:agentId/commands",
@@ -58,11 +70,17 @@ export const commandRoutes = new Hono<AppEnv>()
 			const { agentId } = c.req.valid("param");
 			const body = c.req.valid("json");
 			startTime(c, "db", "durable write");
-			const enqueued = await c.var.db.run((db) => insertCommand(db, agentId, body, c.get("apiKeyId")));
+			const limit = backlogLimit(c.env);
+			const enqueued = await c.var.db.run((db) => insertCommand(db, agentId, body, c.get("apiKeyId"), limit));
 			endTime(c, "db");
 			if (enqueued.reused) {
 				const { code, message } = keyReused(enqueued.reused);
 				throw new ApiError(422, code, message);
+			}
+			if (enqueued.full) {
+				const { code, message } = backlogFull(enqueued.full);
+				log("warn", "api.backlog_full", { agentId, limit });
+				throw new ApiError(429, code, message, undefined, { "retry-after": String(BACKLOG_RETRY_AFTER_SECONDS) });
 			}
 			const { command, created } = enqueued;
 			// A command logs one info line, when it ends (in its object); the rest is in its events.
@@ -85,7 +103,8 @@ export const commandRoutes = new Hono<AppEnv>()
 	.post("/commands/batch", enqueueTiming, writeAccess, jsonBody(BatchEnqueueRequest), enqueueRateLimit, async (c) => {
 		const body = c.req.valid("json");
 		startTime(c, "db", "durable write");
-		const results = await c.var.db.run((db) => insertBatch(db, body, c.get("apiKeyId")));
+		const limit = backlogLimit(c.env);
+		const results = await c.var.db.run((db) => insertBatch(db, body, c.get("apiKeyId"), limit));
 		endTime(c, "db");
 		const commands = results.flatMap((r) => (r.command ? [r.command] : []));
 		const fresh = commands.filter((command) => !TERMINAL_STATUSES.has(command.status));
@@ -98,12 +117,15 @@ export const commandRoutes = new Hono<AppEnv>()
 		startTime(c, "agent", "agents' objects");
 		await forward(c.env, fresh);
 		endTime(c, "agent");
-		// An item that reuses a key is refused alone: the others are written already, and
-		// failing the whole batch would have a retry duplicate the ones without a key.
+		// An item that reuses a key, or is past its agent's quota, is refused alone: the others
+		// are written already, and failing the whole batch would have a retry duplicate the
+		// ones without a key.
 		const items = results.map((r) =>
 			r.reused
 				? { created: false as const, error: keyReused(r.reused) }
-				: { created: r.created, command: toApiCommand(r.command) },
+				: r.full
+					? { created: false as const, error: backlogFull(r.full) }
+					: { created: r.created, command: toApiCommand(r.command) },
 		);
 		return c.json({ items }, 201);
 	})
