@@ -60,7 +60,8 @@ export function eventsAfter(sql: SqlStorage, seq: number, limit = PAGE, budget =
  * Drops what is past the log's bounds, but nothing Postgres has yet to
  * confirm (past `syncedThrough`). The byte bound sums `size` (the observer's
  * copy) newest first; an output row also holds Postgres's copy in `sync`,
- * so the table itself may be about twice as large.
+ * so the table itself may be about twice as large. That sum reads every
+ * row (docs/performance.md, product notes).
  */
 export function pruneEvents(sql: SqlStorage, now: number, syncedThrough: number): void {
 	const cutoff = sql
