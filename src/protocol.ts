@@ -113,6 +113,10 @@ export const CloseCode = {
 	TOKEN_REVOKED: 4004,
 	/** Frames kept coming far above the rate limit after `rate_limited` errors. Reconnect after a backoff. */
 	RATE_LIMITED: 4005,
+	/** Observers: more live events than its send budget allows; resume with `?since=`. */
+	SLOW_CONSUMER: 4006,
+	/** Observers: the replay reached its bound (after a `replay_paused` frame); resume with `?since=` at once. */
+	REPLAY_PAUSED: 4007,
 	/** Standard: a frame larger than MAX_FRAME_BYTES. */
 	MESSAGE_TOO_BIG: 1009,
 } as const;
@@ -147,6 +151,8 @@ export const ErrorCode = {
 	/** Postgres kept giving up on the request's statement because of concurrent ones (HTTP 503, Retry-After). */
 	DB_CONFLICT: "db_conflict",
 	AGENT_UNAVAILABLE: "agent_unavailable",
+	/** An observer upgrade past the cap per agent or per key (HTTP 429). */
+	TOO_MANY_OBSERVERS: "too_many_observers",
 	INTERNAL: "internal",
 	// frame-only
 	INVALID_FRAME: "invalid_frame",
@@ -306,7 +312,12 @@ export type ObserverFrame =
 	 */
 	| { type: "reset"; since: number; epoch: string }
 	/** Events after `since` up to `through` were pruned from the log before this observer asked. */
-	| { type: "gap"; since: number; through: number };
+	| { type: "gap"; since: number; through: number }
+	/**
+	 * This connection's replay reached its bound after event `through`; the
+	 * socket closes (4007). Reconnect at once with `?since=<through>`.
+	 */
+	| { type: "replay_paused"; through: number };
 
 export const StreamQuery = z.strictObject({
 	since: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),

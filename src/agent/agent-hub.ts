@@ -1,7 +1,6 @@
 import { DurableObject } from "cloudflare:workers";
 import { errorFields, log } from "../log";
 import { type AgentFrame, CANCEL_GRACE_SECONDS, CloseCode, ErrorCode, MAX_FRAME_BYTES, PING_TEXT, PONG_TEXT, parseAgentFrame } from "../protocol";
-import { acceptedSubprotocol } from "../auth/credentials";
 import { BackgroundJob } from "./background-job";
 import * as answers from "./answers";
 import * as buffer from "./buffer";
@@ -218,7 +217,7 @@ export class AgentHub extends DurableObject<Env> {
 		}
 		const resume = parseResume(request.headers.get(OBSERVER_RESUME_HEADER));
 		if (resume !== null) {
-			const response = core.atomically(() => core.observers.accept(core.name, resume, acceptedSubprotocol(request.headers)));
+			const response = core.atomically(() => core.observers.accept(core.name, resume, request.headers));
 			return response;
 		}
 		const waitMs = this.connects.take(Date.now());
@@ -291,8 +290,7 @@ export class AgentHub extends DurableObject<Env> {
 		}
 		const generation = generationOf(this.ctx, ws);
 		if (observer || generation === undefined) {
-			// Observers only listen (their exact-text pings are answered at the edge).
-			send(ws, { type: "error", code: ErrorCode.INVALID_FRAME, message: "observers only listen" });
+			core.observers.heard(ws);
 			return null;
 		}
 		if (!core.isCurrent(ws)) {

@@ -1,7 +1,7 @@
 /**
  * The observers' side of the journal (./journal.ts): every presence change,
  * status transition and output chunk, numbered by a per-agent sequence.
- * Bounded (EVENT_LOG_MAX rows, EVENT_LOG_MAX_AGE_MS) but never past what
+ * Bounded (EVENT_LOG_MAX rows, EVENT_LOG_MAX_BYTES, EVENT_LOG_MAX_AGE_MS) but never past what
  * Postgres has confirmed; what was pruned is remembered, so an observer
  * resuming from before it is told about the gap instead of silently missing
  * events. Observers number events by `event_seq`, 1, 2, 3 with no holes;
@@ -11,6 +11,8 @@ import type { ObserverEvent } from "../protocol";
 
 export const EVENT_LOG_MAX = 10_000;
 export const EVENT_LOG_MAX_AGE_MS = 24 * 60 * 60 * 1000;
+/** Characters of event bodies kept: 10,000 output events of 64 KiB would be 640 MiB. */
+export const EVENT_LOG_MAX_BYTES = 32 * 1024 * 1024;
 
 /**
  * Replay and broadcast read the log a page at a time, bounded by count and by
@@ -54,15 +56,23 @@ export function eventsAfter(sql: SqlStorage, seq: number, limit = PAGE, budget =
 		.map((r) => ({ seq: r.seq, at: r.at, event: JSON.parse(r.body) as ObserverEvent }));
 }
 
-/** Drops what is past the log's bounds, but nothing Postgres has yet to confirm (past `syncedThrough`). */
+/**
+ * Drops what is past the log's bounds, but nothing Postgres has yet to
+ * confirm (past `syncedThrough`). The byte bound sums `size` (the observer's
+ * copy) newest first; an output row also holds Postgres's copy in `sync`,
+ * so the table itself may be about twice as large. That sum reads every
+ * row (docs/performance.md, product notes).
+ */
 export function pruneEvents(sql: SqlStorage, now: number, syncedThrough: number): void {
 	const cutoff = sql
 		.exec<{ seq: number | null }>(
 			`select min(max(seq), coalesce((select min(seq) - 1 from events where seq > ? and sync is not null), max(seq))) as seq
-			 from events where at < ? or seq <= (select max(seq) from events) - ?`,
+			 from events where at < ? or seq <= (select max(seq) from events) - ?
+				or seq <= (select max(seq) from (select seq, sum(size) over (order by seq desc) as newer from events) where newer > ?)`,
 			syncedThrough,
 			now - EVENT_LOG_MAX_AGE_MS,
 			EVENT_LOG_MAX,
+			EVENT_LOG_MAX_BYTES,
 		)
 		.one().seq;
 	if (cutoff === null) return;

@@ -12,3 +12,5 @@ export const OBSERVER_RESUME_HEADER = "x-switchyard-observe-resume";
 export const TOKEN_EXPIRES_HEADER = "x-switchyard-token-expires";
 /** On an agent upgrade: the token's `ver`, checked against the object's revocations. */
 export const TOKEN_VERSION_HEADER = "x-switchyard-token-version";
+/** On an observer upgrade: the API key's id (`api:<hash prefix>`), which observers are counted against. */
+export const OBSERVER_KEY_HEADER = "x-switchyard-observer-key";

@@ -18,6 +18,8 @@ import type { State } from "./state";
 
 /** Pruning runs about every this many rows, so the log stays bounded even while Postgres is down. */
 const PRUNE_EVERY = 100;
+/** …or once this many characters of events were written since, so large output cannot outrun the byte bound. */
+export const PRUNE_EVERY_BYTES = 1024 * 1024;
 /** Past this many unconfirmed entries, the tail is read from storage again instead of held in memory. */
 const MEMORY_TAIL_MAX = 2_000;
 
@@ -40,6 +42,8 @@ export class Journal {
 	private lastEventSeq: number | undefined;
 	/** Every unconfirmed entry, in order, when known to be complete; undefined: read storage. */
 	private tail: Unsynced[] | undefined;
+	/** Characters of events written since the last prune, in this isolate. */
+	private unpruned = 0;
 
 	constructor(
 		private readonly sql: SqlStorage,
@@ -98,7 +102,9 @@ export class Journal {
 			});
 			if (this.tail.length > MEMORY_TAIL_MAX) this.tail = undefined;
 		}
-		if (Math.floor(seq / PRUNE_EVERY) > Math.floor((first - 1) / PRUNE_EVERY)) {
+		this.unpruned += staged.reduce((sum, s) => sum + s.body.length, 0);
+		if (this.unpruned >= PRUNE_EVERY_BYTES || Math.floor(seq / PRUNE_EVERY) > Math.floor((first - 1) / PRUNE_EVERY)) {
+			this.unpruned = 0;
 			pruneEvents(this.sql, staged[0]?.at ?? Date.now(), this.state.get("synced_through") ?? 0);
 		}
 	}

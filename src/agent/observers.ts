@@ -1,12 +1,18 @@
 /**
  * An agent's observers: read-only sockets accepted by the agent's object
  * (tagged, so they hibernate with it) that replay the event log from where
- * they left off and then receive each event as it is logged.
+ * they left off (./replay.ts) and then receive each event as it is logged.
+ * What they may cost the object is bounded in ./observer-limits.ts.
  */
+import { acceptedSubprotocol } from "../auth/credentials";
 import { log } from "../log";
-import { type ObserverEvent, type ObserverFrame, StreamQuery } from "../protocol";
+import { CloseCode, ErrorCode, StreamQuery } from "../protocol";
 import * as events from "./events";
-import { OBSERVER_TAG } from "./sockets";
+import { FrameRateLimiter } from "./frame-limits";
+import { OBSERVER_KEY_HEADER } from "./headers";
+import { OBSERVER_FRAMES_PER_SECOND, OBSERVER_SEND_BUDGET, SendBudget, keyTag, refuseObserver } from "./observer-limits";
+import { framed, replay, sendFrame } from "./replay";
+import { OBSERVER_TAG, closeQuietly, send } from "./sockets";
 import type { State } from "./state";
 
 /** The resume point the worker forwarded, or null if the header is missing or not one. */
@@ -21,6 +27,14 @@ export function parseResume(header: string | null): StreamQuery | null {
 }
 
 export class Observers {
+	/** Live characters one observer may be sent per window (a test may shrink it). */
+	sendBudget = OBSERVER_SEND_BUDGET;
+	/** The budgets' and frame buckets' clock (a test may stop it). */
+	clock = () => Date.now();
+	/** Per socket, in memory: a socket woken from hibernation was idle, and starts afresh. */
+	private readonly budgets = new WeakMap<WebSocket, SendBudget>();
+	private readonly buckets = new WeakMap<WebSocket, FrameRateLimiter>();
+
 	constructor(
 		private readonly ctx: DurableObjectState,
 		private readonly sql: SqlStorage,
@@ -37,42 +51,36 @@ export class Observers {
 	 * gone), then it receives every new event. A resume point from another
 	 * storage epoch, or past the end of this log, means the log it was read
 	 * from no longer exists: the observer is told (`reset`) and replays this
-	 * log from its start.
+	 * log from its start. Refused (429) past the caps.
 	 */
-	accept(agentId: string, resume: StreamQuery, protocol?: string): Response {
+	accept(agentId: string, resume: StreamQuery, headers: Headers): Response {
+		// Only the worker sets it; without it (a wiring bug) every such observer shares one count.
+		const apiKeyId = headers.get(OBSERVER_KEY_HEADER) ?? "unknown";
+		const refusal = refuseObserver(this.ctx, apiKeyId);
+		if (refusal) {
+			log("warn", "observer.refused", { agentId, apiKeyId });
+			return refusal;
+		}
 		// Everything logged so far goes out to existing observers first, so the
 		// replay below and later broadcasts neither overlap nor leave a hole.
 		this.publish();
 		const pair = new WebSocketPair();
 		const [client, server] = [pair[0], pair[1]];
-		this.ctx.acceptWebSocket(server, [OBSERVER_TAG]);
+		this.ctx.acceptWebSocket(server, [OBSERVER_TAG, keyTag(apiKeyId)]);
 		const latest = events.latestSeq(this.sql);
 		// Replay covers up to `latest`; broadcasts carry on from there.
 		this.mark(latest);
 		const epoch = this.state.epoch();
-		send(server, { type: "observing", agentId, epoch, latestSeq: latest });
+		sendFrame(server, { type: "observing", agentId, epoch, latestSeq: latest });
 		let since = resume.since;
 		if (since !== undefined && ((resume.epoch !== undefined && resume.epoch !== epoch) || since > latest)) {
-			send(server, { type: "reset", since, epoch });
+			sendFrame(server, { type: "reset", since, epoch });
 			since = 0;
 		}
-		if (since !== undefined && since < latest) {
-			const pruned = events.prunedThrough(this.sql);
-			if (since < pruned) send(server, { type: "gap", since, through: pruned });
-			// Page by page up to `latest`, so a long replay neither stops short nor holds the whole log in memory.
-			for (let from = Math.max(since, pruned); from < latest; ) {
-				const page = events.eventsAfter(this.sql, from);
-				if (page.length === 0) break;
-				for (const e of page) send(server, framed(e));
-				from = page[page.length - 1]?.seq ?? latest;
-			}
-		}
-		log("info", "observer.attached", { agentId, since: resume.since, latest, observers: this.ctx.getWebSockets(OBSERVER_TAG).length });
-		return new Response(null, {
-			status: 101,
-			webSocket: client,
-			headers: protocol ? { "sec-websocket-protocol": protocol } : {},
-		});
+		const paused = since !== undefined && since < latest ? replay(this.sql, server, since, latest) : null;
+		log("info", "observer.attached", { agentId, apiKeyId, since: resume.since, latest, paused });
+		const protocol = acceptedSubprotocol(headers);
+		return new Response(null, { status: 101, webSocket: client, headers: protocol ? { "sec-websocket-protocol": protocol } : {} });
 	}
 
 	/**
@@ -90,26 +98,44 @@ export class Observers {
 			this.mark(fresh[fresh.length - 1]?.seq ?? from);
 			for (const e of fresh) {
 				const text = JSON.stringify(framed(e));
-				for (const ws of observers) {
-					try {
-						ws.send(text);
-					} catch {
-						// a closing observer; it resumes with ?since= when it returns
-					}
-				}
+				for (const ws of observers) this.deliver(ws, text);
 			}
 		}
 	}
-}
 
-function framed(e: events.Logged): ObserverFrame {
-	return { ...e.event, seq: e.seq, at: new Date(e.at).toISOString() } as ObserverEvent & { seq: number; at: string };
-}
+	/**
+	 * One live event to one observer, within its budget. Past it, the
+	 * observer is closed (4006) before this event, so what it saw last is
+	 * where its `?since=` resumes: nothing missed, nothing twice.
+	 */
+	private deliver(ws: WebSocket, text: string): void {
+		if (ws.readyState !== WebSocket.OPEN) return; // paused, cut, or closing: it resumes with ?since=
+		const now = this.clock();
+		let budget = this.budgets.get(ws);
+		if (!budget) this.budgets.set(ws, (budget = new SendBudget(this.sendBudget, now)));
+		if (!budget.take(text.length, now)) {
+			log("warn", "observer.slow_consumer", { budget: this.sendBudget });
+			closeQuietly(ws, CloseCode.SLOW_CONSUMER, "sent more than an observer may take: resume with ?since=");
+			return;
+		}
+		try {
+			ws.send(text);
+		} catch {
+			// closing; it resumes with ?since= when it returns
+		}
+	}
 
-function send(ws: WebSocket, frame: ObserverFrame): void {
-	try {
-		ws.send(JSON.stringify(frame));
-	} catch {
-		// closing
+	/**
+	 * A frame from an observer, which only listens (exact-text pings are
+	 * answered at the edge): told so while within its rate, ignored past it,
+	 * and closed (4005) once it keeps going, so a flood costs no reply each.
+	 */
+	heard(ws: WebSocket): void {
+		const now = this.clock();
+		let bucket = this.buckets.get(ws);
+		if (!bucket) this.buckets.set(ws, (bucket = new FrameRateLimiter(OBSERVER_FRAMES_PER_SECOND, now)));
+		const verdict = bucket.take(now);
+		if (verdict === "ok") send(ws, { type: "error", code: ErrorCode.INVALID_FRAME, message: "observers only listen" });
+		else if (verdict === "abusive") closeQuietly(ws, CloseCode.RATE_LIMITED, "frame rate limit exceeded");
 	}
 }

@@ -3,13 +3,21 @@
  * holds it: the key rides in the `switchyard.auth.*` subprotocol (a browser
  * cannot set headers on a socket, and URLs end up in logs); after a drop it
  * reconnects with backoff and resumes with `since` and `epoch`, so nothing
- * is missed and nothing is shown twice.
+ * is missed and nothing is shown twice. A long replay comes in pages: the
+ * server pauses it (`replay_paused`, close 4007) and the stream asks for
+ * the next at once. A stream cut as a slow consumer (4006) is one more drop.
  */
 import type { ObserverFrame } from "switchyard-protocol";
 import { Backoff } from "../sdk/backoff";
 
 export type StreamState = "connecting" | "open" | "reconnecting" | "closed";
 
+/**
+ * CloseCode.REPLAY_PAUSED (src/protocol.ts; the page imports the protocol's
+ * types only): the server replayed as much as one connection may and asks
+ * for the next page, so the stream reconnects at once, without backoff.
+ */
+const REPLAY_PAUSED = 4007;
 
 function b64url(s: string): string {
 	let bin = "";
@@ -72,8 +80,12 @@ export class AgentStream {
 			this.setState("open");
 		};
 		ws.onmessage = (e) => this.receive(e.data);
-		ws.onclose = () => {
+		ws.onclose = (e) => {
 			if (this.closed || this.ws !== ws) return;
+			if (e.code === REPLAY_PAUSED) {
+				this.connect();
+				return;
+			}
 			const delay = this.backoff.next();
 			this.setState("reconnecting", `retrying in ${(delay / 1000).toFixed(1)} s`);
 			this.timer = setTimeout(() => this.connect(), delay);
@@ -99,6 +111,10 @@ export class AgentStream {
 		} else if (frame.type === "reset") {
 			this.epoch = frame.epoch;
 			this.since = 0;
+		} else if (frame.type === "replay_paused") {
+			// Where the next page starts; the close that follows reconnects.
+			this.since = frame.through;
+			return;
 		} else if ("seq" in frame) {
 			this.since = frame.seq;
 		}

@@ -1,7 +1,7 @@
 import { Hono } from "hono";
 import type { AppEnv } from "../app-env";
 import { z } from "zod";
-import { AGENT_ID_HEADER, OBSERVER_RESUME_HEADER, TOKEN_EXPIRES_HEADER, TOKEN_VERSION_HEADER } from "../agent/headers";
+import { AGENT_ID_HEADER, OBSERVER_KEY_HEADER, OBSERVER_RESUME_HEADER, TOKEN_EXPIRES_HEADER, TOKEN_VERSION_HEADER } from "../agent/headers";
 import { readAccess, writeAccess } from "../auth/api-key";
 import { signAgentToken, tokenSecrets, verifyAgentToken } from "../auth/agent-token";
 import { checkOrigin, presentedCredential, protocolsWithoutCredential } from "../auth/credentials";
@@ -67,6 +67,8 @@ export const agentRoutes = new Hono<AppEnv>()
 		const headers = forwardedHeaders(c.req.raw.headers);
 		headers.set(AGENT_ID_HEADER, agentId);
 		headers.set(OBSERVER_RESUME_HEADER, JSON.stringify(resume));
+		// The object counts observers per key (429 past the cap).
+		headers.set(OBSERVER_KEY_HEADER, c.get("apiKeyId"));
 		return agentHub(c.env, agentId).fetch(new Request(c.req.url, { method: "GET", headers }));
 	})
 	/**

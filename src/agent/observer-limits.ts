@@ -1,0 +1,71 @@
+/**
+ * What one agent's observers may cost its object (docs/protocol.md,
+ * Observers): how many may watch, how much one connection's replay may
+ * queue, how much one observer may be sent before it counts as fallen
+ * behind, and how many frames it may send.
+ *
+ * workerd gives a sender no backpressure (no `bufferedAmount`, `send` never
+ * blocks), so the object cannot see that an observer reads slowly; what it
+ * can bound is what it queues for one: a replay per connection, and live
+ * bytes per window. Past either, the observer pages with `?since=`, and its
+ * reconnects pace it.
+ */
+import { ErrorCode } from "../protocol";
+import { OBSERVER_TAG } from "./sockets";
+
+/** Observers one agent's object holds at most. */
+export const OBSERVERS_PER_AGENT = 32;
+/** Observers one API key may hold on one agent: one key cannot take every slot. */
+export const OBSERVERS_PER_KEY = 8;
+/** Characters of event frames one connection's replay queues at most; the client pages past it. */
+export const REPLAY_MAX_BYTES = 1024 * 1024;
+/** Characters of live event frames one observer may be sent within one window before it is closed (4006). */
+export const OBSERVER_SEND_BUDGET = { bytes: 4 * 1024 * 1024, windowMs: 10_000 };
+/** Frames a second an observer may send (bursts of twice that); it has nothing to say but pings. */
+export const OBSERVER_FRAMES_PER_SECOND = 5;
+
+/** The tag that counts an observer against its key, kept by the platform across hibernation. */
+export function keyTag(apiKeyId: string): string {
+	return `observer-key:${apiKeyId}`;
+}
+
+function openCount(ctx: DurableObjectState, tag: string): number {
+	// A socket the object is closing (a paused replay, a slow consumer) no longer holds a slot.
+	return ctx.getWebSockets(tag).filter((ws) => ws.readyState === WebSocket.OPEN).length;
+}
+
+/** A 429 in the API's error shape if this agent, or this key on it, holds all the observers it may. */
+export function refuseObserver(ctx: DurableObjectState, apiKeyId: string): Response | null {
+	let message: string;
+	if (openCount(ctx, OBSERVER_TAG) >= OBSERVERS_PER_AGENT) message = `this agent has ${OBSERVERS_PER_AGENT} observers, the most it takes`;
+	else if (openCount(ctx, keyTag(apiKeyId)) >= OBSERVERS_PER_KEY) message = `this key has ${OBSERVERS_PER_KEY} observers of this agent, the most one key may hold`;
+	else return null;
+	return Response.json({ error: { code: ErrorCode.TOO_MANY_OBSERVERS, message: `${message}; close one first` } }, { status: 429, headers: { "retry-after": "5" } });
+}
+
+/**
+ * Live bytes sent to one observer in a fixed window. In memory: an object
+ * that hibernated sent nothing for a while, so a fresh window is right.
+ */
+export class SendBudget {
+	private windowStart: number;
+	private sent = 0;
+
+	constructor(
+		private readonly limit: { bytes: number; windowMs: number },
+		now: number,
+	) {
+		this.windowStart = now;
+	}
+
+	/** Counts `bytes` about to be sent; false if they would take the window past its budget. */
+	take(bytes: number, now: number): boolean {
+		if (now - this.windowStart >= this.limit.windowMs) {
+			this.windowStart = now;
+			this.sent = 0;
+		}
+		if (this.sent + bytes > this.limit.bytes) return false;
+		this.sent += bytes;
+		return true;
+	}
+}

@@ -1,0 +1,169 @@
+/**
+ * What keeps observers from taking an agent's object down (issue 15): caps
+ * on observers, a replay bounded per connection, a log bounded in bytes, a
+ * budget for what one observer is sent, and a rate for what it sends.
+ */
+import { runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import type { AgentHub } from "../../src/agent/agent-hub";
+import type { AgentCore } from "../../src/agent/core";
+import { EVENT_LOG_MAX_BYTES } from "../../src/agent/events";
+import { PRUNE_EVERY_BYTES } from "../../src/agent/journal";
+import { OBSERVERS_PER_AGENT, OBSERVERS_PER_KEY, REPLAY_MAX_BYTES } from "../../src/agent/observer-limits";
+import { agentHub } from "../../src/agent/stub";
+import { CloseCode, ErrorCode } from "../../src/protocol";
+import { AgentSocket, enqueue, expectError, uniqueAgentId, waitFor } from "../helpers/worker/harness";
+import { type Frame, Observer, catchUp } from "../helpers/worker/observer";
+
+const KEYS = ["test-operator-key", "test-second-key", "test-observer-key", "test-observer-key-2"];
+
+function coreOf(instance: AgentHub): AgentCore {
+	// SAFETY: a test reaching into the object it runs in.
+	return (instance as unknown as { core: AgentCore }).core;
+}
+
+/** How many output events the agent's object has logged. */
+function outputLogged(agentId: string): Promise<number> {
+	return runInDurableObject(agentHub(env, agentId), (_i: AgentHub, state) =>
+		state.storage.sql.exec<{ n: number }>("select count(*) as n from events where body like '%\"output\"%'").one().n,
+	);
+}
+
+/** Events seen across pages: numbered 1, 2, 3 … with no hole and none twice. */
+function expectWhole(events: Frame[], from = 1): void {
+	const seqs = events.map((f) => f.seq);
+	expect(seqs).toEqual(seqs.map((_, i) => from + i));
+}
+
+describe("observer caps", () => {
+	it("refuses an observer past the per-key and the per-agent cap with 429 too_many_observers", async () => {
+		expect(KEYS.length * OBSERVERS_PER_KEY).toBe(OBSERVERS_PER_AGENT);
+		const agentId = uniqueAgentId();
+		const attached: Observer[] = [];
+		for (let i = 0; i < OBSERVERS_PER_KEY; i++) attached.push(await Observer.attach(agentId, {}, KEYS[0]));
+		await expectError(await Observer.request(agentId, {}, KEYS[0]), 429, ErrorCode.TOO_MANY_OBSERVERS);
+		for (const key of KEYS.slice(1)) for (let i = 0; i < OBSERVERS_PER_KEY; i++) attached.push(await Observer.attach(agentId, {}, key));
+		// A key with none open is refused too: the agent has all it takes.
+		await expectError(await Observer.request(agentId, {}, "test-read-only-key"), 429, ErrorCode.TOO_MANY_OBSERVERS);
+		// One leaving makes room again.
+		attached.shift()?.close();
+		const next = await waitFor(async () => {
+			const res = await Observer.request(agentId, {}, "test-read-only-key");
+			return res.webSocket ?? undefined;
+		}, "a free slot");
+		next.accept();
+		next.close(1000);
+		for (const o of attached) o.close();
+	});
+});
+
+describe("observer replay", () => {
+	it("replays at most REPLAY_MAX_BYTES per connection, then says where it stopped; paging misses nothing, repeats nothing", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId, { hello: { concurrency: 4 } });
+		const cmds: { id: string }[] = [];
+		for (let i = 0; i < 4; i++) cmds.push(await enqueue(agentId, { action: "verbose" }));
+		await agent.commands(4);
+		const chunk = (i: number) => `${i}:`.padEnd(60 * 1024, "z");
+		let sent = 0;
+		const send = (n: number) => {
+			for (const end = sent + n; sent < end; sent++) agent.send({ type: "output", id: cmds[sent % 4]?.id ?? "", seq: Math.floor(sent / 4), data: chunk(sent) });
+		};
+		send(40);
+		const logged = () => outputLogged(agentId);
+		await waitFor(async () => (await logged()) === 40, "all output logged");
+
+		const first = await Observer.attach(agentId, { since: 0 });
+		const closed = await first.closed;
+		expect(closed.code).toBe(CloseCode.REPLAY_PAUSED);
+		const paused = first.frames.at(-1);
+		expect(paused).toEqual({ type: "replay_paused", through: first.lastSeq() });
+		const replayed = first.events().reduce((sum, f) => sum + JSON.stringify(f).length, 0);
+		expect(replayed).toBeLessThanOrEqual(REPLAY_MAX_BYTES);
+		expect(first.events().length).toBeLessThan(40);
+
+		// Live events arrive while the client is between pages.
+		send(8);
+		await waitFor(async () => (await logged()) === 48, "more output logged");
+		const rest = await catchUp(agentId, { since: first.lastSeq(), epoch: first.epoch });
+		expect(rest.pages).toBeGreaterThan(1);
+		send(4);
+		const seen = () => [...first.events(), ...rest.events, ...rest.live.events()];
+		await waitFor(() => seen().filter((f) => f.type === "output").length >= 52, "live output");
+		const all = seen();
+		expectWhole(all);
+		expect(all.filter((f) => f.type === "output").map((f) => f.data)).toEqual(Array.from({ length: 52 }, (_, i) => chunk(i)));
+		rest.live.close();
+		agent.close();
+	});
+});
+
+describe("event log bytes", () => {
+	it("keeps at most EVENT_LOG_MAX_BYTES of events, and an observer from the start is told of the gap", async () => {
+		const agentId = uniqueAgentId();
+		const stub = agentHub(env, agentId);
+		const data = "q".repeat(60 * 1024);
+		const count = Math.ceil(EVENT_LOG_MAX_BYTES / data.length) + 100;
+		const kept = await runInDurableObject(stub, (instance: AgentHub, state) => {
+			const core = coreOf(instance);
+			// Output observers see without a Postgres write behind it: nothing here waits for confirmation.
+			for (let i = 0; i < count; i += 50) {
+				core.atomically(() => {
+					for (let j = i; j < Math.min(count, i + 50); j++) core.journal.note({ type: "output", id: crypto.randomUUID(), chunk: 0, data }, Date.now());
+				});
+			}
+			return state.storage.sql.exec<{ bytes: number }>("select sum(size) as bytes from events").one().bytes;
+		});
+		// Pruned as the log grows by PRUNE_EVERY_BYTES: past the bound by less than that and one transaction.
+		expect(kept).toBeLessThanOrEqual(EVENT_LOG_MAX_BYTES + PRUNE_EVERY_BYTES + 50 * data.length);
+		const observer = await Observer.attach(agentId, { since: 0 });
+		const gap = await waitFor(() => observer.frames.find((f) => f.type === "gap"), "gap frame");
+		expect(gap.through).toBeGreaterThan(0);
+		observer.close();
+	});
+});
+
+describe("slow observers", () => {
+	it("closes an observer sent more than its budget with 4006; it resumes with ?since= and misses nothing", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "chatty" });
+		await agent.next("command");
+		const stub = agentHub(env, agentId);
+		await runInDurableObject(stub, (instance: AgentHub) => {
+			const observers = coreOf(instance).observers;
+			// A small budget whose clock stands still, so no window ends under the test.
+			const now = Date.now();
+			observers.sendBudget = { bytes: 200 * 1024, windowMs: 10_000 };
+			observers.clock = () => now;
+		});
+		const observer = await Observer.attach(agentId);
+		const chunks = Array.from({ length: 10 }, (_, i) => `${i}:`.padEnd(60 * 1024, "s"));
+		chunks.forEach((data, seq) => agent.send({ type: "output", id: cmd.id, seq, data }));
+		expect((await observer.closed).code).toBe(CloseCode.SLOW_CONSUMER);
+		const seen = observer.events().filter((f) => f.type === "output").length;
+		expect(seen).toBeLessThan(chunks.length);
+		await waitFor(async () => (await outputLogged(agentId)) === 10, "all output logged");
+		const rest = await catchUp(agentId, { since: observer.lastSeq(), epoch: observer.epoch });
+		const all = [...observer.events(), ...rest.events, ...rest.live.events()];
+		expectWhole(all, all[0]?.seq);
+		expect(all.filter((f) => f.type === "output").map((f) => f.data)).toEqual(chunks);
+		rest.live.close();
+		agent.close();
+	});
+});
+
+describe("observer frames", () => {
+	it("closes an observer that floods frames with 4005 instead of answering each one", async () => {
+		const agentId = uniqueAgentId();
+		const observer = await Observer.attach(agentId);
+		for (let i = 0; i < 1_000; i++) observer.ws.send('{"type":"noise"}');
+		expect((await observer.closed).code).toBe(CloseCode.RATE_LIMITED);
+		const errors = observer.frames.filter((f) => f.type === "error").length;
+		expect(errors).toBeGreaterThan(0);
+		expect(errors).toBeLessThan(100);
+		// 4005 is not terminal: it may come back.
+		(await Observer.attach(agentId)).close();
+	});
+});
