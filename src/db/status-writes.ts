@@ -87,59 +87,67 @@ export function foldEntries(entries: readonly OutboxEntry[]): CommandUpdate[] {
 	for (const e of entries) {
 		let u = byId.get(e.commandId);
 		if (!u) {
-			u = {
-				command_id: e.commandId,
-				status: null,
-				attempts: 0,
-				updated_at: e.at,
-				dispatched_at: null,
-				first_dispatched_at: null,
-				acknowledged_at: null,
-				completed_at: null,
-				has_result: false,
-				result: null,
-				has_error: false,
-				error: null,
-				error_code: null,
-				taken_at: null,
-				cancel_requested_at: null,
-				output_append: null,
-				output_dropped: false,
-				late_from: null,
-			};
+			u = emptyUpdate(e.commandId, e.at);
 			byId.set(e.commandId, u);
 		}
 		if (e.at > u.updated_at) u.updated_at = e.at;
 		if (e.kind === "taken") u.taken_at ??= e.at;
 		else if (e.kind === "cancel_requested") u.cancel_requested_at ??= e.at;
-		else if (e.kind === "output" && e.cut) u.output_dropped = true;
-		else if (e.kind === "output") {
-			// Past the cap nothing more is kept, so do not carry it to Postgres either.
-			if ((u.output_append?.length ?? 0) <= OUTPUT_CAP_CHARS) u.output_append = (u.output_append ?? "") + e.data;
-			// Counted in UTF-16 units here and in characters by Postgres: say so
-			// explicitly rather than hope Postgres's length check notices.
-			else u.output_dropped = true;
-		}
-		else {
-			u.status = e.to;
-			u.late_from = e.detail?.reason === "reported_late" ? e.from : null;
-			u.attempts = Math.max(u.attempts, e.attempts);
-			if (e.to === "dispatched") {
-				u.dispatched_at = e.at;
-				u.first_dispatched_at ??= e.at;
-			}
-			if (e.to === "acknowledged") u.acknowledged_at = e.at;
-			if (TERMINAL_STATUSES.has(e.to)) {
-				u.completed_at = e.at;
-				u.has_result = e.result !== undefined;
-				u.result = e.result ?? null;
-				u.has_error = true;
-				u.error = e.error ?? null;
-				u.error_code = e.errorCode ?? null;
-			}
-		}
+		else if (e.kind === "output") foldOutput(u, e);
+		else foldTransition(u, e);
 	}
 	return [...byId.values()];
+}
+
+function emptyUpdate(commandId: string, at: string): CommandUpdate {
+	return {
+		command_id: commandId,
+		status: null,
+		attempts: 0,
+		updated_at: at,
+		dispatched_at: null,
+		first_dispatched_at: null,
+		acknowledged_at: null,
+		completed_at: null,
+		has_result: false,
+		result: null,
+		has_error: false,
+		error: null,
+		error_code: null,
+		taken_at: null,
+		cancel_requested_at: null,
+		output_append: null,
+		output_dropped: false,
+		late_from: null,
+	};
+}
+
+function foldOutput(u: CommandUpdate, e: OutputMark): void {
+	if (e.cut) u.output_dropped = true;
+	// Past the cap nothing more is kept, so do not carry it to Postgres either.
+	else if ((u.output_append?.length ?? 0) <= OUTPUT_CAP_CHARS) u.output_append = (u.output_append ?? "") + e.data;
+	// Counted in UTF-16 units here and in characters by Postgres: say so
+	// explicitly rather than hope Postgres's length check notices.
+	else u.output_dropped = true;
+}
+
+function foldTransition(u: CommandUpdate, e: Transition): void {
+	u.status = e.to;
+	u.late_from = e.detail?.reason === "reported_late" ? e.from : null;
+	u.attempts = Math.max(u.attempts, e.attempts);
+	if (e.to === "dispatched") {
+		u.dispatched_at = e.at;
+		u.first_dispatched_at ??= e.at;
+	}
+	if (e.to === "acknowledged") u.acknowledged_at = e.at;
+	if (TERMINAL_STATUSES.has(e.to)) {
+		u.completed_at = e.at;
+		u.has_result = e.result !== undefined;
+		u.result = e.result ?? null;
+		u.has_error = true;
+		u.error = e.error ?? null;
+		u.error_code = e.errorCode ?? null;
+	}
 }
 
 /**
