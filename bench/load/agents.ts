@@ -13,7 +13,7 @@ import { signAgentToken } from "../../src/auth/agent-token.ts";
 import { HEARTBEAT_INTERVAL_SECONDS, PING_TEXT } from "../../src/protocol.ts";
 import { Backoff } from "../../src/sdk/backoff.ts";
 import { sentAt } from "../lib/payload.ts";
-import { answerFor, sdkAnswer } from "../lib/sdk-answer.ts";
+import { type Answer, answerFor, sdkAnswer } from "../lib/sdk-answer.ts";
 import { serve } from "../lib/rpc.ts";
 import { sleep, wallNow } from "../lib/stats.ts";
 
@@ -33,6 +33,12 @@ interface ConnectArgs {
 	connectTimeoutMs?: number;
 	/** Stop opening new sockets after this long; the rest count as not connected. */
 	budgetMs?: number;
+	/**
+	 * Answer each command after a random wait up to this long instead of at
+	 * once, half of them acked first: the chaos suite's drops then fall
+	 * before and after acks, between receipt and result.
+	 */
+	answerDelayMs?: number;
 }
 
 interface Agent {
@@ -52,6 +58,8 @@ let latencies: number[] = [];
 let received = 0;
 let duplicates = 0;
 const seen = new Set<string>();
+/** Commands whose result was sent on an open socket: what the agents reported (the chaos suite's check). */
+const reported = new Set<string>();
 let stopping = false;
 let errors: string[] = [];
 /**
@@ -72,6 +80,23 @@ setInterval(() => {
 
 function note(err: string): void {
 	if (errors.length < 20) errors.push(err);
+}
+
+/**
+ * Sends the SDK's answer to command `id`, at once or, with `delayMs`, after a
+ * random wait: half of those as the SDK answers a handler still running at
+ * the end of its turn, the ack at once and the result later.
+ */
+function answerCommand(ws: WebSocket, id: string, frames: Answer, delayMs: number | undefined): void {
+	const reply = () => {
+		// Dropped meanwhile: the server sends it again, and it is answered then.
+		if (ws.readyState !== WebSocket.OPEN) return;
+		for (const f of answerFor(frames, id)) ws.send(f);
+		reported.add(id);
+	};
+	if (!delayMs) return reply();
+	if (Math.random() < 0.5) ws.send(JSON.stringify({ type: "ack", id }));
+	setTimeout(reply, Math.random() * delayMs);
 }
 
 async function open(agent: Agent, a: ConnectArgs): Promise<void> {
@@ -106,7 +131,7 @@ async function open(agent: Agent, a: ConnectArgs): Promise<void> {
 				if (seen.has(frame.id)) duplicates++;
 				seen.add(frame.id);
 				agent.firstCommandAt ??= now;
-				for (const f of answerFor(frames, frame.id)) ws.send(f);
+				answerCommand(ws, frame.id, frames, a.answerDelayMs);
 			} else if (frame.type === "error") {
 				note(`${agent.id}: error frame ${data.toString().slice(0, 200)}`);
 			}
@@ -206,12 +231,27 @@ const methods = {
 			retryFailures: Object.fromEntries(retryFailures),
 		};
 	},
+	/** Which commands the agents received and which they answered (the chaos suite's ground truth). */
+	async ran() {
+		return { received: [...seen], reported: [...reported], duplicates };
+	},
+	/** Drops a random `fraction` of the open sockets without a close frame; they reconnect if told to. */
+	async flap(a: { fraction: number }) {
+		let dropped = 0;
+		for (const agent of agents.values()) {
+			if (!agent.welcomed || Math.random() >= a.fraction) continue;
+			agent.ws?.terminate();
+			dropped++;
+		}
+		return { dropped };
+	},
 	async close() {
 		stopping = true;
 		movedTo = undefined;
 		for (const agent of agents.values()) agent.ws?.terminate();
 		agents.clear();
 		seen.clear();
+		reported.clear();
 		received = 0;
 		duplicates = 0;
 		latencies = [];
