@@ -106,3 +106,18 @@ export async function openCount(db: pg.Pool, action: string): Promise<{ open: nu
 	);
 	return { open: Number(rows[0]?.open ?? 0), total: Number(rows[0]?.total ?? 0) };
 }
+
+/**
+ * Seconds from `healedAt` (wall ms) until the last command created before it
+ * finished: how long the fault's backlog took to clear, the load aside.
+ * 0 when it had cleared by then.
+ */
+export async function backlogClearedAfter(db: pg.Pool, action: string, healedAt: number): Promise<number> {
+	const { rows } = await db.query<{ t: number | null }>(
+		`select extract(epoch from max(completed_at)) * 1000 as t from agent_commands
+		 where action = $1 and created_at <= to_timestamp($2::float8 / 1000)`,
+		[action, healedAt],
+	);
+	const t = rows[0]?.t;
+	return t == null ? 0 : Math.max(0, Math.round((Number(t) - healedAt) / 100) / 10);
+}

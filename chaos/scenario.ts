@@ -8,7 +8,7 @@ import { agentIds } from "../bench/lib/payload.ts";
 import { type Child, spawnChild } from "../bench/lib/rpc.ts";
 import type { Stack } from "../bench/lib/stack.ts";
 import { sleep, wallNow } from "../bench/lib/stats.ts";
-import { type AgentsDid, openCount, type Verdict, verify } from "./check.ts";
+import { type AgentsDid, backlogClearedAfter, openCount, type Verdict, verify } from "./check.ts";
 import type { Config } from "./config.ts";
 import type { Partitionable } from "./netns.ts";
 import type { Scenario } from "./scenarios.ts";
@@ -25,8 +25,8 @@ export interface Outcome {
 	duplicatesDelivered?: number;
 	/** Seconds from the end of the load until Postgres showed every command finished right; null: not within the settle time. */
 	settleSeconds?: number | null;
-	/** The same from the moment the fault was undone (the load went on meanwhile). */
-	healToSettledSeconds?: number | null;
+	/** Seconds from the moment the fault was undone until every command created before it had finished. */
+	backlogSeconds?: number;
 	fault?: Record<string, unknown>;
 }
 
@@ -122,9 +122,8 @@ export async function runScenario(s: Scenario, stack: Stack, cfg: Config, log: (
 		const { lost, invented, unrun, ...rest } = r.v;
 		out.verdict = { ...rest, lost: lost.length, invented: invented.length, unrun: unrun.length, lostIds: lost.slice(0, 50), inventedIds: invented.slice(0, 50) };
 		out.duplicatesDelivered = r.did.duplicates;
-		const since = (t: number) => (r.settledAt === undefined ? null : Math.round((r.settledAt - t) / 100) / 10);
-		out.settleSeconds = since(r.loadEnd);
-		out.healToSettledSeconds = since(healedAt);
+		out.settleSeconds = r.settledAt === undefined ? null : Math.round((r.settledAt - r.loadEnd) / 100) / 10;
+		out.backlogSeconds = await backlogClearedAfter(stack.pg, action, healedAt);
 	} catch (err) {
 		out.error = err instanceof Error ? (err.stack ?? err.message) : String(err);
 	} finally {

@@ -1,10 +1,10 @@
 /** The run's table: one row per scenario, every figure from its outcome. */
 import type { Outcome } from "./scenario.ts";
 
-const HEAD = ["scenario", "accepted", "refused", "completed", "lost", "invented", "unrun", "dup. delivered", "redeliveries", "settle s (load end / heal)", "note"];
+const HEAD = ["scenario", "accepted", "refused", "completed", "lost", "invented", "unrun", "dup. delivered", "redeliveries", "settle s", "backlog s", "note"];
 
 function row(o: Outcome): string[] {
-	if (o.skipped) return [o.scenario, ...Array(9).fill("—"), `skipped: ${o.skipped}`];
+	if (o.skipped) return [o.scenario, ...Array(10).fill("—"), `skipped: ${o.skipped}`];
 	const v = o.verdict;
 	const refused = Object.entries(o.answers ?? {})
 		.filter(([status]) => status !== "201")
@@ -21,7 +21,8 @@ function row(o: Outcome): string[] {
 		String(v?.unrun ?? "—"),
 		String(o.duplicatesDelivered ?? "—"),
 		String(v?.redeliveries ?? "—"),
-		o.settleSeconds === undefined ? "—" : o.settleSeconds === null ? "not settled" : `${o.settleSeconds} / ${o.healToSettledSeconds}`,
+		o.settleSeconds === undefined ? "—" : o.settleSeconds === null ? "not settled" : String(o.settleSeconds),
+		String(o.backlogSeconds ?? "—"),
 		note,
 	];
 }
