@@ -11,7 +11,7 @@ import { sleep, wallNow } from "../bench/lib/stats.ts";
 import { type AgentsDid, backlogClearedAfter, openCount, type Verdict, verify } from "./check.ts";
 import type { Config } from "./config.ts";
 import type { Partitionable } from "./netns.ts";
-import type { Scenario } from "./scenarios.ts";
+import type { FaultEnv, Scenario } from "./scenarios.ts";
 
 export interface Outcome {
 	scenario: string;
@@ -37,10 +37,12 @@ interface Sent {
 	errorSamples: string[];
 }
 
-/** Opens `ids` over `cfg.fleets` processes that reconnect after any close, as the SDK does. */
-async function startFleets(stack: Stack, cfg: Config, ids: string[], net?: Partitionable): Promise<Child[]> {
+/**
+ * Opens `ids` over `cfg.fleets` processes that reconnect after any close, as
+ * the SDK does. They go into `fleets` as they start, so a failure still stops them.
+ */
+async function startFleets(stack: Stack, cfg: Config, ids: string[], fleets: Child[], net?: Partitionable): Promise<void> {
 	const per = Math.ceil(ids.length / cfg.fleets);
-	const fleets: Child[] = [];
 	for (let i = 0; i < ids.length; i += per) fleets.push(spawnChild("load/agents.ts", {}, net?.wrapper));
 	const connected = await Promise.all(
 		fleets.map((f, i) =>
@@ -59,7 +61,6 @@ async function startFleets(stack: Stack, cfg: Config, ids: string[], net?: Parti
 	);
 	const failed = connected.reduce((s, c) => s + c.failed, 0);
 	if (failed) throw new Error(`${failed} agents failed to connect: ${connected.flatMap((c) => c.errors).slice(0, 3).join("; ")}`);
-	return fleets;
 }
 
 async function agentsDid(fleets: Child[]): Promise<AgentsDid & { duplicates: number }> {
@@ -88,6 +89,27 @@ async function settle(stack: Stack, cfg: Config, fleets: Child[], action: string
 	}
 }
 
+/** The steady load with the fault in its middle; resolves once the load has been answered. */
+async function drive(s: Scenario, env: FaultEnv, enq: Child, action: string, ids: string[], log: (m: string) => void) {
+	const { cfg, stack } = env;
+	const load = enq.call<Sent>("steady", {
+		transport: { kind: "http", base: stack.base, apiKey: stack.apiKey, action },
+		agents: ids,
+		count: Math.round((cfg.rate * cfg.loadMs) / 1000),
+		rate: cfg.rate,
+		maxInFlight: 64,
+		keepIds: true,
+	});
+	await sleep(cfg.faultAtMs);
+	log(`${s.key}: fault`);
+	const fault = await s.fault(env);
+	const healedAt = wallNow();
+	log(`${s.key}: fault over ${JSON.stringify(fault)}`);
+	const sent = await load;
+	log(`${s.key}: load done, answers ${JSON.stringify(sent.statuses)}; settling`);
+	return { fault, healedAt, sent };
+}
+
 export async function runScenario(s: Scenario, stack: Stack, cfg: Config, log: (m: string) => void): Promise<Outcome> {
 	const out: Outcome = { scenario: s.key, title: s.title };
 	const why = s.unavailable?.();
@@ -95,29 +117,14 @@ export async function runScenario(s: Scenario, stack: Stack, cfg: Config, log: (
 	const net = await s.network?.(stack);
 	const action = `chaos.${s.key}`;
 	const ids = agentIds(`chaos-${s.key}`, cfg.agents);
-	let fleets: Child[] = [];
+	const fleets: Child[] = [];
 	const enq = spawnChild("load/enqueue.ts");
 	try {
-		fleets = await startFleets(stack, cfg, ids, net);
+		await startFleets(stack, cfg, ids, fleets, net);
 		log(`${s.key}: ${ids.length} agents connected in ${fleets.length} fleet processes; load ${cfg.rate}/s for ${cfg.loadMs / 1000} s`);
-		const load = enq.call<Sent>("steady", {
-			transport: { kind: "http", base: stack.base, apiKey: stack.apiKey, action },
-			agents: ids,
-			count: Math.round((cfg.rate * cfg.loadMs) / 1000),
-			rate: cfg.rate,
-			maxInFlight: 64,
-			keepIds: true,
-		});
-		await sleep(cfg.faultAtMs);
-		log(`${s.key}: fault`);
-		out.fault = await s.fault({ stack, cfg, fleets, net });
-		const healedAt = wallNow();
-		log(`${s.key}: fault over ${JSON.stringify(out.fault)}`);
-		const sent = await load;
+		const { fault, healedAt, sent } = await drive(s, { stack, cfg, fleets, net }, enq, action, ids, log);
 		const accepted = sent.accepted ?? [];
-		out.accepted = accepted.length;
-		out.answers = sent.statuses;
-		log(`${s.key}: load done, answers ${JSON.stringify(sent.statuses)}; settling`);
+		Object.assign(out, { fault, accepted: accepted.length, answers: sent.statuses });
 		const r = await settle(stack, cfg, fleets, action, accepted);
 		const { lost, invented, unrun, ...rest } = r.v;
 		out.verdict = { ...rest, lost: lost.length, invented: invented.length, unrun: unrun.length, lostIds: lost.slice(0, 50), inventedIds: invented.slice(0, 50) };
