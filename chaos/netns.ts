@@ -55,6 +55,8 @@ export async function partitionable(target: { host: string; port: number }): Pro
 		}
 	};
 	teardown();
+	// A harness stopped by a signal exits through process.exit: leave no namespace behind.
+	process.once("exit", teardown);
 	run("ip", ["netns", "add", tag]);
 	run("ip", ["link", "add", `${tag}h`, "type", "veth", "peer", "name", `${tag}n`]);
 	run("ip", ["link", "set", `${tag}n`, "netns", tag]);
@@ -78,6 +80,7 @@ export async function partitionable(target: { host: string; port: number }): Pro
 		heal: () => inNs("nft", "delete", "table", "inet", "chaos"),
 		close: async () => {
 			await new Promise<void>((r) => server.close(() => r()));
+			process.off("exit", teardown);
 			teardown();
 		},
 	};

@@ -52,11 +52,15 @@ const slow: Scenario = {
 		const pid = fleets[0]?.proc.pid;
 		if (pid === undefined) throw new Error("no fleet process to freeze");
 		const t = wallNow();
+		// Resumed however the harness ends, so the fleet can see it go and exit.
+		const resume = () => process.kill(pid, "SIGCONT");
+		process.once("exit", resume);
 		process.kill(pid, "SIGSTOP");
 		try {
 			await sleep(cfg.slowMs);
 		} finally {
-			process.kill(pid, "SIGCONT");
+			process.off("exit", resume);
+			resume();
 		}
 		return { frozenAgents: Math.ceil(cfg.agents / cfg.fleets), frozenSeconds: secondsSince(t) };
 	},

@@ -49,6 +49,10 @@ interface Agent {
 	/** Wall time of the first command received since the last `mark`. */
 	firstCommandAt?: number;
 	welcomedAt?: number;
+	/** Commands answered after a wait (`answerDelayMs`) whose answer is not sent yet: announced in `hello.running`. */
+	running: Set<string>;
+	/** Results finished while the socket was down, sent after the next `hello`, as the SDK does. */
+	unsent: Set<string>;
 }
 
 const agents = new Map<string, Agent>();
@@ -85,18 +89,41 @@ function note(err: string): void {
 /**
  * Sends the SDK's answer to command `id`, at once or, with `delayMs`, after a
  * random wait: half of those as the SDK answers a handler still running at
- * the end of its turn, the ack at once and the result later.
+ * the end of its turn, the ack at once and the result later. A result that
+ * finds the socket closed is kept and sent after the next `hello`.
  */
-function answerCommand(ws: WebSocket, id: string, frames: Answer, delayMs: number | undefined): void {
+function answerCommand(agent: Agent, id: string, frames: Answer, delayMs: number | undefined): void {
 	const reply = () => {
-		// Dropped meanwhile: the server sends it again, and it is answered then.
-		if (ws.readyState !== WebSocket.OPEN) return;
-		for (const f of answerFor(frames, id)) ws.send(f);
+		agent.running.delete(id);
+		if (!agent.welcomed || agent.ws?.readyState !== WebSocket.OPEN) return void agent.unsent.add(id);
+		for (const f of answerFor(frames, id)) agent.ws.send(f);
 		reported.add(id);
 	};
 	if (!delayMs) return reply();
-	if (Math.random() < 0.5) ws.send(JSON.stringify({ type: "ack", id }));
+	agent.running.add(id);
+	if (Math.random() < 0.5) agent.ws?.send(JSON.stringify({ type: "ack", id }));
 	setTimeout(reply, Math.random() * delayMs);
+}
+
+/** After `hello`: the results the agent could not send before, as the SDK sends them. */
+function sendUnsent(agent: Agent, frames: Answer): void {
+	for (const id of agent.unsent) {
+		for (const f of answerFor(frames, id)) agent.ws?.send(f);
+		reported.add(id);
+	}
+	agent.unsent.clear();
+}
+
+/**
+ * A `cancel` (the server ended a command this agent may hold): answered as the
+ * SDK answers it, with the result if it has one, `cancelled` if it never had
+ * the command; a command still running answers when it finishes.
+ */
+function answerCancel(agent: Agent, id: string, frames: Answer): void {
+	if (agent.running.has(id)) return;
+	if (!seen.has(id)) return void agent.ws?.send(JSON.stringify({ type: "result", id, status: "cancelled" }));
+	for (const f of answerFor(frames, id)) agent.ws?.send(f);
+	reported.add(id);
 }
 
 async function open(agent: Agent, a: ConnectArgs): Promise<void> {
@@ -120,7 +147,8 @@ async function open(agent: Agent, a: ConnectArgs): Promise<void> {
 				agent.welcomed = true;
 				agent.welcomedAt = wallNow();
 				agent.backoff.reset();
-				ws.send(JSON.stringify({ type: "hello", concurrency: a.concurrency, running: [] }));
+				ws.send(JSON.stringify({ type: "hello", concurrency: a.concurrency, running: [...agent.running] }));
+				sendUnsent(agent, frames);
 				clearTimeout(timer);
 				resolve();
 			} else if (frame.type === "command" && frame.id) {
@@ -131,7 +159,9 @@ async function open(agent: Agent, a: ConnectArgs): Promise<void> {
 				if (seen.has(frame.id)) duplicates++;
 				seen.add(frame.id);
 				agent.firstCommandAt ??= now;
-				answerCommand(ws, frame.id, frames, a.answerDelayMs);
+				answerCommand(agent, frame.id, frames, a.answerDelayMs);
+			} else if (frame.type === "cancel" && frame.id) {
+				answerCancel(agent, frame.id, frames);
 			} else if (frame.type === "error") {
 				note(`${agent.id}: error frame ${data.toString().slice(0, 200)}`);
 			}
@@ -165,7 +195,7 @@ const methods = {
 		const started = wallNow();
 		let failed = 0;
 		const queue = a.ids.map((id) => {
-			const agent: Agent = { id, welcomed: false, backoff: new Backoff() };
+			const agent: Agent = { id, welcomed: false, backoff: new Backoff(), running: new Set(), unsent: new Set() };
 			agents.set(id, agent);
 			return agent;
 		});
