@@ -49,6 +49,8 @@ async function main(): Promise<void> {
 	if (unknown.length) throw new Error(`unknown scenario ${unknown.join(", ")}: use ${SCENARIOS.map((s) => s.key).join(", ")}`);
 	const picked = SCENARIOS.filter((s) => !only || only.includes(s.key));
 	const startedAt = new Date().toISOString();
+	// Read before the run: an edit made while it runs is not what ran.
+	const ranCommit = commit();
 	log(`${quick ? "quick" : "full"} run: ${picked.map((s) => s.key).join(", ")}`);
 	// Its own database, so a benchmark on the same server is not disturbed.
 	const stack = await startSwitchyard("real", "switchyard_chaos");
@@ -62,7 +64,7 @@ async function main(): Promise<void> {
 	} finally {
 		await stack.stop();
 	}
-	const out = { startedAt, endedAt: new Date().toISOString(), quick, note: values.note, commit: commit(), config: cfg, settings: stack.settings, machine: machine(), versions: versions(), scenarios: outcomes };
+	const out = { startedAt, endedAt: new Date().toISOString(), quick, note: values.note, commit: ranCommit, config: cfg, settings: stack.settings, machine: machine(), versions: versions(), scenarios: outcomes };
 	mkdirSync("chaos/results", { recursive: true });
 	const file = values.out ?? `chaos/results/${startedAt.slice(0, 10)}${quick ? "-quick" : ""}.json`;
 	writeFileSync(file, `${JSON.stringify(out, null, "\t")}\n`);
