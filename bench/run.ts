@@ -22,7 +22,7 @@ import { runPeers } from "./figures/peers.ts";
 import { connectionRamp, reconnectStorm, streaming, switchyardTarget } from "./figures/switchyard.ts";
 import { latencyFigure, latencyRun, measureSaturation } from "./figures/common.ts";
 import { type Config, config } from "./config.ts";
-import { stopAllGroups } from "./lib/procs.ts";
+import { runHarness } from "./lib/procs.ts";
 import { machine, Results, versions } from "./lib/results.ts";
 import { type DbKind, startSwitchyard } from "./lib/stack.ts";
 import { printTable } from "./table.ts";
@@ -140,19 +140,4 @@ async function main(): Promise<void> {
 	}
 }
 
-for (const sig of ["SIGINT", "SIGTERM"] as const) {
-	process.on(sig, () => {
-		stopAllGroups();
-		process.exit(130);
-	});
-}
-process.on("exit", stopAllGroups);
-
-main().then(
-	() => process.exit(),
-	(err: unknown) => {
-		process.stderr.write(`[bench] failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-		stopAllGroups();
-		process.exit(1);
-	},
-);
+runHarness("bench", main);

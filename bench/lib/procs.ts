@@ -18,7 +18,7 @@ export const NOFILE = 65_536;
 export interface Wrangler {
 	child: ChildProcess;
 	output(): string;
-	stop(): Promise<void>;
+	stop(graceMs?: number): Promise<void>;
 }
 
 /**
@@ -48,14 +48,18 @@ export function startWrangler(opts: { port: number; persistTo: string; config?: 
 	};
 	child.stdout?.on("data", keep);
 	child.stderr?.on("data", keep);
-	return { child, output: () => out, stop: () => stopGroup(child) };
+	return { child, output: () => out, stop: (graceMs?: number) => stopGroup(child, graceMs) };
 }
 
-/** SIGTERM to the group, SIGKILL after a grace: the node shim does not pass SIGTERM on (NOTES.md). */
+/**
+ * SIGTERM to the group, SIGKILL after a grace: the node shim does not pass
+ * SIGTERM on (NOTES.md). A grace of 0 is a crash: SIGKILL alone, so nothing
+ * gets to shut down cleanly.
+ */
 export async function stopGroup(child: ChildProcess, graceMs = 3_000): Promise<void> {
 	if (child.exitCode === null && child.signalCode === null) {
 		const exited = new Promise<void>((r) => child.once("exit", () => r()));
-		killGroup(child, "SIGTERM");
+		killGroup(child, graceMs === 0 ? "SIGKILL" : "SIGTERM");
 		const timer = setTimeout(() => killGroup(child, "SIGKILL"), graceMs);
 		await exited;
 		clearTimeout(timer);
@@ -79,6 +83,29 @@ export function stopAllGroups(): void {
 	started.clear();
 	for (const child of plain) child.kill("SIGKILL");
 	plain.clear();
+}
+
+/**
+ * Runs a harness's `main` (bench, chaos) and exits: every process group it
+ * started is stopped on exit, on SIGINT or SIGTERM, and on a failure, so no
+ * workerd outlives it.
+ */
+export function runHarness(tag: string, main: () => Promise<void>): void {
+	for (const sig of ["SIGINT", "SIGTERM"] as const) {
+		process.on(sig, () => {
+			stopAllGroups();
+			process.exit(130);
+		});
+	}
+	process.on("exit", stopAllGroups);
+	main().then(
+		() => process.exit(),
+		(err: unknown) => {
+			process.stderr.write(`[${tag}] failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+			stopAllGroups();
+			process.exit(1);
+		},
+	);
 }
 
 /** The workerd processes under `root`. */

@@ -3,7 +3,7 @@
  * with them for its event loop). Each child exposes a table of async methods;
  * the harness calls them over the IPC channel.
  */
-import { type ChildProcess, fork } from "node:child_process";
+import { type ChildProcess, fork, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
 type Methods = Record<string, (arg: never) => Promise<unknown>>;
@@ -38,14 +38,18 @@ export interface Child {
 	stop(): void;
 }
 
-/** Forks `module` (a .ts file under bench/) with tsx, so children run the same TypeScript. */
-export function spawnChild(module: string, env: Record<string, string> = {}): Child {
+/**
+ * Forks `module` (a .ts file under bench/) with tsx, so children run the same
+ * TypeScript. `wrapper` runs it under another command that execs it, keeping
+ * the IPC channel (e.g. `ip netns exec <ns>`: the chaos suite's partition).
+ */
+export function spawnChild(module: string, env: Record<string, string> = {}, wrapper: string[] = []): Child {
 	const file = fileURLToPath(new URL(`../${module}`, import.meta.url));
-	const proc = fork(file, [], {
-		execArgv: ["--import", "tsx"],
-		env: { ...process.env, ...env },
-		stdio: ["ignore", "inherit", "inherit", "ipc"],
-	});
+	const options = { env: { ...process.env, ...env }, stdio: ["ignore", "inherit", "inherit", "ipc"] as ("ignore" | "inherit" | "ipc")[] };
+	const [cmd, ...args] = wrapper;
+	const proc = cmd
+		? spawn(cmd, [...args, process.execPath, "--import", "tsx", file], options)
+		: fork(file, [], { ...options, execArgv: ["--import", "tsx"] });
 	let next = 1;
 	const waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
 	proc.on("message", (r: Reply) => {

@@ -63,14 +63,17 @@ export interface Stack {
 	/** The tail of wrangler dev's output (logs), for diagnosing a broken figure. */
 	output(): string;
 	nofile(): number | undefined;
-	/** Kills wrangler dev's process group (workerd included). */
-	stopWrangler(): Promise<void>;
+	/** Kills wrangler dev's process group (workerd included); `graceMs` 0 sends SIGKILL at once, a crash. */
+	stopWrangler(graceMs?: number): Promise<void>;
+	/** The relay drops every database connection and refuses new ones while down: a Postgres outage. */
+	setDbDown(down: boolean): void;
 	/** Starts wrangler dev again on the same port and state; resolves when healthy (within 120 s unless told). */
 	startWrangler(healthyWithinMs?: number): Promise<void>;
 	stop(): Promise<void>;
 }
 
-export async function startSwitchyard(db: DbKind): Promise<Stack> {
+/** `database`: the real PostgreSQL database to recreate, so two harnesses on one server keep apart. */
+export async function startSwitchyard(db: DbKind, database = "switchyard_bench"): Promise<Stack> {
 	const root = process.cwd();
 	const stateDir = mkdtempSync(join(tmpdir(), `switchyard-bench-${db}-`));
 	ensureDevVars(join(root, ".dev.vars"));
@@ -88,8 +91,8 @@ export async function startSwitchyard(db: DbKind): Promise<Stack> {
 		databaseUrl = embedded.url;
 		workerUrl = databaseUrl;
 	} else {
-		databaseUrl = await freshDatabase("switchyard_bench");
-		bouncer = await startPgBouncer("switchyard_bench");
+		databaseUrl = await freshDatabase(database);
+		bouncer = await startPgBouncer(database);
 		workerUrl = bouncer.url;
 	}
 	const target = new URL(workerUrl);
@@ -119,7 +122,7 @@ export async function startSwitchyard(db: DbKind): Promise<Stack> {
 	const pool = new pg.Pool({ connectionString: databaseUrl, max: 2, application_name: "switchyard-bench" });
 	pool.on("error", () => {});
 	const pid = () => wrangler?.child.pid ?? -1;
-	const backends = db === "real" ? postgresBackends(pool, "switchyard_bench") : undefined;
+	const backends = db === "real" ? postgresBackends(pool, database) : undefined;
 	const roles = joinRoles(
 		wranglerRoles(pid, port),
 		fixedRoles({ pgbouncer: [bouncer?.pid], [db === "embedded" ? "harness (relay, PGlite, checks)" : "harness (relay, checks)"]: [process.pid] }),
@@ -149,9 +152,10 @@ export async function startSwitchyard(db: DbKind): Promise<Stack> {
 		runtimeWsBase: () => runtimeWsBase(pid(), port),
 		output: () => wrangler?.output() ?? "",
 		nofile: () => workerdNofile(pid()),
-		stopWrangler: async () => {
-			await wrangler?.stop();
+		stopWrangler: async (graceMs?: number) => {
+			await wrangler?.stop(graceMs);
 		},
+		setDbDown: (down) => relay.setDown(down),
 		startWrangler: start,
 		stop: async () => {
 			backends?.stop();

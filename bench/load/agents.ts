@@ -13,7 +13,7 @@ import { signAgentToken } from "../../src/auth/agent-token.ts";
 import { HEARTBEAT_INTERVAL_SECONDS, PING_TEXT } from "../../src/protocol.ts";
 import { Backoff } from "../../src/sdk/backoff.ts";
 import { sentAt } from "../lib/payload.ts";
-import { answerFor, sdkAnswer } from "../lib/sdk-answer.ts";
+import { type Answer, answerFor, sdkAnswer } from "../lib/sdk-answer.ts";
 import { serve } from "../lib/rpc.ts";
 import { sleep, wallNow } from "../lib/stats.ts";
 
@@ -33,6 +33,12 @@ interface ConnectArgs {
 	connectTimeoutMs?: number;
 	/** Stop opening new sockets after this long; the rest count as not connected. */
 	budgetMs?: number;
+	/**
+	 * Answer each command after a random wait up to this long instead of at
+	 * once, half of them acked first: the chaos suite's drops then fall
+	 * before and after acks, between receipt and result.
+	 */
+	answerDelayMs?: number;
 }
 
 interface Agent {
@@ -43,6 +49,10 @@ interface Agent {
 	/** Wall time of the first command received since the last `mark`. */
 	firstCommandAt?: number;
 	welcomedAt?: number;
+	/** Commands answered after a wait (`answerDelayMs`) whose answer is not sent yet: announced in `hello.running`. */
+	running: Set<string>;
+	/** Results finished while the socket was down, sent after the next `hello`, as the SDK does. */
+	unsent: Set<string>;
 }
 
 const agents = new Map<string, Agent>();
@@ -52,6 +62,8 @@ let latencies: number[] = [];
 let received = 0;
 let duplicates = 0;
 const seen = new Set<string>();
+/** Commands whose result was sent on an open socket: what the agents reported (the chaos suite's check). */
+const reported = new Set<string>();
 let stopping = false;
 let errors: string[] = [];
 /**
@@ -72,6 +84,46 @@ setInterval(() => {
 
 function note(err: string): void {
 	if (errors.length < 20) errors.push(err);
+}
+
+/**
+ * Sends the SDK's answer to command `id`, at once or, with `delayMs`, after a
+ * random wait: half of those as the SDK answers a handler still running at
+ * the end of its turn, the ack at once and the result later. A result that
+ * finds the socket closed is kept and sent after the next `hello`.
+ */
+function answerCommand(agent: Agent, id: string, frames: Answer, delayMs: number | undefined): void {
+	const reply = () => {
+		agent.running.delete(id);
+		if (!agent.welcomed || agent.ws?.readyState !== WebSocket.OPEN) return void agent.unsent.add(id);
+		for (const f of answerFor(frames, id)) agent.ws.send(f);
+		reported.add(id);
+	};
+	if (!delayMs) return reply();
+	agent.running.add(id);
+	if (Math.random() < 0.5) agent.ws?.send(JSON.stringify({ type: "ack", id }));
+	setTimeout(reply, Math.random() * delayMs);
+}
+
+/** After `hello`: the results the agent could not send before, as the SDK sends them. */
+function sendUnsent(agent: Agent, frames: Answer): void {
+	for (const id of agent.unsent) {
+		for (const f of answerFor(frames, id)) agent.ws?.send(f);
+		reported.add(id);
+	}
+	agent.unsent.clear();
+}
+
+/**
+ * A `cancel` (the server ended a command this agent may hold): answered as the
+ * SDK answers it, with the result if it has one, `cancelled` if it never had
+ * the command; a command still running answers when it finishes.
+ */
+function answerCancel(agent: Agent, id: string, frames: Answer): void {
+	if (agent.running.has(id)) return;
+	if (!seen.has(id)) return void agent.ws?.send(JSON.stringify({ type: "result", id, status: "cancelled" }));
+	for (const f of answerFor(frames, id)) agent.ws?.send(f);
+	reported.add(id);
 }
 
 async function open(agent: Agent, a: ConnectArgs): Promise<void> {
@@ -95,7 +147,8 @@ async function open(agent: Agent, a: ConnectArgs): Promise<void> {
 				agent.welcomed = true;
 				agent.welcomedAt = wallNow();
 				agent.backoff.reset();
-				ws.send(JSON.stringify({ type: "hello", concurrency: a.concurrency, running: [] }));
+				ws.send(JSON.stringify({ type: "hello", concurrency: a.concurrency, running: [...agent.running] }));
+				sendUnsent(agent, frames);
 				clearTimeout(timer);
 				resolve();
 			} else if (frame.type === "command" && frame.id) {
@@ -106,7 +159,9 @@ async function open(agent: Agent, a: ConnectArgs): Promise<void> {
 				if (seen.has(frame.id)) duplicates++;
 				seen.add(frame.id);
 				agent.firstCommandAt ??= now;
-				for (const f of answerFor(frames, frame.id)) ws.send(f);
+				answerCommand(agent, frame.id, frames, a.answerDelayMs);
+			} else if (frame.type === "cancel" && frame.id) {
+				answerCancel(agent, frame.id, frames);
 			} else if (frame.type === "error") {
 				note(`${agent.id}: error frame ${data.toString().slice(0, 200)}`);
 			}
@@ -140,7 +195,7 @@ const methods = {
 		const started = wallNow();
 		let failed = 0;
 		const queue = a.ids.map((id) => {
-			const agent: Agent = { id, welcomed: false, backoff: new Backoff() };
+			const agent: Agent = { id, welcomed: false, backoff: new Backoff(), running: new Set(), unsent: new Set() };
 			agents.set(id, agent);
 			return agent;
 		});
@@ -206,12 +261,27 @@ const methods = {
 			retryFailures: Object.fromEntries(retryFailures),
 		};
 	},
+	/** Which commands the agents received and which they answered (the chaos suite's ground truth). */
+	async ran() {
+		return { received: [...seen], reported: [...reported], duplicates };
+	},
+	/** Drops a random `fraction` of the open sockets without a close frame; they reconnect if told to. */
+	async flap(a: { fraction: number }) {
+		let dropped = 0;
+		for (const agent of agents.values()) {
+			if (!agent.welcomed || Math.random() >= a.fraction) continue;
+			agent.ws?.terminate();
+			dropped++;
+		}
+		return { dropped };
+	},
 	async close() {
 		stopping = true;
 		movedTo = undefined;
 		for (const agent of agents.values()) agent.ws?.terminate();
 		agents.clear();
 		seen.clear();
+		reported.clear();
 		received = 0;
 		duplicates = 0;
 		latencies = [];

@@ -22,6 +22,10 @@ interface Sent {
 	/** Time for the enqueue call to answer (HTTP response, JetStream PubAck). */
 	callMs: number[];
 	errorSamples: string[];
+	/** Answers by HTTP status (`network` when none came): the chaos suite's 503s. */
+	statuses: Record<string, number>;
+	/** Ids of the commands answered 201, when asked for (`keepIds`): what the chaos suite checks. */
+	accepted?: string[];
 }
 
 let nats: { nc: NatsConnection; js: JetStreamClient } | undefined;
@@ -50,11 +54,14 @@ async function send(t: Transport, agents: string[], seq: number, out: Sent): Pro
 				body: JSON.stringify(body),
 			});
 			const text = await res.text();
+			out.statuses[res.status] = (out.statuses[res.status] ?? 0) + 1;
 			if (res.status !== 201) throw new Error(`HTTP ${res.status}: ${text.slice(0, 200)}`);
+			if (out.accepted && single) out.accepted.push((JSON.parse(text) as { id: string }).id);
 		}
 		out.ok += agents.length;
 		out.callMs.push(wallNow() - started);
 	} catch (err) {
+		if (!(err instanceof Error && err.message.startsWith("HTTP "))) out.statuses.network = (out.statuses.network ?? 0) + 1;
 		out.errors += agents.length;
 		if (out.errorSamples.length < 10) out.errorSamples.push(err instanceof Error ? err.message : String(err));
 	}
@@ -64,8 +71,8 @@ const perCall = (t: Transport) => (t.kind === "http-batch" ? t.size : 1);
 
 const methods = {
 	/** `count` commands at `rate` per second, round-robin over `agents`, not waiting for answers (capped in flight). */
-	async steady(a: { transport: Transport; agents: string[]; count: number; rate: number; maxInFlight?: number }) {
-		const out: Sent = { ok: 0, errors: 0, callMs: [], errorSamples: [] };
+	async steady(a: { transport: Transport; agents: string[]; count: number; rate: number; maxInFlight?: number; keepIds?: boolean }) {
+		const out: Sent = { ok: 0, errors: 0, callMs: [], errorSamples: [], statuses: {}, accepted: a.keepIds ? [] : undefined };
 		const step = perCall(a.transport);
 		const start = wallNow();
 		const inFlight = new Set<Promise<void>>();
@@ -83,7 +90,7 @@ const methods = {
 	},
 	/** `concurrency` calls always in flight for `durationMs`. */
 	async flood(a: { transport: Transport; agents: string[]; durationMs: number; concurrency: number }) {
-		const out: Sent = { ok: 0, errors: 0, callMs: [], errorSamples: [] };
+		const out: Sent = { ok: 0, errors: 0, callMs: [], errorSamples: [], statuses: {} };
 		const step = perCall(a.transport);
 		const start = wallNow();
 		let next = 0;
