@@ -5,7 +5,7 @@
  */
 import fc from "fast-check";
 import type { BufferInput } from "../../../src/agent/buffer";
-import { type AgentStatus, type Model, OPEN, stopOwed } from "./model";
+import { type AgentStatus, type Model, OPEN, type StepEvent, stopOwed } from "./model";
 import * as real from "./real";
 import { settle, type World } from "./step";
 
@@ -20,13 +20,13 @@ interface Shape {
 	ttl: number | null;
 	timeout: number | null;
 	maxAttempts: number;
-	/** How a catch-up finds a row the object never saw: as Postgres has it. */
-	as: "pending" | "dispatched";
+	/** How a catch-up finds a row the object never saw (one whose forward failed, or a reset object's): as Postgres has it. */
+	as: "pending" | "dispatched" | "acknowledged";
 }
 
 function input(m: Model, s: Shape): BufferInput {
 	const seq = m.nextSeq++;
-	const sent = s.as === "dispatched";
+	const sent = s.as !== "pending";
 	return {
 		id: `c${seq}`,
 		seq,
@@ -45,10 +45,18 @@ function input(m: Model, s: Shape): BufferInput {
 	};
 }
 
+/**
+ * A `dispatched` row comes in as `pending` (no socket of this object awaits
+ * its ack). Found after this connection's hello, a row is judged against
+ * that hello's list, like every open one (catch-up.ts).
+ */
 function add(m: Model, w: World, s: Shape, catchUp: boolean): void {
 	const c = input(m, s);
-	m.commands.push({ id: c.id, input: c, status: "pending", sent: c.attempts > 0, cancelRequested: false, ackGeneration: null, stopUntil: null, agentWord: null });
-	settle(m, w, { kind: "none" }, real.addCommands(w.r, m, [c], catchUp));
+	const status = s.as === "acknowledged" ? "acknowledged" : "pending";
+	m.commands.push({ id: c.id, input: c, status, sent: c.attempts > 0, cancelRequested: false, ackGeneration: null, stopUntil: null, agentWord: null });
+	const judged = catchUp && m.helloGeneration === m.generation;
+	const ev: StepEvent = judged ? { kind: "hello", running: new Set(m.helloRunning) } : { kind: "none" };
+	settle(m, w, ev, real.addCommands(w.r, m, [c], catchUp));
 }
 
 const shape = fc.record({
@@ -56,7 +64,7 @@ const shape = fc.record({
 	ttl: fc.constantFrom(null, 5, 60),
 	timeout: fc.constantFrom(null, 20, 120),
 	maxAttempts: fc.integer({ min: 1, max: 3 }),
-	as: fc.constantFrom<Shape["as"]>("pending", "dispatched"),
+	as: fc.constantFrom<Shape["as"]>("pending", "dispatched", "acknowledged"),
 });
 
 const roomForMore = (m: Readonly<Model>) => m.commands.length < 10;
