@@ -5,7 +5,7 @@
  */
 import fc from "fast-check";
 import type { BufferInput } from "../../../src/agent/buffer";
-import { type AgentStatus, type Model, OPEN, type StepEvent, stopOwed } from "./model";
+import { type AgentStatus, type Model, OPEN, STOP_MS, type StepEvent, stopOwed } from "./model";
 import * as real from "./real";
 import { settle, type World } from "./step";
 
@@ -53,7 +53,7 @@ function input(m: Model, s: Shape): BufferInput {
 function add(m: Model, w: World, s: Shape, catchUp: boolean): void {
 	const c = input(m, s);
 	const status = s.as === "acknowledged" ? "acknowledged" : "pending";
-	m.commands.push({ id: c.id, input: c, status, sent: c.attempts > 0, cancelRequested: false, ackGeneration: null, stopUntil: null, agentWord: null });
+	m.commands.push({ id: c.id, input: c, status, sent: c.attempts > 0, cancelRequested: false, ackGeneration: null, stopUntil: null, agentWord: null, endedAt: null });
 	const judged = catchUp && m.helloGeneration === m.generation;
 	const ev: StepEvent = judged ? { kind: "hello", running: new Set(m.helloRunning) } : { kind: "none" };
 	settle(m, w, ev, real.addCommands(w.r, m, [c], catchUp));
@@ -120,16 +120,19 @@ const ack = fc.nat().map((pick) =>
 const result = fc.tuple(fc.nat(), fc.constantFrom<AgentStatus>("completed", "failed", "cancelled"), fc.boolean()).map(([pick, status, stray]) =>
 	step(`result(${pick}, ${status}${stray ? ", stray" : ""})`, (m) => m.connected && (stray ? m.commands.length : m.running.length) > 0, (m, w) => {
 		const id = target(m, pick, stray);
-		const c = m.commands.find((x) => x.id === id);
-		if (!id || !c) return;
+		if (!id) return;
 		const value = { answer: id, n: m.nextSeq++ };
+		m.running = m.running.filter((x) => x !== id);
+		const c = m.commands.find((x) => x.id === id);
+		// The object forgot it (pruned): the answer is refused and brings nothing back.
+		if (!c) return settle(m, w, { kind: "none" }, real.result(w.r, m, id, status, value));
 		// The agent's word is kept for a command it may run, and replaces a system end it answers, once.
 		const stopWasOwed = stopOwed(m, c);
 		const kept = OPEN.has(c.status) ? c.sent : stopWasOwed && status !== "cancelled";
 		if (kept) c.agentWord = { status, result: value };
+		if (kept && !OPEN.has(c.status)) c.endedAt = m.now;
 		const sent = real.result(w.r, m, id, status, value);
 		c.stopUntil = null;
-		m.running = m.running.filter((x) => x !== id);
 		settle(m, w, { kind: "result", id, status, stopWasOwed }, sent);
 	}),
 );
@@ -161,4 +164,13 @@ const advance = fc.constantFrom(1_000, 9_000, 11_000, 31_000, 130_000, 610_000).
 );
 
 /** Weighted by repetition: the agent's answers and the clock are where the rules meet. */
-export const steps = [enqueue, enqueue, catchUpNew, catchUpKnown, connect, close, hello, hello, ack, ack, result, result, result, output, cancel, advance, advance];
+/** What the flush does once Postgres has everything: finished rows and stops go 10 minutes after. */
+const prune = fc.constant(
+	step("prune", () => true, (m, w) => {
+		real.prune(w.r, m);
+		m.commands = m.commands.filter((c) => c.endedAt === null || c.endedAt >= m.now - STOP_MS);
+		settle(m, w, { kind: "none" }, []);
+	}),
+);
+
+export const steps = [enqueue, enqueue, catchUpNew, catchUpKnown, connect, close, hello, hello, ack, ack, result, result, result, output, cancel, advance, advance, prune];

@@ -29,6 +29,8 @@ export interface ModelCommand {
 	stopUntil: number | null;
 	/** The agent's result that the object must keep (and hand to Postgres). */
 	agentWord: { status: AgentStatus; result: unknown } | null;
+	/** When it last finished (a late result finishes it again): the object forgets it 10 minutes on. */
+	endedAt: number | null;
 }
 
 export interface Model {

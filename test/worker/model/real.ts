@@ -10,7 +10,7 @@ import * as answers from "../../../src/agent/answers";
 import * as buffer from "../../../src/agent/buffer";
 import type { AgentCore } from "../../../src/agent/core";
 import { admitOutput, recordOutput } from "../../../src/agent/output";
-import type { Tx } from "../../../src/agent/storage";
+import { prune as pruneRows, type Tx } from "../../../src/agent/storage";
 import { type AgentStatus, HELLO_GRACE_MS, type Model } from "./model";
 
 export interface Real {
@@ -122,4 +122,9 @@ export function alarm(r: Real, m: Model): Sent {
 		}
 		return pump(r, m, tx);
 	});
+}
+
+/** storage.prune, which the flush runs once Postgres has confirmed the journal (no catch-up under way here). */
+export function prune(r: Real, m: Model): void {
+	r.core.atomically(() => pruneRows(r.core.sql, m.now));
 }

@@ -24,6 +24,7 @@ function adopt(m: Model, c: ModelCommand, to: CommandStatus, byAgent: boolean): 
 	const from = c.status;
 	c.status = to;
 	if (from === to) return;
+	if (!OPEN.has(to)) c.endedAt = m.now;
 	if (to === "dispatched") c.sent = true;
 	if (to === "acknowledged") c.ackGeneration = m.generation;
 	if (to === "pending") c.ackGeneration = null;
@@ -33,6 +34,8 @@ function adopt(m: Model, c: ModelCommand, to: CommandStatus, byAgent: boolean): 
 
 export function settle(m: Model, w: World, ev: StepEvent, sent: Sent): void {
 	const now = statuses(w.r);
+	// Nothing forgotten too soon, nothing brought back, nothing left past its time.
+	expect([...now.keys()].sort()).toEqual(m.commands.map((c) => c.id).sort());
 	const agentId = ev.kind === "result" ? ev.id : null;
 	for (const c of m.commands) {
 		const actual = now.get(c.id);
