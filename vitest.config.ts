@@ -46,6 +46,9 @@ export default defineConfig({
 								TEST_DEAD_DATABASE_URL: inject("deadDatabaseUrl"),
 								TEST_RELAY_CONTROL: inject("relayControl"),
 								TEST_DATABASE_KIND: inject("databaseKind"),
+								// Workers have no process.env: the model-based test's knobs come through here.
+								TEST_MODEL_RUNS: process.env.SWITCHYARD_MODEL_RUNS ?? "",
+								TEST_MODEL_SEED: process.env.SWITCHYARD_MODEL_SEED ?? "",
 							},
 						},
 					})),

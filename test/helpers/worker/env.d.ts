@@ -6,5 +6,8 @@ declare namespace Cloudflare {
 		TEST_RELAY_CONTROL: string;
 		/** `embedded` (PGlite, one session: no lock waits between connections) or `postgres` (a real server). */
 		TEST_DATABASE_KIND: string;
+		/** SWITCHYARD_MODEL_RUNS and SWITCHYARD_MODEL_SEED for the model-based test; "" when unset. */
+		TEST_MODEL_RUNS: string;
+		TEST_MODEL_SEED: string;
 	}
 }
