@@ -28,8 +28,25 @@ export const agents = pgTable(
 		lastSeenAt: ts("last_seen_at"),
 		// Status changes the agent's object still holds for Postgres, as of its last flush.
 		outboxDepth: integer("outbox_depth").notNull().default(0),
+		// What the agent said of itself in its last `hello` (null before one said it).
+		version: text("version"),
+		platform: text("platform"),
+		concurrency: integer("concurrency"),
+		// Action names the agent handles; null when it declared none (it takes any).
+		actions: text("actions").array(),
+		agentLabels: jsonb("agent_labels").$type<Record<string, string>>().notNull().default({}),
+		operatorLabels: jsonb("operator_labels").$type<Record<string, string>>().notNull().default({}),
+		// What selectors match: the operator's labels win over the agent's on a clash.
+		labels: jsonb("labels")
+			.$type<Record<string, string>>()
+			.notNull()
+			.generatedAlwaysAs(sql`agent_labels || operator_labels`),
+		// Set while dispatch to the agent is paused (POST /v1/agents/{id}/pause).
+		pausedAt: ts("paused_at"),
 	},
 	(t) => [
+		// Selectors (`label=k=v`, fan-outs, fleet stop) are containment queries: labels @> '{"k":"v"}'.
+		index("agents_labels_idx").using("gin", t.labels.op("jsonb_path_ops")),
 		// /metrics reads only the agents that are online or hold unflushed
 		// changes, never the whole fleet's history (migrations/0008).
 		index("agents_connected_idx").on(t.id).where(sql`${t.connected}`),
@@ -83,6 +100,10 @@ export const agentCommands = pgTable(
 		firstDispatchedAt: ts("first_dispatched_at"),
 		acknowledgedAt: ts("acknowledged_at"),
 		completedAt: ts("completed_at"),
+		// The fan-out that created the command, if one did.
+		fanoutId: uuid("fanout_id"),
+		// The failed, cancelled or expired command this one retries.
+		retryOf: uuid("retry_of"),
 	},
 	(t) => [
 		check(
@@ -109,11 +130,35 @@ export const agentCommands = pgTable(
 		index("agent_commands_finished_idx")
 			.on(t.completedAt)
 			.where(sql`${t.status} in ('completed','failed','cancelled','expired')`),
+		// A fan-out's targets, in the order they were created.
+		index("agent_commands_fanout_idx")
+			.on(t.fanoutId, t.seq)
+			.where(sql`${t.fanoutId} is not null`),
+		// The retries of a command (the link back from the one retried).
+		index("agent_commands_retry_of_idx")
+			.on(t.retryOf)
+			.where(sql`${t.retryOf} is not null`),
 		uniqueIndex("agent_commands_idempotency_idx")
 			.on(t.agentId, t.idempotencyKey)
 			.where(sql`${t.idempotencyKey} is not null`),
 	],
 );
+
+/**
+ * One row per fan-out: what was asked and how many commands it created. Its
+ * commands carry `fanout_id`; their statuses are the fan-out's progress.
+ */
+export const fanouts = pgTable("fanouts", {
+	id: uuid("id").primaryKey().defaultRandom(),
+	createdAt: ts("created_at").notNull().defaultNow(),
+	// api:<key id>, as on command events.
+	actor: text("actor"),
+	action: text("action").notNull(),
+	// The selector or agent id list as given, for the record.
+	target: jsonb("target").notNull(),
+	targetCount: integer("target_count").notNull(),
+	cancelRequestedAt: ts("cancel_requested_at"),
+});
 
 export const commandEvents = pgTable(
 	"command_events",
