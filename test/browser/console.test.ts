@@ -125,7 +125,8 @@ describe("the console in a browser", () => {
 		await expect.poll(() => form.getByRole("status").textContent()).toMatch(/^Sent: echo /);
 		const id = /Sent: echo (\S+)/.exec((await form.getByRole("status").textContent()) ?? "")?.[1] ?? "";
 		await expect.poll(() => statusOf(page, id).textContent(), { timeout: 15_000 }).toBe("completed");
-		expect((await api.get(id)).result).toEqual({ text: "hello from the console" });
+		// The page hears of the end from the stream, a moment before Postgres has the result.
+		await expect.poll(async () => (await api.get(id)).result).toEqual({ text: "hello from the console" });
 		// A command sent elsewhere (the CLI, another tool) appears at the top, live.
 		const other = await api.enqueue(AGENT_ID, { action: "echo", payload: { from: "cli" } });
 		await expect.poll(() => statusOf(page, other.id).textContent(), { timeout: 15_000 }).toBe("completed");

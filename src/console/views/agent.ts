@@ -158,11 +158,36 @@ export function agentView(session: Session, agentId: string): View {
 		},
 	});
 
+	/**
+	 * The stream starts at the live end, so a transition made just before it
+	 * opened is neither in it nor, for a moment, in Postgres (the object
+	 * writes a short while after it tells observers). Open commands of the
+	 * first page are read again until that write has surely landed.
+	 */
+	const settleTimers: ReturnType<typeof setTimeout>[] = [];
+	function rereadOpen(): void {
+		for (const ms of REREAD_AFTER_MS) {
+			settleTimers.push(
+				setTimeout(async () => {
+					const open = [...rows.values()].filter((r) => !TERMINAL.has(r.dataset.status ?? "")).map((r) => r.dataset.command ?? "");
+					if (open.length === 0) return;
+					try {
+						const page = await session.api.list(agentId, { limit: String(PAGE) });
+						for (const c of page.items) if (open.includes(c.id)) upsert(c, false);
+					} catch {
+						// the next read, or the next frame, tries again
+					}
+				}, ms),
+			);
+		}
+	}
+
 	async function reloadAll(): Promise<void> {
 		rows.clear();
 		tbody.replaceChildren();
 		cursor = null;
 		await Promise.all([loadAgent(), loadPage()]);
+		rereadOpen();
 	}
 	void reloadAll();
 	// Relative times ("12 s ago") age while the page is open.
@@ -201,6 +226,7 @@ export function agentView(session: Session, agentId: string): View {
 		dispose() {
 			stream.close();
 			for (const ts of rereads.values()) for (const t of ts) clearTimeout(t);
+			for (const t of settleTimers) clearTimeout(t);
 			clearInterval(clock);
 			clearTimeout(agentTimer);
 		},
