@@ -18,12 +18,11 @@ const BATCH = 500;
 export const BATCH_CHARS = 2 * 1024 * 1024;
 /**
  * How long a write with no ending in it may wait for one, so a command that
- * finishes quickly costs Postgres one status write instead of two or three.
- * Off: at 100 ms it cut writes per command from 2.34 to 1.33 on the flood
- * profile (docs/performance.md), but the console's browser test of a long
- * command then never saw it acknowledged, and the cause is not yet known.
+ * finishes quickly costs Postgres one status write instead of two or three
+ * (2.34 to 1.33 writes per command on the flood profile, docs/performance.md).
+ * Observers hear every change at once; only the API's reads lag by this.
  */
-export const LINGER_MS = 0;
+export const LINGER_MS = 100;
 /** While commands flow, the agent's last_seen_at in Postgres is at most this stale. */
 export const PRESENCE_REFRESH_MS = 30_000;
 /** Finished rows and stale stops are pruned at most this often. */
