@@ -76,7 +76,8 @@ export interface AgentFilter {
 	prefix?: string;
 }
 
-function filterWhere(f: AgentFilter, afterId?: string): SQL | undefined {
+/** The condition every agent selector uses (exported for the query-plan test). */
+export function filterWhere(f: AgentFilter, afterId?: string): SQL | undefined {
 	const labels = f.labels && Object.keys(f.labels).length > 0 ? f.labels : undefined;
 	return and(
 		afterId ? gt(agents.id, afterId) : undefined,

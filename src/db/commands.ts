@@ -58,7 +58,7 @@ const FIELDS = `
  * agent_commands_open_idx, counted at read time, so no write per command
  * keeps it. Postgres trails the object by one flush.
  */
-const QUEUE_POSITION = `case when c.status = 'pending' then
+export const QUEUE_POSITION = `case when c.status = 'pending' then
 		(select count(*) from agent_commands o where o.agent_id = c.agent_id
 			and o.status in ('pending', 'dispatched', 'acknowledged') and o.priority > c.priority)
 		+ (select count(*) from agent_commands o where o.agent_id = c.agent_id
