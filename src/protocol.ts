@@ -40,6 +40,34 @@ export const IdempotencyKey = z
 	.string()
 	.regex(/^[A-Za-z0-9._:-]{1,128}$/, "idempotency key: 1-128 characters from A-Z a-z 0-9 . _ : -");
 
+// ---------------------------------------------------------------- fleet
+
+/** Labels per side (the agent's own in `hello`, the operator's by PATCH). */
+export const MAX_LABELS = 32;
+export const MAX_LABEL_VALUE_CHARS = 255;
+/** Action names an agent may declare in `hello`. */
+export const MAX_ACTIONS = 256;
+/** `version` and `platform` in `hello`. */
+export const MAX_DESCRIPTOR_CHARS = 128;
+
+export const LabelKey = z
+	.string()
+	.regex(
+		/^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$/,
+		"label key: 1-63 characters from A-Z a-z 0-9 . _ / -, starting and ending with a letter or digit",
+	);
+export const LabelValue = z.string().max(MAX_LABEL_VALUE_CHARS);
+
+/** At most `max` keys; a record schema cannot say so itself. */
+function fewKeys<T extends z.ZodType>(schema: T, max: number) {
+	return schema.refine((v) => Object.keys(v as object).length <= max, { message: `at most ${max} labels` });
+}
+
+export const Labels = fewKeys(z.record(LabelKey, LabelValue), MAX_LABELS);
+export type Labels = Record<string, string>;
+
+const Descriptor = z.string().min(1).max(MAX_DESCRIPTOR_CHARS);
+
 /** Delivery defaults; each can be set per command at enqueue. */
 export const DEFAULT_MAX_ATTEMPTS = 5;
 export const DEFAULT_ACK_TIMEOUT_SECONDS = 10;
@@ -96,6 +124,10 @@ export const BlockedReason = z.enum([
 	"awaiting_ack",
 	"running",
 	"cancel_requested",
+	/** Its agent is paused (POST /v1/agents/{id}/pause): nothing new is sent until resume. */
+	"agent_paused",
+	/** Its agent declared the actions it handles in `hello`, and not this one. */
+	"action_unsupported",
 ]);
 export type BlockedReason = z.infer<typeof BlockedReason>;
 
@@ -226,10 +258,67 @@ export const ListCommandsQuery = z.strictObject({
 	cursor: z.string().max(64).optional(),
 });
 
+/** `key=value`, as `label=` query parameters and the CLI take it. */
+export const LabelSelector = z
+	.string()
+	.transform((s, ctx) => {
+		const i = s.indexOf("=");
+		const key = LabelKey.safeParse(i < 0 ? s : s.slice(0, i));
+		const value = LabelValue.safeParse(s.slice(i + 1));
+		if (i < 0 || !key.success || !value.success) {
+			ctx.addIssue({ code: "custom", message: `label: expected key=value with a valid key, got "${s.slice(0, 80)}"` });
+			return z.NEVER;
+		}
+		return [key.data, value.data] as const;
+	});
+
+/** A query parameter given once is a string, given twice an array: either way, a list. */
+const repeatedLabels = z
+	.union([z.string(), z.array(z.string())])
+	.transform((v) => (Array.isArray(v) ? v : [v]))
+	.pipe(z.array(LabelSelector).max(MAX_LABELS));
+
+const QueryBoolean = z.enum(["true", "false"]).transform((v) => v === "true");
+
 export const ListAgentsQuery = z.strictObject({
 	limit: z.coerce.number().int().min(1).max(200).default(50),
 	cursor: AgentId.optional(),
+	/** `label=k=v`, repeatable: every one must match (operator's labels win over the agent's). */
+	label: repeatedLabels.optional(),
+	online: QueryBoolean.optional(),
+	/** Agents whose id starts with this. */
+	prefix: z.string().min(1).max(128).optional(),
 });
+export type ListAgentsQuery = z.infer<typeof ListAgentsQuery>;
+
+/** `PATCH /v1/agents/{id}`: operator labels to set, and `null` to remove one. */
+export const LabelAgentRequest = z.strictObject({
+	labels: fewKeys(z.record(LabelKey, LabelValue.nullable()), MAX_LABELS),
+});
+
+/**
+ * Which agents a fleet-wide operation reaches: every label must match, and
+ * `online` if given. No labels at all must say `all: true`, so an empty
+ * body can never stop a whole fleet by accident.
+ */
+export const AgentSelector = z
+	.strictObject({
+		labels: absentIfNull(Labels),
+		online: absentIfNull(z.boolean()),
+		all: absentIfNull(z.literal(true)),
+	})
+	.refine((s) => s.all === true || Object.keys(s.labels ?? {}).length > 0, {
+		message: 'a selector needs labels; to target every agent say {"all": true}',
+		path: ["labels"],
+	});
+export type AgentSelector = z.infer<typeof AgentSelector>;
+
+export const StopFleetRequest = z.strictObject({
+	selector: AgentSelector,
+	pause: defaultIfNull(z.boolean(), false),
+});
+
+export const StopQuery = z.strictObject({ pause: QueryBoolean.optional() });
 
 export const TOKEN_TTL_DEFAULT_SECONDS = 24 * 60 * 60;
 export const TokenRequest = z.strictObject({
@@ -264,6 +353,8 @@ export const Command = z.object({
 	cancelRequestedAt: Timestamp.nullable(),
 	/** Why it is waiting, for any non-terminal command; null once terminal. */
 	blockedReason: BlockedReason.nullable(),
+	/** Pending only: how many of its agent's open commands go before it in delivery order (priority desc, then enqueue order). */
+	queuePosition: z.number().int().nullable(),
 	/** When it will be sent again if still unacknowledged. */
 	nextAttemptAt: Timestamp.nullable(),
 	createdAt: Timestamp,
@@ -281,6 +372,19 @@ export const Agent = z.object({
 	connectedSince: Timestamp.nullable(),
 	lastConnectedAt: Timestamp.nullable(),
 	lastSeenAt: Timestamp.nullable(),
+	/** What the agent said of itself in its last `hello`; null before one said it. */
+	version: z.string().nullable(),
+	platform: z.string().nullable(),
+	/** Action names it handles; null when it declared none (it takes any). */
+	actions: z.array(z.string()).nullable(),
+	/** The agent's labels merged with the operator's; the operator's win on a clash. */
+	labels: z.record(z.string(), z.string()),
+	agentLabels: z.record(z.string(), z.string()),
+	operatorLabels: z.record(z.string(), z.string()),
+	paused: z.boolean(),
+	pausedAt: Timestamp.nullable(),
+	/** From the object while online, else the last hello's; null if it never said. */
+	concurrency: z.number().int().nullable(),
 });
 export type Agent = z.infer<typeof Agent>;
 
@@ -404,6 +508,14 @@ export const HelloFrame = z.object({
 	type: z.literal("hello"),
 	concurrency: z.number().int().min(1).max(MAX_CONCURRENCY),
 	running: defaultIfNull(z.array(CommandId).max(10_000), []),
+	/** The agent's build, e.g. "1.4.2". */
+	version: absentIfNull(Descriptor),
+	/** Where it runs, e.g. "linux/arm64". */
+	platform: absentIfNull(Descriptor),
+	/** Its own labels; an operator's (PATCH /v1/agents/{id}) win over them. */
+	labels: absentIfNull(Labels),
+	/** The actions it handles. Given, commands for any other action wait (`action_unsupported`). */
+	actions: absentIfNull(z.array(Action).max(MAX_ACTIONS)),
 });
 export type HelloFrame = z.infer<typeof HelloFrame>;
 

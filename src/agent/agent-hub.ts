@@ -142,6 +142,82 @@ export class AgentHub extends DurableObject<Env> {
 		return { outcome };
 	}
 
+	/**
+	 * Stops dispatching: what the agent runs keeps running and its results
+	 * are taken; pending commands wait until `resume`. Kept in the object's
+	 * storage, so it outlives restarts. Idempotent: a second pause keeps the
+	 * first one's time.
+	 */
+	async pause(): Promise<{ pausedAt: number }> {
+		const core = this.core;
+		const pausedAt = core.atomically(() => {
+			const at = core.state.get("paused_at") ?? Date.now();
+			core.state.set("paused_at", at);
+			return at;
+		});
+		log("info", "agent.paused", { agentId: core.name, pausedAt });
+		return { pausedAt };
+	}
+
+	/** Lifts a pause and sends what waited, as the window allows, at once. */
+	async resume(): Promise<{ sent: number }> {
+		const core = this.core;
+		await core.checkHeartbeat(Date.now());
+		const sent = core.atomically((tx) => {
+			core.state.delete("paused_at");
+			return core.pump(tx).length;
+		});
+		log("info", "agent.resumed", { agentId: core.name, sent });
+		core.alarm.markStale();
+		await core.changed();
+		return { sent };
+	}
+
+	/**
+	 * Cancels every open command of the agent at once, each as `cancel` does:
+	 * a queued one ends `cancelled`, one the agent holds is sent a `cancel`
+	 * frame. Commands still only in Postgres are read first (without sending
+	 * anything), so no catch-up or recovery run delivers them afterwards;
+	 * `complete` is false when that read failed (the caller marks them in
+	 * Postgres instead). With `pause`, nothing new is sent after it either.
+	 */
+	async stop(opts: { pause?: boolean; actor?: string } = {}): Promise<{
+		cancelled: number;
+		cancelRequested: number;
+		pausedAt: number | null;
+		complete: boolean;
+	}> {
+		const core = this.core;
+		const actor = opts.actor ?? "api";
+		const pausedAt = opts.pause ? (await this.pause()).pausedAt : (core.state.get("paused_at") ?? null);
+		const complete = await this.catchUp.run({ pump: false }).then(
+			() => true,
+			() => false,
+		);
+		const now = Date.now();
+		await core.checkHeartbeat(now);
+		const counts = core.atomically((tx) => {
+			let cancelled = 0;
+			let cancelRequested = 0;
+			const ws = core.currentSocket();
+			for (const row of storage.rows(core.sql, `select ${storage.ROW} from commands where status in ${storage.OPEN} order by priority desc, seq`)) {
+				const outcome = buffer.requestCancel(tx, row.id, now, actor);
+				if (outcome === "cancelled") cancelled++;
+				else if (outcome === "cancel_requested") {
+					cancelRequested++;
+					if (ws) core.send(ws, { type: "cancel", id: row.id, reason: "requested" });
+				}
+			}
+			core.pump(tx);
+			return { cancelled, cancelRequested };
+		});
+		log("warn", "agent.stopped", { agentId: core.name, ...counts, paused: pausedAt !== null, complete, actor });
+		if (counts.cancelRequested > 0) core.wakeBy(now + CANCEL_GRACE_SECONDS * 1000);
+		core.alarm.markStale();
+		await core.changed();
+		return { ...counts, pausedAt, complete };
+	}
+
 	/** The version a token minted now must carry to be admitted. */
 	async tokenVersion(): Promise<number> {
 		return this.core.auth.version();
@@ -177,6 +253,8 @@ export class AgentHub extends DurableObject<Env> {
 		generation: number;
 		connected: boolean;
 		concurrency: number;
+		paused: boolean;
+		actions: string[] | null;
 		buffered: Partial<Record<string, number>>;
 		/** Journal entries Postgres has not confirmed. */
 		outbox: number;
@@ -191,6 +269,8 @@ export class AgentHub extends DurableObject<Env> {
 			generation: core.generation(),
 			connected: core.currentSocket() !== undefined,
 			concurrency: core.concurrency(),
+			paused: core.paused(),
+			actions: core.declaredActions(),
 			buffered: storage.statusCounts(core.sql),
 			outbox: core.journal.unsynced(),
 			parked: parkedCount(core.sql),

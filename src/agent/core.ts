@@ -5,7 +5,7 @@
  * sees it through a narrow interface of its own.
  */
 import { type Database, objectDb } from "../db/client";
-import type { Presence } from "../db/status-writes";
+import type { AgentInfo, Presence } from "../db/status-writes";
 import { log, setLogLevel } from "../log";
 import { CloseCode, HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_MISSES, type ServerFrame, TERMINAL_STATUSES } from "../protocol";
 import { AgentAuth } from "./agent-auth";
@@ -169,6 +169,16 @@ export class AgentCore {
 		return this.state.get("concurrency") ?? DEFAULT_CONCURRENCY;
 	}
 
+	/** Whether dispatch is paused (POST /v1/agents/{id}/pause): what runs keeps running, nothing new is sent. */
+	paused(): boolean {
+		return this.state.get("paused_at") !== undefined;
+	}
+
+	/** The actions the agent declared, or null when it takes any. */
+	declaredActions(): string[] | null {
+		return this.state.get("actions") ?? null;
+	}
+
 	/** A frame came in now. */
 	heard(now: number): void {
 		this.lastFrameAt = now;
@@ -198,14 +208,14 @@ export class AgentCore {
 	 * spend an attempt for nothing (the alarm closes it).
 	 */
 	pump(tx: Tx): string[] {
-		if (this.counts.pending === 0) return [];
+		if (this.counts.pending === 0 || this.paused()) return [];
 		const ws = this.currentSocket();
 		const now = Date.now();
 		if (!ws || this.silentPastLimit(ws, now) !== null) return [];
 		if (this.counts.inFlight >= this.concurrency()) return [];
 		if (this.awaitingHello()) return [];
 		const generation = this.generation();
-		const { frames, wakeBy, unread } = fillWindow(tx, this.concurrency(), generation, now, this.limits.windowBytes);
+		const { frames, wakeBy, unread } = fillWindow(tx, this.concurrency(), generation, now, this.limits.windowBytes, this.declaredActions());
 		if (unread) this.payloadsWanted = true;
 		for (const f of frames) {
 			this.send(ws, f);
@@ -278,11 +288,14 @@ export class AgentCore {
 		const lastConnected = this.state.get("last_connected_at");
 		const ws = this.currentSocket();
 		const lastSeen = ws ? this.lastActivity(ws) : (this.state.get("last_seen_at") ?? Date.now());
+		const info = this.state.get("agent_info_dirty") ? this.state.get("agent_info") : undefined;
 		return {
 			agentId: this.name,
 			connected: this.state.get("connected") === true,
 			lastConnectedAt: lastConnected ? new Date(lastConnected).toISOString() : null,
 			lastSeenAt: new Date(lastSeen).toISOString(),
+			// SAFETY: only the hello handler writes agent_info, from an AgentInfo.
+			...(info ? { info: JSON.parse(info) as AgentInfo } : {}),
 		};
 	}
 

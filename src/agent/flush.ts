@@ -64,6 +64,7 @@ export class Flush {
 			const { through, entries } = host.journal.peek(BATCH, BATCH_CHARS);
 			if (entries.length === 0 && host.state.get("presence_dirty") !== true) break;
 			const sent = host.presence();
+			const infoSent = sent.info ? host.state.get("agent_info") : undefined;
 			const presence = this.presenceDue(sent, host.journal.unsynced() - entries.length + this.parkedCount());
 			const { refused, error } = await this.write(entries, presence);
 			if (presence) this.presenceWritten = { at: Date.now(), outboxDepth: presence.outboxDepth };
@@ -74,7 +75,10 @@ export class Flush {
 				host.rememberHeard();
 				// Presence written above is stale if it changed during the await.
 				const now = host.presence();
-				if (now.lastSeenAt === sent.lastSeenAt && now.connected === sent.connected) host.state.delete("presence_dirty");
+				// A hello that came during the await leaves its description for the next write.
+				const infoLeft = host.state.get("agent_info_dirty") === true && !(presence?.info && host.state.get("agent_info") === infoSent);
+				if (!infoLeft) host.state.delete("agent_info_dirty");
+				if (now.lastSeenAt === sent.lastSeenAt && now.connected === sent.connected && !infoLeft) host.state.delete("presence_dirty");
 			});
 			if (refused.length > 0) await this.wakeForParked();
 			// After parking, once more: the outbox depth Postgres shows now counts them.

@@ -3,6 +3,7 @@
  * object has already checked the socket (current, token not expired) and
  * the frame budget; a frame reaches here parsed against the protocol.
  */
+import type { AgentInfo } from "../db/status-writes";
 import { log } from "../log";
 import {
 	type AckFrame,
@@ -56,6 +57,7 @@ async function ping({ host, ws }: FrameContext): Promise<void> {
 async function hello({ host, generation, now }: FrameContext, frame: HelloFrame): Promise<void> {
 	const { changed, sent } = host.atomically((tx) => {
 		host.state.set("concurrency", frame.concurrency);
+		rememberDescription(host, frame);
 		// Kept for a catch-up that finishes after the hello (see catch-up.ts).
 		host.state.set("hello_generation", generation);
 		host.state.set("hello_running", frame.running);
@@ -66,6 +68,30 @@ async function hello({ host, generation, now }: FrameContext, frame: HelloFrame)
 	host.alarm.markStale();
 	log("info", "agent.hello", { agentId: host.name, generation, concurrency: frame.concurrency, running: frame.running.length, changed, sent });
 	await host.changed();
+}
+
+/**
+ * What the hello says of the agent: its actions gate the window from now on
+ * (an empty list is none declared), and the rest goes to Postgres with the
+ * presence write the connect makes anyway.
+ */
+function rememberDescription(host: FrameHost, frame: HelloFrame): void {
+	const actions = frame.actions && frame.actions.length > 0 ? [...new Set(frame.actions)] : null;
+	if (actions) host.state.set("actions", actions);
+	else host.state.delete("actions");
+	const info: AgentInfo = {
+		version: frame.version ?? null,
+		platform: frame.platform ?? null,
+		concurrency: frame.concurrency,
+		actions,
+		labels: frame.labels ?? {},
+	};
+	const text = JSON.stringify(info);
+	if (text !== host.state.get("agent_info")) {
+		host.state.set("agent_info", text);
+		host.state.set("agent_info_dirty", true);
+		host.state.set("presence_dirty", true);
+	}
 }
 
 async function ack({ host, ws, generation, now }: FrameContext, frame: AckFrame): Promise<void> {

@@ -16,7 +16,7 @@ import type { AgentCore } from "./core";
 import { fail, getCommand, UNREAD_PAYLOAD } from "./storage";
 import { unreadPending } from "./window";
 
-type PayloadHost = Pick<AgentCore, "name" | "db" | "sql" | "counts" | "limits" | "concurrency" | "atomically" | "pump" | "changed">;
+type PayloadHost = Pick<AgentCore, "name" | "db" | "sql" | "counts" | "limits" | "concurrency" | "declaredActions" | "atomically" | "pump" | "changed">;
 
 export class PayloadReader {
 	constructor(private readonly host: PayloadHost) {}
@@ -24,7 +24,7 @@ export class PayloadReader {
 	async run(): Promise<void> {
 		const host = this.host;
 		const room = Math.max(1, host.concurrency() - host.counts.inFlight);
-		const ids = unreadPending(host.sql, room);
+		const ids = unreadPending(host.sql, room, host.declaredActions());
 		if (ids.length === 0) return;
 		const read = await host.db.run((db) => readPayloads(db, ids, host.limits.windowBytes));
 		const now = Date.now();

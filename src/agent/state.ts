@@ -42,6 +42,14 @@ const SCHEMA = {
 	hello_generation: num,
 	hello_running: ids,
 	token_version: num,
+	/** Set while dispatch is paused (ms since epoch): nothing new is sent until resume. */
+	paused_at: num,
+	/** The action names the last hello declared; absent, the agent takes any. Kept across connections. */
+	actions: ids,
+	/** What the last hello said of the agent (db/status-writes.ts AgentInfo), as JSON. */
+	agent_info: text,
+	/** agent_info has not reached Postgres yet: the next presence write carries it. */
+	agent_info_dirty: flag,
 	/** A random id of this storage: outbox keys and observers' resume points carry it. */
 	epoch: text,
 	/** The last journal entry observers were sent. */

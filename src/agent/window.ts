@@ -33,12 +33,19 @@ export interface Fill {
  * the byte bound or an unread payload stops it. Commands whose ttl, run
  * deadline or attempts ran out on the way are finished instead of sent.
  */
-export function fillWindow(tx: Tx, concurrency: number, generation: number, now: number, maxBytes = WINDOW_BYTES): Fill {
+export function fillWindow(
+	tx: Tx,
+	concurrency: number,
+	generation: number,
+	now: number,
+	maxBytes = WINDOW_BYTES,
+	actions: readonly string[] | null = null,
+): Fill {
 	const fill: Fill = { frames: [], wakeBy: null, unread: false };
 	let free = concurrency - tx.counts.inFlight;
 	let bytes = tx.counts.inFlight === 0 ? 0 : bytesAwaitingAck(tx.sql);
 	while (free > 0 && tx.counts.pending > 0) {
-		const batch = windowRows(tx.sql, free);
+		const batch = windowRows(tx.sql, free, actions);
 		if (batch.length === 0) break;
 		for (const row of batch) {
 			if (finishUnsendable(tx, row, now)) continue;
@@ -57,13 +64,26 @@ export function fillWindow(tx: Tx, concurrency: number, generation: number, now:
 	return fill;
 }
 
-function windowRows(sql: SqlStorage, limit: number): WindowRow[] {
+/**
+ * The agent's declared actions as a filter: a command for any other action
+ * is passed over (it waits, `action_unsupported`) and does not hold up the
+ * ones behind it. It still expires by its ttl (buffer.ts, runDueTimers).
+ */
+const SENDABLE = "(? is null or action in (select value from json_each(?)))";
+
+function sendable(actions: readonly string[] | null): [string | null, string | null] {
+	const json = actions === null ? null : JSON.stringify(actions);
+	return [json, json];
+}
+
+function windowRows(sql: SqlStorage, limit: number, actions: readonly string[] | null): WindowRow[] {
 	// SAFETY: ROW's columns, plus the two computed here.
 	return sql
 		.exec(
 			`select ${ROW}, length(cast(payload as blob)) as payload_bytes, payload = ? as payload_unread
-			 from commands where status = 'pending' order by priority desc, seq asc limit ?`,
+			 from commands where status = 'pending' and ${SENDABLE} order by priority desc, seq asc limit ?`,
 			UNREAD_PAYLOAD,
+			...sendable(actions),
 			limit,
 		)
 		.toArray() as unknown as WindowRow[];
@@ -77,9 +97,14 @@ function bytesAwaitingAck(sql: SqlStorage): number {
  * The pending commands, in window order, whose payloads the next fills
  * need read: up to `limit`.
  */
-export function unreadPending(sql: SqlStorage, limit: number): string[] {
+export function unreadPending(sql: SqlStorage, limit: number, actions: readonly string[] | null = null): string[] {
 	return sql
-		.exec<{ id: string }>("select id from commands where status = 'pending' and payload = ? order by priority desc, seq asc limit ?", UNREAD_PAYLOAD, limit)
+		.exec<{ id: string }>(
+			`select id from commands where status = 'pending' and payload = ? and ${SENDABLE} order by priority desc, seq asc limit ?`,
+			UNREAD_PAYLOAD,
+			...sendable(actions),
+			limit,
+		)
 		.toArray()
 		.map((r) => r.id);
 }

@@ -8,6 +8,7 @@ import { parseArgs } from "node:util";
 import { SwitchyardApiError, SwitchyardClient } from "../sdk/client.ts";
 import { resolveConfig, UsageError } from "./config.ts";
 import { demoAgent } from "./demo-agent.ts";
+import { FLEET_AGENT_HELP, FLEET_AGENT_OPTIONS, fleetAgents } from "./fleet-agents.ts";
 import { details, Progress, table } from "./output.ts";
 
 export const EXIT = { OK: 0, COMMAND_FAILED: 1, USAGE: 2, API: 3, UNREACHABLE: 4 } as const;
@@ -22,8 +23,7 @@ usage: switchyard <noun> <verb> [arguments] [flags]
   command list <agent> [--status S] [--limit N]
   command cancel <id>
   command watch <id>              follow until it is finished
-  agent list
-  agent get <id>
+${FLEET_AGENT_HELP}  agent get <id>
   agent token <id> [--ttl S]
   agent revoke <id>               revoke its tokens and close its socket
   agent run <id> [--concurrency N] [--allow-exec]
@@ -52,6 +52,7 @@ const OPTIONS = {
 	limit: { type: "string" },
 	concurrency: { type: "string" },
 	"allow-exec": { type: "boolean", default: false },
+	...FLEET_AGENT_OPTIONS,
 } as const;
 
 type Flags = ReturnType<typeof parse>["values"];
@@ -107,6 +108,8 @@ export async function main(argv: string[], io = { out: (s: string) => void proce
 			return TERMINAL_BAD.has(final.status) ? EXIT.COMMAND_FAILED : EXIT.OK;
 		};
 
+		const fleet = await fleetAgents({ client, positionals, flags, print });
+		if (fleet !== undefined) return fleet;
 		switch (`${noun} ${verb}`) {
 			case "command send": {
 				const agentId = need(positionals, 2, "<agent>");
@@ -160,11 +163,6 @@ export async function main(argv: string[], io = { out: (s: string) => void proce
 			}
 			case "command watch":
 				return follow(need(positionals, 2, "<id>"));
-			case "agent list": {
-				const page = await client.agents(flags.limit ? { limit: flags.limit } : {});
-				print(page, () => table(page.items, ["id", "online", "connectedSince", "lastSeenAt"]));
-				return EXIT.OK;
-			}
 			case "agent get": {
 				const agent = await client.agent(need(positionals, 2, "<id>"));
 				print(agent, () => details(agent));

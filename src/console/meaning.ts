@@ -7,6 +7,8 @@ export const BLOCKED: Record<BlockedReason, string> = {
 	awaiting_ack: "Sent to the agent; waiting for it to acknowledge. Sent again if no ack comes in time.",
 	running: "The agent acknowledged it and is running it.",
 	cancel_requested: "Cancel requested: waiting for the agent to confirm it stopped (cancelled anyway after 30 s).",
+	agent_paused: "The agent is paused by an operator. It is sent once the agent is resumed.",
+	action_unsupported: "The agent declared the actions it handles, and not this one. It is sent when an agent that declares it connects, or expires by its ttl.",
 };
 
 export const FAILURE: Record<string, string> = {

@@ -19,7 +19,7 @@ const When = Timestamp.nullable();
  * It is the API's `Command` with Dates for its times, less what is derived from
  * the row (`blockedReason`, `nextAttemptAt`), plus the columns only the server reads.
  */
-export const CommandRecord = Command.omit({ blockedReason: true, nextAttemptAt: true }).extend({
+export const CommandRecord = Command.omit({ blockedReason: true, nextAttemptAt: true, queuePosition: true }).extend({
 	seq: z.coerce.number().int(),
 	// The table takes any text (a row may come from SQL, not the API); reading it must not fail.
 	agentId: z.string(),
@@ -33,6 +33,11 @@ export const CommandRecord = Command.omit({ blockedReason: true, nextAttemptAt: 
 	completedAt: When,
 	/** Whether the agent was connected when the row was read (from `agents`). */
 	online: z.boolean(),
+	/** Whether its agent was paused, and what actions it declared, when the row was read (from `agents`). */
+	agentPaused: z.boolean().default(false),
+	agentActions: z.array(z.string()).nullable().default(null),
+	/** See `QUEUE_POSITION`; only the API's reads select it. */
+	queuePosition: z.coerce.number().int().nullable().default(null),
 });
 export type CommandRecord = z.infer<typeof CommandRecord>;
 
@@ -47,8 +52,22 @@ const FIELDS = `
 	c.acknowledged_at as "acknowledgedAt", c.completed_at as "completedAt",
 	coalesce(a.connected, false) as online`;
 
+/**
+ * A pending command's place in its agent's queue: the open commands that go
+ * before it in delivery order (priority desc, then seq). Two ranges of
+ * agent_commands_open_idx, counted at read time, so no write per command
+ * keeps it. Postgres trails the object by one flush.
+ */
+export const QUEUE_POSITION = `case when c.status = 'pending' then
+		(select count(*) from agent_commands o where o.agent_id = c.agent_id
+			and o.status in ('pending', 'dispatched', 'acknowledged') and o.priority > c.priority)
+		+ (select count(*) from agent_commands o where o.agent_id = c.agent_id
+			and o.status in ('pending', 'dispatched', 'acknowledged') and o.priority = c.priority and o.seq < c.seq)
+	end as "queuePosition"`;
+
 /** Every read of commands selects these, so one parser serves all of them. */
-export const COLUMNS = sql.raw(`${FIELDS}, c.payload`);
+export const COLUMNS = sql.raw(`${FIELDS}, a.paused_at is not null as "agentPaused", a.actions as "agentActions",
+	${QUEUE_POSITION}, c.payload`);
 
 const iso = (d: Date | null) => (d ? d.toISOString() : null);
 
@@ -61,11 +80,13 @@ export function blockedReason(r: CommandRecord): BlockedReason | null {
 	if (r.cancelRequestedAt) return "cancel_requested";
 	if (r.status === "dispatched") return "awaiting_ack";
 	if (r.status === "acknowledged") return "running";
+	if (r.agentPaused) return "agent_paused";
+	if (r.agentActions && r.agentActions.length > 0 && !r.agentActions.includes(r.action)) return "action_unsupported";
 	return r.online ? "concurrency_full" : "agent_offline";
 }
 
 export function toApiCommand(r: CommandRecord): Command {
-	const { seq: _seq, firstDispatchedAt: _first, online: _online, ...fields } = r;
+	const { seq: _seq, firstDispatchedAt: _first, online: _online, agentPaused: _paused, agentActions: _actions, ...fields } = r;
 	const awaitingAck = r.status === "dispatched" && r.dispatchedAt && !r.cancelRequestedAt;
 	return {
 		...fields,

@@ -52,6 +52,17 @@ export interface Presence {
 	lastSeenAt: string;
 	/** Outbox entries left after this write. */
 	outboxDepth: number;
+	/** What the agent's last hello said of it, when it has not reached Postgres yet. */
+	info?: AgentInfo;
+}
+
+/** What an agent says of itself in `hello`, for the agents row. */
+export interface AgentInfo {
+	version: string | null;
+	platform: string | null;
+	concurrency: number;
+	actions: string[] | null;
+	labels: Record<string, string>;
 }
 
 /** What one batch changes on one command row, folded from all its entries in order. */
@@ -191,16 +202,26 @@ export async function writeStatus(
 			actor: actorOf(t, agentId),
 			detail: { ...t.detail, ...(t.errorCode ? { errorCode: t.errorCode } : {}) },
 		}));
+	const info = presence?.info;
+	// The hello's fields ride on the presence write the connect makes anyway: no round trip of their own.
+	const infoValues = info
+		? sql`, ${info.version}, ${info.platform}, ${info.concurrency}::int,
+			(select array_agg(a) from jsonb_array_elements_text(${info.actions === null ? null : JSON.stringify(info.actions)}::jsonb) as a),
+			${JSON.stringify(info.labels)}::jsonb`
+		: sql``;
 	const presenceCte = presence
 		? sql`, agent as (
-			insert into agents (id, connected, last_connected_at, last_seen_at, outbox_depth)
+			insert into agents (id, connected, last_connected_at, last_seen_at, outbox_depth
+				${info ? sql`, version, platform, concurrency, actions, agent_labels` : sql``})
 			values (${presence.agentId}, ${presence.connected}, ${presence.lastConnectedAt}::timestamptz,
-				${presence.lastSeenAt}::timestamptz, ${presence.outboxDepth})
+				${presence.lastSeenAt}::timestamptz, ${presence.outboxDepth} ${infoValues})
 			on conflict (id) do update set
 				connected = excluded.connected,
 				outbox_depth = excluded.outbox_depth,
 				last_connected_at = coalesce(excluded.last_connected_at, agents.last_connected_at),
 				last_seen_at = greatest(agents.last_seen_at, excluded.last_seen_at)
+				${info ? sql`, version = excluded.version, platform = excluded.platform, concurrency = excluded.concurrency,
+					actions = excluded.actions, agent_labels = excluded.agent_labels` : sql``}
 		)`
 		: sql``;
 	await db.execute(sql`

@@ -5,11 +5,12 @@ import { AGENT_ID_HEADER, OBSERVER_KEY_HEADER, OBSERVER_RESUME_HEADER, TOKEN_EXP
 import { readAccess, writeAccess } from "../auth/api-key";
 import { signAgentToken, tokenSecrets, verifyAgentToken } from "../auth/agent-token";
 import { checkOrigin, presentedCredential, protocolsWithoutCredential } from "../auth/credentials";
-import { type AgentWithCounts, getAgent, listAgents } from "../db/agents";
+import { type AgentWithCounts, cancelUntaken, getAgent, listAgents, patchOperatorLabels, setPausedAt } from "../db/agents";
 import { ApiError } from "../errors";
-import { log } from "../log";
-import { AgentId, ErrorCode, ListAgentsQuery, StreamQuery, TokenRequest } from "../protocol";
-import { optionalJsonBody, params, query } from "../validation";
+import { errorFields, log } from "../log";
+import { AgentId, ErrorCode, LabelAgentRequest, ListAgentsQuery, MAX_LABELS, StopFleetRequest, StopQuery, StreamQuery, TokenRequest } from "../protocol";
+import { jsonBody, optionalJsonBody, params, query } from "../validation";
+import { stopFleet } from "./fleet-stop";
 import { agentHub, boundedAll } from "../agent/stub";
 
 const AgentParam = z.object({ agentId: AgentId });
@@ -17,7 +18,11 @@ const AgentParam = z.object({ agentId: AgentId });
 export const agentRoutes = new Hono<AppEnv>()
 	.get("/agents", readAccess, query(ListAgentsQuery), async (c) => {
 		const q = c.req.valid("query");
-		const page = await c.var.db.run((db) => listAgents(db, { limit: q.limit, afterId: q.cursor }));
+		const filter = { labels: q.label ? Object.fromEntries(q.label) : undefined, online: q.online, prefix: q.prefix };
+		if (q.label && new Set(q.label.map(([k]) => k)).size < q.label.length) {
+			throw new ApiError(400, ErrorCode.VALIDATION_FAILED, "invalid query: label: each key at most once (all must match)");
+		}
+		const page = await c.var.db.run((db) => listAgents(db, { limit: q.limit, afterId: q.cursor, filter }));
 		return c.json({ items: await withLoad(c.env, page.items), nextCursor: page.nextCursor });
 	})
 	.get("/agents/:agentId", readAccess, params(AgentParam), async (c) => {
@@ -25,7 +30,70 @@ export const agentRoutes = new Hono<AppEnv>()
 		const agent = await c.var.db.run((db) => getAgent(db, agentId));
 		if (!agent) throw new ApiError(404, ErrorCode.NOT_FOUND, `no agent with id ${agentId}`);
 		const [withCounts] = await withLoad(c.env, [agent]);
-		return c.json(withCounts ?? { ...agent, concurrency: null, running: null });
+		return c.json(withCounts ?? { ...agent, running: null });
+	})
+	/**
+	 * The operator's labels: `{"labels": {"k": "v", "gone": null}}` sets and
+	 * removes; they win over the agent's own on a clash. An agent that never
+	 * connected gets its row, so it can be labelled before its first connect.
+	 */
+	.patch("/agents/:agentId", writeAccess, params(AgentParam), jsonBody(LabelAgentRequest), async (c) => {
+		const { agentId } = c.req.valid("param");
+		const { labels } = c.req.valid("json");
+		const fits = await c.var.db.run((db) => patchOperatorLabels(db, agentId, labels));
+		if (!fits) {
+			throw new ApiError(400, ErrorCode.VALIDATION_FAILED, `invalid request body: labels: an agent holds at most ${MAX_LABELS} operator labels; remove some (null) first`);
+		}
+		log("info", "agent.labelled", { agentId, apiKeyId: c.get("apiKeyId"), keys: Object.keys(labels) });
+		return c.json(await agentRecord(c.env, c.var.db, agentId));
+	})
+	/** Stops dispatching to the agent; what it runs keeps running. Survives restarts. */
+	.post("/agents/:agentId/pause", writeAccess, params(AgentParam), async (c) => {
+		const { agentId } = c.req.valid("param");
+		const { pausedAt } = await callAgent(agentId, () => agentHub(c.env, agentId).pause());
+		await c.var.db.run((db) => setPausedAt(db, [{ id: agentId, pausedAt }]));
+		log("warn", "agent.paused", { agentId, apiKeyId: c.get("apiKeyId") });
+		return c.json({ agentId, paused: true as const, pausedAt: new Date(pausedAt).toISOString() });
+	})
+	/** Lifts a pause; what waited is sent at once. */
+	.post("/agents/:agentId/resume", writeAccess, params(AgentParam), async (c) => {
+		const { agentId } = c.req.valid("param");
+		await callAgent(agentId, () => agentHub(c.env, agentId).resume());
+		await c.var.db.run((db) => setPausedAt(db, [{ id: agentId, pausedAt: null }]));
+		log("info", "agent.resumed", { agentId, apiKeyId: c.get("apiKeyId") });
+		return c.json({ agentId, paused: false as const, pausedAt: null });
+	})
+	/**
+	 * Cancels every open command of the agent: queued ones end `cancelled`,
+	 * running ones are sent the cancel frame. `?pause=true` also pauses it.
+	 */
+	.post("/agents/:agentId/stop", writeAccess, params(AgentParam), query(StopQuery), async (c) => {
+		const { agentId } = c.req.valid("param");
+		const pause = c.req.valid("query").pause === true;
+		const actor = c.get("apiKeyId");
+		const stopped = await agentHub(c.env, agentId)
+			.stop({ pause, actor })
+			.catch(async (err: unknown) => {
+				// Whatever it has not taken must not be delivered by a later catch-up.
+				await c.var.db.run((db) => cancelUntaken(db, [agentId]));
+				throw unreachable(agentId, err);
+			});
+		await c.var.db.run(async (db) => {
+			if (!stopped.complete) await cancelUntaken(db, [agentId]);
+			if (stopped.pausedAt !== null && pause) await setPausedAt(db, [{ id: agentId, pausedAt: stopped.pausedAt }]);
+		});
+		log("warn", "agent.stop", { agentId, apiKeyId: actor, cancelled: stopped.cancelled, cancelRequested: stopped.cancelRequested, pause });
+		return c.json({ agentId, cancelled: stopped.cancelled, cancelRequested: stopped.cancelRequested, paused: stopped.pausedAt !== null });
+	})
+	/**
+	 * The fleet's emergency stop: every agent the selector matches, as
+	 * `/agents/{id}/stop` does for one. `{"selector": {"all": true}}` for all.
+	 */
+	.post("/agents/stop", writeAccess, jsonBody(StopFleetRequest), async (c) => {
+		const body = c.req.valid("json");
+		const answer = await stopFleet(c.env, c.var.db, body, c.get("apiKeyId"));
+		log("warn", "fleet.stop", { apiKeyId: c.get("apiKeyId"), selector: body.selector, ...answer, unreached: answer.unreached.length });
+		return c.json(answer);
 	})
 	.post(
 		"/agents/:agentId/token",
@@ -104,6 +172,28 @@ export const agentRoutes = new Hono<AppEnv>()
 		return agentHub(c.env, agentId).fetch(new Request(c.req.url, { method: "GET", headers }));
 	});
 
+/** An agent object that cannot be reached is a transient condition, like a database outage. */
+function unreachable(agentId: string, err: unknown): ApiError {
+	log("warn", "agent.unreachable", { agentId, ...errorFields(err) });
+	return new ApiError(503, ErrorCode.AGENT_UNAVAILABLE, "the agent's object is unavailable; retry shortly");
+}
+
+async function callAgent<T>(agentId: string, call: () => Promise<T>): Promise<T> {
+	try {
+		return await call();
+	} catch (err) {
+		throw unreachable(agentId, err);
+	}
+}
+
+/** The agent's record as GET /v1/agents/{id} answers it. */
+async function agentRecord(env: Env, db: AppEnv["Variables"]["db"], agentId: string) {
+	const agent = await db.run((d) => getAgent(d, agentId));
+	if (!agent) throw new ApiError(404, ErrorCode.NOT_FOUND, `no agent with id ${agentId}`);
+	const [withCounts] = await withLoad(env, [agent]);
+	return withCounts ?? { ...agent, running: null };
+}
+
 /** Objects asked at once when a page of agents is listed. */
 const LOAD_PARALLEL = 50;
 
@@ -116,12 +206,13 @@ const LOAD_PARALLEL = 50;
 async function withLoad(
 	env: Env,
 	items: AgentWithCounts[],
-): Promise<(AgentWithCounts & { concurrency: number | null; running: number | null })[]> {
+): Promise<(AgentWithCounts & { running: number | null })[]> {
 	const loads = await boundedAll(items, LOAD_PARALLEL, (a) => (a.online ? agentHub(env, a.id).load() : Promise.resolve(null)));
 	return items.map((a, i) => {
 		const r = loads[i];
 		const load = r?.status === "fulfilled" ? r.value : null;
-		return { ...a, concurrency: load?.concurrency ?? null, running: load?.running ?? null };
+		// Offline (or unreachable), the last hello's concurrency from Postgres stands.
+		return { ...a, concurrency: load?.concurrency ?? a.concurrency, running: load?.running ?? null };
 	});
 }
 

@@ -10,9 +10,13 @@
  * ```
  */
 import { jsonProblem } from "../json-safety";
+import { z } from "zod";
 import {
+	Action,
 	CloseCode,
 	type CommandFrame,
+	HelloFrame,
+	MAX_ACTIONS,
 	HEARTBEAT_INTERVAL_SECONDS,
 	HEARTBEAT_MISSES,
 	MAX_BODY_BYTES,
@@ -68,6 +72,16 @@ export interface AgentOptions {
 	outputFramesPerSecond?: number;
 	/** Commands run at once (1-1000). Default 1: one at a time, in order. */
 	concurrency?: number;
+	/**
+	 * The agent's own labels, e.g. `{ env: "prod", region: "eu" }`, sent in
+	 * `hello` (at most 32; keys 1-63 of A-Z a-z 0-9 . _ / -). Operators select
+	 * agents by them; an operator's label of the same key wins.
+	 */
+	labels?: Record<string, string>;
+	/** The agent's build, e.g. "1.4.2" (1-128 characters), shown in its record. */
+	version?: string;
+	/** Where it runs, e.g. "linux/arm64" (1-128 characters), shown in its record. */
+	platform?: string;
 	backoff?: BackoffOptions;
 	/** Reconnect after being replaced by another connection with the same agent id (close 4001). Default false. */
 	reconnectOnReplaced?: boolean;
@@ -135,6 +149,9 @@ export class Agent {
 		if (!Number.isInteger(this.concurrency) || this.concurrency < 1 || this.concurrency > MAX_CONCURRENCY) {
 			throw new RangeError(`concurrency must be an integer from 1 to ${MAX_CONCURRENCY}`);
 		}
+		// Refused here, not by the server at every connect.
+		const described = HelloFrame.safeParse({ type: "hello", concurrency: this.concurrency, running: [], ...this.description() });
+		if (!described.success) throw new RangeError(`invalid agent description: ${z.prettifyError(described.error).replace(/\n+/g, "; ")}`);
 		this.backoff = new Backoff(opts.backoff);
 		this.connector = opts.connect ?? defaultConnector;
 		this.heartbeatMs = opts.heartbeatMs ?? HEARTBEAT_INTERVAL_SECONDS * 1000;
@@ -161,7 +178,24 @@ export class Agent {
 		return [...this.running.keys()];
 	}
 
-	/** Registers the handler for `action`. */
+	/** What hello says of the agent besides its window. */
+	private description(): Pick<HelloFrame, "version" | "platform" | "labels"> {
+		const { version, platform, labels } = this.opts;
+		return { ...(version !== undefined ? { version } : {}), ...(platform !== undefined ? { platform } : {}), ...(labels ? { labels } : {}) };
+	}
+
+	/**
+	 * The handled actions, declared so the server holds commands for any
+	 * other (`action_unsupported`) instead of sending them to fail here.
+	 * None registered, or more than the protocol takes: none declared.
+	 */
+	private actions(): Pick<HelloFrame, "actions"> {
+		// A name the API would refuse as an action can never be sent here anyway.
+		const names = [...this.handlers.keys()].filter((a) => Action.safeParse(a).success);
+		return names.length > 0 && names.length <= MAX_ACTIONS ? { actions: names } : {};
+	}
+
+	/** Registers the handler for `action`; declared to the server in the next hello. */
 	handle(action: string, handler: Handler): this {
 		this.handlers.set(action, handler);
 		return this;
@@ -306,7 +340,7 @@ export class Agent {
 		// Results first: the server must hear that these finished before the
 		// hello below, which does not list them as running.
 		this.flushUnsent(ws);
-		this.sendRaw(ws, { type: "hello", concurrency: this.concurrency, running: this.runningIds });
+		this.sendRaw(ws, { type: "hello", concurrency: this.concurrency, running: this.runningIds, ...this.description(), ...this.actions() });
 		if (this.heartbeat !== undefined) clearInterval(this.heartbeat);
 		this.heartbeat = setInterval(() => this.beat(ws), this.heartbeatMs);
 	}

@@ -46,6 +46,15 @@ async function unwrap<R extends { ok: boolean; status: number; json(): Promise<u
 }
 
 type Rpc = ReturnType<typeof createRpc>;
+
+/** Which agents `listAgents` answers with. */
+export interface AgentFilter {
+	labels?: Record<string, string>;
+	online?: boolean;
+	prefix?: string;
+	limit?: number;
+	cursor?: string;
+}
 export type EnqueueInput = Parameters<Rpc["v1"]["agents"][":agentId"]["commands"]["$post"]>[0]["json"];
 export type BatchInput = Parameters<Rpc["v1"]["commands"]["batch"]["$post"]>[0]["json"];
 /** A command as this client returns it (from the route types). */
@@ -99,6 +108,56 @@ export class SwitchyardClient {
 
 	agents(query: { limit?: string; cursor?: string } = {}) {
 		return this.rpc.v1.agents.$get({ query }).then(unwrap);
+	}
+
+	/**
+	 * Agents matching every label given (operator's labels win over the
+	 * agent's), `online` if given, and an id prefix; by id, `cursor` from the
+	 * previous page's `nextCursor`.
+	 */
+	listAgents(filter: AgentFilter = {}) {
+		const { labels, online, prefix, limit, cursor } = filter;
+		return this.rpc.v1.agents
+			.$get({
+				query: {
+					...(labels ? { label: Object.entries(labels).map(([k, v]) => `${k}=${v}`) } : {}),
+					...(online === undefined ? {} : { online: online ? "true" : "false" }),
+					...(prefix ? { prefix } : {}),
+					...(limit === undefined ? {} : { limit: String(limit) }),
+					...(cursor ? { cursor } : {}),
+				},
+			})
+			.then(unwrap);
+	}
+
+	/** Sets the operator's labels on the agent; `null` removes one. Answers the agent's record. */
+	labelAgent(agentId: string, labels: Record<string, string | null>) {
+		return this.rpc.v1.agents[":agentId"].$patch({ param: { agentId }, json: { labels } }).then(unwrap);
+	}
+
+	/** Stops dispatching to the agent (what it runs keeps running) until `resume`. */
+	pause(agentId: string) {
+		return this.rpc.v1.agents[":agentId"].pause.$post({ param: { agentId } }).then(unwrap);
+	}
+
+	/** Lifts a pause; what waited is sent at once. */
+	resume(agentId: string) {
+		return this.rpc.v1.agents[":agentId"].resume.$post({ param: { agentId } }).then(unwrap);
+	}
+
+	/** Cancels every open command of the agent; `pause` also pauses it. Answers the counts. */
+	stop(agentId: string, opts: { pause?: boolean } = {}) {
+		return this.rpc.v1.agents[":agentId"].stop
+			.$post({ param: { agentId }, query: opts.pause ? { pause: "true" } : {} })
+			.then(unwrap);
+	}
+
+	/**
+	 * The fleet's emergency stop: every agent the selector matches.
+	 * `{ all: true }` targets every agent; without labels it is refused.
+	 */
+	stopFleet(selector: { labels?: Record<string, string>; online?: boolean; all?: true }, opts: { pause?: boolean } = {}) {
+		return this.rpc.v1.agents.stop.$post({ json: { selector, pause: opts.pause ?? false } }).then(unwrap);
 	}
 
 	agent(agentId: string) {

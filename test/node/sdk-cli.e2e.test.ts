@@ -105,12 +105,15 @@ describe("two SDK agents, the typed client and the CLI", () => {
 		expect(await stopped).toBe("connection refused (HTTP 401): agent token was issued for another agent");
 	});
 
-	it("an action the agent does not handle fails with a clear error", async () => {
+	it("an action the agent has no handler for waits (action_unsupported) instead of being sent to fail", async () => {
 		const cmd = await client.enqueue(beta, { action: "reboot" });
-		expect(await client.wait(cmd.id)).toMatchObject({
-			status: "failed",
-			error: 'unknown action "reboot" (this agent handles: echo)',
-		});
+		const deadline = Date.now() + 10_000;
+		while ((await client.get(cmd.id)).blockedReason !== "action_unsupported") {
+			if (Date.now() > deadline) throw new Error("the command never showed action_unsupported");
+			await new Promise((r) => setTimeout(r, 100));
+		}
+		expect(await client.get(cmd.id)).toMatchObject({ status: "pending", attempts: 0 });
+		expect((await client.cancel(cmd.id)).outcome).toBe("cancelled");
 	});
 
 	it("the CLI sends and waits, cancels a running command, watches it end, and lists", async () => {
@@ -169,6 +172,104 @@ describe("two SDK agents, the typed client and the CLI", () => {
 		expect(down.code).toBe(4);
 		expect(down.stderr).toContain("cannot reach the server");
 	});
+});
+
+describe("fleet operations on agents, through the typed client and the CLI", () => {
+	const tag = `t${Date.now()}`;
+	const edge1 = `edge1-${tag}`;
+	const edge2 = `edge2-${tag}`;
+
+	beforeAll(async () => {
+		for (const id of [edge1, edge2]) {
+			const agent = new Agent({
+				url: stack.base,
+				agentId: id,
+				token: async () => (await client.token(id)).token,
+				concurrency: 1,
+				labels: { fleet: tag, role: "edge" },
+				version: "3.1.0",
+				platform: "linux/arm64",
+			});
+			agent.handle("sleep", sleepHandler).handle("echo", (p) => p);
+			agents.push(agent);
+			agent.start();
+			await agent.whenOpen();
+		}
+	});
+
+	it("lists agents by label with what their hello said, and labels them", async () => {
+		const deadline = Date.now() + 10_000;
+		let page = await client.listAgents({ labels: { fleet: tag }, online: true });
+		while (page.items.length < 2 || page.items.some((a) => a.version === null)) {
+			if (Date.now() > deadline) throw new Error("the agents' hellos never reached their records");
+			await new Promise((r) => setTimeout(r, 100));
+			page = await client.listAgents({ labels: { fleet: tag }, online: true });
+		}
+		expect(page.items.map((a) => a.id)).toEqual([edge1, edge2]);
+		expect(page.items[0]).toMatchObject({ version: "3.1.0", platform: "linux/arm64", actions: ["sleep", "echo"], concurrency: 1, paused: false });
+
+		const labelled = await cli(["agent", "label", edge2, "role=canary", "owner=sre", "--json"]);
+		expect(labelled.code).toBe(0);
+		expect(JSON.parse(labelled.stdout)).toMatchObject({ operatorLabels: { role: "canary", owner: "sre" }, labels: { fleet: tag, role: "canary" } });
+		const removed = await cli(["agent", "label", edge2, "owner="]);
+		expect(removed.code).toBe(0);
+		expect(removed.stdout).toContain("role=canary");
+		expect(removed.stdout).not.toContain("owner");
+
+		const listed = await cli(["agent", "list", "--label", `fleet=${tag}`, "--label", "role=edge", "--online", "--json"]);
+		expect(JSON.parse(listed.stdout).items.map((a: { id: string }) => a.id)).toEqual([edge1]);
+		const table = await cli(["agent", "list", "--label", `fleet=${tag}`]);
+		expect(table.stdout).toMatch(new RegExp(`${edge1}\\s+true\\s+3\\.1\\.0`));
+		const bad = await cli(["agent", "label", edge2, "novalue"]);
+		expect(bad.code).toBe(2);
+	});
+
+	it("pauses, resumes and stops an agent from the CLI", async () => {
+		const paused = await cli(["agent", "pause", edge1]);
+		expect(paused.code).toBe(0);
+		expect(paused.stdout).toContain("paused");
+		const cmd = await client.enqueue(edge1, { action: "echo", payload: "after pause" });
+		await new Promise((r) => setTimeout(r, 500));
+		expect(await client.get(cmd.id)).toMatchObject({ status: "pending", blockedReason: "agent_paused", queuePosition: 0 });
+		expect((await cli(["agent", "resume", edge1])).code).toBe(0);
+		expect(await client.wait(cmd.id, { timeoutMs: 10_000 })).toMatchObject({ status: "completed", result: "after pause" });
+
+		const long = await client.enqueue(edge1, { action: "sleep", payload: { seconds: 60 } });
+		const queued = await client.enqueue(edge1, { action: "echo" });
+		const deadline = Date.now() + 10_000;
+		while ((await client.get(long.id)).status !== "acknowledged") {
+			if (Date.now() > deadline) throw new Error("the sleep command was never acknowledged");
+			await new Promise((r) => setTimeout(r, 100));
+		}
+		const stopped = await cli(["agent", "stop", edge1, "--pause", "--json"]);
+		expect(stopped.code).toBe(0);
+		expect(JSON.parse(stopped.stdout)).toEqual({ agentId: edge1, cancelled: 1, cancelRequested: 1, paused: true });
+		expect(await client.wait(long.id, { timeoutMs: 10_000 })).toMatchObject({ status: "cancelled" });
+		expect(await client.wait(queued.id, { timeoutMs: 10_000 })).toMatchObject({ status: "cancelled" });
+		expect((await client.agent(edge1)).paused).toBe(true);
+		await client.resume(edge1);
+	}, 60_000);
+
+	it("fleet stop refuses without --yes off a terminal, and stops every matching agent with it", async () => {
+		const long = await client.enqueue(edge2, { action: "sleep", payload: { seconds: 60 } });
+		const refused = await cli(["fleet", "stop", "--label", `fleet=${tag}`]);
+		expect(refused.code).toBe(2);
+		expect(refused.stderr).toContain("--yes");
+		expect((await cli(["fleet", "stop", "--yes"])).code).toBe(2);
+
+		const deadline = Date.now() + 10_000;
+		while ((await client.get(long.id)).status !== "acknowledged") {
+			if (Date.now() > deadline) throw new Error("the sleep command was never acknowledged");
+			await new Promise((r) => setTimeout(r, 100));
+		}
+		const stopped = await cli(["fleet", "stop", "--label", `fleet=${tag}`, "--yes", "--json"]);
+		expect(stopped.code).toBe(0);
+		expect(JSON.parse(stopped.stdout)).toEqual({ matched: 2, reached: 2, unreached: [], cancelled: 0, cancelRequested: 1, paused: false });
+		expect(await client.wait(long.id, { timeoutMs: 10_000 })).toMatchObject({ status: "cancelled" });
+		const viaClient = await client.stopFleet({ labels: { fleet: tag } }, { pause: true });
+		expect(viaClient).toMatchObject({ matched: 2, reached: 2, paused: true });
+		expect((await client.listAgents({ labels: { fleet: tag } })).items.every((a) => a.paused)).toBe(true);
+	}, 60_000);
 });
 
 describe("the README quick start", () => {

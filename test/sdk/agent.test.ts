@@ -53,7 +53,7 @@ describe("agent", () => {
 		agent.start();
 		const ws = await conn.next();
 		ws.open();
-		expect(ws.of("hello")).toEqual([{ type: "hello", concurrency: 2, running: [] }]);
+		expect(ws.of("hello")).toEqual([{ type: "hello", concurrency: 2, running: [], actions: ["echo"] }]);
 		ws.command(ID1, "echo", { x: 1 });
 		await until(() => ws.of("result").length === 1, "result");
 		expect(ws.of("result")[0]).toEqual({ type: "result", id: ID1, status: "completed", result: { got: { x: 1 } } });
@@ -179,6 +179,32 @@ describe("agent", () => {
 		ws.deliver({ type: "cancel", id: ID2, reason: "timeout" });
 		expect(ws.of("result")[1]).toEqual({ type: "result", id: ID2, status: "cancelled" });
 		await agent.stop();
+	});
+
+	it("describes itself in hello: labels, version, platform and the actions it has handlers for", async () => {
+		const { agent, conn } = makeAgent({ labels: { env: "prod", region: "eu" }, version: "2.0.1", platform: "linux/amd64" });
+		agent.handle("build", () => null).handle("test", () => null);
+		agent.start();
+		const ws = await conn.next();
+		ws.open();
+		expect(ws.of("hello")).toEqual([
+			{
+				type: "hello",
+				concurrency: 2,
+				running: [],
+				version: "2.0.1",
+				platform: "linux/amd64",
+				labels: { env: "prod", region: "eu" },
+				actions: ["build", "test"],
+			},
+		]);
+		await agent.stop({ graceMs: 0 });
+	});
+
+	it("refuses a description the server would refuse, when it is made", () => {
+		expect(() => makeAgent({ labels: { "not a key": "v" } })).toThrow(/labels/);
+		expect(() => makeAgent({ version: "" })).toThrow(/version/);
+		expect(() => makeAgent({ labels: Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`k${i}`, "v"])) })).toThrow(/at most 32/);
 	});
 
 	it("results finished while disconnected are sent first on the next connection, before hello", async () => {

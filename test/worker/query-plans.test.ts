@@ -8,6 +8,8 @@
  */
 import { sql, type SQL } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
+import { filterWhere } from "../../src/db/agents";
+import { QUEUE_POSITION } from "../../src/db/commands";
 import { snapshotQuery } from "../../src/db/metrics";
 import { RETENTION_BATCH, retentionBatchQuery } from "../../src/retention";
 import { db } from "../helpers/worker/harness";
@@ -82,5 +84,23 @@ describe("query plans", () => {
 	it("the cascade from a deleted command to its events is served by an index on command_id", async () => {
 		const found = await scans(sql`delete from command_events where command_id = ${crypto.randomUUID()}`, ["command_events"]);
 		expect(found).toEqual([expect.objectContaining({ index: "command_events_command_idx", cond: expect.stringMatching(/command_id/) })]);
+	});
+
+	it("a label selector is a containment test the labels GIN index serves", async () => {
+		// Whether the planner takes it over the id order depends on how selective the labels are;
+		// what matters is that it can (labels->>'env' = 'prod', say, could not).
+		const where = filterWhere({ labels: { env: "prod", region: "eu" } });
+		const found = await scans(sql`select count(*) from agents where ${where}`, ["agents"]);
+		expect(found, JSON.stringify(found)).toEqual([expect.objectContaining({ index: "agents_labels_idx", cond: expect.stringMatching(/labels @>/) })]);
+	});
+
+	it("a pending command's queue position counts two ranges of the open index", async () => {
+		const found = await scans(
+			sql`select ${sql.raw(QUEUE_POSITION)} from agent_commands c where c.id = ${crypto.randomUUID()}`,
+			["agent_commands"],
+		);
+		const counting = found.filter((s) => s.index !== "agent_commands_pkey");
+		expect(counting, JSON.stringify(found)).toHaveLength(2);
+		for (const s of counting) expect(s, JSON.stringify(found)).toMatchObject({ index: "agent_commands_open_idx", cond: expect.stringMatching(/agent_id/) });
 	});
 });

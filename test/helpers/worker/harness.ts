@@ -209,7 +209,7 @@ export class AgentSocket {
 	 */
 	static async connect(
 		agentId: string,
-		opts: { token?: string; hello?: false | { concurrency: number; running?: string[] } } = {},
+		opts: { token?: string; hello?: false | ({ concurrency: number; running?: string[] } & Record<string, unknown>) } = {},
 	): Promise<AgentSocket> {
 		const token = opts.token ?? (await tokenFor(agentId));
 		const res = await exports.default.fetch(`${BASE}/v1/agents/${agentId}/connect`, {
@@ -222,7 +222,7 @@ export class AgentSocket {
 		const socket = new AgentSocket(agentId, res.webSocket);
 		await socket.next("welcome");
 		const hello = opts.hello ?? { concurrency: 100 };
-		if (hello) socket.send({ type: "hello", concurrency: hello.concurrency, running: hello.running ?? [] });
+		if (hello) socket.send({ ...hello, type: "hello", running: hello.running ?? [] });
 		return socket;
 	}
 
