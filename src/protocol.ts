@@ -153,6 +153,12 @@ export const ErrorCode = {
 	AGENT_UNAVAILABLE: "agent_unavailable",
 	/** An observer upgrade past the cap per agent or per key (HTTP 429). */
 	TOO_MANY_OBSERVERS: "too_many_observers",
+	/** A fan-out whose selector or agent list names no agent (HTTP 400). */
+	NO_TARGETS: "no_targets",
+	/** A fan-out past FANOUT_MAX_TARGETS targets, or past FANOUT_MAX_PAYLOAD_BYTES of payloads (HTTP 400). */
+	TOO_MANY_TARGETS: "too_many_targets",
+	/** A retry of a command that is still open, or completed (HTTP 409). */
+	NOT_RETRYABLE: "not_retryable",
 	INTERNAL: "internal",
 	// frame-only
 	INVALID_FRAME: "invalid_frame",
@@ -220,6 +226,102 @@ export const BatchEnqueueRequest = z.strictObject({
 });
 export type BatchEnqueueRequest = z.infer<typeof BatchEnqueueRequest>;
 
+// ------------------------------------------------------------------ fan-outs
+
+/** Targets one fan-out may have: past it 400 too_many_targets, never a silent cut. */
+export const FANOUT_MAX_TARGETS = 5_000;
+/**
+ * The payload is stored once per target: payload bytes times targets may not
+ * pass this (400 too_many_targets), so a fan-out cannot write gigabytes.
+ */
+export const FANOUT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024;
+
+/** A label key as selectors name it: 1-63 of A-Z a-z 0-9 . _ / -, alphanumeric at both ends. */
+export const LabelKey = z
+	.string()
+	.regex(
+		/^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$/,
+		"label key: 1-63 characters from A-Z a-z 0-9 . _ / -, starting and ending with a letter or digit",
+	);
+export const LabelValue = z.string().max(255);
+export const MAX_SELECTOR_LABELS = 32;
+
+/**
+ * Which agents a fan-out reaches: those whose labels contain every pair in
+ * `labels` (and, if given, are or are not online). An empty selector would be
+ * the whole fleet: say so with `all: true`.
+ */
+export const FanoutSelector = z
+	.strictObject({
+		labels: absentIfNull(
+			z.record(LabelKey, LabelValue).refine((l) => Object.keys(l).length <= MAX_SELECTOR_LABELS, {
+				message: `at most ${MAX_SELECTOR_LABELS} labels`,
+			}),
+		),
+		online: absentIfNull(z.boolean()),
+		all: absentIfNull(z.literal(true)),
+	})
+	.refine((s) => s.all === true || Object.keys(s.labels ?? {}).length > 0, {
+		message: 'a selector needs labels, or "all": true to reach every agent',
+		path: ["labels"],
+	});
+export type FanoutSelector = z.infer<typeof FanoutSelector>;
+
+/**
+ * A fan-out: one command per target, with the fields a single enqueue takes.
+ * `idempotencyKey` names the fan-out (not its commands): sent again, the same
+ * request gets the first fan-out back.
+ */
+export const FanoutRequest = z
+	.strictObject({
+		...enqueueFields,
+		selector: absentIfNull(FanoutSelector),
+		// No max here: past FANOUT_MAX_TARGETS is too_many_targets, like a selector that matches too many.
+		agentIds: absentIfNull(z.array(AgentId).min(1)),
+	})
+	.refine((r) => (r.selector === undefined) !== (r.agentIds === undefined), {
+		message: "give either selector or agentIds (one of them)",
+		path: ["selector"],
+	});
+export type FanoutRequest = z.infer<typeof FanoutRequest>;
+
+export const FanoutQuery = z.strictObject({
+	limit: z.coerce.number().int().min(1).max(1000).default(100),
+	cursor: z.string().max(64).optional(),
+});
+
+/** `k=v` as a query parameter (`label=env=prod`); the value may be empty. */
+export const LabelFilter = z
+	.string()
+	.regex(/^[^=]+=.*$/s, "label: key=value")
+	.transform((s) => {
+		const i = s.indexOf("=");
+		return [s.slice(0, i), s.slice(i + 1)] as const;
+	})
+	.pipe(z.tuple([LabelKey, LabelValue]));
+
+/** One or many of a repeated query parameter (`?status=failed&status=expired`). */
+const repeated = <T extends z.ZodType>(item: T) =>
+	z
+		.union([item, z.array(item).max(32)])
+		.transform((v): z.output<T>[] => (Array.isArray(v) ? v : [v]))
+		.optional();
+
+export const SearchCommandsQuery = z
+	.strictObject({
+		agentId: AgentId.optional(),
+		status: repeated(CommandStatus),
+		action: Action.optional(),
+		sessionId: SessionId.optional(),
+		label: repeated(LabelFilter),
+		fanoutId: z.uuid().optional(),
+		createdAfter: z.iso.datetime({ offset: true }).optional(),
+		createdBefore: z.iso.datetime({ offset: true }).optional(),
+		limit: z.coerce.number().int().min(1).max(200).default(50),
+		cursor: z.string().max(64).optional(),
+	});
+export type SearchCommandsQuery = z.infer<typeof SearchCommandsQuery>;
+
 export const ListCommandsQuery = z.strictObject({
 	status: CommandStatus.optional(),
 	limit: z.coerce.number().int().min(1).max(200).default(50),
@@ -271,6 +373,12 @@ export const Command = z.object({
 	dispatchedAt: Timestamp.nullable(),
 	acknowledgedAt: Timestamp.nullable(),
 	completedAt: Timestamp.nullable(),
+	/** The fan-out that created it (POST /v1/fanouts), if one did. */
+	fanoutId: z.uuid().nullable(),
+	/** The failed, cancelled or expired command this one retries (POST /v1/commands/{id}/retry). */
+	retryOf: z.uuid().nullable(),
+	/** The retries of this command, oldest first. */
+	retriedBy: z.array(z.uuid()),
 });
 export type Command = z.infer<typeof Command>;
 

@@ -29,8 +29,9 @@ type KeyedRecord = z.infer<typeof KeyedRecord>;
 const WITH_FINGERPRINT = sql`${COLUMNS}, c.idempotency_fingerprint as "fingerprint"`;
 
 /** One request's command as the insert statement takes it. */
-async function insertRow(agentId: string, r: EnqueueRequest, ord: number) {
+async function insertRow(agentId: string, r: EnqueueRequest, ord: number, retryOf: string | null = null) {
 	return {
+		retry_of: retryOf,
 		ord,
 		agent_id: agentId,
 		session_id: r.sessionId,
@@ -62,7 +63,7 @@ async function insertRows(db: Db, rows: Row[], actor: string, limit: number): Pr
 			select * from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) as x(
 				ord int, agent_id text, session_id text, action text, payload jsonb, priority int,
 				idempotency_key text, idempotency_fingerprint text, max_attempts int, ack_timeout_seconds int,
-				timeout_seconds int, ttl_seconds int)
+				timeout_seconds int, ttl_seconds int, retry_of uuid)
 		), backlog as (
 			select agent_id, (select count(*) from (
 				select 1 from agent_commands o
@@ -75,10 +76,10 @@ async function insertRows(db: Db, rows: Row[], actor: string, limit: number): Pr
 			insert into agents (id) select distinct agent_id from input on conflict (id) do nothing
 		), c as (
 			insert into agent_commands (agent_id, session_id, action, payload, priority, idempotency_key,
-				idempotency_fingerprint, max_attempts, ack_timeout_seconds, timeout_seconds, expires_at)
+				idempotency_fingerprint, max_attempts, ack_timeout_seconds, timeout_seconds, expires_at, retry_of)
 			select agent_id, session_id, action, coalesce(payload, 'null'::jsonb), priority, idempotency_key,
 				idempotency_fingerprint, max_attempts, ack_timeout_seconds, timeout_seconds,
-				case when ttl_seconds is null then null else now() + make_interval(secs => ttl_seconds) end
+				case when ttl_seconds is null then null else now() + make_interval(secs => ttl_seconds) end, retry_of
 			from admitted order by ord
 			on conflict (agent_id, idempotency_key) where idempotency_key is not null do nothing
 			returning *
@@ -127,8 +128,16 @@ export function backlogLimit(env: { AGENT_BACKLOG_LIMIT?: string }): number {
 }
 export const DEFAULT_BACKLOG_LIMIT = 10_000;
 
-export async function insertCommand(db: Db, agentId: string, req: EnqueueRequest, actor: string, limit: number): Promise<Enqueued> {
-	const row = await insertRow(agentId, req, 0);
+export async function insertCommand(
+	db: Db,
+	agentId: string,
+	req: EnqueueRequest,
+	actor: string,
+	limit: number,
+	/** The command this one retries (POST /v1/commands/{id}/retry). */
+	retryOf: string | null = null,
+): Promise<Enqueued> {
+	const row = await insertRow(agentId, req, 0, retryOf);
 	const { created: [created] } = await insertRows(db, [row], actor, limit);
 	if (created) return answer(row, created, true);
 	// A replay is answered whatever the backlog: it adds nothing to it.
