@@ -8,6 +8,7 @@ import { ErrorCode, MAX_BODY_BYTES } from "./protocol";
 import { agentRoutes } from "./routes/agents";
 import { commandRoutes } from "./routes/commands";
 import { consoleRoutes } from "./routes/console";
+import { fanoutRoutes } from "./routes/fanouts";
 import { healthRoutes } from "./routes/health";
 import { metricsRoutes } from "./routes/metrics";
 import { sessionRoutes } from "./routes/session";
@@ -23,6 +24,7 @@ const v1 = new Hono<AppEnv>()
 	)
 	.route("/", commandRoutes)
 	.route("/", agentRoutes)
+	.route("/", fanoutRoutes)
 	.route("/", sessionRoutes);
 
 /** Each statement a route runs is one request on Neon's HTTP path: nothing to open first or close after. */

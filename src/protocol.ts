@@ -68,6 +68,45 @@ export type Labels = Record<string, string>;
 
 const Descriptor = z.string().min(1).max(MAX_DESCRIPTOR_CHARS);
 
+/** `key=value`, as `label=` query parameters and the CLI take it. */
+export const LabelSelector = z
+	.string()
+	.transform((s, ctx) => {
+		const i = s.indexOf("=");
+		const key = LabelKey.safeParse(i < 0 ? s : s.slice(0, i));
+		const value = LabelValue.safeParse(s.slice(i + 1));
+		if (i < 0 || !key.success || !value.success) {
+			ctx.addIssue({ code: "custom", message: `label: expected key=value with a valid key, got "${s.slice(0, 80)}"` });
+			return z.NEVER;
+		}
+		return [key.data, value.data] as const;
+	});
+
+/** A query parameter given once is a string, given twice an array: either way, a list. */
+const repeatedLabels = z
+	.union([z.string(), z.array(z.string())])
+	.transform((v) => (Array.isArray(v) ? v : [v]))
+	.pipe(z.array(LabelSelector).max(MAX_LABELS));
+
+const QueryBoolean = z.enum(["true", "false"]).transform((v) => v === "true");
+
+/**
+ * Which agents a fleet-wide operation reaches: every label must match, and
+ * `online` if given. No labels at all must say `all: true`, so an empty
+ * body can never stop a whole fleet by accident.
+ */
+export const AgentSelector = z
+	.strictObject({
+		labels: absentIfNull(Labels),
+		online: absentIfNull(z.boolean()),
+		all: absentIfNull(z.literal(true)),
+	})
+	.refine((s) => s.all === true || Object.keys(s.labels ?? {}).length > 0, {
+		message: 'a selector needs labels; to target every agent say {"all": true}',
+		path: ["labels"],
+	});
+export type AgentSelector = z.infer<typeof AgentSelector>;
+
 /** Delivery defaults; each can be set per command at enqueue. */
 export const DEFAULT_MAX_ATTEMPTS = 5;
 export const DEFAULT_ACK_TIMEOUT_SECONDS = 10;
@@ -185,6 +224,12 @@ export const ErrorCode = {
 	AGENT_UNAVAILABLE: "agent_unavailable",
 	/** An observer upgrade past the cap per agent or per key (HTTP 429). */
 	TOO_MANY_OBSERVERS: "too_many_observers",
+	/** A fan-out whose selector or agent list names no agent (HTTP 400). */
+	NO_TARGETS: "no_targets",
+	/** A fan-out past FANOUT_MAX_TARGETS targets, or past FANOUT_MAX_PAYLOAD_BYTES of payloads (HTTP 400). */
+	TOO_MANY_TARGETS: "too_many_targets",
+	/** A retry of a command that is still open, or completed (HTTP 409). */
+	NOT_RETRYABLE: "not_retryable",
 	INTERNAL: "internal",
 	// frame-only
 	INVALID_FRAME: "invalid_frame",
@@ -252,33 +297,70 @@ export const BatchEnqueueRequest = z.strictObject({
 });
 export type BatchEnqueueRequest = z.infer<typeof BatchEnqueueRequest>;
 
+// ------------------------------------------------------------------ fan-outs
+
+/** Targets one fan-out may have: past it 400 too_many_targets, never a silent cut. */
+export const FANOUT_MAX_TARGETS = 5_000;
+/**
+ * The payload is stored once per target: payload bytes times targets may not
+ * pass this (400 too_many_targets), so a fan-out cannot write gigabytes.
+ */
+export const FANOUT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024;
+
+
+
+/**
+ * A fan-out: one command per target, with the fields a single enqueue takes.
+ * `idempotencyKey` names the fan-out (not its commands): sent again, the same
+ * request gets the first fan-out back.
+ */
+export const FanoutRequest = z
+	.strictObject({
+		...enqueueFields,
+		selector: absentIfNull(AgentSelector),
+		// No max here: past FANOUT_MAX_TARGETS is too_many_targets, like a selector that matches too many.
+		agentIds: absentIfNull(z.array(AgentId).min(1)),
+	})
+	.refine((r) => (r.selector === undefined) !== (r.agentIds === undefined), {
+		message: "give either selector or agentIds (one of them)",
+		path: ["selector"],
+	});
+export type FanoutRequest = z.infer<typeof FanoutRequest>;
+
+export const FanoutQuery = z.strictObject({
+	limit: z.coerce.number().int().min(1).max(1000).default(100),
+	cursor: z.string().max(64).optional(),
+});
+
+
+/** One or many of a repeated query parameter (`?status=failed&status=expired`). */
+const repeated = <T extends z.ZodType>(item: T) =>
+	z
+		.union([item, z.array(item).max(32)])
+		.transform((v): z.output<T>[] => (Array.isArray(v) ? v : [v]))
+		.optional();
+
+export const SearchCommandsQuery = z
+	.strictObject({
+		agentId: AgentId.optional(),
+		status: repeated(CommandStatus),
+		action: Action.optional(),
+		sessionId: SessionId.optional(),
+		label: repeatedLabels.optional(),
+		fanoutId: z.uuid().optional(),
+		createdAfter: z.iso.datetime({ offset: true }).optional(),
+		createdBefore: z.iso.datetime({ offset: true }).optional(),
+		limit: z.coerce.number().int().min(1).max(200).default(50),
+		cursor: z.string().max(64).optional(),
+	});
+export type SearchCommandsQuery = z.infer<typeof SearchCommandsQuery>;
+
 export const ListCommandsQuery = z.strictObject({
 	status: CommandStatus.optional(),
 	limit: z.coerce.number().int().min(1).max(200).default(50),
 	cursor: z.string().max(64).optional(),
 });
 
-/** `key=value`, as `label=` query parameters and the CLI take it. */
-export const LabelSelector = z
-	.string()
-	.transform((s, ctx) => {
-		const i = s.indexOf("=");
-		const key = LabelKey.safeParse(i < 0 ? s : s.slice(0, i));
-		const value = LabelValue.safeParse(s.slice(i + 1));
-		if (i < 0 || !key.success || !value.success) {
-			ctx.addIssue({ code: "custom", message: `label: expected key=value with a valid key, got "${s.slice(0, 80)}"` });
-			return z.NEVER;
-		}
-		return [key.data, value.data] as const;
-	});
-
-/** A query parameter given once is a string, given twice an array: either way, a list. */
-const repeatedLabels = z
-	.union([z.string(), z.array(z.string())])
-	.transform((v) => (Array.isArray(v) ? v : [v]))
-	.pipe(z.array(LabelSelector).max(MAX_LABELS));
-
-const QueryBoolean = z.enum(["true", "false"]).transform((v) => v === "true");
 
 export const ListAgentsQuery = z.strictObject({
 	limit: z.coerce.number().int().min(1).max(200).default(50),
@@ -296,22 +378,6 @@ export const LabelAgentRequest = z.strictObject({
 	labels: fewKeys(z.record(LabelKey, LabelValue.nullable()), MAX_LABELS),
 });
 
-/**
- * Which agents a fleet-wide operation reaches: every label must match, and
- * `online` if given. No labels at all must say `all: true`, so an empty
- * body can never stop a whole fleet by accident.
- */
-export const AgentSelector = z
-	.strictObject({
-		labels: absentIfNull(Labels),
-		online: absentIfNull(z.boolean()),
-		all: absentIfNull(z.literal(true)),
-	})
-	.refine((s) => s.all === true || Object.keys(s.labels ?? {}).length > 0, {
-		message: 'a selector needs labels; to target every agent say {"all": true}',
-		path: ["labels"],
-	});
-export type AgentSelector = z.infer<typeof AgentSelector>;
 
 export const StopFleetRequest = z.strictObject({
 	selector: AgentSelector,
@@ -362,6 +428,12 @@ export const Command = z.object({
 	dispatchedAt: Timestamp.nullable(),
 	acknowledgedAt: Timestamp.nullable(),
 	completedAt: Timestamp.nullable(),
+	/** The fan-out that created it (POST /v1/fanouts), if one did. */
+	fanoutId: z.uuid().nullable(),
+	/** The failed, cancelled or expired command this one retries (POST /v1/commands/{id}/retry). */
+	retryOf: z.uuid().nullable(),
+	/** The retries of this command, oldest first. */
+	retriedBy: z.array(z.uuid()),
 });
 export type Command = z.infer<typeof Command>;
 

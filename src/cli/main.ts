@@ -9,6 +9,7 @@ import { SwitchyardApiError, SwitchyardClient } from "../sdk/client.ts";
 import { resolveConfig, UsageError } from "./config.ts";
 import { demoAgent } from "./demo-agent.ts";
 import { FLEET_AGENT_HELP, FLEET_AGENT_OPTIONS, fleetAgents } from "./fleet-agents.ts";
+import { FLEET_COMMAND_HELP, FLEET_COMMAND_OPTIONS, fleetCommand } from "./fleet-commands.ts";
 import { details, Progress, table } from "./output.ts";
 
 export const EXIT = { OK: 0, COMMAND_FAILED: 1, USAGE: 2, API: 3, UNREACHABLE: 4 } as const;
@@ -28,7 +29,7 @@ ${FLEET_AGENT_HELP}  agent get <id>
   agent revoke <id>               revoke its tokens and close its socket
   agent run <id> [--concurrency N] [--allow-exec]
                                   run a demo agent (echo, sleep, lines, fail; exec with --allow-exec)
-
+${FLEET_COMMAND_HELP}
 flags: --url URL (or SWITCHYARD_URL; default http://127.0.0.1:8787)
        --api-key KEY (or SWITCHYARD_API_KEY; default: API_KEYS in ./.dev.vars)
        --json  machine-readable output
@@ -53,6 +54,7 @@ const OPTIONS = {
 	concurrency: { type: "string" },
 	"allow-exec": { type: "boolean", default: false },
 	...FLEET_AGENT_OPTIONS,
+	...FLEET_COMMAND_OPTIONS,
 } as const;
 
 type Flags = ReturnType<typeof parse>["values"];
@@ -211,6 +213,10 @@ export async function main(argv: string[], io = { out: (s: string) => void proce
 				return stopped;
 			}
 			default:
+				if (positionals.length >= 2) {
+					const code = await fleetCommand({ client, positionals, flags, print, exit: EXIT });
+					if (code !== undefined) return code;
+				}
 				throw new UsageError(`unknown command "${positionals.slice(0, 2).join(" ")}"; see 'switchyard --help'`);
 		}
 	} catch (err) {

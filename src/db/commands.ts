@@ -5,6 +5,7 @@ import {
 	Command,
 	CommandStatus,
 	OUTPUT_TRUNCATION_MARKER,
+	type SearchCommandsQuery,
 	TERMINAL_STATUSES,
 } from "../protocol";
 import type { Db } from "./client";
@@ -38,6 +39,8 @@ export const CommandRecord = Command.omit({ blockedReason: true, nextAttemptAt: 
 	agentActions: z.array(z.string()).nullable().default(null),
 	/** See `QUEUE_POSITION`; only the API's reads select it. */
 	queuePosition: z.coerce.number().int().nullable().default(null),
+	/** Only the API's reads select it; a row just inserted has none. */
+	retriedBy: z.array(z.string()).default([]),
 });
 export type CommandRecord = z.infer<typeof CommandRecord>;
 
@@ -50,6 +53,7 @@ const FIELDS = `
 	c.expires_at as "expiresAt", c.cancel_requested_at as "cancelRequestedAt",
 	c.created_at as "createdAt", c.updated_at as "updatedAt", c.dispatched_at as "dispatchedAt", c.first_dispatched_at as "firstDispatchedAt",
 	c.acknowledged_at as "acknowledgedAt", c.completed_at as "completedAt",
+	c.fanout_id as "fanoutId", c.retry_of as "retryOf",
 	coalesce(a.connected, false) as online`;
 
 /**
@@ -65,9 +69,22 @@ export const QUEUE_POSITION = `case when c.status = 'pending' then
 			and o.status in ('pending', 'dispatched', 'acknowledged') and o.priority = c.priority and o.seq < c.seq)
 	end as "queuePosition"`;
 
+/** The retries of each row, through agent_commands_retry_of_idx; only the API's reads need them. */
+const RETRIED_BY = `array(select r.id from agent_commands r where r.retry_of = c.id order by r.seq) as "retriedBy"`;
+
+/** What the agent's row says of each command's wait (see blockedReason). */
+const AGENT_FIELDS = `a.paused_at is not null as "agentPaused", a.actions as "agentActions"`;
+
 /** Every read of commands selects these, so one parser serves all of them. */
-export const COLUMNS = sql.raw(`${FIELDS}, a.paused_at is not null as "agentPaused", a.actions as "agentActions",
-	${QUEUE_POSITION}, c.payload`);
+export const COLUMNS = sql.raw(`${FIELDS}, ${AGENT_FIELDS}, ${QUEUE_POSITION}, ${RETRIED_BY}, c.payload`);
+/**
+ * What an insert returns: a new row has no retries, and its queue position
+ * is left to reads (null here). Counting the agent's open commands once per
+ * row inserted would make a batch or a fan-out to a deep backlog quadratic.
+ */
+export const INSERTED_COLUMNS = sql.raw(`${FIELDS}, ${AGENT_FIELDS}, c.payload`);
+/** INSERTED_COLUMNS less the payload, for inserts of many rows with one payload (a fan-out). */
+export const INSERTED_COLUMNS_WITHOUT_PAYLOAD = sql.raw(`${FIELDS}, ${AGENT_FIELDS}`);
 
 const iso = (d: Date | null) => (d ? d.toISOString() : null);
 
@@ -75,7 +92,9 @@ const iso = (d: Date | null) => (d ? d.toISOString() : null);
  * Why a command is waiting, derived from its row and its agent's presence.
  * Postgres trails the agent's object by at most one outbox flush.
  */
-export function blockedReason(r: CommandRecord): BlockedReason | null {
+export function blockedReason(
+	r: Pick<CommandRecord, "status" | "cancelRequestedAt" | "online" | "agentPaused" | "agentActions" | "action">,
+): BlockedReason | null {
 	if (TERMINAL_STATUSES.has(r.status)) return null;
 	if (r.cancelRequestedAt) return "cancel_requested";
 	if (r.status === "dispatched") return "awaiting_ack";
@@ -144,6 +163,36 @@ export async function listCommands(
 	};
 }
 
+/** GET /v1/commands: commands across agents, any filters, newest first; the same cursor as listCommands. */
+export async function searchCommands(
+	db: Db,
+	q: Omit<SearchCommandsQuery, "cursor"> & { beforeSeq?: number },
+): Promise<Page<CommandRecord>> {
+	const where: SQL[] = [];
+	if (q.agentId !== undefined) where.push(sql`c.agent_id = ${q.agentId}`);
+	if (q.status?.length === 1) where.push(sql`c.status = ${q.status[0]}`);
+	else if (q.status?.length) where.push(sql`c.status in (${sql.join(q.status.map((s) => sql`${s}`), sql`, `)})`);
+	if (q.action !== undefined) where.push(sql`c.action = ${q.action}`);
+	if (q.sessionId !== undefined) where.push(sql`c.session_id = ${q.sessionId}`);
+	if (q.fanoutId !== undefined) where.push(sql`c.fanout_id = ${q.fanoutId}`);
+	if (q.createdAfter !== undefined) where.push(sql`c.created_at >= ${q.createdAfter}`);
+	if (q.createdBefore !== undefined) where.push(sql`c.created_at < ${q.createdBefore}`);
+	if (q.label?.length) {
+		// The agents' labels through agents_labels_idx (GIN), then their rows by agent.
+		const each = q.label.map(([k, v]) => sql`l.labels @> ${JSON.stringify({ [k]: v })}::jsonb`);
+		where.push(sql`c.agent_id in (select l.id from agents l where ${sql.join(each, sql` and `)})`);
+	}
+	if (q.beforeSeq !== undefined) where.push(sql`c.seq < ${q.beforeSeq}`);
+	const rows = await selectCommands(
+		db,
+		where.length ? sql.join(where, sql` and `) : sql`true`,
+		sql`order by c.seq desc limit ${q.limit + 1}`,
+	);
+	const items = rows.slice(0, q.limit);
+	const last = items.at(-1);
+	return { items, nextCursor: rows.length > q.limit && last ? encodeCursor(last.seq) : null };
+}
+
 export function encodeCursor(seq: number): string {
 	return btoa(`s:${seq}`).replace(/=+$/, "");
 }
@@ -159,7 +208,7 @@ export function decodeCursor(cursor: string): number | undefined {
 }
 
 /** An open command as the agent's object takes it: without its payload, which it reads only to send it. */
-export const OpenCommand = CommandRecord.omit({ payload: true });
+export const OpenCommand = CommandRecord.omit({ payload: true, retriedBy: true });
 export type OpenCommand = z.infer<typeof OpenCommand>;
 
 /** Where a page of open commands ends, in delivery order: the next page starts after it. */

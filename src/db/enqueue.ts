@@ -9,7 +9,7 @@ import { sql } from "drizzle-orm";
 import { z } from "zod";
 import type { BatchEnqueueRequest, EnqueueRequest } from "../protocol";
 import type { Db } from "./client";
-import { COLUMNS, CommandRecord } from "./commands";
+import { COLUMNS, CommandRecord, INSERTED_COLUMNS } from "./commands";
 import { commandFingerprint } from "./fingerprint";
 
 export type Enqueued =
@@ -27,10 +27,12 @@ const CreatedRecord = KeyedRecord.extend({ refused: z.array(z.coerce.number().in
 type KeyedRecord = z.infer<typeof KeyedRecord>;
 
 const WITH_FINGERPRINT = sql`${COLUMNS}, c.idempotency_fingerprint as "fingerprint"`;
+const INSERTED_WITH_FINGERPRINT = sql`${INSERTED_COLUMNS}, c.idempotency_fingerprint as "fingerprint"`;
 
 /** One request's command as the insert statement takes it. */
-async function insertRow(agentId: string, r: EnqueueRequest, ord: number) {
+async function insertRow(agentId: string, r: EnqueueRequest, ord: number, retryOf: string | null = null) {
 	return {
+		retry_of: retryOf,
 		ord,
 		agent_id: agentId,
 		session_id: r.sessionId,
@@ -62,7 +64,7 @@ async function insertRows(db: Db, rows: Row[], actor: string, limit: number): Pr
 			select * from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) as x(
 				ord int, agent_id text, session_id text, action text, payload jsonb, priority int,
 				idempotency_key text, idempotency_fingerprint text, max_attempts int, ack_timeout_seconds int,
-				timeout_seconds int, ttl_seconds int)
+				timeout_seconds int, ttl_seconds int, retry_of uuid)
 		), backlog as (
 			select agent_id, (select count(*) from (
 				select 1 from agent_commands o
@@ -75,10 +77,10 @@ async function insertRows(db: Db, rows: Row[], actor: string, limit: number): Pr
 			insert into agents (id) select distinct agent_id from input on conflict (id) do nothing
 		), c as (
 			insert into agent_commands (agent_id, session_id, action, payload, priority, idempotency_key,
-				idempotency_fingerprint, max_attempts, ack_timeout_seconds, timeout_seconds, expires_at)
+				idempotency_fingerprint, max_attempts, ack_timeout_seconds, timeout_seconds, expires_at, retry_of)
 			select agent_id, session_id, action, coalesce(payload, 'null'::jsonb), priority, idempotency_key,
 				idempotency_fingerprint, max_attempts, ack_timeout_seconds, timeout_seconds,
-				case when ttl_seconds is null then null else now() + make_interval(secs => ttl_seconds) end
+				case when ttl_seconds is null then null else now() + make_interval(secs => ttl_seconds) end, retry_of
 			from admitted order by ord
 			on conflict (agent_id, idempotency_key) where idempotency_key is not null do nothing
 			returning *
@@ -86,7 +88,7 @@ async function insertRows(db: Db, rows: Row[], actor: string, limit: number): Pr
 			insert into command_events (command_id, from_status, to_status, at, detail, actor)
 			select id, null, 'pending', created_at, '{"reason":"enqueued"}'::jsonb, ${actor} from c
 		)
-		select ${WITH_FINGERPRINT},
+		select ${INSERTED_WITH_FINGERPRINT},
 			array(select ord from input where ord not in (select ord from admitted)) as refused
 		from c left join agents a on a.id = c.agent_id order by c.seq`);
 	const created = result.rows.map((row) => CreatedRecord.parse(row));
@@ -127,8 +129,16 @@ export function backlogLimit(env: { AGENT_BACKLOG_LIMIT?: string }): number {
 }
 export const DEFAULT_BACKLOG_LIMIT = 10_000;
 
-export async function insertCommand(db: Db, agentId: string, req: EnqueueRequest, actor: string, limit: number): Promise<Enqueued> {
-	const row = await insertRow(agentId, req, 0);
+export async function insertCommand(
+	db: Db,
+	agentId: string,
+	req: EnqueueRequest,
+	actor: string,
+	limit: number,
+	/** The command this one retries (POST /v1/commands/{id}/retry). */
+	retryOf: string | null = null,
+): Promise<Enqueued> {
+	const row = await insertRow(agentId, req, 0, retryOf);
 	const { created: [created] } = await insertRows(db, [row], actor, limit);
 	if (created) return answer(row, created, true);
 	// A replay is answered whatever the backlog: it adds nothing to it.

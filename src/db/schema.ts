@@ -138,6 +138,15 @@ export const agentCommands = pgTable(
 		index("agent_commands_retry_of_idx")
 			.on(t.retryOf)
 			.where(sql`${t.retryOf} is not null`),
+		// GET /v1/commands across agents, newest first (migrations/0012 says
+		// which filter uses which; docs/operations.md has the plans).
+		index("agent_commands_seq_idx").on(t.seq),
+		index("agent_commands_status_seq_idx").on(t.status, t.seq),
+		index("agent_commands_action_seq_idx").on(t.action, t.seq),
+		index("agent_commands_session_seq_idx")
+			.on(t.sessionId, t.seq)
+			.where(sql`${t.sessionId} is not null`),
+		index("agent_commands_created_idx").on(t.createdAt),
 		uniqueIndex("agent_commands_idempotency_idx")
 			.on(t.agentId, t.idempotencyKey)
 			.where(sql`${t.idempotencyKey} is not null`),
@@ -148,17 +157,29 @@ export const agentCommands = pgTable(
  * One row per fan-out: what was asked and how many commands it created. Its
  * commands carry `fanout_id`; their statuses are the fan-out's progress.
  */
-export const fanouts = pgTable("fanouts", {
-	id: uuid("id").primaryKey().defaultRandom(),
-	createdAt: ts("created_at").notNull().defaultNow(),
-	// api:<key id>, as on command events.
-	actor: text("actor"),
-	action: text("action").notNull(),
-	// The selector or agent id list as given, for the record.
-	target: jsonb("target").notNull(),
-	targetCount: integer("target_count").notNull(),
-	cancelRequestedAt: ts("cancel_requested_at"),
-});
+export const fanouts = pgTable(
+	"fanouts",
+	{
+		id: uuid("id").primaryKey().defaultRandom(),
+		createdAt: ts("created_at").notNull().defaultNow(),
+		// api:<key id>, as on command events.
+		actor: text("actor"),
+		action: text("action").notNull(),
+		// The selector or agent id list as given, for the record.
+		target: jsonb("target").notNull(),
+		targetCount: integer("target_count").notNull(),
+		cancelRequestedAt: ts("cancel_requested_at"),
+		// A retried POST with the same key gets this fan-out back instead of a second one.
+		idempotencyKey: text("idempotency_key"),
+		// Hash of the request the key was first used for (src/db/fingerprint.ts).
+		idempotencyFingerprint: text("idempotency_fingerprint"),
+	},
+	(t) => [
+		uniqueIndex("fanouts_idempotency_idx")
+			.on(t.idempotencyKey)
+			.where(sql`${t.idempotencyKey} is not null`),
+	],
+);
 
 export const commandEvents = pgTable(
 	"command_events",

@@ -5,7 +5,16 @@ import { z } from "zod";
 import { agentHub, forward } from "../agent/stub";
 import { readAccess, writeAccess } from "../auth/api-key";
 import { enqueueRateLimit } from "../rate-limit";
-import { decodeCursor, getCommand, getOutput, listCommands, listEvents, toApiCommand } from "../db/commands";
+import {
+	type CommandRecord,
+	decodeCursor,
+	getCommand,
+	getOutput,
+	listCommands,
+	listEvents,
+	searchCommands,
+	toApiCommand,
+} from "../db/commands";
 import { backlogLimit, type Enqueued, insertBatch, insertCommand } from "../db/enqueue";
 import { ApiError } from "../errors";
 import { errorFields, log, logs, payloadFields } from "../log";
@@ -16,6 +25,7 @@ import {
 	EnqueueRequest,
 	ErrorCode,
 	ListCommandsQuery,
+	SearchCommandsQuery,
 	TERMINAL_STATUSES,
 } from "../protocol";
 import { jsonBody, params, query } from "../validation";
@@ -56,6 +66,31 @@ function backlogFull(full: NonNullable<Enqueued["full"]>): { code: ErrorCode; me
 			`agent ${full.agentId} has ${full.limit} open commands, its backlog quota (AGENT_BACKLOG_LIMIT); ` +
 			`retry once it has worked some off (after ${BACKLOG_RETRY_AFTER_SECONDS} s, say)`,
 	};
+}
+
+/** What a retry enqueues: the command's action, payload and options, its ttl counted from its own creation. */
+function retryRequest(r: CommandRecord): EnqueueRequest {
+	const ttl = r.expiresAt ? Math.max(1, Math.round((r.expiresAt.getTime() - r.createdAt.getTime()) / 1000)) : undefined;
+	return {
+		action: r.action,
+		payload: r.payload,
+		sessionId: r.sessionId,
+		priority: r.priority,
+		ttlSeconds: ttl,
+		timeoutSeconds: r.timeoutSeconds ?? undefined,
+		maxAttempts: r.maxAttempts,
+		ackTimeoutSeconds: r.ackTimeoutSeconds,
+	};
+}
+
+const RETRYABLE: ReadonlySet<string> = new Set(["failed", "cancelled", "expired"]);
+
+function cursorSeq(cursor: string | undefined): number | undefined {
+	const seq = cursor === undefined ? undefined : decodeCursor(cursor);
+	if (cursor !== undefined && seq === undefined) {
+		throw new ApiError(400, ErrorCode.VALIDATION_FAILED, "invalid query: cursor is not one this API issued");
+	}
+	return seq;
 }
 
 export const commandRoutes = new Hono<AppEnv>()
@@ -137,16 +172,49 @@ export const commandRoutes = new Hono<AppEnv>()
 		async (c) => {
 			const { agentId } = c.req.valid("param");
 			const q = c.req.valid("query");
-			const beforeSeq = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
-			if (q.cursor !== undefined && beforeSeq === undefined) {
-				throw new ApiError(400, ErrorCode.VALIDATION_FAILED, "invalid query: cursor is not one this API issued");
-			}
+			const beforeSeq = cursorSeq(q.cursor);
 			const page = await c.var.db.run((db) =>
 				listCommands(db, agentId, { status: q.status, limit: q.limit, beforeSeq }),
 			);
 			return c.json({ items: page.items.map(toApiCommand), nextCursor: page.nextCursor });
 		},
 	)
+	/** Commands across agents, any of the filters (all must match), newest first. */
+	.get("/commands", readAccess, query(SearchCommandsQuery), async (c) => {
+		const { cursor, ...q } = c.req.valid("query");
+		const beforeSeq = cursorSeq(cursor);
+		const page = await c.var.db.run((db) => searchCommands(db, { ...q, beforeSeq }));
+		return c.json({ items: page.items.map(toApiCommand), nextCursor: page.nextCursor });
+	})
+	/**
+	 * A new command with the same action, payload and options as a failed,
+	 * cancelled or expired one, for the same agent, linked both ways.
+	 */
+	.post("/commands/:id/retry", writeAccess, params(z.object({ id: CommandId })), enqueueRateLimit, async (c) => {
+		const { id } = c.req.valid("param");
+		const old = await c.var.db.run((db) => getCommand(db, id));
+		if (!old) throw new ApiError(404, ErrorCode.NOT_FOUND, `no command with id ${id}`);
+		if (!RETRYABLE.has(old.status)) {
+			throw new ApiError(
+				409,
+				ErrorCode.NOT_RETRYABLE,
+				old.status === "completed"
+					? "command completed; only a failed, cancelled or expired command can be retried"
+					: `command is still ${old.status}; cancel it first, or wait for it to finish`,
+			);
+		}
+		const limit = backlogLimit(c.env);
+		const enqueued = await c.var.db.run((db) => insertCommand(db, old.agentId, retryRequest(old), c.get("apiKeyId"), limit, id));
+		if (enqueued.full) {
+			const { code, message } = backlogFull(enqueued.full);
+			throw new ApiError(429, code, message, undefined, { "retry-after": String(BACKLOG_RETRY_AFTER_SECONDS) });
+		}
+		if (!enqueued.command) throw new Error("retry enqueued no command");
+		log("info", "command.retried", { agentId: old.agentId, commandId: enqueued.command.id, retryOf: id });
+		// An agent that is gone keeps it pending, like any enqueue: forward() only logs a failure.
+		await forward(c.env, [enqueued.command]);
+		return c.json(toApiCommand(enqueued.command), 201);
+	})
 	.get("/commands/:id", readAccess, params(z.object({ id: CommandId })), async (c) => {
 		const { id } = c.req.valid("param");
 		const cmd = await c.var.db.run((db) => getCommand(db, id));

@@ -60,6 +60,12 @@ export type BatchInput = Parameters<Rpc["v1"]["commands"]["batch"]["$post"]>[0][
 /** A command as this client returns it (from the route types). */
 export type ApiCommand = Awaited<ReturnType<SwitchyardClient["get"]>>;
 export type ListInput = NonNullable<Parameters<Rpc["v1"]["agents"][":agentId"]["commands"]["$get"]>[0]["query"]>;
+/** A fan-out: `selector` or `agentIds`, plus the fields a single enqueue takes. */
+export type FanoutInput = Parameters<Rpc["v1"]["fanouts"]["$post"]>[0]["json"];
+/** Filters of GET /v1/commands; `status` and `label` (`"k=v"`) may be arrays. */
+export type SearchInput = NonNullable<Parameters<Rpc["v1"]["commands"]["$get"]>[0]["query"]>;
+/** A fan-out's progress as this client returns it. */
+export type ApiFanout = Awaited<ReturnType<SwitchyardClient["getFanout"]>>;
 
 /** Convenience methods over the typed client, with errors as `SwitchyardApiError`. */
 export class SwitchyardClient {
@@ -177,6 +183,35 @@ export class SwitchyardClient {
 
 	reconcile(agentId: string) {
 		return this.rpc.v1.agents[":agentId"].reconcile.$post({ param: { agentId } }).then(unwrap);
+	}
+
+	/**
+	 * One command per target agent (at most 5,000): by `selector` (labels,
+	 * and `online`) or by `agentIds`. Answers the fan-out's id, its target
+	 * count and the command ids.
+	 */
+	fanout(input: FanoutInput) {
+		return this.rpc.v1.fanouts.$post({ json: input }).then(unwrap);
+	}
+
+	/** A fan-out's counts by status, whether it is done, and a page of its targets. */
+	getFanout(id: string, query: { limit?: string; cursor?: string } = {}) {
+		return this.rpc.v1.fanouts[":id"].$get({ param: { id }, query }).then(unwrap);
+	}
+
+	/** Cancels the fan-out's open commands: queued ones end cancelled, running ones are asked to stop. */
+	cancelFanout(id: string) {
+		return this.rpc.v1.fanouts[":id"].cancel.$post({ param: { id } }).then(unwrap);
+	}
+
+	/** Commands across agents, newest first; every filter given must match. */
+	searchCommands(query: SearchInput = {}) {
+		return this.rpc.v1.commands.$get({ query }).then(unwrap);
+	}
+
+	/** A new command like a failed, cancelled or expired one (`retryOf` names it); 409 for others. */
+	retry(id: string) {
+		return this.rpc.v1.commands[":id"].retry.$post({ param: { id } }).then(unwrap);
 	}
 
 	/** Polls until the command is finished; `onUpdate` sees each status it passes through. */
