@@ -138,7 +138,7 @@ export const agentCommands = pgTable(
 		index("agent_commands_retry_of_idx")
 			.on(t.retryOf)
 			.where(sql`${t.retryOf} is not null`),
-		// GET /v1/commands across agents, newest first (migrations/0012 says
+		// GET /v1/commands across agents, newest first (migrations/0011 says
 		// which filter uses which; docs/operations.md has the plans).
 		index("agent_commands_seq_idx").on(t.seq),
 		index("agent_commands_status_seq_idx").on(t.status, t.seq),
