@@ -20,8 +20,10 @@ describe("GET /v1/commands", () => {
 		const run = crypto.randomUUID().slice(0, 8);
 		const a = uniqueAgentId("search-a");
 		const b = uniqueAgentId("search-b");
+		// a connects below, and its hello (which names no labels) replaces the agent's own:
+		// its labels are the operator's. b never connects, so the merge can be seen on it.
 		await query(sql`insert into agents (id, agent_labels, operator_labels) values
-			(${a}, ${JSON.stringify({ env: "prod", run })}::jsonb, '{}'::jsonb),
+			(${a}, '{}'::jsonb, ${JSON.stringify({ env: "prod", run })}::jsonb),
 			(${b}, ${JSON.stringify({ env: "dev", run })}::jsonb, ${JSON.stringify({ env: "prod-override" })}::jsonb)`);
 		const action = `find-${run}`;
 		const a1 = await enqueue(a, { action, sessionId: `s-${run}` });

@@ -35,10 +35,13 @@ type Fanout = {
 	targets: { items: { agentId: string; commandId: string; status: string; blockedReason: string | null }[]; nextCursor: string | null };
 };
 
-/** Agents as rows with labels, as if each had said them in hello (none connected). */
+/**
+ * Agents as rows with labels an operator gave them (an agent's own labels are
+ * replaced by its next hello, and the test agents say none).
+ */
 async function agentsWithLabels(n: number, labels: Record<string, string>, prefix = "fleet"): Promise<string[]> {
 	const ids = Array.from({ length: n }, () => uniqueAgentId(prefix));
-	await query(sql`insert into agents (id, agent_labels)
+	await query(sql`insert into agents (id, operator_labels)
 		select id, ${JSON.stringify(labels)}::jsonb from jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb) as t(id)`);
 	return ids.sort();
 }
