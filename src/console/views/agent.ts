@@ -10,6 +10,7 @@ import { blockedMeaning, TERMINAL } from "../meaning";
 import { explain, type Session } from "../session";
 import { LiveStatus, REREAD_AFTER_MS } from "../live-status";
 import { AgentStream } from "../stream";
+import { agentControls } from "./agent-controls";
 import { cancelButton } from "./cancel";
 import { sendForm } from "./send-form";
 import type { View } from "./view";
@@ -31,6 +32,18 @@ function timings(c: Command): string {
 	return parts.join(", ");
 }
 
+/** `k=v` chips; the operator's labels are marked, and win over the agent's own on a clash. */
+function labelList(own: Record<string, string>, operator: Record<string, string>): Node | string {
+	const keys = [...new Set([...Object.keys(own), ...Object.keys(operator)])].sort();
+	if (keys.length === 0) return "none";
+	const list = h("span", { class: "labels" });
+	for (const k of keys) {
+		const set = k in operator;
+		list.append(h("code", { class: "pill", title: set ? "set by an operator" : "said by the agent" }, `${k}=${set ? operator[k] : own[k]}`, set ? " ✎" : ""), " ");
+	}
+	return list;
+}
+
 export function agentView(session: Session, agentId: string): View {
 	const rows = new Map<string, HTMLTableRowElement>();
 	let cursor: string | null = null;
@@ -38,6 +51,7 @@ export function agentView(session: Session, agentId: string): View {
 
 	const info = h("dl", { class: "facts" });
 	const presence = h("span", { class: "pill" }, "…");
+	const pausedPill = h("span", { class: "pill warn", hidden: true, "data-testid": "paused" }, "paused");
 	const notice = h("p", { class: "notice", role: "status", "aria-live": "polite" });
 	const tbody = h("tbody");
 	const older = h("button", { type: "button", hidden: true }, "Load older commands");
@@ -110,6 +124,8 @@ export function agentView(session: Session, agentId: string): View {
 			const a = await session.api.agent(agentId);
 			presence.textContent = a.online ? "online" : "offline";
 			presence.className = `pill ${a.online ? "ok" : "off"}`;
+			pausedPill.hidden = !a.paused;
+			controls?.show(a.paused);
 			const counts = Object.entries(a.commands)
 				.filter(([, n]) => n > 0)
 				.map(([s, n]) => `${n} ${s}`)
@@ -120,6 +136,10 @@ export function agentView(session: Session, agentId: string): View {
 				h("dt", {}, "Last seen"), h("dd", {}, time(a.lastSeenAt)),
 				h("dt", {}, "Running / concurrency"), h("dd", {}, a.concurrency === null ? "— (offline)" : `${a.running ?? 0} / ${a.concurrency}`),
 				h("dt", {}, "Commands"), h("dd", {}, counts || "none"),
+				h("dt", {}, "Dispatch"), h("dd", {}, a.paused && a.pausedAt ? h("span", {}, "paused ", time(a.pausedAt)) : "on"),
+				h("dt", {}, "Version / platform"), h("dd", {}, `${a.version ?? "—"} / ${a.platform ?? "—"}`),
+				h("dt", {}, "Labels"), h("dd", { "data-testid": "labels" }, labelList(a.agentLabels, a.operatorLabels)),
+				h("dt", {}, "Actions"), h("dd", {}, a.actions ? a.actions.join(", ") || "none" : "any"),
 			);
 		} catch (err) {
 			presence.textContent = "unknown";
@@ -139,6 +159,14 @@ export function agentView(session: Session, agentId: string): View {
 		}
 	}
 	older.addEventListener("click", () => void loadPage());
+
+	const controls =
+		session.scope === "write"
+			? agentControls(session, agentId, report, () => {
+					void loadAgent();
+					rereadOpen();
+				})
+			: undefined;
 
 	let agentTimer: ReturnType<typeof setTimeout> | undefined;
 	const stream = new AgentStream({
@@ -199,8 +227,9 @@ export function agentView(session: Session, agentId: string): View {
 		"section",
 		{ "aria-labelledby": "agent-title" },
 		h("p", { class: "crumbs" }, h("a", { href: "#/agents" }, "Agents"), " / "),
-		h("h1", { id: "agent-title" }, agentId, " ", presence),
+		h("h1", { id: "agent-title" }, agentId, " ", presence, " ", pausedPill),
 		info,
+		controls?.el,
 		session.scope === "write"
 			? h("details", { class: "send", open: true }, h("summary", {}, "Send a command to this agent"), sendForm(session, { agentId, onSent: (c) => upsert(c, true) }))
 			: null,
