@@ -8,6 +8,7 @@ import { parseArgs } from "node:util";
 import { SwitchyardApiError, SwitchyardClient } from "../sdk/client.ts";
 import { resolveConfig, UsageError } from "./config.ts";
 import { demoAgent } from "./demo-agent.ts";
+import { doctor } from "./doctor.ts";
 import { details, Progress, table } from "./output.ts";
 
 export const EXIT = { OK: 0, COMMAND_FAILED: 1, USAGE: 2, API: 3, UNREACHABLE: 4 } as const;
@@ -28,6 +29,7 @@ usage: switchyard <noun> <verb> [arguments] [flags]
   agent revoke <id>               revoke its tokens and close its socket
   agent run <id> [--concurrency N] [--allow-exec]
                                   run a demo agent (echo, sleep, lines, fail; exec with --allow-exec)
+  doctor                          check a deployment end to end (exit 1 if a check fails)
 
 flags: --url URL (or SWITCHYARD_URL; default http://127.0.0.1:8787)
        --api-key KEY (or SWITCHYARD_API_KEY; default: API_KEYS in ./.dev.vars)
@@ -89,6 +91,7 @@ export async function main(argv: string[], io = { out: (s: string) => void proce
 		io.out(HELP);
 		return flags.help ? EXIT.OK : EXIT.USAGE;
 	}
+	if (positionals[0] === "doctor") return doctor(flags, io);
 	const print = (value: unknown, human: () => string) => io.out(flags.json ? JSON.stringify(value, null, 2) : human());
 	try {
 		const config = resolveConfig(flags);
