@@ -30,9 +30,27 @@ export class AgentAuth {
 		return tokenVersion >= this.version();
 	}
 
-	/** Every token minted so far stops working, on connect and on refresh. */
-	revoke(): number {
-		const next = this.version() + 1;
+	/**
+	 * Whether this object must take the version Postgres mirrors before it
+	 * may judge a token: its storage has none (a new object, or storage that
+	 * was lost or reset). Once taken, it is kept, so this is once per object.
+	 */
+	needsMirror(): boolean {
+		return this.state.get("token_version") === undefined;
+	}
+
+	/** Takes Postgres's version, never lowering its own (the two are raised together by each revocation). */
+	adopt(mirrored: number): void {
+		this.state.set("token_version", Math.max(this.version(), mirrored));
+	}
+
+	/**
+	 * Every token minted so far stops working, on connect and on refresh.
+	 * `atLeast` is the version Postgres was just raised to: the object may
+	 * have lost the versions before it.
+	 */
+	revoke(atLeast = 0): number {
+		const next = Math.max(this.version() + 1, atLeast);
 		this.state.set("token_version", next);
 		this.state.clearTimer("token_expiry");
 		return next;

@@ -11,6 +11,7 @@ import { handleFrame } from "./frames";
 import { FrameRateLimiter, frameRateLimit, frameTooLarge } from "./frame-limits";
 import { ConnectLimiter, tooManyConnects } from "./connect-limit";
 import { Flush } from "./flush";
+import { readTokenVersion } from "../db/agents";
 import { parkedCount } from "./parked";
 import { AGENT_ID_HEADER, OBSERVER_RESUME_HEADER } from "./headers";
 import { parseResume } from "./observers";
@@ -220,20 +221,35 @@ export class AgentHub extends DurableObject<Env> {
 
 	/** The version a token minted now must carry to be admitted. */
 	async tokenVersion(): Promise<number> {
+		await this.learnTokenVersion();
 		return this.core.auth.version();
 	}
 
 	/**
 	 * Revokes every token minted for this agent so far and closes its socket
-	 * (4004, which the SDK does not reconnect after). Tokens minted afterwards work.
+	 * (4004, which the SDK does not reconnect after). Tokens minted afterwards
+	 * work. `atLeast`: the version the worker has just written to Postgres.
 	 */
-	async revokeTokens(): Promise<{ version: number; closed: boolean }> {
+	async revokeTokens(atLeast = 0): Promise<{ version: number; closed: boolean }> {
 		const core = this.core;
-		const version = core.atomically(() => core.auth.revoke());
+		const version = core.atomically(() => core.auth.revoke(atLeast));
 		const ws = core.currentSocket();
 		if (ws) await core.closeSocket(ws, CloseCode.TOKEN_REVOKED, "agent tokens revoked", "revoked", { version });
 		log("warn", "agent.tokens_revoked", { agentId: core.name, version, closed: ws !== undefined });
 		return { version, closed: ws !== undefined };
+	}
+
+	/**
+	 * Takes the token version Postgres mirrors when this object's storage has
+	 * none, so revocations outlive a lost or reset object. Once per object:
+	 * afterwards revocations reach it directly (src/routes/agents.ts).
+	 */
+	private async learnTokenVersion(): Promise<void> {
+		const core = this.core;
+		if (!core.auth.needsMirror()) return;
+		const mirrored = await core.db.run((db) => readTokenVersion(db, core.name));
+		core.atomically(() => core.auth.adopt(mirrored));
+		log("info", "agent.token_version_mirrored", { agentId: core.name, version: core.auth.version() });
 	}
 
 	/**
@@ -302,6 +318,16 @@ export class AgentHub extends DurableObject<Env> {
 		}
 		const waitMs = this.connects.take(Date.now());
 		if (waitMs > 0) return tooManyConnects(core.name, waitMs);
+		try {
+			await this.learnTokenVersion();
+		} catch (err) {
+			// Without the mirrored version a revoked token could pass: refuse until Postgres answers.
+			log("warn", "agent.token_version_unavailable", { agentId: core.name, ...errorFields(err) });
+			return Response.json(
+				{ error: { code: ErrorCode.DB_UNAVAILABLE, message: "the database is unavailable; retry shortly" } },
+				{ status: 503, headers: { "retry-after": "5" } },
+			);
+		}
 		const response = acceptAgent(core, request, () => this.catchUpJob.request(true));
 		await core.changed();
 		return response;

@@ -10,6 +10,7 @@ import { resolveConfig, UsageError } from "./config.ts";
 import { demoAgent } from "./demo-agent.ts";
 import { FLEET_AGENT_HELP, FLEET_AGENT_OPTIONS, fleetAgents } from "./fleet-agents.ts";
 import { FLEET_COMMAND_HELP, FLEET_COMMAND_OPTIONS, fleetCommand } from "./fleet-commands.ts";
+import { doctor } from "./doctor.ts";
 import { details, Progress, table } from "./output.ts";
 
 export const EXIT = { OK: 0, COMMAND_FAILED: 1, USAGE: 2, API: 3, UNREACHABLE: 4 } as const;
@@ -30,6 +31,8 @@ ${FLEET_AGENT_HELP}  agent get <id>
   agent run <id> [--concurrency N] [--allow-exec]
                                   run a demo agent (echo, sleep, lines, fail; exec with --allow-exec)
 ${FLEET_COMMAND_HELP}
+  doctor                          check a deployment end to end (exit 1 if a check fails)
+
 flags: --url URL (or SWITCHYARD_URL; default http://127.0.0.1:8787)
        --api-key KEY (or SWITCHYARD_API_KEY; default: API_KEYS in ./.dev.vars)
        --json  machine-readable output
@@ -92,6 +95,7 @@ export async function main(argv: string[], io = { out: (s: string) => void proce
 		io.out(HELP);
 		return flags.help ? EXIT.OK : EXIT.USAGE;
 	}
+	if (positionals[0] === "doctor") return doctor(flags, io);
 	const print = (value: unknown, human: () => string) => io.out(flags.json ? JSON.stringify(value, null, 2) : human());
 	try {
 		const config = resolveConfig(flags);

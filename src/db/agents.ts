@@ -173,3 +173,29 @@ export async function cancelUntaken(db: Db, ids: readonly string[]): Promise<num
 		returning id`);
 	return result.rows.length;
 }
+
+/**
+ * Raises the agent's token version in Postgres (revocation's durable half,
+ * written before its object is told) and returns it. An agent with no row
+ * yet gets one: tokens may be minted and revoked before it ever connects.
+ */
+export async function raiseTokenVersion(db: Db, id: string): Promise<number> {
+	const result = await db.execute(sql`
+		insert into agents (id, token_version) values (${id}, 1)
+		on conflict (id) do update set token_version = agents.token_version + 1
+		returning token_version`);
+	return TokenVersionRow.parse(result.rows[0]).token_version;
+}
+
+/** Raises the mirror to the object's version when the object was ahead (revocations from before the mirror). */
+export async function mirrorTokenVersion(db: Db, id: string, version: number): Promise<void> {
+	await db.execute(sql`update agents set token_version = greatest(token_version, ${version}) where id = ${id}`);
+}
+
+const TokenVersionRow = z.object({ token_version: z.number().int() });
+
+/** The mirrored token version; 0 for an agent Postgres has no row for. */
+export async function readTokenVersion(db: Db, id: string): Promise<number> {
+	const result = await db.execute(sql`select token_version from agents where id = ${id}`);
+	return result.rows[0] ? TokenVersionRow.parse(result.rows[0]).token_version : 0;
+}

@@ -43,6 +43,9 @@ export const agents = pgTable(
 			.generatedAlwaysAs(sql`agent_labels || operator_labels`),
 		// Set while dispatch to the agent is paused (POST /v1/agents/{id}/pause).
 		pausedAt: ts("paused_at"),
+		// The agent's token version, mirrored from its object by each revocation:
+		// an object whose storage was lost or reset takes it back from here.
+		tokenVersion: integer("token_version").notNull().default(0),
 	},
 	(t) => [
 		// Selectors (`label=k=v`, fan-outs, fleet stop) are containment queries: labels @> '{"k":"v"}'.

@@ -5,7 +5,7 @@ import { AGENT_ID_HEADER, OBSERVER_KEY_HEADER, OBSERVER_RESUME_HEADER, TOKEN_EXP
 import { readAccess, writeAccess } from "../auth/api-key";
 import { signAgentToken, tokenSecrets, verifyAgentToken } from "../auth/agent-token";
 import { checkOrigin, presentedCredential, protocolsWithoutCredential } from "../auth/credentials";
-import { type AgentWithCounts, cancelUntaken, getAgent, listAgents, patchOperatorLabels, setPausedAt } from "../db/agents";
+import { type AgentWithCounts, cancelUntaken, getAgent, listAgents, mirrorTokenVersion, patchOperatorLabels, raiseTokenVersion, setPausedAt } from "../db/agents";
 import { ApiError } from "../errors";
 import { errorFields, log } from "../log";
 import { AgentId, ErrorCode, LabelAgentRequest, ListAgentsQuery, MAX_LABELS, StopFleetRequest, StopQuery, StreamQuery, TokenRequest } from "../protocol";
@@ -104,7 +104,7 @@ export const agentRoutes = new Hono<AppEnv>()
 			const { agentId } = c.req.valid("param");
 			const { ttlSeconds } = c.req.valid("json");
 			// The object knows the agent's current token version (raised by each revocation).
-			const version = await agentHub(c.env, agentId).tokenVersion();
+			const version = await currentTokenVersion(c.env, agentId);
 			const token = await signAgentToken(agentId, tokenSecrets(c.env), ttlSeconds, { version });
 			log("info", "agent.token_minted", { agentId, apiKeyId: c.get("apiKeyId"), ttlSeconds, version });
 			return c.json({ agentId, ...token }, 201);
@@ -116,7 +116,23 @@ export const agentRoutes = new Hono<AppEnv>()
 	 */
 	.post("/agents/:agentId/revoke", writeAccess, params(AgentParam), async (c) => {
 		const { agentId } = c.req.valid("param");
-		const { version, closed } = await agentHub(c.env, agentId).revokeTokens();
+		// Postgres first, so the revocation outlives the object's storage: an
+		// object that lost it takes this version back before it admits a
+		// token. An object not told now answers 503 below, and the caller retries.
+		const mirrored = await c.var.db.run((db) => raiseTokenVersion(db, agentId));
+		const hub = agentHub(c.env, agentId);
+		const { version, closed } = await hub.revokeTokens(mirrored).catch((err: unknown) => {
+			log("error", "agent.revoke_unreached", { agentId, mirrored, ...errorFields(err) });
+			throw new ApiError(
+				503,
+				ErrorCode.AGENT_UNAVAILABLE,
+				"the revocation is recorded in Postgres but the agent's object could not be reached to close its socket; retry",
+				undefined,
+				{ "retry-after": "5" },
+			);
+		});
+		// The object was ahead: revocations from before Postgres kept a copy.
+		if (version > mirrored) await c.var.db.run((db) => mirrorTokenVersion(db, agentId, version));
 		log("warn", "agent.revoked", { agentId, apiKeyId: c.get("apiKeyId"), version });
 		return c.json({ agentId, revoked: true, socketClosed: closed });
 	})
@@ -160,7 +176,7 @@ export const agentRoutes = new Hono<AppEnv>()
 		// failed whether its token was the reason (the SDK asks this way).
 		if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
 			// The probe must see a revocation too (on an upgrade, the object checks it).
-			if (check.claims.ver < (await agentHub(c.env, agentId).tokenVersion())) {
+			if (check.claims.ver < (await currentTokenVersion(c.env, agentId))) {
 				throw new ApiError(401, ErrorCode.UNAUTHORIZED, "agent token was revoked: mint a new one");
 			}
 			throw new ApiError(426, ErrorCode.UPGRADE_REQUIRED, "this endpoint takes a WebSocket upgrade");
@@ -192,6 +208,22 @@ async function agentRecord(env: Env, db: AppEnv["Variables"]["db"], agentId: str
 	if (!agent) throw new ApiError(404, ErrorCode.NOT_FOUND, `no agent with id ${agentId}`);
 	const [withCounts] = await withLoad(env, [agent]);
 	return withCounts ?? { ...agent, running: null };
+}
+
+/**
+ * The version a token must carry, from the agent's object. A new object (or
+ * one whose storage was lost) reads it from Postgres first, and answers 503
+ * while it cannot.
+ */
+function currentTokenVersion(env: Env, agentId: string): Promise<number> {
+	return agentHub(env, agentId)
+		.tokenVersion()
+		.catch((err: unknown) => {
+			log("warn", "agent.token_version_unavailable", { agentId, ...errorFields(err) });
+			throw new ApiError(503, ErrorCode.AGENT_UNAVAILABLE, "the agent's token version could not be read; retry shortly", undefined, {
+				"retry-after": "5",
+			});
+		});
 }
 
 /** Objects asked at once when a page of agents is listed. */

@@ -4,13 +4,14 @@
  * form of a credential and its Origin check, and the limits on frames and
  * enqueue requests.
  */
-import { runDurableObjectAlarm } from "cloudflare:test";
+import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { signAgentToken } from "../../src/auth/agent-token";
 import { apiKeyId } from "../../src/auth/api-key";
 import { CloseCode, ErrorCode, ServerFrame } from "../../src/protocol";
 import { CONNECT_BURST, CONNECT_REFILL_MS } from "../../src/agent/connect-limit";
+import type { AgentHub } from "../../src/agent/agent-hub";
 import { agentHub } from "../../src/agent/stub";
 import {
 	TEST_ALLOWED_ORIGIN,
@@ -28,9 +29,16 @@ import {
 	uniqueAgentId,
 	type ErrorBody,
 	expectError,
+	query,
+	sql,
 	waitFor,
 	waitForStatus,
 } from "../helpers/worker/harness";
+
+/** Takes the database away from (or gives it back to) the worker and its objects, at the relay. */
+async function setDatabase(state: "down" | "up"): Promise<void> {
+	await fetch(`${env.TEST_RELAY_CONTROL}/${state}`);
+}
 
 function connect(agentId: string, headers: Record<string, string>): Promise<Response> {
 	return exports.default.fetch(`${BASE}/v1/agents/${agentId}/connect`, { headers: { upgrade: "websocket", ...headers } });
@@ -238,6 +246,65 @@ describe("agent tokens", () => {
 		// An old token cannot be refreshed into a new one either.
 		back.send({ type: "auth.refresh", token: before.token });
 		expect((await back.next("error")).code).toBe(ErrorCode.INVALID_TOKEN);
+		back.close();
+	});
+
+	it("revocation is written to Postgres before the object is told", async () => {
+		const agentId = uniqueAgentId();
+		const before = await mint(agentId);
+		expect((await api(`/v1/agents/${agentId}/revoke`, { method: "POST" })).status).toBe(200);
+		expect((await api(`/v1/agents/${agentId}/revoke`, { method: "POST" })).status).toBe(200);
+		const [row] = await query<{ token_version: number }>(sql`select token_version from agents where id = ${agentId}`);
+		expect(row?.token_version).toBe(2);
+		expect(await agentHub(env, agentId).tokenVersion()).toBe(2);
+		await expectError(await connect(agentId, { authorization: `Bearer ${before.token}` }), 401, "unauthorized");
+	});
+
+	it("an object whose storage lost its token version takes Postgres's and still refuses a revoked token", async () => {
+		const agentId = uniqueAgentId();
+		const before = await mint(agentId);
+		expect((await api(`/v1/agents/${agentId}/revoke`, { method: "POST" })).status).toBe(200);
+		// The object's storage lost or reset: no version of its own any more.
+		await runInDurableObject(agentHub(env, agentId), (instance: AgentHub, state) => {
+			state.storage.sql.exec("delete from meta where key = 'token_version'");
+			instance.reloadState();
+		});
+		const refused = await expectError(await connect(agentId, { authorization: `Bearer ${before.token}` }), 401, "unauthorized");
+		expect(refused.error.message).toMatch(/revoked/);
+		// A token minted now carries the mirrored version, and connects.
+		const after = await mint(agentId);
+		const back = await AgentSocket.connect(agentId, { token: after.token });
+		back.close();
+	});
+
+	it("an object that was ahead of Postgres (revoked before the mirror) raises the mirror to its version", async () => {
+		const agentId = uniqueAgentId();
+		await runInDurableObject(agentHub(env, agentId), (instance: AgentHub, state) => {
+			state.storage.sql.exec("insert or replace into meta (key, value) values ('token_version', '5')");
+			instance.reloadState();
+		});
+		const old = await signAgentToken(agentId, { current: env.AGENT_TOKEN_SECRET }, 3600, { version: 5 });
+		expect((await api(`/v1/agents/${agentId}/revoke`, { method: "POST" })).status).toBe(200);
+		const [row] = await query<{ token_version: number }>(sql`select token_version from agents where id = ${agentId}`);
+		expect(row?.token_version).toBe(6);
+		await expectError(await connect(agentId, { authorization: `Bearer ${old.token}` }), 401, "unauthorized");
+	});
+
+	it("a new object admits no token and mints none while Postgres cannot tell it the mirrored version", async () => {
+		const agentId = uniqueAgentId();
+		const token = await tokenFor(agentId);
+		await setDatabase("down");
+		try {
+			const res = await connect(agentId, { authorization: `Bearer ${token}` });
+			expect((await expectError(res, 503, "db_unavailable")).error.message).toMatch(/retry/);
+			// Nor mint one: it would carry a version the object has not read yet.
+			const mint = await api(`/v1/agents/${uniqueAgentId()}/token`, { method: "POST", json: {} });
+			expect(mint.headers.get("retry-after")).toBe("5");
+			await expectError(mint, 503, "agent_unavailable");
+		} finally {
+			await setDatabase("up");
+		}
+		const back = await AgentSocket.connect(agentId, { token });
 		back.close();
 	});
 });
