@@ -207,6 +207,25 @@ describe("the console in a browser", () => {
 		expect(await page.locator(`tr[data-command="${cmd.id}"] button`).count()).toBe(0);
 	});
 
+	it("pauses the agent from its page: new commands wait, saying why, and run on resume", async () => {
+		await api.labelAgent(AGENT_ID, { team: "infra" });
+		await page.goto(`${stack.base}/#/agents/${AGENT_ID}`);
+		await expect.poll(() => page.getByTestId("labels").textContent()).toContain("team=infra");
+		const controls = page.getByRole("group", { name: "Agent controls" });
+		await controls.getByRole("button", { name: "Pause dispatch" }).click();
+		await expect.poll(() => page.locator(".notice").textContent()).toContain("Paused");
+		await expect.poll(() => page.getByTestId("paused").isVisible()).toBe(true);
+		const cmd = await api.enqueue(AGENT_ID, { action: "echo", payload: { while: "paused" } });
+		const row = page.locator(`tr[data-command="${cmd.id}"]`);
+		// Not sent: it waits, and the page says why in words.
+		await expect.poll(() => row.textContent(), { timeout: 10_000 }).toContain("agent_paused");
+		expect(await statusOf(page, cmd.id).textContent()).toBe("pending");
+		await controls.getByRole("button", { name: "Resume dispatch" }).click();
+		await expect.poll(() => statusOf(page, cmd.id).textContent(), { timeout: 15_000 }).toBe("completed");
+		await expect.poll(() => page.getByTestId("paused").isVisible()).toBe(false);
+		await api.labelAgent(AGENT_ID, { team: null });
+	});
+
 	it("shows the send form (screenshot)", async () => {
 		await page.goto(`${stack.base}/#/send`);
 		const form = page.getByRole("form", { name: "Send a command" });

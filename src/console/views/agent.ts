@@ -18,6 +18,8 @@ import type { View } from "./view";
 type Command = Awaited<ReturnType<Session["api"]["get"]>>;
 
 const PAGE = 50;
+/** How often the newest page is read for commands that made no frame yet. */
+const NEWEST_EVERY_MS = 5_000;
 
 function timings(c: Command): string {
 	const parts: string[] = [];
@@ -218,6 +220,19 @@ export function agentView(session: Session, agentId: string): View {
 		rereadOpen();
 	}
 	void reloadAll();
+	/**
+	 * A command that waits (the agent paused, offline or busy) makes no
+	 * status frame until it is sent, so the newest page is read now and then
+	 * for rows the page does not have yet.
+	 */
+	const newest = setInterval(async () => {
+		try {
+			const page = await session.api.list(agentId, { limit: String(PAGE) });
+			for (const c of [...page.items].reverse()) if (!rows.has(c.id)) upsert(c, true);
+		} catch {
+			// the next read tries again
+		}
+	}, NEWEST_EVERY_MS);
 	// Relative times ("12 s ago") age while the page is open.
 	const clock = setInterval(() => {
 		for (const t of document.querySelectorAll<HTMLTimeElement>("main time[datetime]")) t.textContent = ago(t.dateTime);
@@ -257,6 +272,7 @@ export function agentView(session: Session, agentId: string): View {
 			for (const ts of rereads.values()) for (const t of ts) clearTimeout(t);
 			for (const t of settleTimers) clearTimeout(t);
 			clearInterval(clock);
+			clearInterval(newest);
 			clearTimeout(agentTimer);
 		},
 	};
