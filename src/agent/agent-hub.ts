@@ -1,6 +1,6 @@
 import { DurableObject } from "cloudflare:workers";
 import { errorFields, log } from "../log";
-import { type AgentFrame, CANCEL_GRACE_SECONDS, CloseCode, ErrorCode, MAX_FRAME_BYTES, PING_TEXT, PONG_TEXT, parseAgentFrame } from "../protocol";
+import { type AgentFrame, CANCEL_GRACE_SECONDS, type CommandStatus, CloseCode, ErrorCode, MAX_FRAME_BYTES, PING_TEXT, PONG_TEXT, parseAgentFrame } from "../protocol";
 import { BackgroundJob } from "./background-job";
 import * as answers from "./answers";
 import * as buffer from "./buffer";
@@ -217,6 +217,15 @@ export class AgentHub extends DurableObject<Env> {
 		core.alarm.markStale();
 		await core.changed();
 		return { ...counts, pausedAt, complete };
+	}
+
+	/**
+	 * The command's status as this object holds it (null: not held). Postgres
+	 * trails it by one outbox flush, so a command just cancelled or failed
+	 * here may still read as open there.
+	 */
+	async commandStatus(id: string): Promise<CommandStatus | null> {
+		return storage.getCommand(this.core.sql, id)?.status ?? null;
 	}
 
 	/** The version a token minted now must carry to be admitted. */

@@ -194,6 +194,14 @@ export const commandRoutes = new Hono<AppEnv>()
 		const { id } = c.req.valid("param");
 		const old = await c.var.db.run((db) => getCommand(db, id));
 		if (!old) throw new ApiError(404, ErrorCode.NOT_FOUND, `no command with id ${id}`);
+		if (!TERMINAL_STATUSES.has(old.status)) {
+			// Postgres trails the object by one flush: a command cancelled a moment ago is
+			// still open there. The object's word decides; one it cannot give leaves Postgres'.
+			const held = await agentHub(c.env, old.agentId)
+				.commandStatus(id)
+				.catch(() => null);
+			if (held && TERMINAL_STATUSES.has(held)) old.status = held;
+		}
 		if (!RETRYABLE.has(old.status)) {
 			throw new ApiError(
 				409,

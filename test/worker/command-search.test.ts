@@ -133,6 +133,8 @@ describe("POST /v1/commands/:id/retry", () => {
 		const c = await enqueue(gone, { action: "lost-cause" });
 		const cancel = await api(`/v1/commands/${c.id}/cancel`, { method: "POST" });
 		expect(cancel.status).toBe(200);
+		// At once: Postgres may not have heard of the cancel yet (it trails the object by a
+		// flush), and a retry refused 409 "still pending" here was the bug this guards.
 		const res = await api(`/v1/commands/${c.id}/retry`, { method: "POST" });
 		expect(res.status).toBe(201);
 		const retry = await res.json<Item & { blockedReason: string }>();
