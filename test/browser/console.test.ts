@@ -260,7 +260,7 @@ describe("the console in a browser", () => {
 		await p.goto(`${stack.base}/#/agents/${AGENT_ID}`);
 		await expect.poll(() => statusOf(p, sleeping.id).textContent(), { timeout: 15_000 }).toBe("acknowledged");
 		expect(await p.locator("form").count()).toBe(0);
-		expect(await p.getByRole("button", { name: /Cancel|Send/ }).count()).toBe(0);
+		expect(await p.getByRole("button", { name: /Cancel|Send|Pause|Resume|Stop/ }).count()).toBe(0);
 		await p.goto(`${stack.base}/#/commands/${sleeping.id}`);
 		await expect.poll(() => p.locator(".title-row [data-testid=status]").textContent()).toBe("acknowledged");
 		expect(await p.getByRole("button", { name: /Cancel/ }).count()).toBe(0);
