@@ -89,10 +89,23 @@ async function insertRows(db: Db, rows: Row[], actor: string, limit: number): Pr
 		select ${WITH_FINGERPRINT},
 			array(select ord from input where ord not in (select ord from admitted)) as refused
 		from c left join agents a on a.id = c.agent_id order by c.seq`);
-	const created = result.rows.map((row) => CreatedRecord.parse(row));
+	const created = countSiblings(result.rows.map((row) => CreatedRecord.parse(row)));
 	// No row created: every unkeyed row was refused, and a keyed one too unless its key is found.
 	const refused = created[0] ? created[0].refused : rows.filter((r) => !r.idempotency_key).map((r) => r.ord);
 	return { created: created.map(({ refused: _refused, ...row }) => row), refused: new Set(refused) };
+}
+
+/**
+ * The statement's queue positions count the open commands committed before
+ * it; a batch's own rows for the same agent that go before a row (priority
+ * desc, then seq) are added here.
+ */
+function countSiblings<T extends { agentId: string; priority: number; seq: number; queuePosition: number | null }>(rows: T[]): T[] {
+	return rows.map((r) => {
+		if (r.queuePosition === null) return r;
+		const ahead = rows.filter((o) => o.agentId === r.agentId && (o.priority > r.priority || (o.priority === r.priority && o.seq < r.seq))).length;
+		return { ...r, queuePosition: r.queuePosition + ahead };
+	});
 }
 
 /** The rows these keys name. A new statement: it sees a row a racing request committed. */

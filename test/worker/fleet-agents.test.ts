@@ -207,6 +207,18 @@ describe("command records: blockedReason and queuePosition", () => {
 		expect(await command(c.id)).toMatchObject({ queuePosition: null });
 		agent.close();
 	});
+
+	it("counts a batch's own commands for the agent in the positions the enqueue answers", async () => {
+		const agentId = uniqueAgentId();
+		await enqueue(agentId, { action: "before" });
+		const res = await api("/v1/commands/batch", {
+			method: "POST",
+			json: { commands: [{ agentId, action: "a" }, { agentId, action: "b" }, { agentId, action: "c", priority: 9 }] },
+		});
+		const { items } = await res.json<{ items: { command: CommandRecord }[] }>();
+		expect(items.map((i) => i.command.queuePosition)).toEqual([2, 3, 0]);
+		for (const { command: c } of items) expect((await command(c.id)).queuePosition).toBe(c.queuePosition);
+	});
 });
 
 describe("action gating", () => {
