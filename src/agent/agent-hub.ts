@@ -156,7 +156,7 @@ export class AgentHub extends DurableObject<Env> {
 			core.state.set("paused_at", at);
 			return at;
 		});
-		log("info", "agent.paused", { agentId: core.name, pausedAt });
+		log("info", "agent.dispatch_paused", { agentId: core.name, pausedAt });
 		return { pausedAt };
 	}
 
@@ -168,7 +168,7 @@ export class AgentHub extends DurableObject<Env> {
 			core.state.delete("paused_at");
 			return core.pump(tx).length;
 		});
-		log("info", "agent.resumed", { agentId: core.name, sent });
+		log("info", "agent.dispatch_resumed", { agentId: core.name, sent });
 		core.alarm.markStale();
 		await core.changed();
 		return { sent };
@@ -212,7 +212,7 @@ export class AgentHub extends DurableObject<Env> {
 			core.pump(tx);
 			return { cancelled, cancelRequested };
 		});
-		log("warn", "agent.stopped", { agentId: core.name, ...counts, paused: pausedAt !== null, complete, actor });
+		log("warn", "agent.open_commands_stopped", { agentId: core.name, ...counts, paused: pausedAt !== null, complete, actor });
 		if (counts.cancelRequested > 0) core.wakeBy(now + CANCEL_GRACE_SECONDS * 1000);
 		core.alarm.markStale();
 		await core.changed();

@@ -45,8 +45,10 @@ export interface FleetContext {
 	positionals: string[];
 	flags: FleetFlags;
 	print: (value: unknown, human: () => string) => void;
-	/** Asks a yes/no question on the terminal; main's default reads stdin. */
+	/** Asks a yes/no question on the terminal; the default reads stdin. */
 	confirm?: (question: string) => Promise<boolean>;
+	/** Whether a person may be asked; the default is whether stdin is a terminal. */
+	interactive?: boolean;
 }
 
 /** Runs the command if it is one of these; undefined if not (main.ts goes on). */
@@ -95,7 +97,7 @@ export async function fleetAgents(ctx: FleetContext): Promise<number | undefined
 		case "fleet stop": {
 			const selector = fleetSelector(flags);
 			if (!flags.yes) {
-				if (!process.stdin.isTTY) throw new UsageError("fleet stop cancels the work of many agents: add --yes to confirm (stdin is not a terminal)");
+				if (!(ctx.interactive ?? process.stdin.isTTY)) throw new UsageError("fleet stop cancels the work of many agents: add --yes to confirm (stdin is not a terminal)");
 				const what = selector.all ? "EVERY agent" : `every agent with ${labelText(selector.labels ?? {})}${selector.online ? " (online)" : ""}`;
 				const ask = ctx.confirm ?? confirmOnTerminal;
 				if (!(await ask(`Cancel every open command of ${what}${flags.pause ? " and pause them" : ""}? [y/N] `))) {

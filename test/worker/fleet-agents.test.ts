@@ -207,6 +207,20 @@ describe("command records: blockedReason and queuePosition", () => {
 		expect(await command(c.id)).toMatchObject({ queuePosition: null });
 		agent.close();
 	});
+
+	it("counts a batch's own commands for the agent in the positions a read shows", async () => {
+		const agentId = uniqueAgentId();
+		await enqueue(agentId, { action: "before" });
+		const res = await api("/v1/commands/batch", {
+			method: "POST",
+			json: { commands: [{ agentId, action: "a" }, { agentId, action: "b" }, { agentId, action: "c", priority: 9 }] },
+		});
+		const { items } = await res.json<{ items: { command: CommandRecord }[] }>();
+		// The enqueue's answer leaves the position to reads (protocol.md: counting per row inserted is quadratic).
+		expect(items.map((i) => i.command.queuePosition)).toEqual([null, null, null]);
+		const read = await Promise.all(items.map(({ command: c }) => command(c.id)));
+		expect(read.map((c) => c.queuePosition)).toEqual([2, 3, 0]);
+	});
 });
 
 describe("action gating", () => {
