@@ -4,7 +4,6 @@
  * does not (a wrong key, a read-only key, a wrong URL, Postgres down), each
  * with the line and the fix a user would see.
  */
-import { spawn } from "node:child_process";
 import { type AddressInfo, connect, createServer, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type EmbeddedPostgres, startEmbeddedPostgres } from "../../src/dev/embedded-postgres.ts";
@@ -12,25 +11,13 @@ import { withNodePool } from "../../src/dev/migrate.ts";
 import { READY_PROBE_MS } from "../../src/routes/health.ts";
 import { SwitchyardClient } from "../../src/sdk/client.ts";
 import { type LocalStack, startLocalStack } from "../helpers/node/local-stack.ts";
+import { runCli } from "../helpers/node/cli.ts";
 import { freePort } from "../helpers/node/processes.ts";
 
 const READ_KEY = `sk_read_doctor_${"r".repeat(32)}`;
 
-function doctor(stack: LocalStack, args: string[] = []): Promise<{ code: number; stdout: string; stderr: string }> {
-	return new Promise((resolve) => {
-		const child = spawn(process.execPath, ["bin/switchyard.mjs", "doctor", ...args], {
-			env: { ...process.env, SWITCHYARD_URL: stack.base, SWITCHYARD_API_KEY: stack.apiKey },
-		});
-		let stdout = "";
-		let stderr = "";
-		child.stdout.on("data", (d: Buffer) => {
-			stdout += d.toString();
-		});
-		child.stderr.on("data", (d: Buffer) => {
-			stderr += d.toString();
-		});
-		child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }));
-	});
+function doctor(stack: LocalStack, args: string[] = []) {
+	return runCli(stack, ["doctor", ...args]);
 }
 
 /** The line doctor printed for a step. */

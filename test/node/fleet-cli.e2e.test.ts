@@ -3,32 +3,19 @@
  * `switchyard` CLI as a subprocess and the typed client, against the real
  * local stack with two SDK agents.
  */
-import { spawn } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { progressLine, when } from "../../src/cli/fleet-commands.ts";
 import { Agent } from "../../src/sdk/agent.ts";
 import { SwitchyardApiError, SwitchyardClient } from "../../src/sdk/client.ts";
+import { runCli } from "../helpers/node/cli.ts";
 import { type LocalStack, startLocalStack } from "../helpers/node/local-stack.ts";
 
 let stack: LocalStack;
 let client: SwitchyardClient;
 const agents: Agent[] = [];
 
-function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-	return new Promise((resolve) => {
-		const child = spawn(process.execPath, ["bin/switchyard.mjs", ...args], {
-			env: { ...process.env, SWITCHYARD_URL: stack.base, SWITCHYARD_API_KEY: stack.apiKey },
-		});
-		let stdout = "";
-		let stderr = "";
-		child.stdout.on("data", (d: Buffer) => {
-			stdout += d.toString();
-		});
-		child.stderr.on("data", (d: Buffer) => {
-			stderr += d.toString();
-		});
-		child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }));
-	});
+function cli(args: string[]) {
+	return runCli(stack, args);
 }
 
 async function startAgent(agentId: string, setup: (a: Agent) => void): Promise<void> {

@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Agent } from "../../src/sdk/agent.ts";
 import { SwitchyardClient } from "../../src/sdk/client.ts";
+import { runCli } from "../helpers/node/cli.ts";
 import { type LocalStack, startLocalStack } from "../helpers/node/local-stack.ts";
 
 let stack: LocalStack;
@@ -16,21 +17,8 @@ const agents: Agent[] = [];
 const children: ChildProcess[] = [];
 
 /** Runs the CLI as a user would, against this stack. */
-function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-	return new Promise((resolve) => {
-		const child = spawn(process.execPath, ["bin/switchyard.mjs", ...args], {
-			env: { ...process.env, SWITCHYARD_URL: stack.base, SWITCHYARD_API_KEY: stack.apiKey },
-		});
-		let stdout = "";
-		let stderr = "";
-		child.stdout.on("data", (d: Buffer) => {
-			stdout += d.toString();
-		});
-		child.stderr.on("data", (d: Buffer) => {
-			stderr += d.toString();
-		});
-		child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }));
-	});
+function cli(args: string[]) {
+	return runCli(stack, args);
 }
 
 async function startAgent(agentId: string, concurrency: number, setup: (a: Agent) => void): Promise<Agent> {
