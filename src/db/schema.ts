@@ -96,6 +96,11 @@ export const agentCommands = pgTable(
 		// The agent's streamed output, capped (OUTPUT_CAP_CHARS); see outputTruncated.
 		output: text("output"),
 		outputTruncated: boolean("output_truncated").notNull().default(false),
+		// The outbox position (in the object lifetime `output_epoch`) of the last
+		// output chunk appended, so a status write sent again after an unclear
+		// commit does not append its chunks twice (db/status-writes.ts).
+		outputEpoch: text("output_epoch"),
+		outputOutboxSeq: bigint("output_outbox_seq", { mode: "number" }),
 		createdAt: ts("created_at").notNull().defaultNow(),
 		updatedAt: ts("updated_at").notNull().defaultNow(),
 		dispatchedAt: ts("dispatched_at"),

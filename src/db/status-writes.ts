@@ -82,18 +82,33 @@ export interface CommandUpdate {
 	error_code: string | null;
 	taken_at: string | null;
 	cancel_requested_at: string | null;
-	output_append: string | null;
+	/**
+	 * The batch's output chunks in order, each with its outbox position
+	 * (`s`, null when its key has none) so Postgres appends only those it
+	 * has not: a write whose commit landed unseen is sent again whole.
+	 */
+	output_pieces: OutputPiece[] | null;
+	/** The object lifetime (storage epoch) the pieces' positions count in. */
+	output_epoch: string | null;
 	/** Output this batch held but did not carry, being past the cap already. */
 	output_dropped: boolean;
 	/** The system's end the agent's late result replaces (answers.ts), when the last transition is one. */
 	late_from: CommandStatus | null;
 }
 
+export interface OutputPiece {
+	s: number | null;
+	d: string;
+}
+
+/** A journal entry's key is `<epoch>:j<seq>` (agent/flush.ts); other keys carry no position. */
+const JOURNAL_KEY = /^(.*):j(\d+)$/;
+
 /**
  * Folds entries into one update per command. A row must be updated once per
  * statement: Postgres applies only one of two CTEs updating the same row.
  */
-export function foldEntries(entries: readonly OutboxEntry[]): CommandUpdate[] {
+export function foldEntries(entries: readonly (OutboxEntry & { key?: string })[]): CommandUpdate[] {
 	const byId = new Map<string, CommandUpdate>();
 	for (const e of entries) {
 		let u = byId.get(e.commandId);
@@ -127,19 +142,30 @@ function emptyUpdate(commandId: string, at: string): CommandUpdate {
 		error_code: null,
 		taken_at: null,
 		cancel_requested_at: null,
-		output_append: null,
+		output_pieces: null,
+		output_epoch: null,
 		output_dropped: false,
 		late_from: null,
 	};
 }
 
-function foldOutput(u: CommandUpdate, e: OutputMark): void {
-	if (e.cut) u.output_dropped = true;
+function foldOutput(u: CommandUpdate, e: OutputMark & { key?: string }): void {
+	if (e.cut) {
+		u.output_dropped = true;
+		return;
+	}
+	const carried = (u.output_pieces ?? []).reduce((n, p) => n + p.d.length, 0);
 	// Past the cap nothing more is kept, so do not carry it to Postgres either.
-	else if ((u.output_append?.length ?? 0) <= OUTPUT_CAP_CHARS) u.output_append = (u.output_append ?? "") + e.data;
 	// Counted in UTF-16 units here and in characters by Postgres: say so
 	// explicitly rather than hope Postgres's length check notices.
-	else u.output_dropped = true;
+	if (carried > OUTPUT_CAP_CHARS) {
+		u.output_dropped = true;
+		return;
+	}
+	const at = e.key ? JOURNAL_KEY.exec(e.key) : null;
+	if (at?.[1] !== undefined && u.output_epoch === null) u.output_epoch = at[1];
+	const s = at && at[1] === u.output_epoch ? Number(at[2]) : null;
+	(u.output_pieces ??= []).push({ s, d: e.data });
 }
 
 function foldTransition(u: CommandUpdate, e: Transition): void {
@@ -230,7 +256,20 @@ export async function writeStatus(
 				command_id uuid, status text, attempts int, updated_at timestamptz,
 				dispatched_at timestamptz, first_dispatched_at timestamptz, acknowledged_at timestamptz, completed_at timestamptz,
 				has_result boolean, result jsonb, has_error boolean, error text, error_code text,
-				taken_at timestamptz, cancel_requested_at timestamptz, output_append text, output_dropped boolean, late_from text)
+				taken_at timestamptz, cancel_requested_at timestamptz, output_pieces jsonb, output_epoch text,
+				output_dropped boolean, late_from text)
+		), uo as (
+			-- The chunks Postgres does not have yet: all of them from another
+			-- object lifetime, else those past the last position it appended.
+			select u.*, (
+				select string_agg(x.p->>'d', '' order by x.ord)
+				from jsonb_array_elements(u.output_pieces) with ordinality as x(p, ord)
+				where x.p->>'s' is null or c.output_epoch is distinct from u.output_epoch
+					or (x.p->>'s')::bigint > coalesce(c.output_outbox_seq, -1)
+			) as output_append, (
+				select max((x.p->>'s')::bigint) from jsonb_array_elements(u.output_pieces) as x(p)
+			) as output_through
+			from u left join agent_commands c on c.id = u.command_id
 		), upd as (
 			update agent_commands c set
 				status = coalesce(u.status, c.status),
@@ -250,10 +289,14 @@ export async function writeStatus(
 				output = case when u.output_append is null or c.output_truncated then c.output
 					else left(coalesce(c.output, '') || u.output_append, ${OUTPUT_CAP_CHARS}) end,
 				output_truncated = c.output_truncated or u.output_dropped
-					or length(coalesce(c.output, '')) + length(coalesce(u.output_append, '')) > ${OUTPUT_CAP_CHARS}
+					or length(coalesce(c.output, '')) + length(coalesce(u.output_append, '')) > ${OUTPUT_CAP_CHARS},
+				output_epoch = coalesce(u.output_epoch, c.output_epoch),
+				output_outbox_seq = case when u.output_through is null then c.output_outbox_seq
+					when c.output_epoch is distinct from u.output_epoch then u.output_through
+					else greatest(c.output_outbox_seq, u.output_through) end
 			-- A finished command never moves again, whatever arrives late, but for
 			-- one case: the agent's result replaces the system's end it answers.
-			from u where c.id = u.command_id and (c.status not in ('completed','failed','cancelled','expired')
+			from uo u where c.id = u.command_id and (c.status not in ('completed','failed','cancelled','expired')
 				or (c.status = u.late_from and c.error_code is not null))
 		), events as (
 			insert into command_events (command_id, from_status, to_status, at, detail, dedup_key, actor)
