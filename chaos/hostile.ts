@@ -214,14 +214,21 @@ export const hostile: Scenario = {
 			if (httpOut.skipped) count(got.http, "not sent on time (client saturated)", httpOut.skipped);
 			canaryOn = false;
 			await canaryLoop;
-			await sleep(2_000);
+			// The canary stays up until its last commands are done (they can take seconds to arrive under the flood).
+			const canaryCounts = () =>
+				stack.pg
+					.query<{ n: string; total: string }>(
+						"select count(*) filter (where status <> 'completed') as n, count(*) as total from agent_commands where action = $1",
+						[canaryAction],
+					)
+					.then((r) => ({ notCompleted: Number(r.rows[0]?.n), total: Number(r.rows[0]?.total) }));
+			const canaryDeadline = wallNow() + cfg.recoveryTimeoutMs;
+			let canaryOpen = await canaryCounts();
+			while (canaryOpen.notCompleted > 0 && wallNow() < canaryDeadline) {
+				await sleep(1_000);
+				canaryOpen = await canaryCounts();
+			}
 			canary.close();
-			const canaryOpen = await stack.pg
-				.query<{ n: string; total: string }>(
-					"select count(*) filter (where status <> 'completed') as n, count(*) as total from agent_commands where action = $1",
-					[canaryAction],
-				)
-				.then((r) => ({ notCompleted: Number(r.rows[0]?.n), total: Number(r.rows[0]?.total) }));
 			const healedAt = wallNow();
 			const lat = (ph: "before" | "during") => {
 				const xs = canaryLatency.filter((x) => x.phase === ph).map((x) => x.ms);
