@@ -15,7 +15,12 @@ export const AGENT_RESULT = JSON.stringify({ ok: true });
 export interface AgentsDid {
 	received: Set<string>;
 	reported: Set<string>;
+	/** Commands the server sent a `cancel` (a stop) for. */
+	stops?: Set<string>;
 }
+
+/** What every command writes as output when the fleets are told to (bench/load/agents.ts `outputFor`). */
+export const expectedOutput = (id: string) => `out:${id}\nend\n`;
 
 export interface Verdict {
 	/**
@@ -31,6 +36,14 @@ export interface Verdict {
 	/** Rows written for enqueues that got no answer (the runtime died mid-request): checked alike, not counted as accepted. */
 	unanswered: number;
 	redeliveries: number;
+	/** Commands the agents received that the system ended (not `completed`) with no stop (`cancel`) sent to the agent. Must be 0. */
+	endedWithoutStop: number;
+	/** Bytes of output stored beyond what the agent wrote once (a chunk kept twice). Must be 0. */
+	duplicatedOutputBytes: number;
+	/** Completed commands whose stored output is neither what the agent wrote nor empty. */
+	outputMismatch: number;
+	/** Completed commands with no output stored (output is best effort: shown, not a loss). */
+	outputMissing: number;
 	/** A few bad commands with their rows and events, for the report. */
 	samples: Record<string, unknown>[];
 }
@@ -41,6 +54,7 @@ interface Row {
 	result: unknown;
 	error_code: string | null;
 	attempts: number;
+	output: string | null;
 }
 interface Event {
 	command_id: string;
@@ -50,8 +64,8 @@ interface Event {
 	at: Date;
 }
 
-export async function verify(db: pg.Pool, action: string, accepted: string[], did: AgentsDid): Promise<Verdict> {
-	const rows = (await db.query<Row>("select id, status, result, error_code, attempts from agent_commands where action = $1", [action])).rows;
+export async function verify(db: pg.Pool, action: string, accepted: string[], did: AgentsDid, withOutput = false): Promise<Verdict> {
+	const rows = (await db.query<Row>("select id, status, result, error_code, attempts, output from agent_commands where action = $1", [action])).rows;
 	const events = (
 		await db.query<Event>(
 			`select e.command_id, e.to_status, e.actor, e.detail->>'reason' as reason, e.at
@@ -61,7 +75,7 @@ export async function verify(db: pg.Pool, action: string, accepted: string[], di
 	).rows;
 	const byId = new Map(rows.map((r) => [r.id, r]));
 	const acceptedSet = new Set(accepted);
-	const v: Verdict = { lost: [], invented: [], unrun: [], completed: 0, unanswered: 0, redeliveries: 0, samples: [] };
+	const v: Verdict = { lost: [], invented: [], unrun: [], completed: 0, unanswered: 0, redeliveries: 0, endedWithoutStop: 0, duplicatedOutputBytes: 0, outputMismatch: 0, outputMissing: 0, samples: [] };
 	for (const e of events) {
 		if (e.reason === "redelivery") v.redeliveries++;
 		// A completion in the audit by an agent that never sent one.
@@ -77,6 +91,16 @@ export async function verify(db: pg.Pool, action: string, accepted: string[], di
 		v.unanswered++;
 		if (OPEN.has(row.status)) v.lost.push(row.id);
 		else judge(row, did, v);
+	}
+	for (const row of rows) {
+		if (row.status !== "completed" && !OPEN.has(row.status) && did.received.has(row.id) && !did.stops?.has(row.id)) v.endedWithoutStop++;
+		if (!withOutput || row.status !== "completed") continue;
+		const want = expectedOutput(row.id);
+		const got = row.output ?? "";
+		if (got === want) continue;
+		if (got === "") v.outputMissing++;
+		else if (got.length > want.length && got.replaceAll(`out:${row.id}\n`, "").replaceAll("end\n", "") === "") v.duplicatedOutputBytes += got.length - want.length;
+		else v.outputMismatch++;
 	}
 	v.invented = [...new Set(v.invented)];
 	const bad = [...v.lost, ...v.invented].slice(0, 5);

@@ -5,18 +5,25 @@
  *
  *   npm run chaos                         every scenario, full size
  *   npm run chaos -- --quick              every scenario small (a few minutes)
- *   npm run chaos -- --only crash,outage  some: flaps slow crash outage partition
+ *   npm run chaos -- --only crash,outage  some (see SCENARIOS in scenarios.ts)
  *   npm run chaos -- --out FILE           where the results go
+ *   npm run chaos -- --table FILE         print a results file's tables again
  *
- * Exits non-zero when a command is lost, an outcome invented, or a scenario broke.
+ * It runs on its own PostgreSQL cluster (cluster.ts, port 5433: scenarios
+ * restart it and skew its clock) with a fault proxy between the relay and
+ * PgBouncer, and stops that cluster when done.
+ *
+ * Exits non-zero when a command is lost, an outcome invented, a must-be-0
+ * figure is not 0, or a scenario broke.
  */
 import { execFileSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { runHarness } from "../bench/lib/procs.ts";
 import { machine, versions } from "../bench/lib/results.ts";
 import { startSwitchyard } from "../bench/lib/stack.ts";
 import { config } from "./config.ts";
+import { clusterUnavailable, startCluster, stopCluster } from "./cluster.ts";
 import { type Outcome, runScenario } from "./scenario.ts";
 import { SCENARIOS } from "./scenarios.ts";
 import { printTable } from "./table.ts";
@@ -27,6 +34,7 @@ const { values } = parseArgs({
 		only: { type: "string" },
 		out: { type: "string" },
 		note: { type: "string" },
+		table: { type: "string" },
 	},
 });
 
@@ -38,10 +46,25 @@ function commit(): string {
 }
 
 function failed(o: Outcome): boolean {
-	return o.error !== undefined || (o.verdict?.lost ?? 0) > 0 || (o.verdict?.invented ?? 0) > 0;
+	const v = o.verdict;
+	const canary = (o.fault?.canary as { commands?: { notCompleted?: number } } | undefined)?.commands?.notCompleted ?? 0;
+	return (
+		o.error !== undefined ||
+		(v?.lost ?? 0) > 0 ||
+		(v?.invented ?? 0) > 0 ||
+		(v?.endedWithoutStop ?? 0) > 0 ||
+		(v?.duplicatedOutputBytes ?? 0) > 0 ||
+		(o.executedMoreThanOnce ?? 0) > 0 ||
+		canary > 0
+	);
 }
 
 async function main(): Promise<void> {
+	if (values.table) {
+		// Prints the tables of a results file again (for the docs), runs nothing.
+		printTable((JSON.parse(readFileSync(values.table, "utf8")) as { scenarios: Outcome[] }).scenarios);
+		return;
+	}
 	const quick = values.quick ?? false;
 	const cfg = config(quick);
 	const only = values.only?.split(",").map((s) => s.trim());
@@ -52,8 +75,25 @@ async function main(): Promise<void> {
 	// Read before the run: an edit made while it runs is not what ran.
 	const ranCommit = commit();
 	log(`${quick ? "quick" : "full"} run: ${picked.map((s) => s.key).join(", ")}`);
-	// Its own database, so a benchmark on the same server is not disturbed.
-	const stack = await startSwitchyard("real", "switchyard_chaos");
+	// Its own cluster when it can have one (never the shared one on 5432: scenarios stop it),
+	// else its own database on the machine's, where the cluster scenarios are skipped.
+	const noCluster = clusterUnavailable();
+	const pgPort = noCluster ? undefined : startCluster(log);
+	if (noCluster) log(`no cluster of its own (${noCluster}): the machine's PostgreSQL, without pgrestart and clock`);
+	const stack = await startSwitchyard("real", "switchyard_chaos", { pgPort, faultProxy: true });
+	// Production runs the scheduled handler every minute (wrangler.toml's cron): its recovery
+	// pass hands objects the pending rows none has taken, such as one written for an enqueue
+	// whose answer was lost. wrangler dev does not fire crons; the harness does, as often.
+	let cronRuns = 0;
+	const cron = setInterval(() => {
+		fetch(`${stack.base}/cdn-cgi/local/scheduled?cron=${encodeURIComponent("* * * * *")}`)
+			.then((r) => {
+				if (r.ok) cronRuns++;
+				else log(`cron trigger answered ${r.status}`);
+				return r.arrayBuffer();
+			})
+			.catch(() => {});
+	}, 60_000);
 	const outcomes: Outcome[] = [];
 	try {
 		for (const s of picked) {
@@ -62,9 +102,11 @@ async function main(): Promise<void> {
 			outcomes.push(o);
 		}
 	} finally {
+		clearInterval(cron);
 		await stack.stop();
+		if (pgPort) stopCluster();
 	}
-	const out = { startedAt, endedAt: new Date().toISOString(), quick, note: values.note, commit: ranCommit, config: cfg, settings: stack.settings, machine: machine(), versions: versions(), scenarios: outcomes };
+	const out = { startedAt, endedAt: new Date().toISOString(), quick, note: values.note, commit: ranCommit, config: cfg, settings: { ...stack.settings, cronEveryMs: 60_000, cronRuns }, machine: machine(), versions: versions(), scenarios: outcomes };
 	mkdirSync("chaos/results", { recursive: true });
 	const file = values.out ?? `chaos/results/${startedAt.slice(0, 10)}${quick ? "-quick" : ""}.json`;
 	writeFileSync(file, `${JSON.stringify(out, null, "\t")}\n`);

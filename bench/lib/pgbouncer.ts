@@ -21,6 +21,8 @@ export interface Bouncer {
 	/** The pgbouncer process, for its CPU time. */
 	pid: number | undefined;
 	url: string;
+	/** Kills PgBouncer with SIGKILL (no shutdown) and starts it again on the same port and config. */
+	restart(downMs?: number): Promise<void>;
 	stop(): Promise<void>;
 }
 
@@ -41,7 +43,8 @@ function ensureInstalled(): void {
 	}
 }
 
-export async function startPgBouncer(database: string): Promise<Bouncer> {
+/** `pgPort`: the PostgreSQL it pools (the machine's on 5432 unless told). */
+export async function startPgBouncer(database: string, pgPort = 5432): Promise<Bouncer> {
 	ensureInstalled();
 	const dir = mkdtempSync(join(tmpdir(), "switchyard-bench-pgbouncer-"));
 	// Readable and writable by the postgres user PgBouncer drops to (its log file).
@@ -52,7 +55,7 @@ export async function startPgBouncer(database: string): Promise<Bouncer> {
 		join(dir, "pgbouncer.ini"),
 		[
 			"[databases]",
-			`${database} = host=127.0.0.1 port=5432 dbname=${database}`,
+			`${database} = host=127.0.0.1 port=${pgPort} dbname=${database}`,
 			"[pgbouncer]",
 			"listen_addr = 127.0.0.1",
 			`listen_port = ${port}`,
@@ -68,14 +71,26 @@ export async function startPgBouncer(database: string): Promise<Bouncer> {
 		].join("\n"),
 	);
 	// PgBouncer refuses to run as root; -u drops to the postgres user.
-	const child: ChildProcess = track(spawn("pgbouncer", ...[process.getuid?.() === 0 ? ["-u", "postgres", join(dir, "pgbouncer.ini")] : [join(dir, "pgbouncer.ini")]], {
-		stdio: "ignore",
-	}));
-	await waitUntil(() => tcpOpen(port), "pgbouncer", 20_000);
-	return {
+	const launch = async () => {
+		const c: ChildProcess = track(spawn("pgbouncer", ...[process.getuid?.() === 0 ? ["-u", "postgres", join(dir, "pgbouncer.ini")] : [join(dir, "pgbouncer.ini")]], {
+			stdio: "ignore",
+		}));
+		await waitUntil(() => tcpOpen(port), "pgbouncer", 20_000);
+		return c;
+	};
+	const exited = (c: ChildProcess) => (c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise<void>((r) => c.once("exit", () => r())));
+	let child = await launch();
+	const bouncer: Bouncer = {
 		port,
 		pid: child.pid,
 		url: `postgres://postgres@127.0.0.1:${port}/${database}`,
+		restart: async (downMs = 0) => {
+			child.kill("SIGKILL");
+			await exited(child);
+			if (downMs) await new Promise((r) => setTimeout(r, downMs));
+			child = await launch();
+			bouncer.pid = child.pid;
+		},
 		stop: async () => {
 			child.kill("SIGINT");
 			await new Promise((r) => setTimeout(r, 300));
@@ -83,4 +98,5 @@ export async function startPgBouncer(database: string): Promise<Bouncer> {
 			rmSync(dir, { recursive: true, force: true });
 		},
 	};
+	return bouncer;
 }

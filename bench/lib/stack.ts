@@ -15,6 +15,7 @@ import { type EmbeddedPostgres, startEmbeddedPostgres } from "../../src/dev/embe
 import { runMigrations } from "../../src/dev/migrate.ts";
 import { type Relay, startRelay } from "../../src/dev/relay.ts";
 import { fixedRoles, joinRoles, postgresBackends, type Roles, wranglerRoles } from "./cpu.ts";
+import { type FaultProxy, startFaultProxy } from "./fault-proxy.ts";
 import { type Bouncer, POOL_SIZE, startPgBouncer } from "./pgbouncer.ts";
 import { freePort, runtimeWsBase, startWrangler, waitHealthy, type Wrangler, workerdNofile, workerdOpenFiles, workerdRss, wranglerSettings } from "./procs.ts";
 
@@ -25,9 +26,10 @@ export const BENCH_VARS = { AGENT_FRAME_RATE_LIMIT: "0", ENQUEUE_RATE_LIMIT: "of
 
 export const REAL_PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/** Drops and creates a database on the machine's PostgreSQL; returns its URL. */
-export async function freshDatabase(name: string): Promise<string> {
-	const admin = new pg.Client({ connectionString: REAL_PG_ADMIN });
+/** Drops and creates a database on the machine's PostgreSQL (or the one on `port`); returns its URL. */
+export async function freshDatabase(name: string, port = 5432): Promise<string> {
+	const adminUrl = REAL_PG_ADMIN.replace(":5432/", `:${port}/`);
+	const admin = new pg.Client({ connectionString: adminUrl });
 	await admin.connect();
 	try {
 		await admin.query(`drop database if exists ${name} with (force)`);
@@ -35,7 +37,7 @@ export async function freshDatabase(name: string): Promise<string> {
 	} finally {
 		await admin.end();
 	}
-	return REAL_PG_ADMIN.replace(/\/postgres$/, `/${name}`);
+	return adminUrl.replace(/\/postgres$/, `/${name}`);
 }
 
 export interface Stack {
@@ -67,13 +69,24 @@ export interface Stack {
 	stopWrangler(graceMs?: number): Promise<void>;
 	/** The relay drops every database connection and refuses new ones while down: a Postgres outage. */
 	setDbDown(down: boolean): void;
+	/** The fault-injecting proxy between the relay and PgBouncer, when asked for (`faultProxy`). */
+	dbLink?: FaultProxy;
+	/** PgBouncer (real PostgreSQL only), for a restart. */
+	bouncer?: Bouncer;
 	/** Starts wrangler dev again on the same port and state; resolves when healthy (within 120 s unless told). */
 	startWrangler(healthyWithinMs?: number): Promise<void>;
 	stop(): Promise<void>;
 }
 
+export interface StackOptions {
+	/** Port of the PostgreSQL to use (the machine's, 5432, unless told): the chaos suite runs its own cluster. */
+	pgPort?: number;
+	/** Puts a fault-injecting TCP proxy (lib/fault-proxy.ts) between the relay and PgBouncer. */
+	faultProxy?: boolean;
+}
+
 /** `database`: the real PostgreSQL database to recreate, so two harnesses on one server keep apart. */
-export async function startSwitchyard(db: DbKind, database = "switchyard_bench"): Promise<Stack> {
+export async function startSwitchyard(db: DbKind, database = "switchyard_bench", opts: StackOptions = {}): Promise<Stack> {
 	const root = process.cwd();
 	const stateDir = mkdtempSync(join(tmpdir(), `switchyard-bench-${db}-`));
 	ensureDevVars(join(root, ".dev.vars"));
@@ -91,9 +104,16 @@ export async function startSwitchyard(db: DbKind, database = "switchyard_bench")
 		databaseUrl = embedded.url;
 		workerUrl = databaseUrl;
 	} else {
-		databaseUrl = await freshDatabase(database);
-		bouncer = await startPgBouncer(database);
+		databaseUrl = await freshDatabase(database, opts.pgPort);
+		bouncer = await startPgBouncer(database, opts.pgPort);
 		workerUrl = bouncer.url;
+	}
+	let dbLink: FaultProxy | undefined;
+	if (opts.faultProxy) {
+		const b = new URL(workerUrl);
+		dbLink = await startFaultProxy({ host: b.hostname, port: Number(b.port || 5432) });
+		b.port = String(dbLink.port);
+		workerUrl = b.toString();
 	}
 	const target = new URL(workerUrl);
 	const relay: Relay = await startRelay({
@@ -135,7 +155,7 @@ export async function startSwitchyard(db: DbKind, database = "switchyard_bench")
 		postgres:
 			db === "embedded"
 				? "embedded: PGlite in the harness process, wire protocol, through the relay"
-				: `real: the machine's PostgreSQL, through the relay and PgBouncer (transaction pooling, ${POOL_SIZE} server connections)`,
+				: `real: PostgreSQL on port ${opts.pgPort ?? 5432}, through the relay${dbLink ? ", a fault-injecting TCP proxy" : ""} and PgBouncer (transaction pooling, ${POOL_SIZE} server connections)`,
 	};
 	return {
 		db,
@@ -156,12 +176,15 @@ export async function startSwitchyard(db: DbKind, database = "switchyard_bench")
 			await wrangler?.stop(graceMs);
 		},
 		setDbDown: (down) => relay.setDown(down),
+		dbLink,
+		bouncer,
 		startWrangler: start,
 		stop: async () => {
 			backends?.stop();
 			await wrangler?.stop();
 			await pool.end().catch(() => {});
 			await relay.close();
+			await dbLink?.close();
 			await embedded?.stop().catch(() => {});
 			await bouncer?.stop();
 			rmSync(stateDir, { recursive: true, force: true });

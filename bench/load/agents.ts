@@ -87,30 +87,68 @@ function note(err: string): void {
 }
 
 /**
+ * Protocol points where the chaos suite's fleets cut their own socket (no
+ * close frame), each with a probability per occurrence: right after a
+ * `command` arrives, instead of sending an `ack`, right after a `result`.
+ */
+export interface Cuts {
+	afterCommand: number;
+	beforeAck: number;
+	afterResult: number;
+}
+let cuts: Cuts = { afterCommand: 0, beforeAck: 0, afterResult: 0 };
+const cutCount: Record<keyof Cuts, number> = { afterCommand: 0, beforeAck: 0, afterResult: 0 };
+/** Output each command writes (`withOutput`): two chunks, sent before its result and again with a resent one. */
+let withOutput = false;
+/** Executions per command: the agent's dedup (kept for the process's life, as on disk) should hold it at one. */
+const executions = new Map<string, number>();
+/** Commands the server sent a `cancel` (a stop) for. */
+const stops = new Set<string>();
+
+function cut(agent: Agent, point: keyof Cuts): boolean {
+	if (cuts[point] === 0 || Math.random() >= cuts[point] || agent.ws?.readyState !== WebSocket.OPEN) return false;
+	cutCount[point]++;
+	agent.ws.terminate();
+	return true;
+}
+
+export function outputFor(id: string): [string, string] {
+	return [`out:${id}\n`, "end\n"];
+}
+
+function sendResult(agent: Agent, frames: Answer, id: string): void {
+	if (withOutput) outputFor(id).forEach((data, seq) => agent.ws?.send(JSON.stringify({ type: "output", id, seq, data })));
+	for (const f of answerFor(frames, id)) agent.ws?.send(f);
+	reported.add(id);
+}
+
+/**
  * Sends the SDK's answer to command `id`, at once or, with `delayMs`, after a
  * random wait: half of those as the SDK answers a handler still running at
  * the end of its turn, the ack at once and the result later. A result that
  * finds the socket closed is kept and sent after the next `hello`.
  */
 function answerCommand(agent: Agent, id: string, frames: Answer, delayMs: number | undefined): void {
+	executions.set(id, (executions.get(id) ?? 0) + 1);
 	const reply = () => {
 		agent.running.delete(id);
+		done.add(id);
 		if (!agent.welcomed || agent.ws?.readyState !== WebSocket.OPEN) return void agent.unsent.add(id);
-		for (const f of answerFor(frames, id)) agent.ws.send(f);
-		reported.add(id);
+		sendResult(agent, frames, id);
+		cut(agent, "afterResult");
 	};
 	if (!delayMs) return reply();
 	agent.running.add(id);
-	if (Math.random() < 0.5) agent.ws?.send(JSON.stringify({ type: "ack", id }));
+	if (Math.random() < 0.5 && !cut(agent, "beforeAck")) agent.ws?.send(JSON.stringify({ type: "ack", id }));
 	setTimeout(reply, Math.random() * delayMs);
 }
 
+/** Commands whose handler finished: a redelivery gets the result again, not a second run (the SDK's rule). */
+const done = new Set<string>();
+
 /** After `hello`: the results the agent could not send before, as the SDK sends them. */
 function sendUnsent(agent: Agent, frames: Answer): void {
-	for (const id of agent.unsent) {
-		for (const f of answerFor(frames, id)) agent.ws?.send(f);
-		reported.add(id);
-	}
+	for (const id of agent.unsent) sendResult(agent, frames, id);
 	agent.unsent.clear();
 }
 
@@ -120,10 +158,10 @@ function sendUnsent(agent: Agent, frames: Answer): void {
  * the command; a command still running answers when it finishes.
  */
 function answerCancel(agent: Agent, id: string, frames: Answer): void {
+	stops.add(id);
 	if (agent.running.has(id)) return;
 	if (!seen.has(id)) return void agent.ws?.send(JSON.stringify({ type: "result", id, status: "cancelled" }));
-	for (const f of answerFor(frames, id)) agent.ws?.send(f);
-	reported.add(id);
+	sendResult(agent, frames, id);
 }
 
 async function open(agent: Agent, a: ConnectArgs): Promise<void> {
@@ -159,7 +197,12 @@ async function open(agent: Agent, a: ConnectArgs): Promise<void> {
 				if (seen.has(frame.id)) duplicates++;
 				seen.add(frame.id);
 				agent.firstCommandAt ??= now;
-				answerCommand(agent, frame.id, frames, a.answerDelayMs);
+				if (cut(agent, "afterCommand")) {
+					// It arrived: the agent runs it and keeps the result for after its next hello.
+					if (!done.has(frame.id) && !agent.running.has(frame.id)) answerCommand(agent, frame.id, frames, a.answerDelayMs);
+				} else if (done.has(frame.id)) sendResult(agent, frames, frame.id);
+				else if (agent.running.has(frame.id)) ws.send(JSON.stringify({ type: "ack", id: frame.id }));
+				else answerCommand(agent, frame.id, frames, a.answerDelayMs);
 			} else if (frame.type === "cancel" && frame.id) {
 				answerCancel(agent, frame.id, frames);
 			} else if (frame.type === "error") {
@@ -263,7 +306,19 @@ const methods = {
 	},
 	/** Which commands the agents received and which they answered (the chaos suite's ground truth). */
 	async ran() {
-		return { received: [...seen], reported: [...reported], duplicates };
+		const twice = [...executions.entries()].filter(([, n]) => n > 1).map(([id]) => id);
+		return { received: [...seen], reported: [...reported], duplicates, executedTwice: twice, stops: [...stops], cuts: { ...cutCount } };
+	},
+	/** Sets the cut points (chaos `cuts`), and whether commands write output. */
+	async configure(a: { cuts?: Cuts; withOutput?: boolean }) {
+		if (a.cuts) cuts = a.cuts;
+		if (a.withOutput !== undefined) withOutput = a.withOutput;
+		return null;
+	},
+	/** Agents with a welcomed socket, of all. */
+	async status() {
+		const all = [...agents.values()];
+		return { agents: all.length, connected: all.filter((x) => x.welcomed).length, running: all.reduce((s, x) => s + x.running.size + x.unsent.size, 0) };
 	},
 	/** Drops a random `fraction` of the open sockets without a close frame; they reconnect if told to. */
 	async flap(a: { fraction: number }) {
@@ -282,6 +337,12 @@ const methods = {
 		agents.clear();
 		seen.clear();
 		reported.clear();
+		done.clear();
+		executions.clear();
+		stops.clear();
+		cuts = { afterCommand: 0, beforeAck: 0, afterResult: 0 };
+		for (const k of Object.keys(cutCount) as (keyof Cuts)[]) cutCount[k] = 0;
+		withOutput = false;
 		received = 0;
 		duplicates = 0;
 		latencies = [];

@@ -98,6 +98,11 @@ export function sqlOverHttp(opts: SqlOverHttpOptions): SqlOverHttp {
 		} catch (err) {
 			return reply(res, 503, { message: `could not connect to Postgres: ${messageOf(err)}` });
 		}
+		// The pool listens for errors only on idle clients: a connection that dies while
+		// checked out emits `error` with no listener, an uncaught exception that takes the
+		// relay down. The query under way rejects with the same error, answered 503 below.
+		const swallow = () => {};
+		client.on("error", swallow);
 		let done = false;
 		// The caller gave up (its statement deadline): stop the statement, as a
 		// hung query must not hold a connection after nobody waits for it.
@@ -114,11 +119,13 @@ export function sqlOverHttp(opts: SqlOverHttpOptions): SqlOverHttp {
 			} else {
 				reply(res, 200, toNeonResult(await run(client, batch, arrayMode), arrayMode));
 			}
+			client.off("error", swallow);
 			client.release();
 		} catch (err) {
 			if (err instanceof pg.DatabaseError) {
 				// A refused statement: roll back whatever the transaction did, keep the connection.
 				await client.query("rollback").catch(() => {});
+				client.off("error", swallow);
 				client.release();
 				reply(res, 400, errorBody(err));
 			} else {
