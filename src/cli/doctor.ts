@@ -294,6 +294,10 @@ function connectFix(reason: string, base: string, agentId: string): string {
 		return "the worker refused the token it had just minted: AGENT_TOKEN_SECRET (or AGENT_TOKEN_SECRET_PREVIOUS) changed between the two calls, or several deployments answer this URL with different secrets";
 	}
 	if (/HTTP 503/.test(reason)) return `the agent's Durable Object could not read its token version from Postgres: ${FIX_DATABASE}`;
+	// Node 20 has no WebSocket client: the deployment is not at fault.
+	if (/no WebSocket on this platform/.test(reason)) {
+		return `this Node (${process.version}) has no WebSocket client; the CLI needs Node 22 or newer: run \`npx switchyard doctor\` in the checkout (it brings Node 22) or upgrade Node`;
+	}
 	return (
 		`the WebSocket upgrade to ${url} did not complete: check that nothing in front of the worker (a proxy, a custom domain's settings, a route that does not cover /v1/agents/*/connect) drops WebSocket upgrades, ` +
 		"and that wrangler.toml binds AGENT_HUB with its `[[migrations]]` entry; " +
