@@ -368,6 +368,8 @@ describe("stop", () => {
 		for (const id of ids) expect((await agentRecord(id)).paused).toBe(true);
 		expect((await agentRecord(other)).paused).toBe(false);
 
+		// `online` is Postgres's view of presence, one flush behind the object: wait until it has it.
+		await waitFor(async () => (await agentRecord(ids[0] ?? "")).online === true, "the agent online in Postgres");
 		const onlineOnly = await api("/v1/agents/stop", { method: "POST", json: { selector: { labels: { fleet }, online: true } } });
 		expect(await onlineOnly.json()).toMatchObject({ matched: 1, reached: 1, paused: false });
 		online.close();
