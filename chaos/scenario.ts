@@ -70,7 +70,7 @@ interface Sent {
  * Opens `ids` over `cfg.fleets` processes that reconnect after any close, as
  * the SDK does. They go into `fleets` as they start, so a failure still stops them.
  */
-async function startFleets(stack: Stack, cfg: Config, ids: string[], fleets: Child[], net?: Partitionable): Promise<void> {
+async function startFleets(stack: Stack, cfg: Config, ids: string[], fleets: Child[], net?: Partitionable, mintTokens = false): Promise<void> {
 	const per = Math.ceil(ids.length / cfg.fleets);
 	for (let i = 0; i < ids.length; i += per) fleets.push(spawnChild("load/agents.ts", {}, net?.wrapper));
 	await Promise.all(fleets.map((f) => f.call("configure", { withOutput: true })));
@@ -80,6 +80,7 @@ async function startFleets(stack: Stack, cfg: Config, ids: string[], fleets: Chi
 				wsBase: net?.wsBase ?? stack.wsBase,
 				ids: ids.slice(i * per, (i + 1) * per),
 				secret: stack.secret,
+				...(mintTokens ? { mint: { base: stack.base, apiKey: stack.apiKey } } : {}),
 				deflate: false,
 				parallel: 10,
 				reconnect: true,
@@ -239,7 +240,7 @@ export async function runScenario(s: Scenario, stack: Stack, base: Config, log: 
 	const enq = spawnChild("load/enqueue.ts");
 	const sampling = sampler(stack, action);
 	try {
-		await startFleets(stack, cfg, ids, fleets, net);
+		await startFleets(stack, cfg, ids, fleets, net, s.mintTokens);
 		log(`${s.key}: ${ids.length} agents connected in ${fleets.length} fleet processes; load ${cfg.rate}/s for ${cfg.loadMs / 1000} s`);
 		const env: FaultEnv = { stack, cfg, fleets, net, action, ids, recovered: (at, ms) => recovered(stack, fleets, action, at, ms ?? cfg.recoveryTimeoutMs) };
 		const { fault, healedAt, sent } = await drive(s, env, enq, ids, log);

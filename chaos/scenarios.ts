@@ -45,6 +45,8 @@ export interface Scenario {
 	tune?(cfg: Config): Partial<Config>;
 	/** Puts the fleets in a network the fault can cut (they dial wrangler dev on the host otherwise). */
 	network?(stack: Stack): Promise<Partitionable>;
+	/** The fleets get every token from the API (after a revocation, the only way back in). */
+	mintTokens?: boolean;
 	fault(env: FaultEnv): Promise<FaultReport>;
 }
 
@@ -99,6 +101,60 @@ const flaps: Scenario = {
 		}
 		const rec = await env.recovered(wallNow());
 		return { faults: { "socket dropped": dropped }, recoveries: [rec], everyMs: cfg.flaps.everyMs, fraction: cfg.flaps.fraction, seconds: cfg.flaps.durationMs / 1000 };
+	},
+};
+
+/**
+ * Tokens revoked under load: every `everyMs` a share of the agents is
+ * revoked through the API (their sockets close 4004, terminal for the SDK)
+ * and each comes back with a token minted afterwards, as an operator would
+ * re-provision it. Commands sent to it before, during and after must all
+ * end as the agent answered them.
+ */
+const revoke: Scenario = {
+	key: "revoke",
+	title: "revocation under load: a share of the agents revoked every second, back with fresh tokens",
+	mintTokens: true,
+	async fault(env) {
+		const { cfg, stack, ids } = env;
+		const until = wallNow() + cfg.flaps.durationMs;
+		const statuses: Record<string, number> = {};
+		// What a token minted before its revocation got afterwards: 401, never 426 (the upgrade would have been let through).
+		const oldToken: Record<string, number> = {};
+		const call = (path: string, init: RequestInit = {}) =>
+			fetch(`${stack.base}${path}`, { ...init, headers: { authorization: `Bearer ${stack.apiKey}`, "content-type": "application/json", ...init.headers } });
+		let revoked = 0;
+		while (wallNow() < until) {
+			const picked = ids.filter(() => Math.random() < cfg.flaps.fraction / 3);
+			await Promise.all(
+				picked.map(async (id) => {
+					const path = `/v1/agents/${encodeURIComponent(id)}`;
+					const minted = await call(`${path}/token`, { method: "POST", body: "{}" }).catch(() => null);
+					const before = minted?.status === 201 ? ((await minted.json()) as { token: string }).token : null;
+					const res = await call(`${path}/revoke`, { method: "POST" }).catch(() => null);
+					const k = res ? String(res.status) : "network";
+					statuses[k] = (statuses[k] ?? 0) + 1;
+					await res?.arrayBuffer();
+					if (res?.status !== 200) return;
+					revoked++;
+					if (!before) return;
+					const probe = await fetch(`${stack.base}${path}/connect`, { headers: { authorization: `Bearer ${before}` } }).catch(() => null);
+					const p = probe ? String(probe.status) : "network";
+					oldToken[p] = (oldToken[p] ?? 0) + 1;
+					await probe?.arrayBuffer();
+				}),
+			);
+			await sleep(cfg.flaps.everyMs);
+		}
+		const rec = await env.recovered(wallNow());
+		if ((oldToken["426"] ?? 0) > 0) throw new Error(`${oldToken["426"]} tokens minted before their revocation were still admitted`);
+		return {
+			faults: { "tokens revoked": revoked },
+			recoveries: [rec],
+			revokeStatuses: statuses,
+			revokedTokenProbes: oldToken,
+			seconds: cfg.flaps.durationMs / 1000,
+		};
 	},
 };
 
@@ -361,4 +417,4 @@ const clock: Scenario = {
 	},
 };
 
-export const SCENARIOS: Scenario[] = [flaps, cuts, slow, crash, crashloop, outage, pgrestart, bouncer, dbblackhole, dbslow, dbreset, unclear, partition, clock, hostile];
+export const SCENARIOS: Scenario[] = [flaps, revoke, cuts, slow, crash, crashloop, outage, pgrestart, bouncer, dbblackhole, dbslow, dbreset, unclear, partition, clock, hostile];

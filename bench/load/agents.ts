@@ -39,6 +39,24 @@ interface ConnectArgs {
 	 * before and after acks, between receipt and result.
 	 */
 	answerDelayMs?: number;
+	/**
+	 * Get each connect's token from the API (POST /v1/agents/{id}/token), as
+	 * an agent re-provisioned by its operator would, instead of signing one:
+	 * the chaos suite revokes tokens under load, and a signed token would
+	 * carry the version from before the revocation.
+	 */
+	mint?: { base: string; apiKey: string };
+}
+
+/** A token from the API: the version the agent's object wants now. */
+async function mintedToken(agentId: string, mint: { base: string; apiKey: string }): Promise<string> {
+	const res = await fetch(`${mint.base}/v1/agents/${encodeURIComponent(agentId)}/token`, {
+		method: "POST",
+		headers: { authorization: `Bearer ${mint.apiKey}`, "content-type": "application/json" },
+		body: "{}",
+	});
+	if (res.status !== 201) throw new Error(`mint answered ${res.status}`);
+	return ((await res.json()) as { token: string }).token;
 }
 
 interface Agent {
@@ -167,7 +185,8 @@ function answerCancel(agent: Agent, id: string, frames: Answer): void {
 async function open(agent: Agent, a: ConnectArgs): Promise<void> {
 	const frames = await answer;
 	const headers: Record<string, string> = {};
-	if (a.secret) headers.authorization = `Bearer ${(await signAgentToken(agent.id, { current: a.secret }, 24 * 3600)).token}`;
+	if (a.mint) headers.authorization = `Bearer ${await mintedToken(agent.id, a.mint)}`;
+	else if (a.secret) headers.authorization = `Bearer ${(await signAgentToken(agent.id, { current: a.secret }, 24 * 3600)).token}`;
 	const ws = new WebSocket(`${movedTo ?? a.wsBase}/v1/agents/${encodeURIComponent(agent.id)}/connect`, {
 		headers,
 		perMessageDeflate: a.deflate,
