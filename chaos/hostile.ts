@@ -185,20 +185,27 @@ export const hostile: Scenario = {
 		const got = { observers: {} as Tally, backlog: {} as Tally, ackFlood: {} as Tally, http: {} as Tally, batches: {} as Tally };
 		const flooder = spawnChild("../chaos/flood.ts");
 		const accepted: string[] = [];
+		// CHAOS_HOSTILE=observers,backlog,acks,http,batches runs only those, to find which one a canary feels.
+		const only = process.env.CHAOS_HOSTILE?.split(",");
+		const on = (part: string) => !only || only.includes(part);
+		const none = { tried: 0, skipped: 0, got: {} as Tally, achievedPerSecond: 0 };
 		try {
 			const target = ids[0] ?? "";
 			const [, backlogOut, acks, httpOut] = await Promise.all([
-				Promise.all(Array.from({ length: h.observers }, () => observe(stack, target, h.phaseMs, got.observers))),
-				backlog(stack, h.backlog, h.phaseMs, got.backlog),
-				ackFlood(stack, h.ackFlood, got.ackFlood),
-				flooder.call<{ tried: number; skipped: number; got: Tally; achievedPerSecond: number }>("flood", {
-					base: stack.base,
-					apiKey: stack.apiKey,
-					rate: h.httpRate,
-					durationMs: h.phaseMs,
-					maxInFlight: 512,
-				}),
+				Promise.all(Array.from({ length: on("observers") ? h.observers : 0 }, () => observe(stack, target, h.phaseMs, got.observers))),
+				on("backlog") ? backlog(stack, h.backlog, h.phaseMs, got.backlog) : undefined,
+				on("acks") ? ackFlood(stack, h.ackFlood, got.ackFlood) : 0,
+				on("http")
+					? flooder.call<{ tried: number; skipped: number; got: Tally; achievedPerSecond: number }>("flood", {
+							base: stack.base,
+							apiKey: stack.apiKey,
+							rate: h.httpRate,
+							durationMs: h.phaseMs,
+							maxInFlight: 512,
+						})
+					: none,
 				(async () => {
+					if (!on("batches")) return;
 					for (let i = 0; i < h.batches; i++) {
 						const agents = Array.from({ length: MAX_BATCH }, (_, k) => ids[k % ids.length] ?? "");
 						const b = await batch(stack, action, agents);

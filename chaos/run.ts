@@ -6,6 +6,9 @@
  *   npm run chaos                         every scenario, full size
  *   npm run chaos -- --quick              every scenario small (a few minutes)
  *   npm run chaos -- --only crash,outage  some (see SCENARIOS in scenarios.ts)
+ *   CHAOS_HOSTILE=http,batches npm run chaos -- --quick --only hostile
+ *                                         only those parts of the hostile load (observers,
+ *                                         backlog, acks, http, batches)
  *   npm run chaos -- --out FILE           where the results go
  *   npm run chaos -- --table FILE         print a results file's tables again
  *
