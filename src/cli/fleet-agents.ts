@@ -5,6 +5,7 @@
  */
 import { createInterface } from "node:readline/promises";
 import type { SwitchyardClient } from "../sdk/client.ts";
+import { need } from "./args.ts";
 import { UsageError } from "./config.ts";
 import { table } from "./output.ts";
 
@@ -117,12 +118,6 @@ export async function fleetAgents(ctx: FleetContext): Promise<number | undefined
 		default:
 			return undefined;
 	}
-}
-
-function need(positionals: string[], index: number, what: string): string {
-	const v = positionals[index];
-	if (!v) throw new UsageError(`missing ${what}; see 'switchyard --help'`);
-	return v;
 }
 
 /** `k=v` arguments as an object; a key twice is a mistake worth naming. */

@@ -4,6 +4,7 @@
  * not know; exit codes are main's.
  */
 import type { ApiFanout, SwitchyardClient } from "../sdk/client.ts";
+import { commandFields } from "./args.ts";
 import { UsageError } from "./config.ts";
 import { details, Progress, table } from "./output.ts";
 
@@ -72,13 +73,6 @@ function labels(pairs: string[] | undefined): Record<string, string> {
 	return out;
 }
 
-function int(name: string, value: string | undefined): number | undefined {
-	if (value === undefined) return undefined;
-	const n = Number(value);
-	if (!Number.isInteger(n)) throw new UsageError(`--${name} must be a whole number, got "${value}"`);
-	return n;
-}
-
 /** An ISO time as given, or an age (`90s`, `30m`, `2h`, `7d`) before now. */
 export function when(name: string, value: string | undefined, now = Date.now()): string | undefined {
 	if (value === undefined) return undefined;
@@ -115,26 +109,11 @@ export async function fleetCommand(ctx: FleetContext): Promise<number | undefine
 			if ((Object.keys(byLabel).length > 0) === (agentIds.length > 0)) {
 				throw new UsageError("fanout send needs --label k=v (one or more) or --agent ID (one or more), not both");
 			}
-			let payload: unknown = {};
-			if (flags.payload !== undefined) {
-				try {
-					payload = JSON.parse(flags.payload);
-				} catch {
-					throw new UsageError(`--payload is not valid JSON: ${flags.payload}`);
-				}
-			}
 			const created = await client.fanout({
 				...(agentIds.length > 0
 					? { agentIds }
 					: { selector: { labels: byLabel, ...(flags.online === undefined ? {} : { online: flags.online }) } }),
-				action,
-				// SAFETY: JSON.parse only produces JSON values.
-				payload: payload as never,
-				priority: int("priority", flags.priority),
-				sessionId: flags.session,
-				ttlSeconds: int("ttl", flags.ttl),
-				timeoutSeconds: int("timeout", flags.timeout),
-				idempotencyKey: flags["idempotency-key"],
+				...commandFields(action, flags),
 			});
 			if (!flags.wait) {
 				print(created, () => `fanout ${created.id}: ${created.targetCount} command(s) enqueued; see 'switchyard fanout get ${created.id}'`);

@@ -6,6 +6,7 @@
  */
 import { parseArgs } from "node:util";
 import { SwitchyardApiError, SwitchyardClient } from "../sdk/client.ts";
+import { commandFields, int, need } from "./args.ts";
 import { resolveConfig, UsageError } from "./config.ts";
 import { demoAgent } from "./demo-agent.ts";
 import { FLEET_AGENT_HELP, FLEET_AGENT_OPTIONS, fleetAgents } from "./fleet-agents.ts";
@@ -66,19 +67,6 @@ function parse(argv: string[]) {
 	return parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
 }
 
-function int(name: string, value: string | undefined): number | undefined {
-	if (value === undefined) return undefined;
-	const n = Number(value);
-	if (!Number.isInteger(n)) throw new UsageError(`--${name} must be a whole number, got "${value}"`);
-	return n;
-}
-
-function need(positionals: string[], index: number, what: string): string {
-	const v = positionals[index];
-	if (!v) throw new UsageError(`missing ${what}; see 'switchyard --help'`);
-	return v;
-}
-
 const TERMINAL_BAD = new Set(["failed", "cancelled", "expired"]);
 let keySource = "";
 
@@ -120,24 +108,7 @@ export async function main(argv: string[], io = { out: (s: string) => void proce
 			case "command send": {
 				const agentId = need(positionals, 2, "<agent>");
 				const action = need(positionals, 3, "<action>");
-				let payload: unknown = {};
-				if (flags.payload !== undefined) {
-					try {
-						payload = JSON.parse(flags.payload);
-					} catch {
-						throw new UsageError(`--payload is not valid JSON: ${flags.payload}`);
-					}
-				}
-				const cmd = await client.enqueue(agentId, {
-					action,
-					// SAFETY: JSON.parse only produces JSON values.
-					payload: payload as never,
-					priority: int("priority", flags.priority),
-					sessionId: flags.session,
-					ttlSeconds: int("ttl", flags.ttl),
-					timeoutSeconds: int("timeout", flags.timeout),
-					idempotencyKey: flags["idempotency-key"],
-				});
+				const cmd = await client.enqueue(agentId, commandFields(action, flags));
 				if (flags.wait) return follow(cmd.id);
 				print(cmd, () => `${cmd.id} ${cmd.status}${cmd.blockedReason ? ` (${cmd.blockedReason})` : ""}`);
 				return EXIT.OK;
