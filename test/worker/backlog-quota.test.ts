@@ -3,29 +3,15 @@
  * AGENT_BACKLOG_LIMIT open commands is refused with 429 agent_backlog_full,
  * and a batch's items past it are refused one by one.
  */
-import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
-import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import worker from "../../src/index";
-import { AgentSocket, API_KEY, BASE, expectError, query, sql, uniqueAgentId, waitForStatus } from "../helpers/worker/harness";
+import { AgentSocket, expectError, postWithEnv, query, sql, uniqueAgentId, waitForStatus } from "../helpers/worker/harness";
 
 describe("backlog quota", () => {
 	const LIMIT = 3;
 
 	/** The worker with AGENT_BACKLOG_LIMIT set low, through its real fetch handler. */
-	async function call(path: string, json: unknown): Promise<Response> {
-		const ctx = createExecutionContext();
-		const res = await worker.fetch(
-			new Request(`${BASE}${path}`, {
-				method: "POST",
-				headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
-				body: JSON.stringify(json),
-			}),
-			{ ...env, AGENT_BACKLOG_LIMIT: String(LIMIT) },
-			ctx,
-		);
-		await waitOnExecutionContext(ctx);
-		return res;
+	function call(path: string, json: unknown): Promise<Response> {
+		return postWithEnv(path, json, { AGENT_BACKLOG_LIMIT: String(LIMIT) });
 	}
 
 	it("refuses an enqueue past AGENT_BACKLOG_LIMIT open commands with 429 agent_backlog_full, and writes nothing", async () => {

@@ -3,19 +3,17 @@
  * statement before any object is called, through the real worker and real
  * agent sockets.
  */
-import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import worker from "../../src/index";
 import { FANOUT_MAX_TARGETS } from "../../src/protocol";
 import { TEST_READ_KEY } from "../helpers/test-secrets";
 import {
 	AgentSocket,
 	API_KEY,
 	api,
-	BASE,
 	enqueue,
 	expectError,
+	postWithEnv,
 	query,
 	sql,
 	uniqueAgentId,
@@ -177,20 +175,7 @@ describe("POST /v1/fanouts", () => {
 
 	it("refuses the whole fan-out with 429 agent_backlog_full, naming the full agents, when a target's backlog is full", async () => {
 		const LIMIT = 2;
-		const call = async (json: unknown) => {
-			const ctx = createExecutionContext();
-			const res = await worker.fetch(
-				new Request(`${BASE}/v1/fanouts`, {
-					method: "POST",
-					headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
-					body: JSON.stringify(json),
-				}),
-				{ ...env, AGENT_BACKLOG_LIMIT: String(LIMIT) },
-				ctx,
-			);
-			await waitOnExecutionContext(ctx);
-			return res;
-		};
+		const call = (json: unknown) => postWithEnv("/v1/fanouts", json, { AGENT_BACKLOG_LIMIT: String(LIMIT) });
 		const full = uniqueAgentId("full");
 		const ok = uniqueAgentId("ok");
 		for (let i = 0; i < LIMIT; i++) await enqueue(full, { action: `fill${i}` });
@@ -224,17 +209,11 @@ describe("POST /v1/fanouts", () => {
 			getByName: (name: string) =>
 				name === dead ? { enqueue: () => Promise.reject(new Error("Durable Object reset")) } : env.AGENT_HUB.getByName(name),
 		};
-		const ctx = createExecutionContext();
-		const res = await worker.fetch(
-			new Request(`${BASE}/v1/fanouts`, {
-				method: "POST",
-				headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
-				body: JSON.stringify({ agentIds: [dead, alive], action: "survive" }),
-			}),
-			{ ...env, AGENT_HUB: brokenHub as unknown as typeof env.AGENT_HUB },
-			ctx,
+		const res = await postWithEnv(
+			"/v1/fanouts",
+			{ agentIds: [dead, alive], action: "survive" },
+			{ AGENT_HUB: brokenHub as unknown as typeof env.AGENT_HUB },
 		);
-		await waitOnExecutionContext(ctx);
 		expect(res.status).toBe(201);
 		const out = await res.json<Created>();
 		expect((await sAlive.next("command")).action).toBe("survive");

@@ -2,7 +2,7 @@
  * Test harness inside workerd: real HTTP through the worker's fetch, real
  * WebSocket upgrades to the agent objects, real Postgres through the driver.
  */
-import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { createExecutionContext, runDurableObjectAlarm, runInDurableObject, waitOnExecutionContext } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
 import { expect } from "vitest";
 import { sql, type SQL } from "drizzle-orm";
@@ -12,6 +12,7 @@ import { signAgentToken } from "../../../src/auth/agent-token";
 import { type Db, withDb } from "../../../src/db/client";
 import { type ServerFrame, ServerFrame as ServerFrameSchema } from "../../../src/protocol";
 import { ConnectRefused, type SocketLike } from "../../../src/sdk/transport";
+import worker from "../../../src/index";
 
 export const BASE = "http://switchyard.test";
 export const API_KEY = "test-operator-key";
@@ -29,6 +30,26 @@ export function api(path: string, init: RequestInit & { json?: unknown; key?: st
 		body = JSON.stringify(init.json);
 	}
 	return exports.default.fetch(`${BASE}${path}`, { ...init, headers, body });
+}
+
+/**
+ * POSTs `json` with the operator key through the worker's real fetch handler
+ * with some bindings changed (a low limit, a failing object namespace), and
+ * waits for the work it left running after its answer.
+ */
+export async function postWithEnv(path: string, json: unknown, changed: Partial<Env>): Promise<Response> {
+	const ctx = createExecutionContext();
+	const res = await worker.fetch(
+		new Request(`${BASE}${path}`, {
+			method: "POST",
+			headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+			body: JSON.stringify(json),
+		}),
+		{ ...env, ...changed },
+		ctx,
+	);
+	await waitOnExecutionContext(ctx);
+	return res;
 }
 
 export async function enqueue(
