@@ -90,6 +90,8 @@ export interface CommandUpdate {
 	output_pieces: OutputPiece[] | null;
 	/** The object lifetime (storage epoch) the pieces' positions count in. */
 	output_epoch: string | null;
+	/** Characters the pieces hold, kept as they are added (Postgres does not read it). */
+	output_chars: number;
 	/** Output this batch held but did not carry, being past the cap already. */
 	output_dropped: boolean;
 	/** The system's end the agent's late result replaces (answers.ts), when the last transition is one. */
@@ -144,6 +146,7 @@ function emptyUpdate(commandId: string, at: string): CommandUpdate {
 		cancel_requested_at: null,
 		output_pieces: null,
 		output_epoch: null,
+		output_chars: 0,
 		output_dropped: false,
 		late_from: null,
 	};
@@ -154,11 +157,10 @@ function foldOutput(u: CommandUpdate, e: OutputMark & { key?: string }): void {
 		u.output_dropped = true;
 		return;
 	}
-	const carried = (u.output_pieces ?? []).reduce((n, p) => n + p.d.length, 0);
 	// Past the cap nothing more is kept, so do not carry it to Postgres either.
 	// Counted in UTF-16 units here and in characters by Postgres: say so
 	// explicitly rather than hope Postgres's length check notices.
-	if (carried > OUTPUT_CAP_CHARS) {
+	if (u.output_chars > OUTPUT_CAP_CHARS) {
 		u.output_dropped = true;
 		return;
 	}
@@ -166,6 +168,7 @@ function foldOutput(u: CommandUpdate, e: OutputMark & { key?: string }): void {
 	if (at?.[1] !== undefined && u.output_epoch === null) u.output_epoch = at[1];
 	const s = at && at[1] === u.output_epoch ? Number(at[2]) : null;
 	(u.output_pieces ??= []).push({ s, d: e.data });
+	u.output_chars += e.data.length;
 }
 
 function foldTransition(u: CommandUpdate, e: Transition): void {
