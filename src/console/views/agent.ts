@@ -189,27 +189,27 @@ export function agentView(session: Session, agentId: string): View {
 	});
 
 	/**
-	 * The stream starts at the live end, so a transition made just before it
-	 * opened is neither in it nor, for a moment, in Postgres (the object
-	 * writes a short while after it tells observers). Open commands of the
-	 * first page are read again until that write has surely landed.
+	 * Reads the newest page for what the stream cannot tell: a command that
+	 * waits (the agent paused, offline or busy) makes no frame until it is
+	 * sent, so rows the page lacks are added; and with `open`, the open rows
+	 * are read again, because the stream starts at the live end and a change
+	 * made just before it opened reaches Postgres a moment later.
 	 */
+	async function readNewest(open: boolean): Promise<void> {
+		try {
+			const page = await session.api.list(agentId, { limit: String(PAGE) });
+			for (const c of [...page.items].reverse()) {
+				const row = rows.get(c.id);
+				if (!row) upsert(c, true);
+				else if (open && !TERMINAL.has(row.dataset.status ?? "")) upsert(c, false);
+			}
+		} catch {
+			// the next read, or the next frame, tries again
+		}
+	}
 	const settleTimers: ReturnType<typeof setTimeout>[] = [];
 	function rereadOpen(): void {
-		for (const ms of REREAD_AFTER_MS) {
-			settleTimers.push(
-				setTimeout(async () => {
-					const open = [...rows.values()].filter((r) => !TERMINAL.has(r.dataset.status ?? "")).map((r) => r.dataset.command ?? "");
-					if (open.length === 0) return;
-					try {
-						const page = await session.api.list(agentId, { limit: String(PAGE) });
-						for (const c of page.items) if (open.includes(c.id)) upsert(c, false);
-					} catch {
-						// the next read, or the next frame, tries again
-					}
-				}, ms),
-			);
-		}
+		for (const ms of REREAD_AFTER_MS) settleTimers.push(setTimeout(() => void readNewest(true), ms));
 	}
 
 	async function reloadAll(): Promise<void> {
@@ -220,19 +220,7 @@ export function agentView(session: Session, agentId: string): View {
 		rereadOpen();
 	}
 	void reloadAll();
-	/**
-	 * A command that waits (the agent paused, offline or busy) makes no
-	 * status frame until it is sent, so the newest page is read now and then
-	 * for rows the page does not have yet.
-	 */
-	const newest = setInterval(async () => {
-		try {
-			const page = await session.api.list(agentId, { limit: String(PAGE) });
-			for (const c of [...page.items].reverse()) if (!rows.has(c.id)) upsert(c, true);
-		} catch {
-			// the next read tries again
-		}
-	}, NEWEST_EVERY_MS);
+	const newest = setInterval(() => void readNewest(false), NEWEST_EVERY_MS);
 	// Relative times ("12 s ago") age while the page is open.
 	const clock = setInterval(() => {
 		for (const t of document.querySelectorAll<HTMLTimeElement>("main time[datetime]")) t.textContent = ago(t.dateTime);
