@@ -1,3 +1,4 @@
+import { fileURLToPath } from "node:url";
 import { cloudflareTest } from "@cloudflare/vitest-plugin";
 import { defineConfig } from "vitest/config";
 import {
@@ -53,6 +54,8 @@ export default defineConfig({
 						},
 					})),
 				],
+				// wrangler.toml's alias, which the plugin's bundler does not read.
+				resolve: { alias: { "switchyard-console-files": fileURLToPath(new URL("./dist/console/files.js", import.meta.url)) } },
 				test: {
 					name: "worker",
 					include: ["test/worker/**/*.test.ts"],

@@ -1,6 +1,6 @@
 /**
- * The console's page comes from static assets through the worker, with the
- * headers that keep its API key safe; the API beside it is unchanged.
+ * The console's page comes from the worker's own bundle, with the headers
+ * that keep its API key safe; the API beside it is unchanged.
  */
 import { describe, expect, it } from "vitest";
 import { CONSOLE_CSP } from "../../src/routes/console";
@@ -28,6 +28,30 @@ describe("the console", () => {
 		expect(res.status).toBe(200);
 		expect(res.headers.get("content-type")).toMatch(/javascript/);
 		expect(res.headers.get("content-security-policy")).toBe(CONSOLE_CSP);
+	});
+
+	it("answers 304 to a browser revalidating what it holds, and the full file after a rebuild", async () => {
+		const first = await api("/assets/console.js", { key: null });
+		const etag = first.headers.get("etag") ?? "";
+		expect(etag).toMatch(/^"[\w-]+"$/);
+		expect(first.headers.get("cache-control")).toBe("no-cache");
+		const again = await api("/assets/console.js", { key: null, headers: { "if-none-match": `W/${etag}` } });
+		expect(again.status).toBe(304);
+		expect(await again.text()).toBe("");
+		expect(again.headers.get("content-security-policy")).toBe(CONSOLE_CSP);
+		const stale = await api("/assets/console.js", { key: null, headers: { "if-none-match": '"an-older-build"' } });
+		expect(stale.status).toBe(200);
+		expect((await stale.text()).length).toBe((await first.text()).length);
+	});
+
+	it("serves the license texts its bundle points to", async () => {
+		const js = await (await api("/assets/console.js", { key: null })).text();
+		const named = js.match(/see (console\.js\.LEGAL\.txt)/)?.[1];
+		expect(named).toBe("console.js.LEGAL.txt");
+		const legal = await api(`/assets/${named}`, { key: null });
+		expect(legal.status).toBe(200);
+		expect(legal.headers.get("content-type")).toMatch(/^text\/plain/);
+		expect(await legal.text()).toMatch(/license/i);
 	});
 
 	it("leaves API routes to the API: an unknown /v1 path is still a JSON 404", async () => {
