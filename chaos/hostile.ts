@@ -189,6 +189,8 @@ export const hostile: Scenario = {
 		const only = process.env.CHAOS_HOSTILE?.split(",");
 		const on = (part: string) => !only || only.includes(part);
 		const none = { tried: 0, skipped: 0, got: {} as Tally, achievedPerSecond: 0 };
+		// The flood goes to the runtime itself, as production has no wrangler dev proxy to saturate first.
+		const runtimeBase = on("http") ? (await stack.runtimeWsBase()).replace(/^ws/, "http") : "";
 		try {
 			const target = ids[0] ?? "";
 			const [, backlogOut, acks, httpOut] = await Promise.all([
@@ -197,7 +199,7 @@ export const hostile: Scenario = {
 				on("acks") ? ackFlood(stack, h.ackFlood, got.ackFlood) : 0,
 				on("http")
 					? flooder.call<{ tried: number; skipped: number; got: Tally; achievedPerSecond: number }>("flood", {
-							base: stack.base,
+							base: runtimeBase,
 							apiKey: stack.apiKey,
 							rate: h.httpRate,
 							durationMs: h.phaseMs,

@@ -70,7 +70,7 @@ interface Sent {
  * Opens `ids` over `cfg.fleets` processes that reconnect after any close, as
  * the SDK does. They go into `fleets` as they start, so a failure still stops them.
  */
-async function startFleets(stack: Stack, cfg: Config, ids: string[], fleets: Child[], net?: Partitionable, mintTokens = false): Promise<void> {
+async function startFleets(stack: Stack, cfg: Config, ids: string[], fleets: Child[], net?: Partitionable, mintTokens: Scenario["mintTokens"] = false): Promise<void> {
 	const per = Math.ceil(ids.length / cfg.fleets);
 	for (let i = 0; i < ids.length; i += per) fleets.push(spawnChild("load/agents.ts", {}, net?.wrapper));
 	await Promise.all(fleets.map((f) => f.call("configure", { withOutput: true })));
@@ -80,7 +80,7 @@ async function startFleets(stack: Stack, cfg: Config, ids: string[], fleets: Chi
 				wsBase: net?.wsBase ?? stack.wsBase,
 				ids: ids.slice(i * per, (i + 1) * per),
 				secret: stack.secret,
-				...(mintTokens ? { mint: { base: stack.base, apiKey: stack.apiKey } } : {}),
+				...(mintTokens ? { mint: { base: stack.base, apiKey: stack.apiKey, keep: mintTokens === "keep" } } : {}),
 				deflate: false,
 				parallel: 10,
 				reconnect: true,

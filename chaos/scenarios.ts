@@ -5,9 +5,11 @@
  * empty, every command created before the heal finished), and details that
  * go into the results file.
  */
+import { randomBytes } from "node:crypto";
 import type { Child } from "../bench/lib/rpc.ts";
 import type { Stack } from "../bench/lib/stack.ts";
 import { sleep, wallNow } from "../bench/lib/stats.ts";
+import { signAgentToken } from "../src/auth/agent-token.ts";
 import { CLUSTER, clusterUnavailable, faketimeAvailable, setClockOffset, startClusterAgain, stopCluster } from "./cluster.ts";
 import type { Config } from "./config.ts";
 import { hostile } from "./hostile.ts";
@@ -45,8 +47,12 @@ export interface Scenario {
 	tune?(cfg: Config): Partial<Config>;
 	/** Puts the fleets in a network the fault can cut (they dial wrangler dev on the host otherwise). */
 	network?(stack: Stack): Promise<Partitionable>;
-	/** The fleets get every token from the API (after a revocation, the only way back in). */
-	mintTokens?: boolean;
+	/**
+	 * The fleets get their tokens from the API (after a revocation, the only
+	 * way back in): a new one per connect, or with "keep" one kept across
+	 * reconnects until a connect is refused with 401, as the SDK does.
+	 */
+	mintTokens?: boolean | "keep";
 	fault(env: FaultEnv): Promise<FaultReport>;
 }
 
@@ -154,6 +160,70 @@ const revoke: Scenario = {
 			revokeStatuses: statuses,
 			revokedTokenProbes: oldToken,
 			seconds: cfg.flaps.durationMs / 1000,
+		};
+	},
+};
+
+/** What the runtime answers a plain GET of the connect route with `token`: 426 if it took the token, 401 if not. */
+async function tokenProbe(stack: Stack, agentId: string, token: string): Promise<string> {
+	const res = await fetch(`${stack.base}/v1/agents/${encodeURIComponent(agentId)}/connect`, { headers: { authorization: `Bearer ${token}` } }).catch(() => null);
+	await res?.arrayBuffer();
+	return res ? String(res.status) : "network";
+}
+
+/**
+ * The agent token secret rotated under load, as a deploy with new secrets
+ * does it: the runtime restarts signing with a new secret and still taking
+ * the old one as AGENT_TOKEN_SECRET_PREVIOUS, so agents come back on the
+ * tokens they hold; then it restarts without the old one, so those tokens
+ * are refused (401) and each agent gets a new one from the API. Agents keep
+ * their token across reconnects, as the SDK does. Probes check what a token
+ * signed with each secret gets after each step.
+ */
+const rotate: Scenario = {
+	key: "rotate",
+	title: "secret rotation under load: restart on a new secret keeping the old as previous, then without it",
+	mintTokens: "keep",
+	async fault(env) {
+		const { stack, fleets } = env;
+		const old = stack.secret;
+		const next = randomBytes(32).toString("base64url");
+		const probeId = "chaos-rotate-probe";
+		const sign = async (secret: string) => (await signAgentToken(probeId, { current: secret }, 3600)).token;
+		const oldToken = await sign(old);
+		const tokens = async () => {
+			const s = await Promise.all(fleets.map((f) => f.call<{ tokens: { minted: number; refused401: number } }>("status", {})));
+			return s.reduce((t, x) => ({ minted: t.minted + x.tokens.minted, refused401: t.refused401 + x.tokens.refused401 }), { minted: 0, refused401: 0 });
+		};
+		const atStart = await tokens();
+		const recoveries: (number | null)[] = [];
+
+		await stack.setTokenSecrets(next, old);
+		recoveries.push(await env.recovered(wallNow()));
+		const whileBoth = { oldToken: await tokenProbe(stack, probeId, oldToken), newToken: await tokenProbe(stack, probeId, await sign(next)) };
+		const afterFirst = await tokens();
+
+		await stack.setTokenSecrets(next);
+		recoveries.push(await env.recovered(wallNow()));
+		const afterDrop = { oldToken: await tokenProbe(stack, probeId, oldToken), newToken: await tokenProbe(stack, probeId, await sign(next)) };
+		const atEnd = await tokens();
+
+		const wrong = [
+			whileBoth.oldToken !== "426" && `an old-secret token got ${whileBoth.oldToken} while the old secret was still previous`,
+			whileBoth.newToken !== "426" && `a new-secret token got ${whileBoth.newToken} after the rotation`,
+			afterDrop.oldToken !== "401" && `an old-secret token got ${afterDrop.oldToken} after the old secret was dropped`,
+			afterDrop.newToken !== "426" && `a new-secret token got ${afterDrop.newToken} after the old secret was dropped`,
+		].filter(Boolean);
+		if (wrong.length) throw new Error(wrong.join("; "));
+		return {
+			faults: { "secret rotated (old kept as previous)": 1, "previous secret dropped": 1 },
+			recoveries,
+			probes: { whileBoth, afterDrop },
+			agentTokens: {
+				refusedWhileBoth: afterFirst.refused401 - atStart.refused401,
+				refusedAfterDrop: atEnd.refused401 - afterFirst.refused401,
+				mintedAfterDrop: atEnd.minted - afterFirst.minted,
+			},
 		};
 	},
 };
@@ -417,4 +487,4 @@ const clock: Scenario = {
 	},
 };
 
-export const SCENARIOS: Scenario[] = [flaps, revoke, cuts, slow, crash, crashloop, outage, pgrestart, bouncer, dbblackhole, dbslow, dbreset, unclear, partition, clock, hostile];
+export const SCENARIOS: Scenario[] = [flaps, revoke, rotate, cuts, slow, crash, crashloop, outage, pgrestart, bouncer, dbblackhole, dbslow, dbreset, unclear, partition, clock, hostile];

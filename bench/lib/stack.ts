@@ -75,6 +75,12 @@ export interface Stack {
 	bouncer?: Bouncer;
 	/** Starts wrangler dev again on the same port and state; resolves when healthy (within 120 s unless told). */
 	startWrangler(healthyWithinMs?: number): Promise<void>;
+	/**
+	 * Restarts wrangler dev signing agent tokens with `current` and still
+	 * accepting `previous` (when given), as a deploy with new secrets would;
+	 * `secret` follows.
+	 */
+	setTokenSecrets(current: string, previous?: string): Promise<void>;
 	stop(): Promise<void>;
 }
 
@@ -120,17 +126,19 @@ export async function startSwitchyard(db: DbKind, database = "switchyard_bench",
 		allow: (h, p) => h === target.hostname && p === Number(target.port || 5432),
 	});
 	await runMigrations(databaseUrl);
-	// wrangler refuses to start without the console's assets directory.
+	// The worker imports the built console (wrangler.toml's alias).
 	await buildConsole({ quiet: true });
 
 	const port = await freePort();
 	let wrangler: Wrangler | undefined;
 	const base = `http://127.0.0.1:${port}`;
+	/** Token secrets set by `setTokenSecrets` (over .dev.vars), kept across restarts. */
+	let secretVars: Record<string, string> = {};
 	const start = async (healthyWithinMs = 120_000) => {
 		wrangler = startWrangler({
 			port,
 			persistTo: join(stateDir, "wrangler"),
-			vars: { DATABASE_URL: workerUrl, NEON_WS_PROXY: relay.proxy, ...BENCH_VARS },
+			vars: { DATABASE_URL: workerUrl, NEON_WS_PROXY: relay.proxy, ...BENCH_VARS, ...secretVars },
 		});
 		try {
 			await waitHealthy(base, healthyWithinMs);
@@ -157,7 +165,7 @@ export async function startSwitchyard(db: DbKind, database = "switchyard_bench",
 				? "embedded: PGlite in the harness process, wire protocol, through the relay"
 				: `real: PostgreSQL on port ${opts.pgPort ?? 5432}, through the relay${dbLink ? ", a fault-injecting TCP proxy" : ""} and PgBouncer (transaction pooling, ${POOL_SIZE} server connections)`,
 	};
-	return {
+	const stack: Stack = {
 		db,
 		base,
 		wsBase: base.replace(/^http/, "ws"),
@@ -179,6 +187,13 @@ export async function startSwitchyard(db: DbKind, database = "switchyard_bench",
 		dbLink,
 		bouncer,
 		startWrangler: start,
+		setTokenSecrets: async (current, previous) => {
+			await wrangler?.stop();
+			// .dev.vars (ensureDevVars) holds no previous secret, so leaving it out drops it.
+			secretVars = previous ? { AGENT_TOKEN_SECRET: current, AGENT_TOKEN_SECRET_PREVIOUS: previous } : { AGENT_TOKEN_SECRET: current };
+			await start();
+			stack.secret = current;
+		},
 		stop: async () => {
 			backends?.stop();
 			await wrangler?.stop();
@@ -190,4 +205,5 @@ export async function startSwitchyard(db: DbKind, database = "switchyard_bench",
 			rmSync(stateDir, { recursive: true, force: true });
 		},
 	};
+	return stack;
 }

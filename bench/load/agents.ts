@@ -45,8 +45,15 @@ interface ConnectArgs {
 	 * the chaos suite revokes tokens under load, and a signed token would
 	 * carry the version from before the revocation.
 	 */
-	mint?: { base: string; apiKey: string };
+	mint?: { base: string; apiKey: string; keep?: boolean };
 }
+
+/**
+ * With `mint.keep`, an agent keeps its token across reconnects, as the SDK
+ * does, until a connect is refused with 401 (a rotated secret, a revocation):
+ * then it gets a new one. Counted for the chaos suite.
+ */
+const tokenCounts = { minted: 0, refused401: 0 };
 
 /** A token from the API: the version the agent's object wants now. */
 async function mintedToken(agentId: string, mint: { base: string; apiKey: string }): Promise<string> {
@@ -61,6 +68,8 @@ async function mintedToken(agentId: string, mint: { base: string; apiKey: string
 
 interface Agent {
 	id: string;
+	/** The token it connects with (`mint.keep`), until refused. */
+	token?: string;
 	ws?: WebSocket;
 	welcomed: boolean;
 	backoff: Backoff;
@@ -185,7 +194,13 @@ function answerCancel(agent: Agent, id: string, frames: Answer): void {
 async function open(agent: Agent, a: ConnectArgs): Promise<void> {
 	const frames = await answer;
 	const headers: Record<string, string> = {};
-	if (a.mint) headers.authorization = `Bearer ${await mintedToken(agent.id, a.mint)}`;
+	if (a.mint) {
+		if (!a.mint.keep || !agent.token) {
+			agent.token = await mintedToken(agent.id, a.mint);
+			tokenCounts.minted++;
+		}
+		headers.authorization = `Bearer ${agent.token}`;
+	}
 	else if (a.secret) headers.authorization = `Bearer ${(await signAgentToken(agent.id, { current: a.secret }, 24 * 3600)).token}`;
 	const ws = new WebSocket(`${movedTo ?? a.wsBase}/v1/agents/${encodeURIComponent(agent.id)}/connect`, {
 		headers,
@@ -230,6 +245,10 @@ async function open(agent: Agent, a: ConnectArgs): Promise<void> {
 		});
 		ws.on("error", (err) => {
 			clearTimeout(timer);
+			if (/Unexpected server response: 401\b/.test(err.message)) {
+				tokenCounts.refused401++;
+				agent.token = undefined;
+			}
 			reject(err);
 		});
 		ws.on("close", (code) => {
@@ -337,7 +356,12 @@ const methods = {
 	/** Agents with a welcomed socket, of all. */
 	async status() {
 		const all = [...agents.values()];
-		return { agents: all.length, connected: all.filter((x) => x.welcomed).length, running: all.reduce((s, x) => s + x.running.size + x.unsent.size, 0) };
+		return {
+			agents: all.length,
+			connected: all.filter((x) => x.welcomed).length,
+			running: all.reduce((s, x) => s + x.running.size + x.unsent.size, 0),
+			tokens: { ...tokenCounts },
+		};
 	},
 	/** Drops a random `fraction` of the open sockets without a close frame; they reconnect if told to. */
 	async flap(a: { fraction: number }) {

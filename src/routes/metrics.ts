@@ -12,19 +12,22 @@ import { COMMAND_STATUSES, OPEN_STATUSES } from "../protocol";
  */
 export const METRICS_CACHE_MS = 5_000;
 
-/** The isolate's last snapshot and the database it came from (one URL in production; tests switch it). */
-let cached: { url: string; at: number; snapshot: Promise<Snapshot> } | undefined;
+/** The isolate's last exposition and the database it came from (one URL in production; tests switch it). */
+let cached: { url: string; at: number; text: Promise<string> } | undefined;
 
-/** Concurrent scrapes share the query under way; a failed one is not kept, so the next scrape asks again. */
-function cachedSnapshot(url: string, db: HttpDatabase): Promise<Snapshot> {
+/**
+ * Concurrent scrapes share the query under way, and the text rendered from
+ * it; a failed one is not kept, so the next scrape asks again.
+ */
+function cachedExposition(url: string, db: HttpDatabase): Promise<string> {
 	const now = Date.now();
-	if (cached && cached.url === url && now - cached.at < METRICS_CACHE_MS) return cached.snapshot;
-	const entry = { url, at: now, snapshot: db.run((d) => snapshot(d)) };
+	if (cached && cached.url === url && now - cached.at < METRICS_CACHE_MS) return cached.text;
+	const entry = { url, at: now, text: db.run((d) => snapshot(d)).then(render) };
 	cached = entry;
-	entry.snapshot.catch(() => {
+	entry.text.catch(() => {
 		if (cached === entry) cached = undefined;
 	});
-	return entry.snapshot;
+	return entry.text;
 }
 
 /** Prometheus text exposition (version 0.0.4). */
@@ -73,6 +76,5 @@ export function render(s: Snapshot): string {
 }
 
 export const metricsRoutes = new Hono<AppEnv>().get("/metrics", readAccess, async (c) => {
-	const s = await cachedSnapshot(c.env.DATABASE_URL, c.var.db);
-	return c.text(render(s), 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
+	return c.text(await cachedExposition(c.env.DATABASE_URL, c.var.db), 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
 });
