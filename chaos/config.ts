@@ -34,6 +34,8 @@ export interface Config {
 	/** Probability of a cut at each protocol point (after a command, before an ack, after a result). */
 	cuts: { agents: number; fleets: number; rate: number; probability: number; durationMs: number };
 	clock: { skewSeconds: number; jumpSeconds: number; stepMs: number };
+	/** The agents' link to the runtime: added latency each way for a while, then every connection reset at once, `resets` times. */
+	agentLink: { delayMs: number; slowMs: number; resets: number; everyMs: number };
 	hostile: { phaseMs: number; observers: number; backlog: number; ackFlood: number; httpRate: number; batches: number };
 }
 
@@ -62,6 +64,7 @@ export function config(quick: boolean): Config {
 				unclear: { share: 0.1, durationMs: 15_000 },
 				cuts: { agents: 50, fleets: 2, rate: 20, probability: 0.3, durationMs: 15_000 },
 				clock: { skewSeconds: 300, jumpSeconds: 120, stepMs: 8_000 },
+				agentLink: { delayMs: 150, slowMs: 10_000, resets: 2, everyMs: 5_000 },
 				hostile: { phaseMs: 15_000, observers: 100, backlog: 10_200, ackFlood: 5_000, httpRate: 2_000, batches: 3 },
 			}
 		: {
@@ -76,7 +79,7 @@ export function config(quick: boolean): Config {
 				slowMs: 30_000,
 				crashDownMs: 5_000,
 				outageMs: 30_000,
-				partitionMs: 40_000,
+				partitionMs: 60_000,
 				recoveryTimeoutMs: 90_000,
 				crashLoop: { kills: 5, everyMs: 30_000, burst: 400, answerDelayMs: 4_000 },
 				pgRestart: { restarts: 3, everyMs: 25_000, downMs: 5_000 },
@@ -87,6 +90,7 @@ export function config(quick: boolean): Config {
 				unclear: { share: 0.1, durationMs: 40_000 },
 				cuts: { agents: 400, fleets: 4, rate: 80, probability: 0.45, durationMs: 120_000 },
 				clock: { skewSeconds: 600, jumpSeconds: 300, stepMs: 20_000 },
+				agentLink: { delayMs: 250, slowMs: 30_000, resets: 4, everyMs: 10_000 },
 				hostile: { phaseMs: 40_000, observers: 1_000, backlog: 100_000, ackFlood: 50_000, httpRate: 2_000, batches: 10 },
 			};
 }

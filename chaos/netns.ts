@@ -8,6 +8,7 @@
  */
 import { execFileSync } from "node:child_process";
 import net from "node:net";
+import type { FaultProxy } from "../bench/lib/fault-proxy.ts";
 
 export interface Partitionable {
 	/** ws:// base the agents inside the namespace dial. */
@@ -17,6 +18,8 @@ export interface Partitionable {
 	cut(): void;
 	heal(): void;
 	close(): Promise<void>;
+	/** The fault-injecting proxy the agents dial through, when the scenario put one there. */
+	link?: FaultProxy;
 }
 
 function run(cmd: string, args: string[]): void {

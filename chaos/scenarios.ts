@@ -6,6 +6,7 @@
  * go into the results file.
  */
 import { randomBytes } from "node:crypto";
+import { startFaultProxy } from "../bench/lib/fault-proxy.ts";
 import type { Child } from "../bench/lib/rpc.ts";
 import type { Stack } from "../bench/lib/stack.ts";
 import { sleep, wallNow } from "../bench/lib/stats.ts";
@@ -464,6 +465,56 @@ const partition: Scenario = {
 };
 
 /**
+ * The agents' link to the runtime misbehaves in a TCP proxy they all dial
+ * through: every byte waits `delayMs` each way (a far or congested network,
+ * past nothing the protocol times), then every connection is reset at once,
+ * several times (a NAT or load balancer dropping its table): the whole fleet
+ * reconnects together.
+ */
+const agentlink: Scenario = {
+	key: "agentlink",
+	title: "agents' link: added latency each way, then every agent connection reset at once",
+	network: async (stack) => {
+		const url = new URL(stack.base);
+		const link = await startFaultProxy({ host: url.hostname, port: Number(url.port) }, { postgres: false });
+		return {
+			wsBase: `ws://127.0.0.1:${link.port}`,
+			wrapper: [],
+			cut: () => link.setBlackhole(true),
+			heal: () => link.setBlackhole(false),
+			close: () => link.close(),
+			link,
+		};
+	},
+	async fault(env) {
+		const link = env.net?.link;
+		if (!link) throw new Error("the agentlink scenario needs its proxy");
+		const { delayMs, slowMs, resets, everyMs } = env.cfg.agentLink;
+		const slow = await once(
+			env,
+			`link slowed by ${delayMs} ms each way`,
+			slowMs,
+			() => link.setDelay(delayMs),
+			() => link.setDelay(0),
+		);
+		let dropped = 0;
+		const reset = await repeated(env, "every agent connection reset", resets, everyMs, async () => {
+			const n = link.reset();
+			dropped += n;
+			return { connections: n };
+		});
+		return {
+			faults: { ...slow.faults, ...reset.faults },
+			recoveries: [...slow.recoveries, ...reset.recoveries],
+			delayMs,
+			slowSeconds: slowMs / 1000,
+			connectionsReset: dropped,
+			resets: reset.each,
+		};
+	},
+};
+
+/**
  * The database clock (libfaketime in the suite's cluster) skewed ahead, then
  * jumped back behind the real clock, then put right: Postgres's now() (every
  * created_at, every retention and expiry written in SQL) disagrees with the
@@ -487,4 +538,4 @@ const clock: Scenario = {
 	},
 };
 
-export const SCENARIOS: Scenario[] = [flaps, revoke, rotate, cuts, slow, crash, crashloop, outage, pgrestart, bouncer, dbblackhole, dbslow, dbreset, unclear, partition, clock, hostile];
+export const SCENARIOS: Scenario[] = [flaps, revoke, rotate, cuts, slow, crash, crashloop, outage, pgrestart, bouncer, dbblackhole, dbslow, dbreset, unclear, partition, agentlink, clock, hostile];

@@ -1,7 +1,9 @@
 /**
  * A TCP proxy that can misbehave, between the relay and PgBouncer: the
  * runtime's only way to Postgres, so a fault here is a fault of the link
- * between the worker (and its objects) and the database. The kernel has no
+ * between the worker (and its objects) and the database. The chaos suite
+ * also puts one between the agents and the runtime (`postgres: false`: the
+ * bytes are not read as Postgres messages, so no unclear commits there). The kernel has no
  * netem (NOTES.md); this does in user space what the chaos suite needs:
  * - blackhole: bytes stop moving both ways, nothing is closed (a silent
  *   link); they are held and delivered on heal, as TCP retransmits them;
@@ -153,7 +155,8 @@ class Conversation {
 	}
 }
 
-export async function startFaultProxy(target: { host: string; port: number }): Promise<FaultProxy> {
+export async function startFaultProxy(target: { host: string; port: number }, opts: { postgres?: boolean } = {}): Promise<FaultProxy> {
+	const postgres = opts.postgres ?? true;
 	let blackhole = false;
 	let delayMs = 0;
 	let unclearShare = 0;
@@ -201,10 +204,11 @@ export async function startFaultProxy(target: { host: string; port: number }): P
 			if (!timer && !blackhole) timer = setTimeout(pump, delayMs);
 		};
 		client.on("data", (d: Buffer) => {
-			talk.client.feed(d);
+			if (postgres) talk.client.feed(d);
 			push("up", d);
 		});
 		upstream.on("data", (d: Buffer) => {
+			if (!postgres) return push("down", d);
 			// Always read, so the parser is in step with the stream when the fault starts.
 			const at = talk.fromServer(d);
 			if (at < 0) return push("down", d);
