@@ -15,7 +15,10 @@ export interface Config {
 	answerDelayMs: number;
 	/** How long after the load ends every accepted command must be finished right. */
 	settleMs: number;
-	flaps: { everyMs: number; fraction: number; durationMs: number };
+	/** Drops a `fraction` of the connected sockets every `everyMs` until `target` drops, or `durationMs` at most. */
+	flaps: { everyMs: number; fraction: number; durationMs: number; target: number };
+	/** Revokes about `fraction` of the agents every `everyMs` for `durationMs`. */
+	revoke: { everyMs: number; fraction: number; durationMs: number };
 	/** Past the default ack timeout (10 s), so commands are sent again. */
 	slowMs: number;
 	crashDownMs: number;
@@ -49,7 +52,8 @@ export function config(quick: boolean): Config {
 				faultAtMs: 6_000,
 				answerDelayMs: 1_000,
 				settleMs: 120_000,
-				flaps: { everyMs: 1_000, fraction: 0.3, durationMs: 15_000 },
+				flaps: { everyMs: 500, fraction: 0.3, durationMs: 15_000, target: 500 },
+				revoke: { everyMs: 1_000, fraction: 0.1, durationMs: 15_000 },
 				slowMs: 15_000,
 				crashDownMs: 2_000,
 				outageMs: 8_000,
@@ -75,13 +79,15 @@ export function config(quick: boolean): Config {
 				faultAtMs: 15_000,
 				answerDelayMs: 1_000,
 				settleMs: 180_000,
-				flaps: { everyMs: 1_000, fraction: 0.3, durationMs: 60_000 },
+				flaps: { everyMs: 500, fraction: 0.4, durationMs: 180_000, target: 10_000 },
+				revoke: { everyMs: 1_000, fraction: 0.1, durationMs: 60_000 },
 				slowMs: 30_000,
 				crashDownMs: 5_000,
 				outageMs: 30_000,
 				partitionMs: 60_000,
 				recoveryTimeoutMs: 90_000,
-				crashLoop: { kills: 5, everyMs: 30_000, burst: 400, answerDelayMs: 4_000 },
+				// Ten minutes of kills, one every 50 s.
+				crashLoop: { kills: 12, everyMs: 50_000, burst: 400, answerDelayMs: 4_000 },
 				pgRestart: { restarts: 3, everyMs: 25_000, downMs: 5_000 },
 				bouncerRestart: { restarts: 3, everyMs: 20_000, downMs: 2_000 },
 				dbBlackholeMs: 60_000,

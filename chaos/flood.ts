@@ -39,11 +39,11 @@ serve({
 		const start = wallNow();
 		const inFlight = new Set<Promise<void>>();
 		let due = 0;
+		let sent = 0;
 		let skipped = 0;
 		while (wallNow() - start < a.durationMs) {
 			const wait = start + (due / a.rate) * 1000 - wallNow();
 			if (wait > 1) await sleep(wait);
-			const path = due % 2 === 0 ? "/healthz" : "/metrics";
 			due++;
 			if (inFlight.size >= a.maxInFlight) {
 				// Open loop: a request that cannot be sent on time is counted, not queued.
@@ -51,6 +51,8 @@ serve({
 				await Promise.race(inFlight);
 				continue;
 			}
+			// Alternated by what is sent, not by what was due: skips would otherwise all land on one path.
+			const path = sent++ % 2 === 0 ? "/healthz" : "/metrics";
 			const req = get(path).finally(() => inFlight.delete(req));
 			inFlight.add(req);
 		}

@@ -14,7 +14,8 @@ import { spawnChild } from "../bench/lib/rpc.ts";
 import type { Stack } from "../bench/lib/stack.ts";
 import { sleep, wallNow } from "../bench/lib/stats.ts";
 import { signAgentToken } from "../src/auth/agent-token.ts";
-import { MAX_BATCH } from "../src/protocol.ts";
+import { EVENT_LOG_MAX_BYTES } from "../src/agent/events.ts";
+import { CloseCode, MAX_BATCH, MAX_OUTPUT_CHUNK, OUTPUT_CAP_CHARS } from "../src/protocol.ts";
 import { batch } from "./http.ts";
 import type { FaultEnv, FaultReport, Scenario } from "./scenarios.ts";
 
@@ -23,8 +24,12 @@ const count = (t: Tally, k: string, n = 1) => {
 	t[k] = (t[k] ?? 0) + n;
 };
 
-/** An agent in the harness that answers every command at once; `onCommand` sees each. */
-async function simpleAgent(stack: Stack, id: string, onCommand: (id: string, payload: unknown) => void, closes?: Tally) {
+/**
+ * An agent in the harness that answers every command at once; `onCommand`
+ * sees each. With `outputChunks`, it first writes that many output chunks
+ * of the largest size the protocol takes.
+ */
+async function simpleAgent(stack: Stack, id: string, onCommand: (id: string, payload: unknown) => void, closes?: Tally, outputChunks = 0) {
 	const token = (await signAgentToken(id, { current: stack.secret }, 3600)).token;
 	let ws: WebSocket | undefined;
 	let stopped = false;
@@ -39,6 +44,7 @@ async function simpleAgent(stack: Stack, id: string, onCommand: (id: string, pay
 					resolve();
 				} else if (f.type === "command" && f.id) {
 					onCommand(f.id, f.payload);
+					for (let seq = 0; seq < outputChunks; seq++) s.send(JSON.stringify({ type: "output", id: f.id, seq, data: CHUNK }));
 					s.send(JSON.stringify({ type: "result", id: f.id, status: "completed", result: { ok: true } }));
 				} else if (f.type === "cancel" && f.id) {
 					s.send(JSON.stringify({ type: "result", id: f.id, status: "completed", result: { ok: true } }));
@@ -60,31 +66,88 @@ async function simpleAgent(stack: Stack, id: string, onCommand: (id: string, pay
 	};
 }
 
-async function observe(stack: Stack, agentId: string, ms: number, got: Tally): Promise<void> {
-	await new Promise<void>((resolve) => {
-		const ws = new WebSocket(`${stack.wsBase}/v1/agents/${agentId}/stream?since=0`, { headers: { authorization: `Bearer ${stack.apiKey}` }, perMessageDeflate: false });
+const CHUNK = "x".repeat(MAX_OUTPUT_CHUNK);
+
+/**
+ * Fills an agent's event log past its byte bound with output (each command
+ * writes its whole output cap in the largest chunks), so observers replay
+ * from 0 over a full log; returns what the log held when they came.
+ */
+async function fillLog(stack: Stack, id: string, action: string) {
+	const perCommand = Math.ceil(OUTPUT_CAP_CHARS / MAX_OUTPUT_CHUNK);
+	const commands = Math.ceil((EVENT_LOG_MAX_BYTES * 1.1) / OUTPUT_CAP_CHARS);
+	const agent = await simpleAgent(stack, id, () => {}, undefined, perCommand);
+	try {
+		const b = await batch(stack, action, Array(commands).fill(id));
+		if (b.status !== 201) throw new Error(`filling the observed agent's log: batch answered ${b.status}`);
+		const deadline = wallNow() + 120_000;
+		const open = () =>
+			stack.pg
+				.query<{ n: string }>("select count(*) as n from agent_commands where action = $1 and status <> 'completed'", [action])
+				.then((r) => Number(r.rows[0]?.n));
+		while ((await open()) > 0 && wallNow() < deadline) await sleep(500);
+		return { commands, outputBytes: commands * perCommand * MAX_OUTPUT_CHUNK, logBoundBytes: EVENT_LOG_MAX_BYTES };
+	} finally {
+		agent.close();
+	}
+}
+
+/** One stream connection from `since`: how it ended, the last event seq it got, and whether it reached the live end. */
+function observeOnce(stack: Stack, agentId: string, since: number, ms: number, replayed: { bytes: number }) {
+	return new Promise<{ outcome: string; through: number; caughtUp: boolean; retryAfterMs?: number }>((resolve) => {
+		const ws = new WebSocket(`${stack.wsBase}/v1/agents/${agentId}/stream?since=${since}`, {
+			headers: { authorization: `Bearer ${stack.apiKey}` },
+			perMessageDeflate: false,
+		});
+		let opened = false;
+		let latest = Number.POSITIVE_INFINITY;
+		let through = since;
 		let settled = false;
-		const done = (k: string) => {
+		const done = (outcome: string, retryAfterMs?: number) => {
 			if (settled) return;
 			settled = true;
-			count(got, k);
+			clearTimeout(timer);
 			ws.terminate();
-			resolve();
+			resolve({ outcome, through, caughtUp: through >= latest, retryAfterMs });
 		};
-		const timer = setTimeout(() => done("open till the end"), ms);
-		ws.on("unexpected-response", (_req, res) => {
-			clearTimeout(timer);
-			done(`HTTP ${res.statusCode}`);
+		const timer = setTimeout(() => done(opened ? (through >= latest ? "caught up, open till the end" : "open till the end, still replaying") : "no answer"), ms);
+		ws.on("open", () => {
+			opened = true;
 		});
-		ws.on("close", (code) => {
-			clearTimeout(timer);
-			done(`close ${code}`);
+		ws.on("message", (data) => {
+			const text = data.toString();
+			replayed.bytes += text.length;
+			const f = JSON.parse(text) as { type: string; seq?: number; latestSeq?: number; through?: number };
+			if (f.type === "observing") latest = f.latestSeq ?? 0;
+			else if (f.type === "replay_paused" || f.type === "gap") through = Math.max(through, f.through ?? through);
+			else if (typeof f.seq === "number") through = Math.max(through, f.seq);
 		});
-		ws.on("error", () => {
-			clearTimeout(timer);
-			done("error");
-		});
+		ws.on("unexpected-response", (_req, res) => done(`HTTP ${res.statusCode}`, Number(res.headers["retry-after"] ?? 5) * 1000));
+		ws.on("close", (code) => done(code === CloseCode.REPLAY_PAUSED ? "page (close 4007), resumed" : `close ${code}`));
+		ws.on("error", () => done("error"));
 	});
+}
+
+/**
+ * An observer that replays an agent's log from 0 as a client of
+ * docs/protocol.md would: it resumes at once after each page (4007), waits
+ * `retry-after` when refused for the observer caps (429), and stays on once
+ * it reaches the live end.
+ */
+async function observe(stack: Stack, agentId: string, ms: number, got: Tally, replayed: { bytes: number; caughtUp: number }): Promise<void> {
+	const end = wallNow() + ms;
+	let since = 0;
+	while (wallNow() < end - 100) {
+		const r = await observeOnce(stack, agentId, since, end - wallNow(), replayed);
+		count(got, r.outcome);
+		since = r.through;
+		if (r.caughtUp) {
+			replayed.caughtUp++;
+			return;
+		}
+		if (r.retryAfterMs !== undefined) await sleep(Math.min(r.retryAfterMs * (0.5 + Math.random()), Math.max(0, end - wallNow())));
+		else if (!r.outcome.startsWith("page")) await sleep(500);
+	}
 }
 
 async function ackFlood(stack: Stack, n: number, got: Tally): Promise<number> {
@@ -155,10 +218,18 @@ const p = (xs: number[], q: number) => {
 export const hostile: Scenario = {
 	key: "hostile",
 	title: "hostile load: observers replaying, a backlog past the quota, an ack flood, /healthz+/metrics flood, batches at the limit; a canary's latency",
-	tune: (cfg) => ({ loadMs: cfg.faultAtMs + 2 * cfg.hostile.phaseMs + 5_000 }),
+	// 20 s more for filling the observed log first.
+	tune: (cfg) => ({ loadMs: cfg.faultAtMs + 2 * cfg.hostile.phaseMs + 25_000 }),
 	async fault(env: FaultEnv): Promise<FaultReport> {
 		const { stack, cfg, ids, action } = env;
 		const h = cfg.hostile;
+		// CHAOS_HOSTILE=observers,backlog,acks,http,batches runs only those, to find which one a canary feels.
+		const only = process.env.CHAOS_HOSTILE?.split(",");
+		const on = (part: string) => !only || only.includes(part);
+		const replayed = { bytes: 0, caughtUp: 0 };
+		// Before the abuse: a log full to its byte bound for the observers to replay.
+		const target = "chaos-hostile-observed";
+		const observed = on("observers") ? await fillLog(stack, target, "chaos.hostile.observed") : undefined;
 		const canaryLatency: { phase: "before" | "during"; ms: number }[] = [];
 		let phase: "before" | "during" = "before";
 		const canaryAction = "chaos.hostile.canary";
@@ -185,16 +256,12 @@ export const hostile: Scenario = {
 		const got = { observers: {} as Tally, backlog: {} as Tally, ackFlood: {} as Tally, http: {} as Tally, batches: {} as Tally };
 		const flooder = spawnChild("../chaos/flood.ts");
 		const accepted: string[] = [];
-		// CHAOS_HOSTILE=observers,backlog,acks,http,batches runs only those, to find which one a canary feels.
-		const only = process.env.CHAOS_HOSTILE?.split(",");
-		const on = (part: string) => !only || only.includes(part);
 		const none = { tried: 0, skipped: 0, got: {} as Tally, achievedPerSecond: 0 };
 		// The flood goes to the runtime itself, as production has no wrangler dev proxy to saturate first.
 		const runtimeBase = on("http") ? (await stack.runtimeWsBase()).replace(/^ws/, "http") : "";
 		try {
-			const target = ids[0] ?? "";
 			const [, backlogOut, acks, httpOut] = await Promise.all([
-				Promise.all(Array.from({ length: on("observers") ? h.observers : 0 }, () => observe(stack, target, h.phaseMs, got.observers))),
+				Promise.all(Array.from({ length: on("observers") ? h.observers : 0 }, () => observe(stack, target, h.phaseMs, got.observers, replayed))),
 				on("backlog") ? backlog(stack, h.backlog, h.phaseMs, got.backlog) : undefined,
 				on("acks") ? ackFlood(stack, h.ackFlood, got.ackFlood) : 0,
 				on("http")
@@ -256,6 +323,7 @@ export const hostile: Scenario = {
 				},
 				canary: { before: lat("before"), during: lat("during"), commands: canaryOpen },
 				backlog: backlogOut,
+				observedLog: observed && { ...observed, replayedBytes: replayed.bytes, observersCaughtUp: replayed.caughtUp },
 				phaseSeconds: h.phaseMs / 1000,
 			};
 		} finally {

@@ -93,21 +93,23 @@ async function repeated(env: FaultEnv, kind: string, n: number, everyMs: number,
 	return { faults: { [kind]: n }, recoveries, each };
 }
 
-/** Drops random sockets every `everyMs`; the fleets reconnect with the SDK's backoff. */
+/** Drops random sockets every `everyMs` until `target` drops; the fleets reconnect with the SDK's backoff. */
 const flaps: Scenario = {
 	key: "flaps",
 	title: "agent flaps: sockets dropped at random, agents reconnect",
+	tune: (cfg) => ({ loadMs: cfg.faultAtMs + cfg.flaps.durationMs + 5_000 }),
 	async fault(env) {
 		const { cfg, fleets } = env;
-		const until = wallNow() + cfg.flaps.durationMs;
+		const started = wallNow();
+		const until = started + cfg.flaps.durationMs;
 		let dropped = 0;
-		while (wallNow() < until) {
+		while (wallNow() < until && dropped < cfg.flaps.target) {
 			const r = await Promise.all(fleets.map((f) => f.call<{ dropped: number }>("flap", { fraction: cfg.flaps.fraction })));
 			dropped += r.reduce((s, x) => s + x.dropped, 0);
 			await sleep(cfg.flaps.everyMs);
 		}
 		const rec = await env.recovered(wallNow());
-		return { faults: { "socket dropped": dropped }, recoveries: [rec], everyMs: cfg.flaps.everyMs, fraction: cfg.flaps.fraction, seconds: cfg.flaps.durationMs / 1000 };
+		return { faults: { "socket dropped": dropped }, recoveries: [rec], everyMs: cfg.flaps.everyMs, fraction: cfg.flaps.fraction, seconds: secondsSince(started) };
 	},
 };
 
@@ -124,7 +126,7 @@ const revoke: Scenario = {
 	mintTokens: true,
 	async fault(env) {
 		const { cfg, stack, ids } = env;
-		const until = wallNow() + cfg.flaps.durationMs;
+		const until = wallNow() + cfg.revoke.durationMs;
 		const statuses: Record<string, number> = {};
 		// What a token minted before its revocation got afterwards: 401, never 426 (the upgrade would have been let through).
 		const oldToken: Record<string, number> = {};
@@ -132,7 +134,7 @@ const revoke: Scenario = {
 			fetch(`${stack.base}${path}`, { ...init, headers: { authorization: `Bearer ${stack.apiKey}`, "content-type": "application/json", ...init.headers } });
 		let revoked = 0;
 		while (wallNow() < until) {
-			const picked = ids.filter(() => Math.random() < cfg.flaps.fraction / 3);
+			const picked = ids.filter(() => Math.random() < cfg.revoke.fraction);
 			await Promise.all(
 				picked.map(async (id) => {
 					const path = `/v1/agents/${encodeURIComponent(id)}`;
@@ -151,7 +153,7 @@ const revoke: Scenario = {
 					await probe?.arrayBuffer();
 				}),
 			);
-			await sleep(cfg.flaps.everyMs);
+			await sleep(cfg.revoke.everyMs);
 		}
 		const rec = await env.recovered(wallNow());
 		if ((oldToken["426"] ?? 0) > 0) throw new Error(`${oldToken["426"]} tokens minted before their revocation were still admitted`);
@@ -160,7 +162,7 @@ const revoke: Scenario = {
 			recoveries: [rec],
 			revokeStatuses: statuses,
 			revokedTokenProbes: oldToken,
-			seconds: cfg.flaps.durationMs / 1000,
+			seconds: cfg.revoke.durationMs / 1000,
 		};
 	},
 };

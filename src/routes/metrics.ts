@@ -1,7 +1,9 @@
 import { Hono } from "hono";
 import type { AppEnv } from "../app-env";
 import { readAccess } from "../auth/api-key";
+import { DbQueryError, DbUnavailableError } from "../db/client";
 import type { HttpDatabase } from "../db/http";
+import { errorFields, log } from "../log";
 import { type Histogram, LATENCY_BUCKETS, type Snapshot, snapshot } from "../db/metrics";
 import { COMMAND_STATUSES, OPEN_STATUSES } from "../protocol";
 
@@ -11,23 +13,64 @@ import { COMMAND_STATUSES, OPEN_STATUSES } from "../protocol";
  * most one metrics query per period (docs/operations.md, "Metrics").
  */
 export const METRICS_CACHE_MS = 5_000;
+/**
+ * Past METRICS_CACHE_MS a scrape still gets the last snapshot at once, up to
+ * this age, while one query refreshes it: a slow or busy database never holds
+ * scrapes (or the isolate's connections) waiting. The age is reported
+ * (switchyard_metrics_snapshot_age_seconds).
+ */
+export const METRICS_STALE_MS = 60_000;
+
+interface Exposition {
+	url: string;
+	at: number;
+	text: string;
+}
 
 /** The isolate's last exposition and the database it came from (one URL in production; tests switch it). */
-let cached: { url: string; at: number; text: Promise<string> } | undefined;
+let last: Exposition | undefined;
+/** The query under way, shared by the scrapes that have nothing recent enough to answer with. */
+let refreshing: { url: string; done: Promise<Exposition> } | undefined;
 
-/**
- * Concurrent scrapes share the query under way, and the text rendered from
- * it; a failed one is not kept, so the next scrape asks again.
- */
-function cachedExposition(url: string, db: HttpDatabase): Promise<string> {
-	const now = Date.now();
-	if (cached && cached.url === url && now - cached.at < METRICS_CACHE_MS) return cached.text;
-	const entry = { url, at: now, text: db.run((d) => snapshot(d)).then(render) };
-	cached = entry;
-	entry.text.catch(() => {
-		if (cached === entry) cached = undefined;
+function refresh(url: string, db: HttpDatabase, at: number): Promise<Exposition> {
+	if (refreshing?.url === url) return refreshing.done;
+	const done = db.run((d) => snapshot(d)).then((s) => {
+		const e = { url, at, text: render(s) };
+		last = e;
+		return e;
 	});
-	return entry.text;
+	const entry = { url, done };
+	refreshing = entry;
+	void done.then(
+		() => {
+			if (refreshing === entry) refreshing = undefined;
+		},
+		(err: unknown) => {
+			if (refreshing === entry) refreshing = undefined;
+			log("warn", "metrics.refresh_failed", errorFields(err));
+		},
+	);
+	return done;
+}
+
+/** The exposition a scrape at `now` answers with (exported for tests, which move `now`). */
+export async function exposition(url: string, db: HttpDatabase, waitUntil: (p: Promise<unknown>) => void, now = Date.now()): Promise<Exposition> {
+	const usable = last?.url === url ? last : undefined;
+	if (usable && now - usable.at < METRICS_CACHE_MS) return usable;
+	if (usable && now - usable.at < METRICS_STALE_MS) {
+		// Kept running past this answer; a failure is logged by refresh() and leaves the stale snapshot in place.
+		waitUntil(refresh(url, db, now).catch(() => {}));
+		return usable;
+	}
+	try {
+		return await refresh(url, db, now);
+	} catch (err) {
+		// The shared query ran in another request's context: if that request
+		// went away, its I/O was cancelled with it. A database error is the
+		// database's answer for everyone; anything else is tried once more here.
+		if (err instanceof DbUnavailableError || err instanceof DbQueryError) throw err;
+		return refresh(url, db, now);
+	}
 }
 
 /** Prometheus text exposition (version 0.0.4). */
@@ -76,5 +119,8 @@ export function render(s: Snapshot): string {
 }
 
 export const metricsRoutes = new Hono<AppEnv>().get("/metrics", readAccess, async (c) => {
-	return c.text(await cachedExposition(c.env.DATABASE_URL, c.var.db), 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
+	const e = await exposition(c.env.DATABASE_URL, c.var.db, (p) => c.executionCtx.waitUntil(p));
+	const age = Math.max(0, Date.now() - e.at) / 1000;
+	const text = `${e.text}# HELP switchyard_metrics_snapshot_age_seconds Age of the snapshot above (a scrape is answered from one up to ${METRICS_STALE_MS / 1000} s old while a fresh one is read).\n# TYPE switchyard_metrics_snapshot_age_seconds gauge\nswitchyard_metrics_snapshot_age_seconds ${age}\n`;
+	return c.text(text, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
 });

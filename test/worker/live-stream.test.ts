@@ -8,7 +8,10 @@ import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
 import type { AgentCore } from "../../src/agent/core";
 import { app } from "../../src/app";
+import { DbUnavailableError } from "../../src/db/client";
+import { httpDb } from "../../src/db/http";
 import { deleteExpired } from "../../src/retention";
+import { exposition, METRICS_CACHE_MS, METRICS_STALE_MS } from "../../src/routes/metrics";
 import { agentHub } from "../../src/agent/stub";
 import { OUTPUT_CAP_CHARS, OUTPUT_TRUNCATION_MARKER } from "../../src/protocol";
 import {
@@ -630,6 +633,29 @@ describe("metrics", () => {
 		expect(waiting.status).toBe("pending");
 	});
 
+	it("answer from the last snapshot, with its age, while a refresh cannot reach the database", async () => {
+		const url = freshUrl();
+		const live = httpDb({ ...env, DATABASE_URL: url });
+		// Scrapes of the same database (the cache's key) after it went away: every statement fails.
+		const gone = httpDb({ ...env, DATABASE_URL: env.TEST_DEAD_DATABASE_URL });
+		const refreshes: Promise<unknown>[] = [];
+		const t0 = Date.now();
+		const first = await exposition(url, live, (p) => refreshes.push(p), t0);
+		expect(first.at).toBe(t0);
+		// Stale but within METRICS_STALE_MS: answered at once from the first snapshot, one refresh tried beside it.
+		const stale = await exposition(url, gone, (p) => refreshes.push(p), t0 + METRICS_CACHE_MS + 1);
+		expect(stale).toBe(first);
+		expect(refreshes).toHaveLength(1);
+		await Promise.all(refreshes);
+		// The failed refresh left the snapshot in place.
+		expect(await exposition(url, gone, (p) => refreshes.push(p), t0 + METRICS_CACHE_MS + 2)).toBe(first);
+		// Too old to serve: the scrape waits for the database, and gets its error (a 503 through the API).
+		await expect(exposition(url, gone, () => {}, t0 + METRICS_STALE_MS + 1)).rejects.toBeInstanceOf(DbUnavailableError);
+		// And the route reports the age of what it answers with.
+		const text = await scrape(url);
+		expect(value(text, "switchyard_metrics_snapshot_age_seconds")).toBeGreaterThanOrEqual(0);
+	});
+
 	it("counters and histograms never step down when retention deletes the rows they counted", async () => {
 		const agentId = uniqueAgentId("metrics-retained");
 		const agent = await AgentSocket.connect(agentId);
@@ -735,7 +761,9 @@ describe("metrics", () => {
 		const later: string[] = [];
 		for (let i = 0; i < 5; i++) later.push(await scrape(url));
 		expect((await sqlRequests()) - before).toBe(1);
-		for (const text of [...first, ...later]) expect(text).toBe(first[0]);
+		// The same snapshot; only its reported age moves.
+		const snapshotOf = (text: string) => text.replace(/^switchyard_metrics_snapshot_age_seconds .*$/m, "");
+		for (const text of [...first, ...later]) expect(snapshotOf(text)).toBe(snapshotOf(first[0] ?? ""));
 	});
 
 	it("need an operator key", async () => {
