@@ -29,16 +29,33 @@ export function keyTag(apiKeyId: string): string {
 	return `observer-key:${apiKeyId}`;
 }
 
-function openCount(ctx: DurableObjectState, tag: string): number {
-	// A socket the object is closing (a paused replay, a slow consumer) no longer holds a slot.
-	return ctx.getWebSockets(tag).filter((ws) => ws.readyState === WebSocket.OPEN).length;
+/**
+ * Sockets with `tag` the object has not finished with: open, and closing
+ * (a paused replay, a slow consumer cut) whose queued frames the client may
+ * not have read yet.
+ */
+function counts(ctx: DurableObjectState, tag: string): { open: number; held: number } {
+	const sockets = ctx.getWebSockets(tag);
+	return {
+		open: sockets.filter((ws) => ws.readyState === WebSocket.OPEN).length,
+		held: sockets.filter((ws) => ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CLOSING).length,
+	};
 }
 
-/** A 429 in the API's error shape if this agent, or this key on it, holds all the observers it may. */
+/**
+ * A 429 in the API's error shape if this agent, or this key on it, holds all
+ * the observers it may. A closing socket does not take an observer's slot (a
+ * client resumes at once after a paused replay, before its old socket has
+ * closed), but counts against twice the cap: workerd keeps what was queued
+ * for it, so without that, clients reconnecting in a loop would each be
+ * handed a fresh REPLAY_MAX_BYTES while the last ones still sit in memory.
+ */
 export function refuseObserver(ctx: DurableObjectState, apiKeyId: string): Response | null {
+	const agent = counts(ctx, OBSERVER_TAG);
+	const key = counts(ctx, keyTag(apiKeyId));
 	let message: string;
-	if (openCount(ctx, OBSERVER_TAG) >= OBSERVERS_PER_AGENT) message = `this agent has ${OBSERVERS_PER_AGENT} observers, the most it takes`;
-	else if (openCount(ctx, keyTag(apiKeyId)) >= OBSERVERS_PER_KEY) message = `this key has ${OBSERVERS_PER_KEY} observers of this agent, the most one key may hold`;
+	if (agent.open >= OBSERVERS_PER_AGENT || agent.held >= 2 * OBSERVERS_PER_AGENT) message = `this agent has ${OBSERVERS_PER_AGENT} observers, the most it takes`;
+	else if (key.open >= OBSERVERS_PER_KEY || key.held >= 2 * OBSERVERS_PER_KEY) message = `this key has ${OBSERVERS_PER_KEY} observers of this agent, the most one key may hold`;
 	else return null;
 	return Response.json({ error: { code: ErrorCode.TOO_MANY_OBSERVERS, message: `${message}; close one first` } }, { status: 429, headers: { "retry-after": "5" } });
 }

@@ -10,7 +10,8 @@ import type { AgentHub } from "../../src/agent/agent-hub";
 import type { AgentCore } from "../../src/agent/core";
 import { EVENT_LOG_MAX_BYTES } from "../../src/agent/events";
 import { PRUNE_EVERY_BYTES } from "../../src/agent/journal";
-import { OBSERVERS_PER_AGENT, OBSERVERS_PER_KEY, REPLAY_MAX_BYTES } from "../../src/agent/observer-limits";
+import { keyTag, OBSERVERS_PER_AGENT, OBSERVERS_PER_KEY, REPLAY_MAX_BYTES, refuseObserver } from "../../src/agent/observer-limits";
+import { OBSERVER_TAG } from "../../src/agent/sockets";
 import { agentHub } from "../../src/agent/stub";
 import { CloseCode, ErrorCode } from "../../src/protocol";
 import { AgentSocket, enqueue, expectError, uniqueAgentId, waitFor } from "../helpers/worker/harness";
@@ -36,7 +37,25 @@ function expectWhole(events: Frame[], from = 1): void {
 	expect(seqs).toEqual(seqs.map((_, i) => from + i));
 }
 
+/** An object's state holding observer sockets of one key in the given states (what refuseObserver reads). */
+function stateWith(states: number[], key = "k"): DurableObjectState {
+	const sockets = states.map((readyState) => ({ readyState }) as WebSocket);
+	// SAFETY: refuseObserver reads getWebSockets(tag) only; every socket carries both tags.
+	return { getWebSockets: (tag?: string) => (tag === OBSERVER_TAG || tag === keyTag(key) ? sockets : []) } as unknown as DurableObjectState;
+}
+
 describe("observer caps", () => {
+	it("count closing sockets against twice the cap, so reconnects in a loop cannot pile replays up", () => {
+		const { OPEN, CLOSING, CLOSED } = WebSocket;
+		// A client resuming after a paused replay while its old socket still closes: let in.
+		expect(refuseObserver(stateWith([...Array(OBSERVERS_PER_KEY - 1).fill(OPEN), CLOSING]), "k")).toBeNull();
+		// Fewer open than the cap, but as many again still closing with their replays queued: refused.
+		const piled = refuseObserver(stateWith([OPEN, ...Array(2 * OBSERVERS_PER_KEY - 1).fill(CLOSING)]), "k");
+		expect(piled?.status).toBe(429);
+		// Closed ones hold nothing.
+		expect(refuseObserver(stateWith([OPEN, ...Array(4 * OBSERVERS_PER_KEY).fill(CLOSED)]), "k")).toBeNull();
+	});
+
 	it("refuses an observer past the per-key and the per-agent cap with 429 too_many_observers", async () => {
 		expect(KEYS.length * OBSERVERS_PER_KEY).toBe(OBSERVERS_PER_AGENT);
 		const agentId = uniqueAgentId();
