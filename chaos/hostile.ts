@@ -119,11 +119,15 @@ function observeOnce(stack: Stack, agentId: string, since: number, ms: number, r
 			replayed.bytes += text.length;
 			const f = JSON.parse(text) as { type: string; seq?: number; latestSeq?: number; through?: number };
 			if (f.type === "observing") latest = f.latestSeq ?? 0;
-			else if (f.type === "replay_paused" || f.type === "gap") through = Math.max(through, f.through ?? through);
+			else if (f.type === "replay_paused") {
+				// Resumed on the frame, not on the close after it (docs/protocol.md).
+				through = Math.max(through, f.through ?? through);
+				done("page (replay_paused), resumed");
+			} else if (f.type === "gap") through = Math.max(through, f.through ?? through);
 			else if (typeof f.seq === "number") through = Math.max(through, f.seq);
 		});
 		ws.on("unexpected-response", (_req, res) => done(`HTTP ${res.statusCode}`, Number(res.headers["retry-after"] ?? 5) * 1000));
-		ws.on("close", (code) => done(code === CloseCode.REPLAY_PAUSED ? "page (close 4007), resumed" : `close ${code}`));
+		ws.on("close", (code) => done(code === CloseCode.REPLAY_PAUSED ? "page (close 4007 before its frame)" : `close ${code}`));
 		ws.on("error", () => done("error"));
 	});
 }

@@ -112,8 +112,12 @@ export class AgentStream {
 			this.epoch = frame.epoch;
 			this.since = 0;
 		} else if (frame.type === "replay_paused") {
-			// Where the next page starts; the close that follows reconnects.
+			// Where the next page starts. Resume now: the server's close (4007)
+			// follows, but its closing handshake took 10 s in workerd, a page.
 			this.since = frame.through;
+			const paused = this.ws;
+			this.connect();
+			paused?.close();
 			return;
 		} else if ("seq" in frame) {
 			this.since = frame.seq;
