@@ -224,6 +224,7 @@ export const ErrorCode = {
 	AGENT_UNAVAILABLE: "agent_unavailable",
 	/** An observer upgrade past the cap per agent or per key (HTTP 429). */
 	TOO_MANY_OBSERVERS: "too_many_observers",
+	REPLAY_RATE_LIMITED: "replay_rate_limited",
 	/** A fan-out whose selector or agent list names no agent (HTTP 400). */
 	NO_TARGETS: "no_targets",
 	/** A fan-out past FANOUT_MAX_TARGETS targets, or past FANOUT_MAX_PAYLOAD_BYTES of payloads (HTTP 400). */

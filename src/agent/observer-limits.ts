@@ -19,6 +19,16 @@ export const OBSERVERS_PER_AGENT = 32;
 export const OBSERVERS_PER_KEY = 8;
 /** Characters of event frames one connection's replay queues at most; the client pages past it. */
 export const REPLAY_MAX_BYTES = 1024 * 1024;
+/**
+ * Characters of replay one agent's object sends a second, across all its
+ * observers, with bursts up to `burst`: the caps bound how many replay at
+ * once, this bounds how fast they can drain a full log, so observers paging
+ * at full speed cannot take the object's thread (under `wrangler dev`, the
+ * whole runtime's) from its agent. A full 32 MiB log replays in 14 s.
+ */
+export const REPLAY_RATE = { bytesPerSecond: 2 * 1024 * 1024, burst: 4 * 1024 * 1024 };
+/** Below this much replay budget a connection that needs a replay is refused (429) rather than sent a sliver. */
+export const REPLAY_MIN_PAGE = 64 * 1024;
 /** Characters of live event frames one observer may be sent within one window before it is closed (4006). */
 export const OBSERVER_SEND_BUDGET = { bytes: 4 * 1024 * 1024, windowMs: 10_000 };
 /** Frames a second an observer may send (bursts of twice that); it has nothing to say but pings. */
@@ -58,6 +68,45 @@ export function refuseObserver(ctx: DurableObjectState, apiKeyId: string): Respo
 	else if (key.open >= OBSERVERS_PER_KEY || key.held >= 2 * OBSERVERS_PER_KEY) message = `this key has ${OBSERVERS_PER_KEY} observers of this agent, the most one key may hold`;
 	else return null;
 	return Response.json({ error: { code: ErrorCode.TOO_MANY_OBSERVERS, message: `${message}; close one first` } }, { status: 429, headers: { "retry-after": "5" } });
+}
+
+/** A token bucket of replay characters, in memory: an object that hibernated replayed nothing for a while. */
+export class ReplayBucket {
+	private tokens: number;
+	private at: number;
+
+	constructor(
+		private readonly rate: { bytesPerSecond: number; burst: number },
+		now: number,
+	) {
+		this.tokens = rate.burst;
+		this.at = now;
+	}
+
+	/** Characters that may be replayed now. */
+	available(now: number): number {
+		this.tokens = Math.min(this.rate.burst, this.tokens + ((now - this.at) / 1000) * this.rate.bytesPerSecond);
+		this.at = now;
+		return this.tokens;
+	}
+
+	/** Counts what a replay sent (the first event always goes, so this may overdraw). */
+	spend(bytes: number): void {
+		this.tokens -= bytes;
+	}
+
+	/** Seconds until `bytes` are available. */
+	secondsUntil(bytes: number, now: number): number {
+		return Math.max(1, Math.ceil((bytes - this.available(now)) / this.rate.bytesPerSecond));
+	}
+}
+
+/** A 429 for an observer whose replay must wait for the agent's replay budget. */
+export function refuseReplay(retryAfterSeconds: number): Response {
+	return Response.json(
+		{ error: { code: ErrorCode.REPLAY_RATE_LIMITED, message: `this agent's replay budget is spent for now (${REPLAY_RATE.bytesPerSecond / 1024 / 1024} MiB/s across its observers); retry after ${retryAfterSeconds} s` } },
+		{ status: 429, headers: { "retry-after": String(retryAfterSeconds) } },
+	);
 }
 
 /**

@@ -10,7 +10,18 @@ import { CloseCode, ErrorCode, StreamQuery } from "../protocol";
 import * as events from "./events";
 import { FrameRateLimiter } from "./frame-limits";
 import { OBSERVER_KEY_HEADER } from "./headers";
-import { OBSERVER_FRAMES_PER_SECOND, OBSERVER_SEND_BUDGET, SendBudget, keyTag, refuseObserver } from "./observer-limits";
+import {
+	OBSERVER_FRAMES_PER_SECOND,
+	OBSERVER_SEND_BUDGET,
+	REPLAY_MAX_BYTES,
+	REPLAY_MIN_PAGE,
+	REPLAY_RATE,
+	ReplayBucket,
+	SendBudget,
+	keyTag,
+	refuseObserver,
+	refuseReplay,
+} from "./observer-limits";
 import { framed, replay, sendFrame } from "./replay";
 import { OBSERVER_TAG, closeQuietly, send } from "./sockets";
 import type { State } from "./state";
@@ -33,6 +44,14 @@ export class Observers {
 	clock = () => Date.now();
 	/** Per socket, in memory: a socket woken from hibernation was idle, and starts afresh. */
 	private readonly budgets = new WeakMap<WebSocket, SendBudget>();
+	/** What this agent's observers may replay a second, together (a test may set it before the first replay). */
+	replayRate = REPLAY_RATE;
+	private bucket: ReplayBucket | undefined;
+
+	private get replayBucket(): ReplayBucket {
+		this.bucket ??= new ReplayBucket(this.replayRate, this.clock());
+		return this.bucket;
+	}
 	private readonly buckets = new WeakMap<WebSocket, FrameRateLimiter>();
 
 	constructor(
@@ -64,20 +83,30 @@ export class Observers {
 		// Everything logged so far goes out to existing observers first, so the
 		// replay below and later broadcasts neither overlap nor leave a hole.
 		this.publish();
+		const latest = events.latestSeq(this.sql);
+		const epoch = this.state.epoch();
+		const reset = resume.since !== undefined && ((resume.epoch !== undefined && resume.epoch !== epoch) || resume.since > latest);
+		const since = reset ? 0 : resume.since;
+		const now = this.clock();
+		const budget = since !== undefined && since < latest ? this.replayBucket.available(now) : Number.POSITIVE_INFINITY;
+		if (budget < REPLAY_MIN_PAGE) {
+			const retryAfter = this.replayBucket.secondsUntil(REPLAY_MIN_PAGE, now);
+			log("warn", "observer.replay_rate_limited", { agentId, apiKeyId, retryAfter });
+			return refuseReplay(retryAfter);
+		}
 		const pair = new WebSocketPair();
 		const [client, server] = [pair[0], pair[1]];
 		this.ctx.acceptWebSocket(server, [OBSERVER_TAG, keyTag(apiKeyId)]);
-		const latest = events.latestSeq(this.sql);
 		// Replay covers up to `latest`; broadcasts carry on from there.
 		this.mark(latest);
-		const epoch = this.state.epoch();
 		sendFrame(server, { type: "observing", agentId, epoch, latestSeq: latest });
-		let since = resume.since;
-		if (since !== undefined && ((resume.epoch !== undefined && resume.epoch !== epoch) || since > latest)) {
-			sendFrame(server, { type: "reset", since, epoch });
-			since = 0;
+		if (reset) sendFrame(server, { type: "reset", since: resume.since ?? 0, epoch });
+		let paused: number | null = null;
+		if (since !== undefined && since < latest) {
+			const page = replay(this.sql, server, since, latest, Math.min(REPLAY_MAX_BYTES, budget));
+			this.replayBucket.spend(page.sent);
+			paused = page.paused;
 		}
-		const paused = since !== undefined && since < latest ? replay(this.sql, server, since, latest) : null;
 		log("info", "observer.attached", { agentId, apiKeyId, since: resume.since, latest, paused });
 		const protocol = acceptedSubprotocol(headers);
 		return new Response(null, { status: 101, webSocket: client, headers: protocol ? { "sec-websocket-protocol": protocol } : {} });

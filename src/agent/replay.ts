@@ -12,8 +12,12 @@ import * as events from "./events";
 import { REPLAY_MAX_BYTES } from "./observer-limits";
 import { closeQuietly } from "./sockets";
 
-/** Sends what follows `since` (or a `gap` first); returns the seq it paused after, or null if it reached `latest`. */
-export function replay(sql: SqlStorage, ws: WebSocket, since: number, latest: number, max = REPLAY_MAX_BYTES): number | null {
+/**
+ * Sends what follows `since` (or a `gap` first), up to `max` characters;
+ * returns the seq it paused after (null if it reached `latest`) and the
+ * characters of events it sent.
+ */
+export function replay(sql: SqlStorage, ws: WebSocket, since: number, latest: number, max = REPLAY_MAX_BYTES): { paused: number | null; sent: number } {
 	const pruned = events.prunedThrough(sql);
 	if (since < pruned) sendFrame(ws, { type: "gap", since, through: pruned });
 	let sent = 0;
@@ -23,16 +27,16 @@ export function replay(sql: SqlStorage, ws: WebSocket, since: number, latest: nu
 		const page = events.eventsAfter(sql, through, events.PAGE, Math.max(1, Math.min(events.PAGE_BYTES, max - sent)));
 		if (page.length === 0) break;
 		for (const e of page) {
-			if (e.seq > latest) return null;
+			if (e.seq > latest) return { paused: null, sent };
 			const text = JSON.stringify(framed(e));
 			// The first event always goes, so every connection makes progress.
-			if (sent > 0 && sent + text.length > max) return pause(ws, through);
+			if (sent > 0 && sent + text.length > max) return { paused: pause(ws, through), sent };
 			trySend(ws, text);
 			sent += text.length;
 			through = e.seq;
 		}
 	}
-	return null;
+	return { paused: null, sent };
 }
 
 function pause(ws: WebSocket, through: number): number {

@@ -118,6 +118,42 @@ describe("observer replay", () => {
 	});
 });
 
+describe("replay rate", () => {
+	it("drains an agent's log at REPLAY_RATE across its observers: past the burst, 429 replay_rate_limited until it refills", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId, { hello: { concurrency: 4 } });
+		const cmds: { id: string }[] = [];
+		for (let i = 0; i < 4; i++) cmds.push(await enqueue(agentId, { action: "verbose" }));
+		await agent.commands(4);
+		for (let i = 0; i < 40; i++) agent.send({ type: "output", id: cmds[i % 4]?.id ?? "", seq: Math.floor(i / 4), data: "r".repeat(60 * 1024) });
+		await waitFor(async () => (await outputLogged(agentId)) === 40, "all output logged");
+		// A stopped clock and a small budget: 1 MiB of burst, nothing refilled until the clock moves.
+		let now = Date.now();
+		await runInDurableObject(agentHub(env, agentId), (instance: AgentHub) => {
+			const observers = coreOf(instance).observers;
+			observers.clock = () => now;
+			observers.replayRate = { bytesPerSecond: 512 * 1024, burst: 1024 * 1024 };
+		});
+		// The burst goes to the first page; the next finds the budget spent.
+		const first = await Observer.attach(agentId, { since: 0 });
+		await first.closed;
+		const through = first.lastSeq();
+		const refused = await Observer.request(agentId, { since: through, epoch: first.epoch });
+		await expectError(refused, 429, ErrorCode.REPLAY_RATE_LIMITED);
+		expect(Number(refused.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+		// An observer that needs no replay is not held back: it asks for the live end.
+		const live = await Observer.attach(agentId, {});
+		live.close();
+		// Two seconds later the bucket holds 1 MiB again: the next page comes, and it starts where the first stopped.
+		now += 2_000;
+		const second = await Observer.attach(agentId, { since: through, epoch: first.epoch });
+		await waitFor(() => second.events().length > 0, "the next page");
+		expectWhole([...first.events(), ...second.events()]);
+		second.close();
+		agent.close();
+	});
+});
+
 describe("event log bytes", () => {
 	it("keeps at most EVENT_LOG_MAX_BYTES of events, and an observer from the start is told of the gap", async () => {
 		const agentId = uniqueAgentId();
