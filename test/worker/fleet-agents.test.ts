@@ -11,7 +11,7 @@ import { agentHub } from "../../src/agent/stub";
 import { MAX_LABELS } from "../../src/protocol";
 import { TEST_READ_KEY } from "../helpers/test-secrets";
 import { cancelUntaken } from "../../src/db/agents";
-import { AgentSocket, api, db, enqueue, expectError, objectSettled, query, sql, uniqueAgentId, waitFor } from "../helpers/worker/harness";
+import { AgentSocket, api, db, enqueue, expectError, query, sql, uniqueAgentId, waitFor } from "../helpers/worker/harness";
 
 type AgentRecord = {
 	id: string;
@@ -78,9 +78,13 @@ describe("hello describes the agent", () => {
 		const [row] = await query<{ concurrency: number; actions: string[] }>(sql`select concurrency, actions from agents where id = ${agentId}`);
 		expect(row).toEqual({ concurrency: 3, actions: ["build", "test"] });
 		agent.close();
-		await objectSettled(agentId, { connected: false });
+		// The object writes its presence to Postgres after the close, a moment later.
+		const offline = await waitFor(async () => {
+			const r = await agentRecord(agentId);
+			return !r.online && r;
+		}, "the agent offline in its record");
 		// Offline, the last hello's concurrency still shows.
-		expect(await agentRecord(agentId)).toMatchObject({ online: false, concurrency: 3, version: "1.4.2" });
+		expect(offline).toMatchObject({ online: false, concurrency: 3, version: "1.4.2" });
 	});
 
 	it("takes null for every absent field, like an agent written in Go or Python sends it", async () => {
