@@ -79,7 +79,7 @@ export function config(quick: boolean): Config {
 				faultAtMs: 15_000,
 				answerDelayMs: 1_000,
 				settleMs: 180_000,
-				flaps: { everyMs: 500, fraction: 0.4, durationMs: 180_000, target: 10_000 },
+				flaps: { everyMs: 500, fraction: 0.4, durationMs: 240_000, target: 10_000 },
 				revoke: { everyMs: 1_000, fraction: 0.1, durationMs: 60_000 },
 				slowMs: 30_000,
 				crashDownMs: 5_000,

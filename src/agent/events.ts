@@ -44,13 +44,14 @@ export function eventsAfter(sql: SqlStorage, seq: number, limit = PAGE, budget =
 		.exec<{ seq: number; at: number; body: string }>(
 			// The running sum over the first `limit` entries of the index (event_seq, size) only:
 			// a window over the table would read every event after `seq`, bodies included.
-			`select e.event_seq as seq, e.at, e.body from events e join (
-				select event_seq, sum(size) over (order by event_seq) - size as before from (
+			// CROSS JOIN keeps that page the outer loop: SQLite otherwise chose to scan the events.
+			`select e.event_seq as seq, e.at, e.body from (
+				select event_seq, size, sum(size) over (order by event_seq) - size as before from (
 					select event_seq, size from events where event_seq > ? order by event_seq limit ?
 				)
-			) p on p.event_seq = e.event_seq
-			where p.before = 0 or p.before + e.size <= ?
-			order by e.event_seq`,
+			) p cross join events e on e.event_seq = p.event_seq
+			where p.before = 0 or p.before + p.size <= ?
+			order by p.event_seq`,
 			seq,
 			limit,
 			budget,

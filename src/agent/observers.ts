@@ -37,6 +37,9 @@ export function parseResume(header: string | null): StreamQuery | null {
 	}
 }
 
+/** How often a refusal of the same kind is logged, at most. */
+const REFUSAL_LOG_MS = 10_000;
+
 export class Observers {
 	/** Live characters one observer may be sent per window (a test may shrink it). */
 	sendBudget = OBSERVER_SEND_BUDGET;
@@ -47,6 +50,26 @@ export class Observers {
 	/** What this agent's observers may replay a second, together (a test may set it before the first replay). */
 	replayRate = REPLAY_RATE;
 	private bucket: ReplayBucket | undefined;
+
+	/** Refusals not logged since the last one that was, by event. */
+	private readonly quiet = new Map<string, { at: number; suppressed: number }>();
+
+	/**
+	 * A refusal's log line, at most one per event every REFUSAL_LOG_MS, with
+	 * how many were not logged: a client retrying in a loop made one line a
+	 * refusal (1,391 in 15 s in the chaos suite), and under wrangler dev each
+	 * line costs the runtime more than the refusal.
+	 */
+	private logRefusal(event: string, fields: Record<string, unknown>): void {
+		const now = this.clock();
+		const q = this.quiet.get(event);
+		if (q && now - q.at < REFUSAL_LOG_MS) {
+			q.suppressed++;
+			return;
+		}
+		log("warn", event, { ...fields, ...(q?.suppressed ? { notLoggedSince: q.suppressed } : {}) });
+		this.quiet.set(event, { at: now, suppressed: 0 });
+	}
 
 	private get replayBucket(): ReplayBucket {
 		this.bucket ??= new ReplayBucket(this.replayRate, this.clock());
@@ -77,7 +100,7 @@ export class Observers {
 		const apiKeyId = headers.get(OBSERVER_KEY_HEADER) ?? "unknown";
 		const refusal = refuseObserver(this.ctx, apiKeyId);
 		if (refusal) {
-			log("warn", "observer.refused", { agentId, apiKeyId });
+			this.logRefusal("observer.refused", { agentId, apiKeyId });
 			return refusal;
 		}
 		// Everything logged so far goes out to existing observers first, so the
@@ -91,7 +114,7 @@ export class Observers {
 		const budget = since !== undefined && since < latest ? this.replayBucket.available(now) : Number.POSITIVE_INFINITY;
 		if (budget < REPLAY_MIN_PAGE) {
 			const retryAfter = this.replayBucket.secondsUntil(REPLAY_MIN_PAGE, now);
-			log("warn", "observer.replay_rate_limited", { agentId, apiKeyId, retryAfter });
+			this.logRefusal("observer.replay_rate_limited", { agentId, apiKeyId, retryAfter });
 			return refuseReplay(retryAfter);
 		}
 		const pair = new WebSocketPair();

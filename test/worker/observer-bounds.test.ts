@@ -8,6 +8,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
 import type { AgentCore } from "../../src/agent/core";
+import * as events from "../../src/agent/events";
 import { EVENT_LOG_MAX_BYTES } from "../../src/agent/events";
 import { PRUNE_EVERY_BYTES } from "../../src/agent/journal";
 import { keyTag, OBSERVERS_PER_AGENT, OBSERVERS_PER_KEY, REPLAY_MAX_BYTES, refuseObserver } from "../../src/agent/observer-limits";
@@ -114,6 +115,42 @@ describe("observer replay", () => {
 		expectWhole(all);
 		expect(all.filter((f) => f.type === "output").map((f) => f.data)).toEqual(Array.from({ length: 52 }, (_, i) => chunk(i)));
 		rest.live.close();
+		agent.close();
+	});
+});
+
+describe("replay cost", () => {
+	it("reads the log's end from the index, not from every event's body", async () => {
+		const agentId = uniqueAgentId();
+		// 16 commands of 4 chunks: 240 KiB each, under the per-command output cap.
+		const agent = await AgentSocket.connect(agentId, { hello: { concurrency: 16 } });
+		const cmds: { id: string }[] = [];
+		for (let i = 0; i < 16; i++) cmds.push(await enqueue(agentId, { action: "verbose" }));
+		await agent.commands(16);
+		const total = 64;
+		for (let i = 0; i < total; i++) agent.send({ type: "output", id: cmds[i % 16]?.id ?? "", seq: Math.floor(i / 16), data: "c".repeat(60 * 1024) });
+		await waitFor(async () => (await outputLogged(agentId)) === total, "all output logged");
+		await runInDurableObject(agentHub(env, agentId), (_i: AgentHub, state) => {
+			// The real functions, on a storage that keeps each statement's cursor for its rowsRead.
+			const cursors: SqlStorageCursor<Record<string, SqlStorageValue>>[] = [];
+			const sql = {
+				exec: (query: string, ...bindings: unknown[]) => {
+					const cursor = state.storage.sql.exec(query, ...bindings);
+					cursors.push(cursor);
+					return cursor;
+				},
+			} as unknown as SqlStorage;
+			const rowsRead = () => cursors.reduce((n, c) => n + c.rowsRead, 0);
+
+			expect(events.latestSeq(sql)).toBeGreaterThanOrEqual(total);
+			// Its last index entry; a scan read every event, bodies' overflow pages included.
+			expect(rowsRead()).toBeLessThanOrEqual(2);
+
+			// A page of 1 MiB from the start: whole, in order, within its budget.
+			const page = events.eventsAfter(sql, 0, events.PAGE, 1024 * 1024);
+			expect(page.map((e) => e.seq)).toEqual(page.map((_, i) => i + 1));
+			expect(page.reduce((n, e) => n + JSON.stringify(e.event).length, 0)).toBeLessThanOrEqual(1024 * 1024 + 4 * 1024);
+		});
 		agent.close();
 	});
 });
