@@ -32,6 +32,24 @@ function outputLogged(agentId: string): Promise<number> {
 	);
 }
 
+/**
+ * An agent running `commands` commands that write output: `send(n)` writes
+ * the next n chunks (`chunk(i)` for the i-th), round robin over them.
+ */
+async function verboseAgent(agentId: string, commands: number, chunk: (i: number) => string) {
+	const agent = await AgentSocket.connect(agentId, { hello: { concurrency: commands } });
+	const cmds: { id: string }[] = [];
+	for (let i = 0; i < commands; i++) cmds.push(await enqueue(agentId, { action: "verbose" }));
+	await agent.commands(commands);
+	let sent = 0;
+	const send = (n: number) => {
+		for (const end = sent + n; sent < end; sent++) {
+			agent.send({ type: "output", id: cmds[sent % commands]?.id ?? "", seq: Math.floor(sent / commands), data: chunk(sent) });
+		}
+	};
+	return { agent, send };
+}
+
 /** Events seen across pages: numbered 1, 2, 3 … with no hole and none twice. */
 function expectWhole(events: Frame[], from = 1): void {
 	const seqs = events.map((f) => f.seq);
@@ -81,15 +99,8 @@ describe("observer caps", () => {
 describe("observer replay", () => {
 	it("replays at most REPLAY_MAX_BYTES per connection, then says where it stopped; paging misses nothing, repeats nothing", async () => {
 		const agentId = uniqueAgentId();
-		const agent = await AgentSocket.connect(agentId, { hello: { concurrency: 4 } });
-		const cmds: { id: string }[] = [];
-		for (let i = 0; i < 4; i++) cmds.push(await enqueue(agentId, { action: "verbose" }));
-		await agent.commands(4);
 		const chunk = (i: number) => `${i}:`.padEnd(60 * 1024, "z");
-		let sent = 0;
-		const send = (n: number) => {
-			for (const end = sent + n; sent < end; sent++) agent.send({ type: "output", id: cmds[sent % 4]?.id ?? "", seq: Math.floor(sent / 4), data: chunk(sent) });
-		};
+		const { agent, send } = await verboseAgent(agentId, 4, chunk);
 		send(40);
 		const logged = () => outputLogged(agentId);
 		await waitFor(async () => (await logged()) === 40, "all output logged");
@@ -123,12 +134,9 @@ describe("replay cost", () => {
 	it("reads the log's end from the index, not from every event's body", async () => {
 		const agentId = uniqueAgentId();
 		// 16 commands of 4 chunks: 240 KiB each, under the per-command output cap.
-		const agent = await AgentSocket.connect(agentId, { hello: { concurrency: 16 } });
-		const cmds: { id: string }[] = [];
-		for (let i = 0; i < 16; i++) cmds.push(await enqueue(agentId, { action: "verbose" }));
-		await agent.commands(16);
+		const { agent, send } = await verboseAgent(agentId, 16, () => "c".repeat(60 * 1024));
 		const total = 64;
-		for (let i = 0; i < total; i++) agent.send({ type: "output", id: cmds[i % 16]?.id ?? "", seq: Math.floor(i / 16), data: "c".repeat(60 * 1024) });
+		send(total);
 		await waitFor(async () => (await outputLogged(agentId)) === total, "all output logged");
 		await runInDurableObject(agentHub(env, agentId), (_i: AgentHub, state) => {
 			// The real functions, on a storage that keeps each statement's cursor for its rowsRead.
@@ -158,11 +166,8 @@ describe("replay cost", () => {
 describe("replay rate", () => {
 	it("drains an agent's log at REPLAY_RATE across its observers: past the burst, 429 replay_rate_limited until it refills", async () => {
 		const agentId = uniqueAgentId();
-		const agent = await AgentSocket.connect(agentId, { hello: { concurrency: 4 } });
-		const cmds: { id: string }[] = [];
-		for (let i = 0; i < 4; i++) cmds.push(await enqueue(agentId, { action: "verbose" }));
-		await agent.commands(4);
-		for (let i = 0; i < 40; i++) agent.send({ type: "output", id: cmds[i % 4]?.id ?? "", seq: Math.floor(i / 4), data: "r".repeat(60 * 1024) });
+		const { agent, send } = await verboseAgent(agentId, 4, () => "r".repeat(60 * 1024));
+		send(40);
 		await waitFor(async () => (await outputLogged(agentId)) === 40, "all output logged");
 		// A stopped clock and a small budget: 1 MiB of burst, nothing refilled until the clock moves.
 		let now = Date.now();
