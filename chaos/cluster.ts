@@ -8,12 +8,38 @@
  * otherwise, and only the wall clock is faked (not the monotonic one).
  */
 import { execFileSync } from "node:child_process";
-import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 
 export const CLUSTER = { version: "15", name: "chaos", port: 5433 };
 const FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const OFFSET_FILE = "/tmp/switchyard-chaos-faketime";
 const ENV_FILE = `/etc/postgresql/${CLUSTER.version}/${CLUSTER.name}/environment`;
+const LOCK_FILE = "/tmp/switchyard-chaos.lock";
+
+function alive(pid: number): boolean {
+	try {
+		process.kill(pid, 0);
+		return true;
+	} catch {
+		return false;
+	}
+}
+
+/**
+ * Holds the cluster for this run; throws while another live run holds it.
+ * Two runs at once share the one cluster, and the first to finish stops it
+ * under the other (which then reports losses that are the harness's own).
+ */
+export function lockCluster(): () => void {
+	const holder = existsSync(LOCK_FILE) ? Number(readFileSync(LOCK_FILE, "utf8")) : 0;
+	if (holder && holder !== process.pid && alive(holder)) {
+		throw new Error(`another chaos run (pid ${holder}) holds the cluster on port ${CLUSTER.port}: wait for it, or stop it`);
+	}
+	writeFileSync(LOCK_FILE, String(process.pid));
+	return () => {
+		if (existsSync(LOCK_FILE) && Number(readFileSync(LOCK_FILE, "utf8")) === process.pid) rmSync(LOCK_FILE);
+	};
+}
 
 const ctl = (...args: string[]) =>
 	execFileSync("pg_ctlcluster", ["--skip-systemctl-redirect", CLUSTER.version, CLUSTER.name, ...args], { stdio: ["ignore", "pipe", "pipe"] });

@@ -17,7 +17,7 @@
  * PgBouncer, and stops that cluster when done.
  *
  * Exits non-zero when a command is lost, an outcome invented, a must-be-0
- * figure is not 0, or a scenario broke.
+ * figure is not 0, a scenario broke, or PgBouncer crashed under it.
  */
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -26,7 +26,7 @@ import { runHarness } from "../bench/lib/procs.ts";
 import { machine, versions } from "../bench/lib/results.ts";
 import { startSwitchyard } from "../bench/lib/stack.ts";
 import { config } from "./config.ts";
-import { clusterUnavailable, startCluster, stopCluster } from "./cluster.ts";
+import { clusterUnavailable, lockCluster, startCluster, stopCluster } from "./cluster.ts";
 import { type Outcome, runScenario } from "./scenario.ts";
 import { SCENARIOS } from "./scenarios.ts";
 import { printTable } from "./table.ts";
@@ -53,6 +53,7 @@ function failed(o: Outcome): boolean {
 	const canary = (o.fault?.canary as { commands?: { notCompleted?: number } } | undefined)?.commands?.notCompleted ?? 0;
 	return (
 		o.error !== undefined ||
+		(o.pgbouncerCrashes?.length ?? 0) > 0 ||
 		(v?.lost ?? 0) > 0 ||
 		(v?.invented ?? 0) > 0 ||
 		(v?.endedWithoutStop ?? 0) > 0 ||
@@ -81,6 +82,7 @@ async function main(): Promise<void> {
 	// Its own cluster when it can have one (never the shared one on 5432: scenarios stop it),
 	// else its own database on the machine's, where the cluster scenarios are skipped.
 	const noCluster = clusterUnavailable();
+	const unlock = noCluster ? () => {} : lockCluster();
 	const pgPort = noCluster ? undefined : startCluster(log);
 	if (noCluster) log(`no cluster of its own (${noCluster}): the machine's PostgreSQL, without pgrestart and clock`);
 	const stack = await startSwitchyard("real", "switchyard_chaos", { pgPort, faultProxy: true });
@@ -102,12 +104,14 @@ async function main(): Promise<void> {
 		for (const s of picked) {
 			const o = await runScenario(s, stack, cfg, log);
 			if (o.error) log(`${s.key} BROKE: ${o.error.slice(0, 2000)}`);
+			for (const c of o.pgbouncerCrashes ?? []) log(`${s.key}: PgBouncer exited on its own (restarted): ${c.fatal}`);
 			outcomes.push(o);
 		}
 	} finally {
 		clearInterval(cron);
 		await stack.stop();
 		if (pgPort) stopCluster();
+		unlock();
 	}
 	const out = { startedAt, endedAt: new Date().toISOString(), quick, note: values.note, commit: ranCommit, config: cfg, settings: { ...stack.settings, cronEveryMs: 60_000, cronRuns }, machine: machine(), versions: versions(), scenarios: outcomes };
 	mkdirSync("chaos/results", { recursive: true });

@@ -55,6 +55,8 @@ export interface Outcome {
 	/** Cuts the fleets made of their own sockets, by protocol point. */
 	cuts?: Record<string, number>;
 	fault?: Record<string, unknown>;
+	/** PgBouncer exiting on its own during the scenario (restarted by the harness): a finding, the run fails. */
+	pgbouncerCrashes?: { at: number; fatal: string }[];
 }
 
 interface Sent {
@@ -239,6 +241,7 @@ export async function runScenario(s: Scenario, stack: Stack, base: Config, log: 
 	const fleets: Child[] = [];
 	const enq = spawnChild("load/enqueue.ts");
 	const sampling = sampler(stack, action);
+	const crashesBefore = stack.bouncer?.crashes.length ?? 0;
 	try {
 		await startFleets(stack, cfg, ids, fleets, net, s.mintTokens);
 		log(`${s.key}: ${ids.length} agents connected in ${fleets.length} fleet processes; load ${cfg.rate}/s for ${cfg.loadMs / 1000} s`);
@@ -271,6 +274,8 @@ export async function runScenario(s: Scenario, stack: Stack, base: Config, log: 
 	} catch (err) {
 		out.error = err instanceof Error ? (err.stack ?? err.message) : String(err);
 	} finally {
+		const crashes = stack.bouncer?.crashes.slice(crashesBefore) ?? [];
+		if (crashes.length) out.pgbouncerCrashes = crashes;
 		await sampling.stop();
 		await Promise.all(fleets.map((f) => f.call("close").catch(() => {})));
 		for (const f of [...fleets, enq]) f.stop();

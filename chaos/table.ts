@@ -24,7 +24,8 @@ function losses(outcomes: Outcome[]): Table {
 			.filter(([status]) => status !== "201")
 			.map(([status, k]) => `${k} ${status}`)
 			.join(", ");
-		const note = o.error ? `BROKE: ${o.error.split("\n")[0]?.slice(0, 120)}` : v?.unanswered ? `${v.unanswered} written without an answer` : "";
+		const crashed = o.pgbouncerCrashes?.length ? `PgBouncer crashed ${o.pgbouncerCrashes.length}× (restarted); ` : "";
+		const note = crashed + (o.error ? `BROKE: ${o.error.split("\n")[0]?.slice(0, 120)}` : v?.unanswered ? `${v.unanswered} written without an answer` : "");
 		return [
 			o.scenario,
 			n(o.accepted),

@@ -9,7 +9,7 @@
  * of being refused.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePort, tcpOpen, track, waitUntil } from "./procs.ts";
@@ -21,6 +21,11 @@ export interface Bouncer {
 	/** The pgbouncer process, for its CPU time. */
 	pid: number | undefined;
 	url: string;
+	/**
+	 * Times PgBouncer exited on its own, each with the last FATAL line of its
+	 * log. It is started again a second later, as systemd's Restart= would.
+	 */
+	crashes: { at: number; fatal: string }[];
 	/** Kills PgBouncer with SIGKILL (no shutdown) and starts it again on the same port and config. */
 	restart(downMs?: number): Promise<void>;
 	stop(): Promise<void>;
@@ -79,19 +84,45 @@ export async function startPgBouncer(database: string, pgPort = 5432): Promise<B
 		return c;
 	};
 	const exited = (c: ChildProcess) => (c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise<void>((r) => c.once("exit", () => r())));
-	let child = await launch();
+	const logFile = join(dir, "pgbouncer.log");
+	const lastFatal = () => (existsSync(logFile) ? (readFileSync(logFile, "utf8").split("\n").findLast((l) => l.includes("FATAL")) ?? "") : "");
+	let stopping = false;
+	let restarting = false;
+	let child: ChildProcess;
+	// A crash restarts it, so a scenario measures Switchyard's recovery rather than
+	// a dead pooler, and is recorded: the chaos run fails on one.
+	const supervise = (c: ChildProcess) =>
+		c.once("exit", () => {
+			if (stopping || restarting || c !== child) return;
+			bouncer.crashes.push({ at: Date.now(), fatal: lastFatal() });
+			setTimeout(() => {
+				if (stopping || restarting || c !== child) return;
+				void launch().then((next) => {
+					child = next;
+					bouncer.pid = next.pid;
+					supervise(next);
+				});
+			}, 1_000);
+		});
+	child = await launch();
+	supervise(child);
 	const bouncer: Bouncer = {
 		port,
 		pid: child.pid,
 		url: `postgres://postgres@127.0.0.1:${port}/${database}`,
+		crashes: [],
 		restart: async (downMs = 0) => {
+			restarting = true;
 			child.kill("SIGKILL");
 			await exited(child);
 			if (downMs) await new Promise((r) => setTimeout(r, downMs));
 			child = await launch();
+			restarting = false;
+			supervise(child);
 			bouncer.pid = child.pid;
 		},
 		stop: async () => {
+			stopping = true;
 			child.kill("SIGINT");
 			await new Promise((r) => setTimeout(r, 300));
 			if (child.exitCode === null) child.kill("SIGKILL");

@@ -14,7 +14,7 @@ import http from "node:http";
 import net from "node:net";
 import type { AddressInfo } from "node:net";
 import { WebSocketServer, type WebSocket } from "ws";
-import { sqlOverHttp } from "./sql-over-http.ts";
+import { type SqlOverHttpLimits, sqlOverHttp } from "./sql-over-http.ts";
 
 export interface Relay {
 	port: number;
@@ -38,6 +38,8 @@ export interface RelayOptions {
 	port?: number;
 	host?: string;
 	allow: (host: string, port: number) => boolean;
+	/** Bounds of the `/sql` path; its defaults suit the dev server. */
+	sqlLimits?: Partial<SqlOverHttpLimits>;
 }
 
 export function loopbackOnly(host: string): boolean {
@@ -46,7 +48,7 @@ export function loopbackOnly(host: string): boolean {
 
 export async function startRelay(opts: RelayOptions): Promise<Relay> {
 	const host = opts.host ?? "127.0.0.1";
-	const sql = sqlOverHttp({ allow: opts.allow, isDown: () => down });
+	const sql = sqlOverHttp({ allow: opts.allow, isDown: () => down, limits: opts.sqlLimits });
 	const server = http.createServer((req, res) => sql.handle(req, res));
 	server.keepAliveTimeout = 60_000;
 	const wss = new WebSocketServer({ server, perMessageDeflate: false });

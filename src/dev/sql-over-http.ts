@@ -17,7 +17,9 @@
  *   NeonDbError. Postgres unreachable: HTTP 503 (the driver reports it
  *   without a SQLSTATE).
  * A request whose client goes away (the worker's statement deadline) has its
- * statement cancelled with a Postgres CancelRequest.
+ * statement cancelled with a Postgres CancelRequest, and its connection
+ * dropped if the statement still runs `abandonMs` later; a request whose
+ * client left while it waited for a connection never runs its statement.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import net from "node:net";
@@ -28,7 +30,25 @@ export interface SqlOverHttpOptions {
 	allow: (host: string, port: number) => boolean;
 	/** While true, every request is answered as if Postgres were unreachable (tests). */
 	isDown: () => boolean;
+	limits?: Partial<SqlOverHttpLimits>;
 }
+
+export interface SqlOverHttpLimits {
+	/** Connections kept per connection string. */
+	poolSize: number;
+	/** How long a request waits for a connection before it is answered 503. */
+	connectTimeoutMs: number;
+	/**
+	 * How long a statement may run on after its caller left and its cancel was
+	 * sent before the connection is dropped. A cancel that never lands (the
+	 * link to Postgres is silent) must not hold a pooled connection for good.
+	 */
+	abandonMs: number;
+}
+
+const DEFAULT_LIMITS: SqlOverHttpLimits = { poolSize: 20, connectTimeoutMs: 10_000, abandonMs: 15_000 };
+/** How long a CancelRequest's socket waits for the server to close it. */
+const CANCEL_WAIT_MS = 10_000;
 
 export interface SqlOverHttp {
 	handle(req: IncomingMessage, res: ServerResponse): void;
@@ -51,6 +71,7 @@ interface Statement {
 class BadRequest extends Error {}
 
 export function sqlOverHttp(opts: SqlOverHttpOptions): SqlOverHttp {
+	const limits = { ...DEFAULT_LIMITS, ...opts.limits };
 	const pools = new Map<string, pg.Pool>();
 	let served = 0;
 
@@ -58,7 +79,13 @@ export function sqlOverHttp(opts: SqlOverHttpOptions): SqlOverHttp {
 		let pool = pools.get(connectionString);
 		if (!pool) {
 			// Like Neon's proxy, connections are kept between requests.
-			pool = new pg.Pool({ connectionString, max: 20, idleTimeoutMillis: 10_000, types: rawText });
+			pool = new pg.Pool({
+				connectionString,
+				max: limits.poolSize,
+				connectionTimeoutMillis: limits.connectTimeoutMs,
+				idleTimeoutMillis: 10_000,
+				types: rawText,
+			});
 			pool.on("error", () => {});
 			pools.set(connectionString, pool);
 		}
@@ -92,23 +119,38 @@ export function sqlOverHttp(opts: SqlOverHttpOptions): SqlOverHttp {
 		if (opts.isDown()) return reply(res, 503, { message: "database unavailable (relay is down)" });
 
 		const arrayMode = header(req, "neon-array-mode") === "true";
-		let client: pg.PoolClient;
+		// Registered before the wait for a connection: a caller that gave up
+		// while it waited must not have its statement run later for nobody.
+		let callerGone = false;
+		let client: pg.PoolClient | undefined;
+		let done = false;
+		res.on("close", () => {
+			callerGone = true;
+			// The caller gave up (its statement deadline) while its statement runs:
+			// stop it, as a hung query must not hold a connection nobody waits on.
+			if (!client || done) return;
+			const held = client;
+			void cancel(held, target);
+			setTimeout(() => {
+				// Still running: the cancel never landed (a silent link). Ending the socket
+				// rejects the statement, which releases the client as broken below.
+				if (!done) socketOf(held)?.destroy();
+			}, limits.abandonMs).unref();
+		});
 		try {
 			client = await poolFor(connectionString ?? "").connect();
 		} catch (err) {
 			return reply(res, 503, { message: `could not connect to Postgres: ${messageOf(err)}` });
+		}
+		if (callerGone) {
+			client.release();
+			return;
 		}
 		// The pool listens for errors only on idle clients: a connection that dies while
 		// checked out emits `error` with no listener, an uncaught exception that takes the
 		// relay down. The query under way rejects with the same error, answered 503 below.
 		const swallow = () => {};
 		client.on("error", swallow);
-		let done = false;
-		// The caller gave up (its statement deadline): stop the statement, as a
-		// hung query must not hold a connection after nobody waits for it.
-		res.on("close", () => {
-			if (!done) void cancel(client, target);
-		});
 		try {
 			if ("queries" in batch) {
 				await client.query(beginStatement(req));
@@ -277,9 +319,18 @@ function reply(res: ServerResponse, status: number, body: unknown): void {
 	res.end(text);
 }
 
+function socketOf(client: pg.PoolClient): net.Socket | undefined {
+	// SAFETY: pg's Client keeps its socket on `connection.stream`.
+	return (client as unknown as { connection?: { stream?: net.Socket } }).connection?.stream;
+}
+
 /**
- * Asks Postgres to stop the statement `client` is running (the wire
- * protocol's CancelRequest on a new connection), then drops the connection.
+ * Asks Postgres to stop the statement `client` is running: the wire
+ * protocol's CancelRequest on a new connection, which the server closes once
+ * it has acted on it. The socket stays open until then, as libpq keeps it:
+ * PgBouncer 1.18 exits (FATAL "bad client state: 0", pgbouncer/pgbouncer#801)
+ * when a cancel's client hangs up before the cancel it forwarded is done,
+ * which took the chaos suite's whole database path down after a blackhole.
  */
 async function cancel(client: pg.PoolClient, target: URL): Promise<void> {
 	// SAFETY: pg keeps the backend's key data on the client; absent (an embedded server that sends none), there is nothing to cancel.
@@ -292,7 +343,8 @@ async function cancel(client: pg.PoolClient, target: URL): Promise<void> {
 		packet.writeInt32BE(80877102, 4);
 		packet.writeInt32BE(processID, 8);
 		packet.writeInt32BE(secretKey, 12);
-		socket.on("connect", () => socket.end(packet));
+		socket.setTimeout(CANCEL_WAIT_MS, () => socket.destroy());
+		socket.on("connect", () => socket.write(packet));
 		socket.on("close", () => resolve());
 		socket.on("error", () => resolve());
 	});
