@@ -14,6 +14,7 @@ if (!file) {
 }
 const run = JSON.parse(readFileSync(file, "utf8")) as {
 	startedAt?: string;
+	commit?: string;
 	quick?: boolean;
 	note?: string;
 	machine?: { cpuModel?: string; cores?: number };
@@ -26,7 +27,7 @@ const real = COLUMNS.findIndex((c) => c.system === "switchyard/real");
 const embedded = COLUMNS.findIndex((c) => c.system === "switchyard/embedded");
 const floor = COLUMNS.findIndex((c) => c.system === "floor");
 const lines: string[] = [];
-lines.push(`Run of ${run.startedAt ?? "?"}${run.quick ? " (quick: small durations, a smoke run)" : ""} on ${run.machine?.cores ?? "?"} cores (${run.machine?.cpuModel ?? "?"}).`);
+lines.push(`Run of ${run.startedAt ?? "?"}${run.commit ? ` at commit ${run.commit}` : ""}${run.quick ? " (quick: small durations, a smoke run)" : ""} on ${run.machine?.cores ?? "?"} cores (${run.machine?.cpuModel ?? "?"}).`);
 if (run.note) lines.push("", `**${run.note}**`);
 lines.push(
 	"",

@@ -23,7 +23,7 @@ import { connectionRamp, reconnectStorm, streaming, switchyardTarget } from "./f
 import { latencyFigure, latencyRun, measureSaturation } from "./figures/common.ts";
 import { type Config, config } from "./config.ts";
 import { runHarness } from "./lib/procs.ts";
-import { machine, Results, versions } from "./lib/results.ts";
+import { gitCommit, machine, Results, versions } from "./lib/results.ts";
 import { type DbKind, startSwitchyard } from "./lib/stack.ts";
 import { printTable } from "./table.ts";
 
@@ -107,7 +107,7 @@ async function switchyard(db: DbKind): Promise<void> {
 
 async function main(): Promise<void> {
 	const date = new Date().toISOString().slice(0, 10);
-	const meta = { startedAt: new Date().toISOString(), quick: values.quick ?? false, note: values.note, machine: machine(), versions: versions(), config: cfg };
+	const meta = { startedAt: new Date().toISOString(), commit: gitCommit(), quick: values.quick ?? false, note: values.note, machine: machine(), versions: versions(), config: cfg };
 	process.stdout.write(`[bench] ${meta.quick ? "quick" : "full"} run; figures: ${[...only].join(", ")}; Postgres: ${dbs.join(", ")}\n`);
 	if (only.has("floor")) await runFloors(results, cfg, only);
 	for (const db of dbs) {

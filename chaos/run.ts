@@ -19,11 +19,10 @@
  * Exits non-zero when a command is lost, an outcome invented, a must-be-0
  * figure is not 0, a scenario broke, or PgBouncer crashed under it.
  */
-import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { runHarness } from "../bench/lib/procs.ts";
-import { machine, versions } from "../bench/lib/results.ts";
+import { gitCommit, machine, versions } from "../bench/lib/results.ts";
 import { startSwitchyard } from "../bench/lib/stack.ts";
 import { config } from "./config.ts";
 import { clusterUnavailable, lockCluster, startCluster, stopCluster } from "./cluster.ts";
@@ -42,11 +41,6 @@ const { values } = parseArgs({
 });
 
 const log = (m: string) => process.stdout.write(`[chaos] ${m}\n`);
-
-function commit(): string {
-	const git = (...args: string[]) => execFileSync("git", args, { encoding: "utf8" }).trim();
-	return `${git("rev-parse", "HEAD")}${git("status", "--porcelain") ? " (with uncommitted changes)" : ""}`;
-}
 
 function failed(o: Outcome): boolean {
 	const v = o.verdict;
@@ -77,7 +71,7 @@ async function main(): Promise<void> {
 	const picked = SCENARIOS.filter((s) => !only || only.includes(s.key));
 	const startedAt = new Date().toISOString();
 	// Read before the run: an edit made while it runs is not what ran.
-	const ranCommit = commit();
+	const ranCommit = gitCommit();
 	log(`${quick ? "quick" : "full"} run: ${picked.map((s) => s.key).join(", ")}`);
 	// Its own cluster when it can have one (never the shared one on 5432: scenarios stop it),
 	// else its own database on the machine's, where the cluster scenarios are skipped.

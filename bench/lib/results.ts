@@ -1,4 +1,5 @@
 /** What a run records: every figure per system, with the load average around it. */
+import { execFileSync } from "node:child_process";
 import { cpus, freemem, release, totalmem } from "node:os";
 import { readFileSync } from "node:fs";
 import { loadAverage, versionOf } from "./procs.ts";
@@ -96,4 +97,10 @@ export function versions(): Record<string, string | undefined> {
 		natsServer: versionOf("nats-server", ["--version"]),
 		redis: versionOf("redis-server", ["--version"]),
 	};
+}
+
+/** The commit a run measured, read when it starts (an edit made while it runs is not what ran). */
+export function gitCommit(): string {
+	const git = (...args: string[]) => execFileSync("git", args, { encoding: "utf8" }).trim();
+	return `${git("rev-parse", "HEAD")}${git("status", "--porcelain") ? " (with uncommitted changes)" : ""}`;
 }
