@@ -62,23 +62,23 @@ export function eventsAfter(sql: SqlStorage, seq: number, limit = PAGE, budget =
 }
 
 /**
+ * The last seq to drop: past the age bound, the count bound or the byte
+ * bound, but never past the first event Postgres has yet to confirm.
+ * Bindings: synced-through seq, the age cutoff, the count bound, the byte bound.
+ */
+export const PRUNE_CUTOFF = `select min(max(seq), coalesce((select min(seq) - 1 from events where seq > ? and sync is not null), max(seq))) as seq
+	from events where at < ? or seq <= (select max(seq) from events) - ?
+		or seq <= (select max(seq) from (select seq, sum(size) over (order by seq desc) as newer from events) where newer > ?)`;
+
+/**
  * Drops what is past the log's bounds, but nothing Postgres has yet to
  * confirm (past `syncedThrough`). The byte bound sums `size` (the observer's
- * copy) newest first; an output row also holds Postgres's copy in `sync`,
- * so the table itself may be about twice as large. That sum reads every
- * row (docs/performance.md, product notes).
+ * copy) newest first, from the index (seq, size); an output row also holds
+ * Postgres's copy in `sync`, so the table itself may be about twice as large.
  */
 export function pruneEvents(sql: SqlStorage, now: number, syncedThrough: number): void {
 	const cutoff = sql
-		.exec<{ seq: number | null }>(
-			`select min(max(seq), coalesce((select min(seq) - 1 from events where seq > ? and sync is not null), max(seq))) as seq
-			 from events where at < ? or seq <= (select max(seq) from events) - ?
-				or seq <= (select max(seq) from (select seq, sum(size) over (order by seq desc) as newer from events) where newer > ?)`,
-			syncedThrough,
-			now - EVENT_LOG_MAX_AGE_MS,
-			EVENT_LOG_MAX,
-			EVENT_LOG_MAX_BYTES,
-		)
+		.exec<{ seq: number | null }>(PRUNE_CUTOFF, syncedThrough, now - EVENT_LOG_MAX_AGE_MS, EVENT_LOG_MAX, EVENT_LOG_MAX_BYTES)
 		.one().seq;
 	if (cutoff === null) return;
 	const through = sql.exec<{ n: number | null }>("select max(event_seq) as n from events where seq <= ?", cutoff).one().n;

@@ -163,6 +163,26 @@ describe("replay cost", () => {
 	});
 });
 
+describe("prune cost", () => {
+	it("sums the log's sizes for its byte bound from an index, not from every event's body", async () => {
+		const agentId = uniqueAgentId();
+		const { agent, send } = await verboseAgent(agentId, 4, () => "p".repeat(60 * 1024));
+		send(8);
+		await waitFor(async () => (await outputLogged(agentId)) === 8, "all output logged");
+		await runInDurableObject(agentHub(env, agentId), (_i: AgentHub, state) => {
+			// `size` sits after the body in the row: read from the table, the sum walks each
+			// event's overflow pages (an agent at its output ceiling pruned for ~7 % of a core).
+			const plan = state.storage.sql
+				.exec<{ detail: string }>(`explain query plan ${events.PRUNE_CUTOFF}`, 0, 0, 0, 0)
+				.toArray()
+				.map((r) => r.detail);
+			expect(plan).toContainEqual(expect.stringMatching(/^SCAN events USING COVERING INDEX events_by_seq_size/));
+			expect(plan.filter((d) => /^SCAN events$/.test(d)).length).toBeLessThanOrEqual(1);
+		});
+		agent.close();
+	});
+});
+
 describe("replay rate", () => {
 	it("drains an agent's log at REPLAY_RATE across its observers: past the burst, 429 replay_rate_limited until it refills", async () => {
 		const agentId = uniqueAgentId();
