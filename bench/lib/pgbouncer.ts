@@ -97,11 +97,14 @@ export async function startPgBouncer(database: string, pgPort = 5432): Promise<B
 			bouncer.crashes.push({ at: Date.now(), fatal: lastFatal() });
 			setTimeout(() => {
 				if (stopping || restarting || c !== child) return;
-				void launch().then((next) => {
-					child = next;
-					bouncer.pid = next.pid;
-					supervise(next);
-				});
+				launch().then(
+					(next) => {
+						child = next;
+						bouncer.pid = next.pid;
+						supervise(next);
+					},
+					(err: unknown) => bouncer.crashes.push({ at: Date.now(), fatal: `not started again: ${String(err)}` }),
+				);
 			}, 1_000);
 		});
 	child = await launch();
