@@ -65,16 +65,24 @@ export function eventsAfter(sql: SqlStorage, seq: number, limit = PAGE, budget =
  * The last seq to drop: past the age bound, the count bound or the byte
  * bound, but never past the first event Postgres has yet to confirm.
  * Bindings: synced-through seq, the age cutoff, the count bound, the byte bound.
+ *
+ * The byte bound sums sizes from the index (event_seq, size), which holds
+ * each row's seq as its rowid: `size` sits after the body in the row, so a
+ * sum over the table walked every event's overflow pages. A row without an
+ * event_seq has no body (size 0) and event_seq grows with seq, so summing
+ * the observers' events alone finds the same cutoff.
  */
 export const PRUNE_CUTOFF = `select min(max(seq), coalesce((select min(seq) - 1 from events where seq > ? and sync is not null), max(seq))) as seq
 	from events where at < ? or seq <= (select max(seq) from events) - ?
-		or seq <= (select max(seq) from (select seq, sum(size) over (order by seq desc) as newer from events) where newer > ?)`;
+		or seq <= (select max(seq) from (
+			select seq, sum(size) over (order by event_seq desc) as newer from events where event_seq is not null
+		) where newer > ?)`;
 
 /**
  * Drops what is past the log's bounds, but nothing Postgres has yet to
  * confirm (past `syncedThrough`). The byte bound sums `size` (the observer's
- * copy) newest first, from the index (seq, size); an output row also holds
- * Postgres's copy in `sync`, so the table itself may be about twice as large.
+ * copy) newest first; an output row also holds Postgres's copy in `sync`,
+ * so the table itself may be about twice as large.
  */
 export function pruneEvents(sql: SqlStorage, now: number, syncedThrough: number): void {
 	const cutoff = sql

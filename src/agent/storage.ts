@@ -65,9 +65,6 @@ export const MIGRATIONS = [
 	// table walked each event's overflow pages (64 KiB of output apiece).
 	`drop index if exists events_by_event_seq;
 	create index events_by_event_seq on events (event_seq, size) where event_seq is not null;`,
-	// The same for the prune's byte bound, which sums every event's size
-	// newest first: from this index it reads no event's body.
-	`create index events_by_seq_size on events (seq, size);`,
 ];
 
 /**
@@ -106,7 +103,6 @@ export const SCHEMA = `create table commands (
 	create table stops (id text primary key, reason text not null, until integer not null);
 	create table events (seq integer primary key autoincrement, at integer not null, body text not null, size integer not null default 0, sync text, event_seq integer);
 	create index events_by_event_seq on events (event_seq, size) where event_seq is not null;
-	create index events_by_seq_size on events (seq, size);
 	create table parked (seq integer primary key autoincrement, sync text not null, error text not null, tries integer not null, next_at integer not null);`;
 
 /** Brings the object's tables to the current schema. The object runs this in a transaction, so the schema and its version move together. */
