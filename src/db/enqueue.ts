@@ -59,38 +59,13 @@ type Row = Awaited<ReturnType<typeof insertRow>>;
  * Returns the rows created and the positions of the rows the quota refused.
  */
 async function insertRows(db: Db, rows: Row[], actor: string, limit: number): Promise<{ created: KeyedRecord[]; refused: Set<number> }> {
+	// The insert is a function (migrations/0014) so Postgres plans it once per
+	// server connection rather than on every call.
 	const result = await db.execute(sql`
-		with input as (
-			select * from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) as x(
-				ord int, agent_id text, session_id text, action text, payload jsonb, priority int,
-				idempotency_key text, idempotency_fingerprint text, max_attempts int, ack_timeout_seconds int,
-				timeout_seconds int, ttl_seconds int, retry_of uuid)
-		), backlog as (
-			select agent_id, (select count(*) from (
-				select 1 from agent_commands o
-				where o.agent_id = i.agent_id and o.status in ('pending', 'dispatched', 'acknowledged') limit ${limit}) open) as open
-			from (select distinct agent_id from input) i
-		), admitted as (
-			select x.* from (select input.*, row_number() over (partition by agent_id order by ord) as n from input) x
-			join backlog b using (agent_id) where b.open + x.n <= ${limit}
-		), new_agents as (
-			insert into agents (id) select distinct agent_id from input on conflict (id) do nothing
-		), c as (
-			insert into agent_commands (agent_id, session_id, action, payload, priority, idempotency_key,
-				idempotency_fingerprint, max_attempts, ack_timeout_seconds, timeout_seconds, expires_at, retry_of)
-			select agent_id, session_id, action, coalesce(payload, 'null'::jsonb), priority, idempotency_key,
-				idempotency_fingerprint, max_attempts, ack_timeout_seconds, timeout_seconds,
-				case when ttl_seconds is null then null else now() + make_interval(secs => ttl_seconds) end, retry_of
-			from admitted order by ord
-			on conflict (agent_id, idempotency_key) where idempotency_key is not null do nothing
-			returning *
-		), events as (
-			insert into command_events (command_id, from_status, to_status, at, detail, actor)
-			select id, null, 'pending', created_at, '{"reason":"enqueued"}'::jsonb, ${actor} from c
-		)
-		select ${INSERTED_WITH_FINGERPRINT},
-			array(select ord from input where ord not in (select ord from admitted)) as refused
-		from c left join agents a on a.id = c.agent_id order by c.seq`);
+		select ${INSERTED_WITH_FINGERPRINT}, e.refused
+		from enqueue_commands(${JSON.stringify(rows)}::jsonb, ${actor}::text, ${limit}::int) e
+		cross join lateral (select (e.command).*) c
+		left join agents a on a.id = c.agent_id order by c.seq`);
 	const created = result.rows.map((row) => CreatedRecord.parse(row));
 	// No row created: every unkeyed row was refused, and a keyed one too unless its key is found.
 	const refused = created[0] ? created[0].refused : rows.filter((r) => !r.idempotency_key).map((r) => r.ord);
