@@ -1,7 +1,7 @@
 import type { Context, ErrorHandler, NotFoundHandler } from "hono";
 import { HTTPException } from "hono/http-exception";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
-import { DbConflictError, DbUnavailableError } from "./db/client";
+import { DbConflictError, DbSchemaBehindError, DbUnavailableError } from "./db/client";
 import { errorFields, log } from "./log";
 import { type ErrorBody, ErrorCode } from "./protocol";
 
@@ -36,7 +36,9 @@ const HTTP_EXCEPTION_CODES: Partial<Record<number, ErrorCode>> = {
 export const onError: ErrorHandler = (err, c) => {
 	if (err instanceof ApiError) return c.json(body(err.code, err.message, err.issues), err.status, err.headers);
 	if (err instanceof DbUnavailableError) {
-		log("warn", "http.db_unavailable", { path: c.req.path, ...errorFields(err) });
+		// An operator must act (migrate), unlike an outage that passes.
+		if (err instanceof DbSchemaBehindError) log("error", "http.db_schema_behind", { path: c.req.path, sqlState: err.sqlState });
+		else log("warn", "http.db_unavailable", { path: c.req.path, ...errorFields(err) });
 		c.header("Retry-After", "5");
 		return c.json(body(ErrorCode.DB_UNAVAILABLE, "the database is unavailable; retry shortly"), 503);
 	}

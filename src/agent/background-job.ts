@@ -7,7 +7,7 @@
  * the alarm picks the work up; a safety net found due while the run is
  * merely slow (queued at the connection gate) is pushed out, not acted on.
  */
-import { DbBusyError, DbUnavailableError } from "../db/client";
+import { DbBusyError, DbSchemaBehindError, DbUnavailableError } from "../db/client";
 import { errorFields, log } from "../log";
 import type { State } from "./state";
 
@@ -116,7 +116,9 @@ export class BackgroundJob {
 				state.setTimer(this.job, at);
 			});
 			await this.host.wakeBy(at);
-			log(err instanceof DbUnavailableError ? "warn" : "error", FAILED_EVENT[this.job], {
+			// An outage passes by itself; a database missing a migration needs an operator.
+			const passing = err instanceof DbUnavailableError && !(err instanceof DbSchemaBehindError);
+			log(passing ? "warn" : "error", FAILED_EVENT[this.job], {
 				agentId: this.host.name,
 				failures,
 				...errorFields(err),

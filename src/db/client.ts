@@ -232,6 +232,24 @@ export class DbUnavailableError extends Error {
 	}
 }
 
+/**
+ * The database lacks a table, column or function this code uses: it was not
+ * migrated before this version was deployed. Not the statement's fault, so
+ * treated like an outage (503, or an object's retry on its backoff) rather
+ * than a refusal, which would salvage the batch and drop what it could not
+ * write. It ends when `npm run db:migrate` has run.
+ */
+export class DbSchemaBehindError extends DbUnavailableError {
+	override name = "DbSchemaBehindError";
+	constructor(
+		readonly sqlState: string,
+		cause: unknown,
+	) {
+		super(cause);
+		this.message = "the database is missing a migration this version needs (run npm run db:migrate)";
+	}
+}
+
 /** Too many connections are being set up in this isolate; like an outage, retried later. */
 export class DbBusyError extends DbUnavailableError {
 	override name = "DbBusyError";
@@ -269,6 +287,9 @@ const CONFLICT_STATES = new Set(["40001", "40P01", "55P03"]);
 export function isConflictState(sqlState: string): boolean {
 	return CONFLICT_STATES.has(sqlState);
 }
+
+/** undefined_table, undefined_column, undefined_function: see DbSchemaBehindError. */
+const SCHEMA_BEHIND_STATES = new Set(["42P01", "42703", "42883"]);
 
 // SQLSTATE classes that mean "the server is not serving you right now".
 const UNAVAILABLE_CLASSES = ["08", "53", "57"];
@@ -312,6 +333,7 @@ export function classifyDbError(caught: unknown): unknown {
 	if (!wrapped && !isDriverError(err)) return err;
 	const state = sqlStateOf(err);
 	if (state && isConflictState(state)) return new DbConflictError(state, err);
+	if (state && SCHEMA_BEHIND_STATES.has(state)) return new DbSchemaBehindError(state, err);
 	if (state && !UNAVAILABLE_CLASSES.includes(state.slice(0, 2))) return new DbQueryError(state, err);
 	// No SQLSTATE: the socket, the relay or DNS failed before Postgres answered.
 	return new DbUnavailableError(err);

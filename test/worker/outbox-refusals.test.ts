@@ -11,7 +11,18 @@ import { describe, expect, it } from "vitest";
 import type { AgentHub } from "../../src/agent/agent-hub";
 import { agentHub } from "../../src/agent/stub";
 import { PRUNE_AFTER_MS, prune } from "../../src/agent/storage";
-import { AgentSocket, apiCommand, enqueue, query, sql, uniqueAgentId, waitFor, waitForStatus } from "../helpers/worker/harness";
+import {
+	AgentSocket,
+	api,
+	apiCommand,
+	enqueue,
+	expectError,
+	query,
+	sql,
+	uniqueAgentId,
+	waitFor,
+	waitForStatus,
+} from "../helpers/worker/harness";
 
 /** A rule in Postgres that refuses `commandId` being completed, until it is lifted. */
 async function refuseCompletion(commandId: string): Promise<() => Promise<void>> {
@@ -67,6 +78,51 @@ describe("a status change Postgres refuses", () => {
 			const [row] = await query<{ outbox_depth: number }>(sql`select outbox_depth from agents where id = ${agentId}`);
 			return row?.outbox_depth === 0;
 		}, "outbox depth 0 in Postgres");
+		agent.close();
+	});
+});
+
+/** Takes away what migration 0014 created, as if this version were deployed before it ran. */
+async function withoutMigration0014<T>(fn: () => Promise<T>): Promise<T> {
+	const functions = ["write_status(jsonb, jsonb, jsonb, integer)", "enqueue_commands(jsonb, text, integer)"];
+	for (const f of functions) await query(sql.raw(`alter function ${f} rename to ${f.split("(")[0]}_away`));
+	try {
+		return await fn();
+	} finally {
+		for (const f of functions) {
+			const [name, args] = f.split("(");
+			await query(sql.raw(`alter function ${name}_away(${args} rename to ${name}`));
+		}
+	}
+}
+
+describe("a database missing a migration this version needs", () => {
+	it("answers enqueues 503 and keeps the object's writes, output included, until it is migrated", async () => {
+		const agentId = uniqueAgentId();
+		const agent = await AgentSocket.connect(agentId);
+		const cmd = await enqueue(agentId, { action: "run" });
+		await agent.commands(1);
+		await waitForStatus(cmd.id, "dispatched");
+		await withoutMigration0014(async () => {
+			const res = await api(`/v1/agents/${agentId}/commands`, { method: "POST", json: { action: "later" } });
+			await expectError(res, 503, "db_unavailable");
+			expect(res.headers.get("retry-after")).toBe("5");
+			agent.send({ type: "output", id: cmd.id, seq: 0, data: "built\n" });
+			agent.send({ type: "result", id: cmd.id, status: "completed", result: { ok: true } });
+			const stub = agentHub(env, agentId);
+			// Two failed flushes (1 s, then 2 s of backoff): held for later, not salvaged, parked or dropped.
+			await new Promise((r) => setTimeout(r, 2_500));
+			const held = await stub.inspect();
+			expect(held.outbox).toBeGreaterThan(0);
+			expect(held.parked).toBe(0);
+			const row = await apiCommand(cmd.id);
+			expect(row.status).toBe("dispatched");
+		});
+		await waitForStatus(cmd.id, "completed", 20_000);
+		const [row] = await query<{ output: string; result: unknown }>(sql`select output, result from agent_commands where id = ${cmd.id}`);
+		expect(row).toEqual({ output: "built\n", result: { ok: true } });
+		expect((await enqueue(agentId, { action: "after" })).status).toBe("pending");
+		await waitFor(async () => (await agentHub(env, agentId).inspect()).outbox === 0, "outbox empty");
 		agent.close();
 	});
 });
