@@ -12,7 +12,7 @@ import type { Browser, BrowserContext, Page, WebSocketRoute } from "playwright-c
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { demoAgent } from "../../src/cli/demo-agent.ts";
-import type { Agent } from "../../src/sdk/agent.ts";
+import { Agent } from "../../src/sdk/agent.ts";
 import { SwitchyardClient } from "../../src/sdk/client.ts";
 import { launchChromium } from "../helpers/node/browser.ts";
 import { type LocalStack, startLocalStack } from "../helpers/node/local-stack.ts";
@@ -321,6 +321,64 @@ describe("the console in a browser", () => {
 			return performance.now() - t;
 		});
 		expect(lag).toBeLessThan(500);
+	});
+
+	it("pages through an agent's whole retained log to show a running command's output, each line once", async () => {
+		// Megabytes of earlier output in the agent's log: the command's page replays the log from its
+		// start, at most 1 MiB per connection (replay_paused, close 4007), then asks for the next.
+		const agentId = "log-heavy";
+		const heavy = new Agent({ url: stack.base, agentId, token: async () => (await api.token(agentId, 3600)).token });
+		let emitted = 0;
+		let release: () => void = () => {};
+		const released = new Promise<void>((r) => (release = r));
+		heavy.handle("burst", (_payload, ctx) => {
+			for (let i = 0; i < 1_000; i++) ctx.output(`${"x".repeat(1_000)} ${i}\n`);
+			return { lines: 1_000 };
+		});
+		heavy.handle("hold", async (_payload, ctx) => {
+			for (let i = 1; i <= 16; i++) {
+				ctx.output(`held line ${i}\n`);
+				emitted = i;
+				await new Promise((r) => setTimeout(r, 300));
+			}
+			await released;
+			return { lines: 16 };
+		});
+		heavy.start();
+		try {
+			for (let b = 0; b < 6; b++) {
+				const burst = await api.enqueue(agentId, { action: "burst" });
+				expect((await api.wait(burst.id, { timeoutMs: 30_000 })).status).toBe("completed");
+			}
+			const held = await api.enqueue(agentId, { action: "hold" });
+			await expect.poll(() => emitted, { timeout: 15_000 }).toBeGreaterThanOrEqual(6);
+
+			const p = await newPage(context);
+			const urls: string[] = [];
+			await p.routeWebSocket(/\/stream/, (ws) => {
+				if (ws.url().includes(`/agents/${agentId}/stream`)) urls.push(ws.url());
+				ws.connectToServer();
+			});
+			await signIn(p, stack.apiKey);
+			await p.getByRole("heading", { name: "Agents" }).waitFor();
+			await p.goto(`${stack.base}/#/commands/${held.id}`);
+			const terminal = p.locator("#terminal .xterm-rows");
+			await expect.poll(() => terminal.textContent(), { timeout: 30_000 }).toContain("held line 16");
+			// Every line from the first, once and in order: the early ones came from the last pages of
+			// the replay, the rest live.
+			const numbers = [...((await terminal.textContent()) ?? "").matchAll(/held line (\d+)/g)].map((m) => Number(m[1]));
+			expect(numbers).toEqual(Array.from({ length: 16 }, (_, i) => i + 1));
+			// Several pages: the first from the log's start, each next one where the last stopped.
+			expect(urls.length).toBeGreaterThanOrEqual(4);
+			expect(urls[0]).toMatch(/\?since=0$/);
+			for (const url of urls.slice(1)) expect(url).toMatch(/\?since=\d+&epoch=[0-9a-f-]{36}$/);
+			release();
+			await expect.poll(() => p.locator(".title-row [data-testid=status]").textContent(), { timeout: 15_000 }).toBe("completed");
+			await p.close();
+		} finally {
+			release();
+			await heavy.stop({ graceMs: 0 });
+		}
 	});
 
 	it("ran without a script error or a CSP violation", () => {
