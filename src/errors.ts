@@ -35,10 +35,14 @@ const HTTP_EXCEPTION_CODES: Partial<Record<number, ErrorCode>> = {
 /** The one place an error becomes a response. Nothing internal (stack, SQL, driver text) leaves here. */
 export const onError: ErrorHandler = (err, c) => {
 	if (err instanceof ApiError) return c.json(body(err.code, err.message, err.issues), err.status, err.headers);
+	if (err instanceof DbSchemaBehindError) {
+		// Unlike an outage this does not pass by itself: an operator must migrate.
+		log("error", "http.db_schema_behind", { path: c.req.path, sqlState: err.sqlState });
+		c.header("Retry-After", "30");
+		return c.json(body(ErrorCode.DB_NOT_MIGRATED, "the database is missing a migration this version needs; an operator must run npm run db:migrate"), 503);
+	}
 	if (err instanceof DbUnavailableError) {
-		// An operator must act (migrate), unlike an outage that passes.
-		if (err instanceof DbSchemaBehindError) log("error", "http.db_schema_behind", { path: c.req.path, sqlState: err.sqlState });
-		else log("warn", "http.db_unavailable", { path: c.req.path, ...errorFields(err) });
+		log("warn", "http.db_unavailable", { path: c.req.path, ...errorFields(err) });
 		c.header("Retry-After", "5");
 		return c.json(body(ErrorCode.DB_UNAVAILABLE, "the database is unavailable; retry shortly"), 503);
 	}

@@ -219,6 +219,8 @@ export const ErrorCode = {
 	/** The agent has AGENT_BACKLOG_LIMIT open commands already (HTTP 429, Retry-After; one item of a batch). */
 	AGENT_BACKLOG_FULL: "agent_backlog_full",
 	DB_UNAVAILABLE: "db_unavailable",
+	/** The database lacks a table, column or function this version needs: `npm run db:migrate` (HTTP 503, Retry-After). */
+	DB_NOT_MIGRATED: "db_not_migrated",
 	/** Postgres kept giving up on the request's statement because of concurrent ones (HTTP 503, Retry-After). */
 	DB_CONFLICT: "db_conflict",
 	AGENT_UNAVAILABLE: "agent_unavailable",

@@ -159,6 +159,7 @@ export async function runDoctor(flags: { url?: string; "api-key"?: string }, rep
 	await step("migrations", ["database", "api key"], async () => {
 		await client?.agents({ limit: "1" }).catch((err: unknown) => {
 			if (err instanceof SwitchyardApiError && err.code === "db_unavailable") throw new StepFailed("GET /v1/agents answered 503 db_unavailable", FIX_DATABASE);
+			if (err instanceof SwitchyardApiError && err.code === "db_not_migrated") throw new StepFailed("GET /v1/agents answered 503 db_not_migrated", FIX_MIGRATIONS);
 			if (err instanceof SwitchyardApiError && err.status >= 500) {
 				throw new StepFailed(`GET /v1/agents failed: HTTP ${err.status} ${err.code}`, FIX_MIGRATIONS);
 			}

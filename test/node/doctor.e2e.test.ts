@@ -111,7 +111,7 @@ describe("against a stack whose Postgres breaks", () => {
 			const run = await doctor(stack);
 			expect(run.code).toBe(1);
 			expect(line(run.stdout, "database")).toMatch(/^✓/);
-			expect(run.stdout).toMatch(/✗ migrations\s+GET \/v1\/agents failed: HTTP 500 internal \(\d+ ms\)\n {4}fix: the tables are missing or older than this worker: apply the migrations with `DATABASE_URL='postgres:\/\/…' npm run db:migrate`/);
+			expect(run.stdout).toMatch(/✗ migrations\s+GET \/v1\/agents answered 503 db_not_migrated \(\d+ ms\)\n {4}fix: the tables are missing or older than this worker: apply the migrations with `DATABASE_URL='postgres:\/\/…' npm run db:migrate`/);
 			expect(line(run.stdout, "agent token")).toMatch(/^- agent token\s+skipped: needs migrations$/);
 		} finally {
 			await withNodePool(pg.url, (pool) => pool.query("alter table agents_gone rename to agents"));

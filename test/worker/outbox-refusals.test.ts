@@ -105,8 +105,8 @@ describe("a database missing a migration this version needs", () => {
 		await waitForStatus(cmd.id, "dispatched");
 		await withoutMigration0014(async () => {
 			const res = await api(`/v1/agents/${agentId}/commands`, { method: "POST", json: { action: "later" } });
-			await expectError(res, 503, "db_unavailable");
-			expect(res.headers.get("retry-after")).toBe("5");
+			await expectError(res, 503, "db_not_migrated");
+			expect(res.headers.get("retry-after")).toBe("30");
 			agent.send({ type: "output", id: cmd.id, seq: 0, data: "built\n" });
 			agent.send({ type: "result", id: cmd.id, status: "completed", result: { ok: true } });
 			const stub = agentHub(env, agentId);
