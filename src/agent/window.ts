@@ -138,17 +138,20 @@ function deadlineSpent(row: BufferedRow, now: number): boolean {
 function dispatch(tx: Tx, row: BufferedRow, generation: number, now: number): { frame: CommandFrame; deadline: number } {
 	const attempt = row.attempts === 0 || deadlineSpent(row, now) ? row.attempts + 1 : row.attempts;
 	const runDeadline = row.run_deadline ?? (row.timeout_ms === null ? null : now + row.timeout_ms);
-	tx.sql.exec(
-		`update commands set status = 'dispatched', attempts = ?, generation = ?, ack_deadline = ?, run_deadline = ?,
-			first_dispatched_at = coalesce(first_dispatched_at, ?)
-		 where id = ?`,
-		attempt,
-		generation,
-		now + row.ack_timeout_ms,
-		runDeadline,
-		now,
-		row.id,
-	);
+	// The payload comes back with the update, not in a read of its own: only the send needs it.
+	const { payload } = tx.sql
+		.exec<{ payload: string }>(
+			`update commands set status = 'dispatched', attempts = ?, generation = ?, ack_deadline = ?, run_deadline = ?,
+				first_dispatched_at = coalesce(first_dispatched_at, ?)
+			 where id = ? returning payload`,
+			attempt,
+			generation,
+			now + row.ack_timeout_ms,
+			runDeadline,
+			now,
+			row.id,
+		)
+		.one();
 	tx.counts.move("pending", "dispatched");
 	tx.journal.record({
 		kind: "transition",
@@ -159,12 +162,10 @@ function dispatch(tx: Tx, row: BufferedRow, generation: number, now: number): { 
 		attempts: attempt,
 		detail: { attempt, generation, reason: row.attempts === 0 ? "delivery" : "redelivery" },
 	});
-	return { frame: commandFrame(tx.sql, row, attempt), deadline: Math.min(now + row.ack_timeout_ms, runDeadline ?? Number.POSITIVE_INFINITY) };
+	return { frame: commandFrame(row, payload, attempt), deadline: Math.min(now + row.ack_timeout_ms, runDeadline ?? Number.POSITIVE_INFINITY) };
 }
 
-/** The payload is read here, one command at a time: only the send needs it. */
-function commandFrame(sql: SqlStorage, row: BufferedRow, attempt: number): CommandFrame {
-	const { payload } = sql.exec<{ payload: string }>("select payload from commands where id = ?", row.id).one();
+function commandFrame(row: BufferedRow, payload: string, attempt: number): CommandFrame {
 	return {
 		type: "command",
 		id: row.id,
