@@ -227,8 +227,8 @@ export async function withDb<T>(config: DbConfig, fn: (db: PoolDb) => Promise<T>
 /** The database could not be reached or refused service; callers answer 503 and retry later. */
 export class DbUnavailableError extends Error {
 	override name = "DbUnavailableError";
-	constructor(cause: unknown) {
-		super("database unavailable", { cause });
+	constructor(cause: unknown, message = "database unavailable") {
+		super(message, { cause });
 	}
 }
 
@@ -245,8 +245,7 @@ export class DbSchemaBehindError extends DbUnavailableError {
 		readonly sqlState: string,
 		cause: unknown,
 	) {
-		super(cause);
-		this.message = "the database is missing a migration this version needs (run npm run db:migrate)";
+		super(cause, "the database is missing a migration this version needs (run npm run db:migrate)");
 	}
 }
 

@@ -84,15 +84,16 @@ describe("a status change Postgres refuses", () => {
 
 /** Takes away what migration 0014 created, as if this version were deployed before it ran. */
 async function withoutMigration0014<T>(fn: () => Promise<T>): Promise<T> {
-	const functions = ["write_status(jsonb, jsonb, jsonb, integer)", "enqueue_commands(jsonb, text, integer)"];
-	for (const f of functions) await query(sql.raw(`alter function ${f} rename to ${f.split("(")[0]}_away`));
+	const functions = [
+		{ name: "write_status", args: "jsonb, jsonb, jsonb, integer" },
+		{ name: "enqueue_commands", args: "jsonb, text, integer" },
+	];
+	const rename = (from: string, args: string, to: string) => query(sql.raw(`alter function ${from}(${args}) rename to ${to}`));
+	for (const f of functions) await rename(f.name, f.args, `${f.name}_away`);
 	try {
 		return await fn();
 	} finally {
-		for (const f of functions) {
-			const [name, args] = f.split("(");
-			await query(sql.raw(`alter function ${name}_away(${args} rename to ${name}`));
-		}
+		for (const f of functions) await rename(`${f.name}_away`, f.args, f.name);
 	}
 }
 
