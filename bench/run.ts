@@ -6,6 +6,8 @@
  *   npm run bench -- --only f1,f2,floor,peers   issue 14's goals, both Postgres kinds (~18 min)
  *   npm run bench -- --quick          small N smoke run (~3 min)
  *   npm run bench -- --only f1,floor  some figures: f1 f2 f3 f4 f5 floor peers
+ *   npm run bench -- --only f2.single,f2.batch --sweep 64 --batch-sweep 4
+ *                                     parts of figure 2 (also f2.proxy), at the calls in flight given
  *   npm run bench -- --db real        one Postgres: embedded | real (default both)
  *   npm run bench -- --storm-agents N figure 4 with N agents instead of 4,000
  *   npm run bench -- --heavy-db embedded,real  Postgres kinds for figures 3 and 4 (default: real)
@@ -37,12 +39,18 @@ const { values } = parseArgs({
 		"heavy-db": { type: "string" },
 		/** A line for the results file and its table: e.g. that the machine was loaded. */
 		note: { type: "string" },
+		/** Figure 2's calls in flight, instead of the configured sweep (an A/B of one change). */
+		sweep: { type: "string" },
+		"batch-sweep": { type: "string" },
 	},
 });
 
 const cfg: Config = config(values.quick ?? false);
 if (values["storm-agents"]) cfg.f4.agents = Number(values["storm-agents"]);
 if (values["heavy-db"]) cfg.heavyDbs = values["heavy-db"].split(",").map((s) => s.trim());
+const numbers = (list: string) => list.split(",").map((s) => Number(s.trim()));
+if (values.sweep) cfg.f2.sweep = numbers(values.sweep);
+if (values["batch-sweep"]) cfg.f2.batchSweep = numbers(values["batch-sweep"]);
 const only = new Set((values.only ?? "f1,f2,f3,f4,f5,floor,peers").split(",").map((s) => s.trim()));
 const dbs: DbKind[] = values.db ? [values.db as DbKind] : ["embedded", "real"];
 const results = new Results();
@@ -69,10 +77,10 @@ async function switchyard(db: DbKind): Promise<void> {
 				}
 			}
 		}
-		if (only.has("f2")) {
-			const f2 = { agents: cfg.f2.agents, durationMs: cfg.f2.durationMs };
-			await measureSaturation(results, sys, db, target, { ...f2, tag: `f2s-${db}`, sweep: cfg.f2.sweep });
-			await measureSaturation(results, proxySys, db, viaProxy, { ...f2, tag: `f2p-${db}`, sweep: cfg.f2.sweep });
+		const f2 = { agents: cfg.f2.agents, durationMs: cfg.f2.durationMs };
+		if (only.has("f2") || only.has("f2.single")) await measureSaturation(results, sys, db, target, { ...f2, tag: `f2s-${db}`, sweep: cfg.f2.sweep });
+		if (only.has("f2") || only.has("f2.proxy")) await measureSaturation(results, proxySys, db, viaProxy, { ...f2, tag: `f2p-${db}`, sweep: cfg.f2.sweep });
+		if (only.has("f2") || only.has("f2.batch")) {
 			await measureSaturation(results, sys, db, target, { ...f2, tag: `f2b-${db}`, sweep: cfg.f2.batchSweep, batch: cfg.f2.batch });
 		}
 		if (only.has("f5")) {
@@ -111,7 +119,7 @@ async function main(): Promise<void> {
 	process.stdout.write(`[bench] ${meta.quick ? "quick" : "full"} run; figures: ${[...only].join(", ")}; Postgres: ${dbs.join(", ")}\n`);
 	if (only.has("floor")) await runFloors(results, cfg, only);
 	for (const db of dbs) {
-		if (["f1", "f2", "f3", "f4", "f5"].some((f) => only.has(f))) {
+		if ([...only].some((f) => /^f[1-5](\.|$)/.test(f))) {
 			await switchyard(db).catch((err: unknown) => {
 				results.problems.push({ figure: "stack", system: `switchyard/${db}`, error: err instanceof Error ? err.message : String(err) });
 			});

@@ -10,10 +10,15 @@
  *   npx tsx bench/tools/profile.ts --agents 100 --flood 10 --concurrency 8 --save /tmp/flood.cpuprofile
  *   npx tsx bench/tools/profile.ts --agents 3000 --parallel 25 --fleets 2 --reconnect --window 30   # figure 4's fleet
  */
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import WebSocket from "ws";
 import { spawnChild } from "../lib/rpc.ts";
 import { startSwitchyard } from "../lib/stack.ts";
+
+// The profile is taken over wrangler's DevTools session, which the stack
+// otherwise leaves off; with it on, every console.log also becomes an
+// inspector event, a cost the figures of `npm run bench` do not carry.
+process.env.SWITCHYARD_DEVTOOLS ??= "1";
 
 const arg = (name: string, dflt: number) => {
 	const i = process.argv.indexOf(`--${name}`);
@@ -183,7 +188,12 @@ try {
 	for (const x of cpu) console.log(`  cpu ${x.d.toFixed(1).padStart(6)} s  ${comm(x.p)}`);
 	if (profile) report(profile, { inclusive: 45, self: 40, files: 15 });
 	// For a closer look (a call tree in Chrome's devtools, or a script).
-	if (profile && saveTo) writeFileSync(saveTo, JSON.stringify(profile));
+	if (profile && saveTo) {
+		writeFileSync(saveTo, JSON.stringify(profile));
+		// The bundle the profile's line numbers point into; wrangler deletes it on exit.
+		for (const dir of readdirSync(".wrangler/tmp", { withFileTypes: true }))
+			if (dir.isDirectory() && existsSync(`.wrangler/tmp/${dir.name}/index.js`)) copyFileSync(`.wrangler/tmp/${dir.name}/index.js`, `${saveTo}.js`);
+	}
 	session?.close();
 	for (const f of fleets) f.stop();
 } finally {
