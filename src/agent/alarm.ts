@@ -8,7 +8,9 @@
  * deadline needs it (`require`). A deadline that goes away (an ack clears
  * its ack deadline) marks the alarm stale; it is set exactly again at a
  * quiet moment (`settle`, when the outbox drains, and when the alarm runs),
- * not on every frame.
+ * not on every frame. Staleness that only answered commands left (an ack
+ * deadline, seconds out) may instead be left to fire once while the agent
+ * is connected (./flush.ts, `drained`).
  */
 
 /** The earliest of `deadlines`, or null when there is none. */
@@ -24,6 +26,8 @@ export class Alarm {
 	/** The alarm as this object last set it; undefined until read (a new instance, or one that just fired). */
 	private armedAt: number | null | undefined;
 	private stale = false;
+	/** Stale for some reason other than an answered command's deadline. */
+	private staleOther = false;
 
 	constructor(private readonly storage: DurableObjectStorage) {}
 
@@ -32,14 +36,21 @@ export class Alarm {
 		return this.stale;
 	}
 
-	markStale(): void {
+	/** Stale only because commands were answered before their ack deadlines. */
+	get staleOnlyFromAnswers(): boolean {
+		return this.stale && !this.staleOther;
+	}
+
+	/** A deadline went away: `answered` when it was a command's, answered by the agent. */
+	markStale(cause: "answered" | "other" = "other"): void {
 		this.stale = true;
+		if (cause === "other") this.staleOther = true;
 	}
 
 	/** The alarm that fired is spent. */
 	fired(): void {
 		this.armedAt = undefined;
-		this.stale = true;
+		this.markStale();
 	}
 
 	/** Something is due at `at`: move the alarm earlier if it is later or unset. */
@@ -57,6 +68,7 @@ export class Alarm {
 	async settle(at: number | null): Promise<void> {
 		const current = await this.current();
 		this.stale = false;
+		this.staleOther = false;
 		if (at === current) return;
 		this.armedAt = at;
 		if (at === null) await this.storage.deleteAlarm();

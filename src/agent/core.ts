@@ -6,7 +6,7 @@
  */
 import { type Database, objectDb } from "../db/client";
 import type { AgentInfo, Presence } from "../db/status-writes";
-import { log, setLogLevel } from "../log";
+import { errorFields, log, setLogLevel } from "../log";
 import { CloseCode, HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_MISSES, type ServerFrame, TERMINAL_STATUSES } from "../protocol";
 import { AgentAuth } from "./agent-auth";
 import { Alarm, nextWake } from "./alarm";
@@ -30,6 +30,12 @@ export const SILENCE_LIMIT_MS = HEARTBEAT_INTERVAL_SECONDS * HEARTBEAT_MISSES * 
 const IDLE_SILENCE_CHECK_MS = 5 * 60_000;
 /** Unconfirmed journal entries reach Postgres within this even if the isolate dies mid-flush. */
 export const FLUSH_SAFETY_NET_MS = 60_000;
+/**
+ * Deferred state (a confirmation, the last-heard time) waits at most this
+ * long for a commit to ride with before it gets one of its own. The pending
+ * timer also keeps the object from hibernating with it unwritten.
+ */
+export const DEFERRED_WRITE_MS = 5_000;
 /** An agent that sends no hello gets this window, which keeps its commands strictly in order. */
 export const DEFAULT_CONCURRENCY = 1;
 
@@ -91,8 +97,7 @@ export class AgentCore {
 		try {
 			result = this.ctx.storage.transactionSync(() => {
 				const out = fn(this);
-				this.journal.write();
-				this.state.commit();
+				this.state.commit(this.journal.write());
 				return out;
 			});
 		} catch (err) {
@@ -136,7 +141,7 @@ export class AgentCore {
 
 	/** Drops every in-memory copy of storage (see AgentHub.reloadState). */
 	reload(): void {
-		this.state.forget();
+		this.state.reload();
 		this.journal.rollback();
 		this.counts.forget();
 		this.lastFrameAt = 0;
@@ -184,9 +189,26 @@ export class AgentCore {
 		this.lastFrameAt = now;
 	}
 
-	/** Keeps the last-heard time through hibernation; runs inside a transaction. */
+	private deferredTimer: ReturnType<typeof setTimeout> | undefined;
+
+	/** Deferred state is written within DEFERRED_WRITE_MS, with a commit of its own if none came along. */
+	writeDeferredSoon(): void {
+		if (this.deferredTimer !== undefined || !this.state.hasDeferred) return;
+		this.deferredTimer = setTimeout(() => {
+			this.deferredTimer = undefined;
+			if (!this.state.hasDeferred) return;
+			try {
+				this.atomically(() => this.state.flushDeferred());
+			} catch (err) {
+				// Nothing is lost but a mark: a suffix is written to Postgres again, or a silence check runs early.
+				log("warn", "agent.deferred_write_failed", { agentId: this.name, ...errorFields(err) });
+			}
+		}, DEFERRED_WRITE_MS);
+	}
+
+	/** Keeps the last-heard time through hibernation (deferred, see writeDeferredSoon). */
 	rememberHeard(): void {
-		if (this.lastFrameAt > (this.state.get("last_seen_at") ?? 0)) this.state.set("last_seen_at", this.lastFrameAt);
+		if (this.lastFrameAt > (this.state.get("last_seen_at") ?? 0)) this.state.defer("last_seen_at", this.lastFrameAt);
 	}
 
 	lastActivity(ws: WebSocket): number {

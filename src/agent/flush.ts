@@ -30,7 +30,20 @@ const PRUNE_EVERY_MS = 60_000;
 
 type FlushHost = Pick<
 	AgentCore,
-	"name" | "env" | "db" | "state" | "journal" | "sql" | "atomically" | "presence" | "rememberHeard" | "alarm" | "settleAlarm" | "counts"
+	| "name"
+	| "env"
+	| "db"
+	| "state"
+	| "journal"
+	| "sql"
+	| "atomically"
+	| "presence"
+	| "rememberHeard"
+	| "writeDeferredSoon"
+	| "alarm"
+	| "settleAlarm"
+	| "counts"
+	| "currentSocket"
 >;
 
 /**
@@ -69,17 +82,24 @@ export class Flush {
 			const { refused, error } = await this.write(entries, presence);
 			if (presence) this.presenceWritten = { at: Date.now(), outboxDepth: presence.outboxDepth };
 			recordAnalytics(host.env, host.name, refused.length ? entries.filter((e) => !refused.includes(e)) : entries);
-			host.atomically(() => {
-				host.journal.confirm(through);
-				if (refused.length > 0) this.park(refused, error);
-				host.rememberHeard();
-				// Presence written above is stale if it changed during the await.
-				const now = host.presence();
-				// A hello that came during the await leaves its description for the next write.
-				const infoLeft = host.state.get("agent_info_dirty") === true && !(presence?.info && host.state.get("agent_info") === infoSent);
-				if (!infoLeft) host.state.delete("agent_info_dirty");
-				if (now.lastSeenAt === sent.lastSeenAt && now.connected === sent.connected && !infoLeft) host.state.delete("presence_dirty");
-			});
+			// Deferred, like the last-heard time: a confirmation costs no commit of
+			// its own, only a presence change or a refusal does.
+			host.journal.confirm(through);
+			host.rememberHeard();
+			// Presence written above is stale if it changed during the await.
+			const now = host.presence();
+			// A hello that came during the await leaves its description for the next write.
+			const infoLeft = host.state.get("agent_info_dirty") === true && !(presence?.info && host.state.get("agent_info") === infoSent);
+			const presenceLeft = now.lastSeenAt !== sent.lastSeenAt || now.connected !== sent.connected || infoLeft;
+			const settled = (!infoLeft && host.state.get("agent_info_dirty")) || (!presenceLeft && host.state.get("presence_dirty"));
+			if (refused.length > 0 || settled) {
+				host.atomically(() => {
+					if (refused.length > 0) this.park(refused, error);
+					if (!infoLeft) host.state.delete("agent_info_dirty");
+					if (!presenceLeft) host.state.delete("presence_dirty");
+				});
+			}
+			host.writeDeferredSoon();
 			if (refused.length > 0) await this.wakeForParked();
 			// After parking, once more: the outbox depth Postgres shows now counts them.
 			if (entries.length < BATCH && host.journal.unsynced() === 0 && refused.length === 0) break;
@@ -197,9 +217,12 @@ export class Flush {
 
 	/**
 	 * A quiet moment: prune now and then, and once no command is open, set the
-	 * alarm exactly if a deadline went away. While commands flow a stale alarm
-	 * (an answered command's ack deadline) is left to fire once and re-arm:
-	 * cheaper than moving it on every command.
+	 * alarm exactly if a deadline went away. While the agent is connected, an
+	 * alarm stale only from answered commands (an ack deadline seconds out)
+	 * is left to fire once and re-arm: moving it back after every command
+	 * made two alarm writes of each, storage writes (and here an fsync on the
+	 * runtime's thread). An agent that left has it set exactly, so its object
+	 * sleeps; so does staleness of any other kind (a connect's timers).
 	 */
 	private async drained(): Promise<void> {
 		const now = Date.now();
@@ -208,7 +231,9 @@ export class Flush {
 			const settled = { unsynced: this.host.journal.unsynced(), reading: !this.mayPrune() };
 			this.host.atomically(() => pruneSettled(this.host.sql, now, settled));
 		}
-		if (this.host.alarm.isStale && this.host.counts.open === 0) await this.host.settleAlarm();
+		const { alarm } = this.host;
+		const leave = alarm.staleOnlyFromAnswers && this.host.currentSocket() !== undefined;
+		if (alarm.isStale && !leave && this.host.counts.open === 0) await this.host.settleAlarm();
 	}
 }
 

@@ -102,7 +102,7 @@ async function ack({ host, ws, generation, now }: FrameContext, frame: AckFrame)
 		return outcome;
 	});
 	if (refuse(host, ws, outcome, frame.id)) return;
-	host.alarm.markStale();
+	host.alarm.markStale("answered");
 	await host.changed();
 }
 
@@ -113,7 +113,7 @@ async function result({ host, ws, now }: FrameContext, frame: ResultFrame): Prom
 		return outcome;
 	});
 	if (refuse(host, ws, outcome, frame.id)) return;
-	host.alarm.markStale();
+	host.alarm.markStale("answered");
 	await host.changed();
 }
 

@@ -78,9 +78,9 @@ export class Journal {
 		this.staged.push({ at: now, body: JSON.stringify(event), sync: null });
 	}
 
-	/** Writes what this transaction staged, in one statement. */
-	write(): void {
-		if (this.staged.length === 0) return;
+	/** Writes what this transaction staged, in one statement; says whether there was any. */
+	write(): boolean {
+		if (this.staged.length === 0) return false;
 		const staged = this.staged;
 		this.staged = [];
 		let seq = this.last();
@@ -107,6 +107,7 @@ export class Journal {
 			this.unpruned = 0;
 			pruneEvents(this.sql, staged[0]?.at ?? Date.now(), this.state.get("synced_through") ?? 0);
 		}
+		return true;
 	}
 
 	/** A rolled-back transaction: nothing staged was written, and what is in memory may not match storage. */
@@ -149,10 +150,14 @@ export class Journal {
 		};
 	}
 
-	/** Postgres has everything through `seq`. The caller commits the state. */
+	/**
+	 * Postgres has everything through `seq`. The mark is deferred (it rides
+	 * with the next commit): one lost with the isolate only means a suffix
+	 * written again, which Postgres dedups by entry key.
+	 */
 	confirm(seq: number): void {
 		if (seq <= (this.state.get("synced_through") ?? 0)) return;
-		this.state.set("synced_through", seq);
+		this.state.defer("synced_through", seq);
 		if (this.tail) this.tail = this.tail.filter((u) => u.seq > seq);
 	}
 

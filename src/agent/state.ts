@@ -7,7 +7,13 @@
  * it, so the copy stays true. Writes collect in memory and reach the table
  * in one statement when the event's transaction commits (`commit`); a
  * transaction that rolls back drops the copy (`forget`), so no value it set
- * outlives it. Two keys of the table are not state and are kept with plain
+ * outlives it.
+ *
+ * A few values are facts that only ever move forward and are safe to lose
+ * with the isolate (what Postgres confirmed, when the agent was last heard):
+ * `defer` keeps them for the next commit that writes anything else, so
+ * recording them does not cost a transaction of its own (a commit is the
+ * largest cost of an event in the object; docs/performance.md). Two keys of the table are not state and are kept with plain
  * SQL where they are used: `schema_version` (storage.ts) and
  * `events_pruned_through` (events.ts).
  */
@@ -78,6 +84,8 @@ export class State {
 	private values: Map<StateKey, unknown> | undefined;
 	/** Encoded values to write at commit; null deletes the key. */
 	private readonly dirty = new Map<StateKey, string | null>();
+	/** Encoded values that ride with the next commit that writes; kept across a rollback. */
+	private readonly deferred = new Map<StateKey, string>();
 
 	constructor(private readonly sql: SqlStorage) {}
 
@@ -87,6 +95,7 @@ export class State {
 			for (const r of this.sql.exec<{ key: string; value: string }>("select key, value from meta")) {
 				if (isKey(r.key)) this.values.set(r.key, SCHEMA[r.key].decode(r.value));
 			}
+			for (const [key, value] of this.deferred) this.values.set(key, SCHEMA[key].decode(value));
 		}
 		return this.values;
 	}
@@ -100,6 +109,7 @@ export class State {
 		if (values.get(key) === value) return;
 		values.set(key, value);
 		this.dirty.set(key, (SCHEMA[key] as Codec<ValueOf<K>>).encode(value));
+		this.deferred.delete(key);
 	}
 
 	delete(key: StateKey): void {
@@ -107,6 +117,33 @@ export class State {
 		if (!values.has(key)) return;
 		values.delete(key);
 		this.dirty.set(key, null);
+		this.deferred.delete(key);
+	}
+
+	/**
+	 * Sets a value that may reach the table late: with the next commit that
+	 * writes anything, or `flushDeferred`. Only for a value whose older copy
+	 * is a safe thing to wake up with (the object then redoes a little work,
+	 * never skips any).
+	 */
+	defer<K extends StateKey>(key: K, value: ValueOf<K>): void {
+		const values = this.loaded();
+		if (values.get(key) === value) return;
+		values.set(key, value);
+		const encoded = (SCHEMA[key] as Codec<ValueOf<K>>).encode(value);
+		if (this.dirty.has(key)) this.dirty.set(key, encoded);
+		else this.deferred.set(key, encoded);
+	}
+
+	/** Whether deferred values wait for a commit. */
+	get hasDeferred(): boolean {
+		return this.deferred.size > 0;
+	}
+
+	/** Makes the deferred values part of the transaction under way. */
+	flushDeferred(): void {
+		for (const [key, value] of this.deferred) if (!this.dirty.has(key)) this.dirty.set(key, value);
+		this.deferred.clear();
 	}
 
 	timer(name: TimerName): number | undefined {
@@ -144,9 +181,15 @@ export class State {
 		return epoch;
 	}
 
-	/** Writes what changed: one upsert and at most one delete. Called inside the event's transaction. */
-	commit(): void {
-		if (this.dirty.size === 0) return;
+	/**
+	 * Writes what changed, deferred values with it: one upsert and at most one
+	 * delete. Called inside the event's transaction; `writing` says the
+	 * transaction writes rows anyway, so deferred values ride with it even if
+	 * nothing else changed.
+	 */
+	commit(writing = false): void {
+		if (this.dirty.size === 0 && !(writing && this.hasDeferred)) return;
+		this.flushDeferred();
 		const upserts: [string, string][] = [];
 		const deletes: string[] = [];
 		for (const [key, value] of this.dirty) {
@@ -164,9 +207,15 @@ export class State {
 		if (deletes.length > 0) this.sql.exec("delete from meta where key in (select value from json_each(?))", JSON.stringify(deletes));
 	}
 
-	/** Drops the copy and anything not yet written; the next read loads the table again. */
+	/** Drops the copy and anything not yet written but the deferred values; the next read loads the table again. */
 	forget(): void {
 		this.values = undefined;
 		this.dirty.clear();
+	}
+
+	/** Drops everything held in memory, deferred values too: the table, edited by hand, is the truth. */
+	reload(): void {
+		this.forget();
+		this.deferred.clear();
 	}
 }

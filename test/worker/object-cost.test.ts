@@ -68,9 +68,10 @@ function meter(stub: ReturnType<typeof agentHub>): Promise<void> {
 }
 
 /**
- * Waits until the object is quiet: no read or flush running, nothing unsynced,
- * no presence to write and the alarm set exactly. Reads only what the object
- * holds in memory, so nothing is metered.
+ * Waits until the object is quiet: no read or flush running, nothing unsynced
+ * and no presence to write. Reads only what the object holds in memory, so
+ * nothing is metered. Deferred state (a confirmation) may still wait for the
+ * next commit: in steady use it rides with the next command's.
  */
 async function quiet(stub: ReturnType<typeof agentHub>): Promise<void> {
 	await waitFor(
@@ -89,8 +90,7 @@ async function quiet(stub: ReturnType<typeof agentHub>): Promise<void> {
 					!hub.flushJob.busy &&
 					!hub.catchUpJob.busy &&
 					core.journal.unsynced() === 0 &&
-					!core.state.get("presence_dirty") &&
-					!core.alarm.isStale;
+					!core.state.get("presence_dirty");
 				if (hub.cost) hub.cost.paused = false;
 				return done;
 			}),
@@ -143,11 +143,15 @@ describe("what one command costs its agent's object", () => {
 		expect(cost.postgresCalls).toBeLessThanOrEqual(2);
 		// The agent's row (connection, outbox depth) did not change, so it was not rewritten.
 		expect(await agentRow()).toEqual([agentBefore]);
-		// Enqueue, ack and result are one transaction each; each flush confirms in one.
-		expect(cost.transactions).toBeLessThanOrEqual(6);
-		// The dispatch's ack deadline, and the exact alarm once the agent holds nothing.
-		expect(cost.alarmsSet).toBeLessThanOrEqual(2);
-		// Nothing is left on the alarm but the agent's silence check, minutes out.
+		// Enqueue, ack and result are one transaction each. Postgres's confirmation
+		// takes none of its own: it rides with the next commit (or a timer's, when
+		// none comes within DEFERRED_WRITE_MS, which a slow machine may reach).
+		expect(cost.transactions).toBeLessThanOrEqual(4);
+		// The dispatch's ack deadline moves the alarm earlier; the answer does not
+		// move it back while the agent is connected (that was a second write).
+		expect(cost.alarmsSet).toBeLessThanOrEqual(1);
+		// The stale alarm fires once and leaves nothing but the agent's silence check, minutes out.
+		expect(await runDurableObjectAlarm(stub)).toBe(true);
 		const alarm = await runInDurableObject(stub, (_i: AgentHub, state) => state.storage.getAlarm());
 		expect(alarm).toBeGreaterThan(Date.now() + 4 * 60_000);
 		agent.close();
