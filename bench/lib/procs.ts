@@ -4,7 +4,7 @@ import { appendFileSync, readdirSync, readFileSync, readlinkSync } from "node:fs
 import { createConnection } from "node:net";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
-import { wranglerEnv } from "../../src/dev/wrangler-env.ts";
+import { devtoolsOn, wranglerEnv } from "../../src/dev/wrangler-env.ts";
 import { descendants, killGroup } from "../../test/helpers/node/processes.ts";
 
 export { freePort, killGroup, waitHealthy, waitUntil } from "../../test/helpers/node/processes.ts";
@@ -225,7 +225,12 @@ export function workerdNofile(root: number): number | undefined {
 /** The wrangler settings every stack in a run gets (see startWrangler), for the results file. */
 export function wranglerSettings(): Record<string, string | undefined> {
 	const env = wranglerEnv(process.env);
-	return { X_LOCAL_OBSERVABILITY: env.X_LOCAL_OBSERVABILITY, WRANGLER_WRITE_LOGS: env.WRANGLER_WRITE_LOGS, WRANGLER_LOG: env.WRANGLER_LOG ?? "log (default)" };
+	return {
+		X_LOCAL_OBSERVABILITY: env.X_LOCAL_OBSERVABILITY,
+		WRANGLER_WRITE_LOGS: env.WRANGLER_WRITE_LOGS,
+		WRANGLER_LOG: env.WRANGLER_LOG ?? "log (default)",
+		devtoolsSession: devtoolsOn(env) ? "on (console.log relayed to wrangler)" : "off (SWITCHYARD_DEVTOOLS unset)",
+	};
 }
 
 export function loadAverage(): number[] {

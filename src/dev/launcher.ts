@@ -15,7 +15,7 @@ import { ensureDevVars } from "./dev-vars.ts";
 import { type EmbeddedPostgres, startEmbeddedPostgres } from "./embedded-postgres.ts";
 import { runMigrations } from "./migrate.ts";
 import { loopbackOnly, type Relay, startRelay } from "./relay.ts";
-import { wranglerEnv } from "./wrangler-env.ts";
+import { devtoolsOn, wranglerEnv } from "./wrangler-env.ts";
 
 const root = process.cwd();
 const port = Number(process.env.PORT ?? 8787);
@@ -82,6 +82,7 @@ async function main(): Promise<void> {
 			? "wrangler local observability: on (SWITCHYARD_LOCAL_OBSERVABILITY=1)"
 			: "wrangler local observability: off (SWITCHYARD_LOCAL_OBSERVABILITY=1 turns it on)",
 	);
+	say(devtoolsOn(env) ? "wrangler DevTools session: on" : "wrangler DevTools session: off (SWITCHYARD_DEVTOOLS=1 turns it on)");
 	// Its own process group, so stopping it reaches workerd too.
 	wrangler = spawn(process.execPath, args, { cwd: root, env, stdio: ["ignore", "pipe", "pipe"], detached: true });
 	wrangler.stdout?.on("data", (d: Buffer) => process.stdout.write(d));

@@ -1,8 +1,9 @@
 /**
  * `npm run dev` without wrangler's tracing tax (issue 14): by default the
- * launcher starts wrangler with local observability off and no debug log
- * file, the worker's logs still reach the terminal as JSON lines, and
- * SWITCHYARD_LOCAL_OBSERVABILITY=1 turns tracing back on. What is checked is
+ * launcher starts wrangler with local observability off, no debug log file
+ * and no DevTools session on the runtime, the worker's logs still reach the
+ * terminal as JSON lines, and SWITCHYARD_LOCAL_OBSERVABILITY=1 and
+ * SWITCHYARD_DEVTOOLS=1 turn tracing and the session back on. What is checked is
  * what a user can see: the log folder, the terminal, the environment the
  * wrangler process runs with. No timing.
  */
@@ -73,12 +74,21 @@ function jsonLines(out: string): Record<string, unknown>[] {
 describe("npm run dev and wrangler's local observability", () => {
 	it("runs wrangler without tracing or a log file, and still prints JSON log lines", async () => {
 		logDir = mkdtempSync(join(tmpdir(), "switchyard-wrangler-logs-"));
-		stack = await startLocalStack({ WRANGLER_LOG_PATH: logDir, SWITCHYARD_LOCAL_OBSERVABILITY: "", WRANGLER_WRITE_LOGS: "" });
+		stack = await startLocalStack({
+			WRANGLER_LOG_PATH: logDir,
+			SWITCHYARD_LOCAL_OBSERVABILITY: "",
+			WRANGLER_WRITE_LOGS: "",
+			SWITCHYARD_DEVTOOLS: "",
+			VSCODE_INSPECTOR_OPTIONS: "",
+		});
 		const s = stack;
 		expect(s.output()).toContain("wrangler local observability: off");
+		expect(s.output()).toContain("wrangler DevTools session: off");
 		const env = wranglerEnvironment(s);
 		expect(env.get("X_LOCAL_OBSERVABILITY")).toBe("false");
 		expect(env.get("WRANGLER_WRITE_LOGS")).toBe("false");
+		// wrangler's only way to leave its DevTools session off the runtime.
+		expect(env.get("VSCODE_INSPECTOR_OPTIONS")).toBeTruthy();
 
 		const agentId = `obs-${Date.now()}`;
 		await connectAgent(s, agentId);
@@ -91,10 +101,19 @@ describe("npm run dev and wrangler's local observability", () => {
 		expect(readdirSync(logDir)).toEqual([]);
 	});
 
-	it("turns tracing back on with SWITCHYARD_LOCAL_OBSERVABILITY=1", async () => {
+	it("turns tracing and the DevTools session back on with SWITCHYARD_LOCAL_OBSERVABILITY=1 and SWITCHYARD_DEVTOOLS=1", async () => {
 		logDir = mkdtempSync(join(tmpdir(), "switchyard-wrangler-logs-"));
-		stack = await startLocalStack({ WRANGLER_LOG_PATH: logDir, SWITCHYARD_LOCAL_OBSERVABILITY: "1", WRANGLER_WRITE_LOGS: "" });
+		stack = await startLocalStack({
+			WRANGLER_LOG_PATH: logDir,
+			SWITCHYARD_LOCAL_OBSERVABILITY: "1",
+			WRANGLER_WRITE_LOGS: "",
+			SWITCHYARD_DEVTOOLS: "1",
+			VSCODE_INSPECTOR_OPTIONS: "",
+		});
 		expect(stack.output()).toContain("wrangler local observability: on");
-		expect(wranglerEnvironment(stack).get("X_LOCAL_OBSERVABILITY")).toBe("true");
+		expect(stack.output()).toContain("wrangler DevTools session: on");
+		const env = wranglerEnvironment(stack);
+		expect(env.get("X_LOCAL_OBSERVABILITY")).toBe("true");
+		expect(env.get("VSCODE_INSPECTOR_OPTIONS") ?? "").toBe("");
 	});
 });
