@@ -69,11 +69,13 @@ function meter(stub: ReturnType<typeof agentHub>): Promise<void> {
 
 /**
  * Waits until the object is quiet: no read or flush running, nothing unsynced
- * and no presence to write. Reads only what the object holds in memory, so
+ * and no presence to write, and with `alarmSettled` the alarm set exactly
+ * (after a connect; an answered command's stale alarm is left to fire while
+ * the agent is connected). Reads only what the object holds in memory, so
  * nothing is metered. Deferred state (a confirmation) may still wait for the
  * next commit: in steady use it rides with the next command's.
  */
-async function quiet(stub: ReturnType<typeof agentHub>): Promise<void> {
+async function quiet(stub: ReturnType<typeof agentHub>, opts: { alarmSettled?: boolean } = {}): Promise<void> {
 	await waitFor(
 		() =>
 			runInDurableObject(stub, (instance: AgentHub) => {
@@ -90,7 +92,8 @@ async function quiet(stub: ReturnType<typeof agentHub>): Promise<void> {
 					!hub.flushJob.busy &&
 					!hub.catchUpJob.busy &&
 					core.journal.unsynced() === 0 &&
-					!core.state.get("presence_dirty");
+					!core.state.get("presence_dirty") &&
+					!(opts.alarmSettled && core.alarm.isStale);
 				if (hub.cost) hub.cost.paused = false;
 				return done;
 			}),
@@ -118,7 +121,7 @@ describe("what one command costs its agent's object", () => {
 		// What the connect left (its catch-up, its presence write, the alarm's
 		// exact setting after the hello) must not be counted as the command's.
 		await objectSettled(agentId);
-		await quiet(stub);
+		await quiet(stub, { alarmSettled: true });
 		const agentRow = () => query<{ xmin: string }>(sql`select xmin::text from agents where id = ${agentId}`);
 		const [agentBefore] = await agentRow();
 		await meter(stub);
@@ -176,10 +179,13 @@ describe("what one command costs its agent's object", () => {
 		const stub = agentHub(env, agentId);
 		// Silent for six minutes, as far as the object knows; then a fresh instance runs the alarm.
 		// Quiet first: a write still owed from the connect would stamp last_seen_at afresh.
-		await quiet(stub);
-		await runInDurableObject(stub, (instance: AgentHub, state) => {
+		await quiet(stub, { alarmSettled: true });
+		await runInDurableObject(stub, async (instance: AgentHub, state) => {
 			state.storage.sql.exec("update meta set value = ? where key = 'last_seen_at'", String(Date.now() - 6 * 60_000));
 			instance.reloadState();
+			// An hour out, so that no alarm (a catch-up's safety net, seconds out) fires by
+			// itself while the eviction waits for the object's timers: the fresh instance runs it.
+			await state.storage.setAlarm(Date.now() + 60 * 60_000);
 		});
 		await evictDurableObject(stub);
 		expect(await runDurableObjectAlarm(stub)).toBe(true);
