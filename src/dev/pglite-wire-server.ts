@@ -88,7 +88,12 @@ class Framer {
 export interface WireServer {
 	port: number;
 	close(): Promise<void>;
+	/** Runs `fn` on the session between clients' turns: no client's transaction is open meanwhile. */
+	exclusive<T>(fn: () => Promise<T>): Promise<T>;
 }
+
+/** The session lock's id for work of the server's own (exclusive); clients count up from 1. */
+const SERVER_TURN = 0;
 
 export async function serveWire(db: PGlite, opts: { host: string; port: number }): Promise<WireServer> {
 	const lock = new SessionLock();
@@ -158,6 +163,14 @@ export async function serveWire(db: PGlite, opts: { host: string; port: number }
 	});
 	return {
 		port: (server.address() as net.AddressInfo).port,
+		exclusive: async (fn) => {
+			await lock.acquire(SERVER_TURN);
+			try {
+				return await fn();
+			} finally {
+				lock.release(SERVER_TURN);
+			}
+		},
 		close: () =>
 			new Promise<void>((resolve) => {
 				for (const s of sockets) s.destroy();
