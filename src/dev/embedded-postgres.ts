@@ -25,12 +25,13 @@ export const ANALYZE_EVERY_MS = 30_000;
 /**
  * @param dataDir a folder to persist to, or undefined for an in-memory database.
  * @param port 0 picks a free port. Never 5432: that belongs to a real Postgres.
- * @param analyzeEveryMs how often statistics are refreshed (tests shorten it).
+ * @param analyzeEveryMs how often statistics are refreshed; null never (the worker suite's
+ *   database, whose query-plan tests describe plans without statistics).
  */
 export async function startEmbeddedPostgres(opts: {
 	dataDir?: string;
 	port?: number;
-	analyzeEveryMs?: number;
+	analyzeEveryMs?: number | null;
 }): Promise<EmbeddedPostgres> {
 	if (opts.port === 5432) throw new Error("the embedded Postgres never takes port 5432");
 	const db = await PGlite.create(opts.dataDir);
@@ -38,10 +39,13 @@ export async function startEmbeddedPostgres(opts: {
 	const port = server.port;
 	// Between clients' turns, one at a time; a failure (a table dropped meanwhile) waits for the next.
 	let analyzing: Promise<unknown> = Promise.resolve();
-	const analyze = setInterval(() => {
-		analyzing = analyzing.then(() => server.exclusive(() => db.exec("analyze")).catch(() => {}));
-	}, opts.analyzeEveryMs ?? ANALYZE_EVERY_MS);
-	analyze.unref();
+	const analyze =
+		opts.analyzeEveryMs === null
+			? undefined
+			: setInterval(() => {
+					analyzing = analyzing.then(() => server.exclusive(() => db.exec("analyze")).catch(() => {}));
+				}, opts.analyzeEveryMs ?? ANALYZE_EVERY_MS);
+	analyze?.unref();
 	return {
 		url: `postgres://postgres@127.0.0.1:${port}/postgres`,
 		port,

@@ -21,7 +21,9 @@ if (!/^[a-z_][a-z0-9_]*$/.test(TEST_DB)) throw new Error(`SWITCHYARD_TEST_DB mus
 export async function startTestDatabase(): Promise<TestDatabase> {
 	const server = process.env.SWITCHYARD_TEST_PG_URL;
 	if (!server) {
-		const pg = await startEmbeddedPostgres({});
+		// Without the periodic ANALYZE: test/worker/query-plans.test.ts describes the
+		// plans of a database without statistics, and a run must not change them midway.
+		const pg = await startEmbeddedPostgres({ analyzeEveryMs: null });
 		await runMigrations(pg.url);
 		return { url: pg.url, kind: "embedded", stop: pg.stop };
 	}
