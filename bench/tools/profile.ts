@@ -191,8 +191,9 @@ try {
 	if (profile && saveTo) {
 		writeFileSync(saveTo, JSON.stringify(profile));
 		// The bundle the profile's line numbers point into; wrangler deletes it on exit.
-		for (const dir of readdirSync(".wrangler/tmp", { withFileTypes: true }))
-			if (dir.isDirectory() && existsSync(`.wrangler/tmp/${dir.name}/index.js`)) copyFileSync(`.wrangler/tmp/${dir.name}/index.js`, `${saveTo}.js`);
+		const bundles = existsSync(".wrangler/tmp") ? readdirSync(".wrangler/tmp").map((d) => `.wrangler/tmp/${d}/index.js`) : [];
+		const bundle = bundles.find((f) => existsSync(f));
+		if (bundle) copyFileSync(bundle, `${saveTo}.js`);
 	}
 	session?.close();
 	for (const f of fleets) f.stop();

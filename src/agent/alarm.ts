@@ -25,26 +25,24 @@ export function nextWake(deadlines: Iterable<number | null | undefined>): number
 export class Alarm {
 	/** The alarm as this object last set it; undefined until read (a new instance, or one that just fired). */
 	private armedAt: number | null | undefined;
-	private stale = false;
-	/** Stale for some reason other than an answered command's deadline. */
-	private staleOther = false;
+	/** Why a deadline the alarm may be set for went away since it was last settled; null: it is exact. */
+	private staleBy: "answered" | "other" | null = null;
 
 	constructor(private readonly storage: DurableObjectStorage) {}
 
 	/** Whether a deadline the alarm may have been set for went away since it was last settled. */
 	get isStale(): boolean {
-		return this.stale;
+		return this.staleBy !== null;
 	}
 
 	/** Stale only because commands were answered before their ack deadlines. */
 	get staleOnlyFromAnswers(): boolean {
-		return this.stale && !this.staleOther;
+		return this.staleBy === "answered";
 	}
 
 	/** A deadline went away: `answered` when it was a command's, answered by the agent. */
 	markStale(cause: "answered" | "other" = "other"): void {
-		this.stale = true;
-		if (cause === "other") this.staleOther = true;
+		if (this.staleBy !== "other") this.staleBy = cause;
 	}
 
 	/** The alarm that fired is spent. */
@@ -67,8 +65,7 @@ export class Alarm {
 	/** Sets the alarm to exactly `at` (null: none), from a full reckoning of the deadlines. */
 	async settle(at: number | null): Promise<void> {
 		const current = await this.current();
-		this.stale = false;
-		this.staleOther = false;
+		this.staleBy = null;
 		if (at === current) return;
 		this.armedAt = at;
 		if (at === null) await this.storage.deleteAlarm();

@@ -13,9 +13,11 @@
  * with the isolate (what Postgres confirmed, when the agent was last heard):
  * `defer` keeps them for the next commit that writes anything else, so
  * recording them does not cost a transaction of its own (a commit is the
- * largest cost of an event in the object; docs/performance.md). Two keys of the table are not state and are kept with plain
- * SQL where they are used: `schema_version` (storage.ts) and
- * `events_pruned_through` (events.ts).
+ * largest cost of an event in the object; docs/performance.md).
+ *
+ * Two keys of the table are not state and are kept with plain SQL where
+ * they are used: `schema_version` (storage.ts) and `events_pruned_through`
+ * (events.ts).
  */
 
 interface Codec<T> {
