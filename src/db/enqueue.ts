@@ -60,7 +60,9 @@ type Row = Awaited<ReturnType<typeof insertRow>>;
  */
 async function insertRows(db: Db, rows: Row[], actor: string, limit: number): Promise<{ created: KeyedRecord[]; refused: Set<number> }> {
 	// The insert is a function (migrations/0014) so Postgres plans it once per
-	// server connection rather than on every call.
+	// server connection rather than on every call. It is declared to return
+	// one row (0016): Postgres's default guess of 1,000 made this statement
+	// hash the whole agents table to join each new command to its agent.
 	const result = await db.execute(sql`
 		select ${INSERTED_WITH_FINGERPRINT}, e.refused
 		from enqueue_commands(${JSON.stringify(rows)}::jsonb, ${actor}::text, ${limit}::int) e

@@ -232,7 +232,8 @@ export async function writeStatus(
 			detail: { ...t.detail, ...(t.errorCode ? { errorCode: t.errorCode } : {}) },
 		}));
 	// The statement is a function (migrations/0014) so Postgres plans it once
-	// per server connection rather than on every call.
+	// per server connection rather than on every call; 0015 and 0016 keep
+	// that plan's reads by key, whatever size the tables had when it was made.
 	await db.execute(sql`select write_status(${JSON.stringify(updates)}::jsonb, ${JSON.stringify(events)}::jsonb,
 		${presence ? JSON.stringify(presence) : null}::jsonb, ${OUTPUT_CAP_CHARS}::int)`);
 }
