@@ -135,6 +135,9 @@ export async function throughputStep(
 	const ids = agentIds(a.tag, a.agents);
 	return withFleet(t, ids, async (fleet) => {
 		const enq = spawnChild("load/enqueue.ts");
+		// Its start-up (tsx compiling it, the NATS client loading) took 1 to 2 CPU
+		// seconds, which the enqueuer's column counted as per-command load.
+		await enq.call("ready");
 		const cpu = startCpu(joinRoles(t.roles ?? (() => ({})), fixedRoles({ "load: agents (node)": [fleet.proc.pid], "load: enqueuer (node)": [enq.proc.pid] })));
 		try {
 			const sent = await enq.call<Sent>("flood", {

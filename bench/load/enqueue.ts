@@ -70,6 +70,10 @@ async function send(t: Transport, agents: string[], seq: number, out: Sent): Pro
 const perCall = (t: Transport) => (t.kind === "http-batch" ? t.size : 1);
 
 const methods = {
+	/** Answers once this process has loaded, so its start-up is not counted as load. */
+	async ready() {
+		return null;
+	},
 	/** `count` commands at `rate` per second, round-robin over `agents`, not waiting for answers (capped in flight). */
 	async steady(a: { transport: Transport; agents: string[]; count: number; rate: number; maxInFlight?: number; keepIds?: boolean }) {
 		const out: Sent = { ok: 0, errors: 0, callMs: [], errorSamples: [], statuses: {}, accepted: a.keepIds ? [] : undefined };
