@@ -19,19 +19,41 @@ function keysOf(configured: string | undefined): string[] {
 }
 
 /**
+ * The configured keys' digests, by the setting's text. Every request
+ * compared the presented key against each configured one by hashing both
+ * (two lists, three to six digests per request); the configured side only
+ * changes with a deploy, which starts new isolates anyway. A few settings at
+ * most, so the map stays tiny.
+ */
+const configuredDigests = new Map<string, Promise<ArrayBuffer[]>>();
+
+function digestsOf(configured: string): Promise<ArrayBuffer[]> {
+	let digests = configuredDigests.get(configured);
+	if (!digests) {
+		digests = Promise.all(keysOf(configured).map(digest));
+		if (configuredDigests.size > 8) configuredDigests.clear();
+		configuredDigests.set(configured, digests);
+	}
+	return digests;
+}
+
+/**
  * Compares against every configured key in constant time: hashing first
  * makes the lengths equal, and no early exit reveals which key was closest.
  */
-export async function matchApiKey(presented: string, configured: string | undefined): Promise<boolean> {
-	const keys = keysOf(configured);
+export async function matchApiKey(presented: string | ArrayBuffer, configured: string | undefined): Promise<boolean> {
+	const keys = await digestsOf(configured ?? "");
 	if (keys.length === 0) return false;
-	const p = await digest(presented);
+	const p = typeof presented === "string" ? await digest(presented) : presented;
 	let ok = false;
 	for (const k of keys) {
-		if (crypto.subtle.timingSafeEqual(p, await digest(k))) ok = true;
+		if (crypto.subtle.timingSafeEqual(p, k)) ok = true;
 	}
 	return ok;
 }
+
+/** The HMAC key behind key ids, imported once per secret rather than per request. */
+const idKeys = new Map<string, Promise<CryptoKey>>();
 
 /**
  * A key's id in audit events, logs and rate limits (`api:` and 16 hex): an
@@ -41,8 +63,14 @@ export async function matchApiKey(presented: string, configured: string | undefi
  * change when AGENT_TOKEN_SECRET does.
  */
 export async function apiKeyId(presented: string, secret: string): Promise<string> {
-	const key = await crypto.subtle.importKey("raw", encoder.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
-	return `api:${hexPrefix(await crypto.subtle.sign("HMAC", key, encoder.encode(`api-key-id:${presented}`)), 8)}`;
+	let key = idKeys.get(secret);
+	if (!key) {
+		key = crypto.subtle.importKey("raw", encoder.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+		// A test or a rotation may bring another secret; never more than a couple live.
+		if (idKeys.size > 8) idKeys.clear();
+		idKeys.set(secret, key);
+	}
+	return `api:${hexPrefix(await crypto.subtle.sign("HMAC", await key, encoder.encode(`api-key-id:${presented}`)), 8)}`;
 }
 
 /**
@@ -59,10 +87,8 @@ function apiKey(scope: Scope) {
 			throw new ApiError(401, ErrorCode.UNAUTHORIZED, "missing API key: send Authorization: Bearer <key>");
 		}
 		// Both lists are always checked, so the time taken says nothing about which one matched.
-		const [writer, reader] = await Promise.all([
-			matchApiKey(presented, c.env.API_KEYS),
-			matchApiKey(presented, c.env.READ_API_KEYS),
-		]);
+		const p = await digest(presented);
+		const [writer, reader] = await Promise.all([matchApiKey(p, c.env.API_KEYS), matchApiKey(p, c.env.READ_API_KEYS)]);
 		if (!writer && !reader) throw new ApiError(401, ErrorCode.UNAUTHORIZED, "invalid API key");
 		if (scope === "write" && !writer) {
 			throw new ApiError(403, ErrorCode.FORBIDDEN, "this API key is read-only; this route needs an operator key");
