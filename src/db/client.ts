@@ -3,16 +3,19 @@ import { DrizzleQueryError } from "drizzle-orm/errors";
 import type { NeonHttpDatabase } from "drizzle-orm/neon-http";
 import { drizzle, type NeonDatabase } from "drizzle-orm/neon-serverless";
 import { ConnectGate, GateFullError, type Priority } from "./connect-gate";
-import * as schema from "./schema";
 
 /**
  * What queries run on: a `Pool` connection (the agent objects, scheduled
  * jobs) or Neon's HTTP path (the worker's requests, http.ts). The queries in
  * this folder are written once for both.
  */
-export type Db = PoolDb | NeonHttpDatabase<typeof schema>;
-/** A `Pool` connection's database, which also runs interactive transactions. */
-export type PoolDb = NeonDatabase<typeof schema>;
+export type Db = PoolDb | NeonHttpDatabase;
+/**
+ * A `Pool` connection's database, which also runs interactive transactions.
+ * Neither kind is given the schema: nothing here uses drizzle's relational
+ * queries, and building their config walked every table on each request.
+ */
+export type PoolDb = NeonDatabase;
 
 export interface DbConfig {
 	/** Postgres connection string (Neon's in production). */
@@ -115,7 +118,7 @@ export class Database {
 	async run<T>(fn: (db: PoolDb) => Promise<T>): Promise<T> {
 		if (!this.pool || !this.db) {
 			this.pool = openPool(this.config, { max: this.options.max, idleTimeoutMillis: this.options.idleTimeoutMillis });
-			this.db = drizzle({ client: this.pool, schema });
+			this.db = drizzle({ client: this.pool });
 		}
 		// This call's pool: `close()` may end it and a later call open another while this one waits.
 		const { pool, db } = this;

@@ -13,9 +13,8 @@ import { neon, neonConfig } from "@neondatabase/serverless";
 import { drizzle, type NeonHttpDatabase } from "drizzle-orm/neon-http";
 import { classifyDbError, type DbConfig, DbUnavailableError, statementTimeout } from "./client";
 import { conflictRetryingFetch } from "./retry";
-import * as schema from "./schema";
 
-export type HttpDb = NeonHttpDatabase<typeof schema>;
+export type HttpDb = NeonHttpDatabase;
 
 /** Neon's own endpoint, kept so production's setting is restored if an isolate ever saw a relay. */
 const neonFetchEndpoint = neonConfig.fetchEndpoint;
@@ -63,7 +62,9 @@ export class HttpDatabase {
 		deadlines.set(deadline, Date.now() + this.timeoutMs);
 		const client = neon(this.config.DATABASE_URL, { fetchOptions: { signal: deadline } });
 		try {
-			return await fn(drizzle({ client, schema }));
+			// Built per call (the client carries this call's deadline), and so
+			// without the schema: see PoolDb in client.ts.
+			return await fn(drizzle({ client }));
 		} catch (err) {
 			if (deadline.aborted) {
 				throw new DbUnavailableError(new Error(`statement still running after ${this.timeoutMs} ms`, { cause: err }));

@@ -13,7 +13,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Histogram, LATENCY_BUCKETS, snapshot } from "../../src/db/metrics.ts";
-import * as schema from "../../src/db/schema.ts";
 import { startEmbeddedPostgres } from "../../src/dev/embedded-postgres.ts";
 import { MIGRATIONS_DIR, withNodePool } from "../../src/dev/migrate.ts";
 
@@ -100,7 +99,7 @@ describe.each(servers)("upgrading a database in use ($kind)", ({ start }) => {
 
 		const after = await withNodePool(url, async (pool) => {
 			await migrate(drizzle({ client: pool }), { migrationsFolder: MIGRATIONS_DIR });
-			const db = drizzle({ client: pool, schema });
+			const db = drizzle({ client: pool });
 			const upgraded = await snapshot(db);
 			await observe(pool, [0.04]);
 			return { upgraded, next: await snapshot(db) };
