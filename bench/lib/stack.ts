@@ -91,6 +91,23 @@ export interface StackOptions {
 	faultProxy?: boolean;
 }
 
+/**
+ * The filesystem a path is on (the longest mount point over it), because
+ * the objects' SQLite commits with an fsync on the runtime's one thread
+ * locally: on tmpfs (TMPDIR=/dev/shm) the same run goes faster, and its
+ * results file must say so. docs/performance.md has the A/B.
+ */
+function filesystemOf(path: string): string {
+	let best = { at: "", type: "unknown" };
+	for (const line of readFileSync("/proc/mounts", "utf8").split("\n")) {
+		const [, at, type] = line.split(" ");
+		if (!at || !type) continue;
+		const over = at === "/" || path === at || path.startsWith(`${at}/`);
+		if (over && at.length > best.at.length) best = { at, type };
+	}
+	return best.type;
+}
+
 /** `database`: the real PostgreSQL database to recreate, so two harnesses on one server keep apart. */
 export async function startSwitchyard(db: DbKind, database = "switchyard_bench", opts: StackOptions = {}): Promise<Stack> {
 	const root = process.cwd();
@@ -160,6 +177,7 @@ export async function startSwitchyard(db: DbKind, database = "switchyard_bench",
 		wrangler: wranglerSettings(),
 		workerVars: BENCH_VARS,
 		logLevel: vars.get("LOG_LEVEL") ?? "info (wrangler.toml)",
+		objectStorage: `${stateDir} (${filesystemOf(stateDir)}); TMPDIR moves it`,
 		postgres:
 			db === "embedded"
 				? "embedded: PGlite in the harness process, wire protocol, through the relay"
