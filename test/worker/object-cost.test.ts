@@ -18,6 +18,12 @@ import { connectSettled, enqueue, objectSettled, query, sql, uniqueAgentId, wait
  * flush adds when the answer comes after the first one's linger.
  */
 const STATEMENT_BUDGET = 13;
+/**
+ * SQLite rows written for the same round trip, index entries included: what
+ * Cloudflare bills most for a command (docs/performance.md, "Production, on
+ * paper"). 19 with one flush; room for the state write of a second one.
+ */
+const ROWS_WRITTEN_BUDGET = 22;
 
 interface Cost {
 	statements: string[];
@@ -112,7 +118,7 @@ function costOf(stub: ReturnType<typeof agentHub>): Promise<CostSeen> {
 }
 
 describe("what one command costs its agent's object", () => {
-	it(`a round trip (enqueue, dispatch, ack, result, flush) takes at most ${STATEMENT_BUDGET} statements and one transaction per event`, async ({
+	it(`a round trip (enqueue, dispatch, ack, result, flush) takes at most ${STATEMENT_BUDGET} statements, ${ROWS_WRITTEN_BUDGET} rows written and one transaction per event`, async ({
 		annotate,
 	}) => {
 		const agentId = uniqueAgentId();
@@ -140,6 +146,8 @@ describe("what one command costs its agent's object", () => {
 				`${cost.rowsRead} rows read, ${cost.rowsWritten} rows written:\n${cost.statements.join("\n")}`,
 		);
 		expect(cost.statements.length).toBeLessThanOrEqual(STATEMENT_BUDGET);
+		expect(cost.rowsWritten).toBeGreaterThan(0);
+		expect(cost.rowsWritten).toBeLessThanOrEqual(ROWS_WRITTEN_BUDGET);
 		// One status write when the answer comes within the flush's linger, as here
 		// unless the machine stalls; never one per change (taken, dispatched, ack, result).
 		expect(cost.postgresCalls).toBeGreaterThan(0);
