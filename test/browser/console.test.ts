@@ -382,6 +382,12 @@ describe("the console in a browser", () => {
 	});
 
 	it("ran without a script error or a CSP violation", () => {
-		expect(pageErrors.filter((e) => !/401|Failed to load resource/.test(e))).toEqual([]);
+		// A stream's handshake refused with 429 is the agent's observer bounds at work (its replay
+		// budget of 2 MiB/s, or the cap on sockets still closing; protocol.md): on a fast machine the
+		// paging test above reads its 6 MB faster than that, Chromium logs the refused handshake, and
+		// the console backs off and resumes, which that test checks line by line. The browser hides
+		// the status from the page, so this log line is the only trace. Anything else is a defect.
+		const budgetRefusal = /^WebSocket connection to 'ws:\/\/[^']+\/stream\?[^']*' failed: Error during WebSocket handshake: Unexpected response code: 429$/;
+		expect(pageErrors.filter((e) => !/401|Failed to load resource/.test(e) && !budgetRefusal.test(e))).toEqual([]);
 	});
 });
