@@ -182,8 +182,9 @@ export async function throughputStep(
  * or at the second step in a row that gains less than 5% over the best so
  * far (more calls in flight then only add queueing). One flat step is not
  * enough: on a shared 2-core machine one step's rate moves by 10% from run
- * to run, and a single noisy step stopped sweeps below their best. The headline is the best step's rate;
- * the latency at that point and CPU per command come from the same step.
+ * to run, and a single noisy step stopped sweeps below their best. The
+ * headline is the best step's rate; the latency at that point and CPU per
+ * command come from the same step.
  */
 export async function saturation(
 	t: Target,
@@ -210,7 +211,7 @@ export async function saturation(
 		if (!best || step.rate > best.rate) best = step;
 		flat = gained ? 0 : flat + 1;
 		if (flat === 2) {
-			stoppedBy = `no gain at ${a.sweep[a.sweep.indexOf(concurrency) - 1]} or ${concurrency} in flight (best ${best.rate} at ${best.concurrency})`;
+			stoppedBy = `no gain at ${steps.at(-2)?.concurrency} or ${concurrency} in flight (best ${best.rate} at ${best.concurrency})`;
 			break;
 		}
 	}

@@ -65,7 +65,7 @@ it("a status write planned on a young table still reads its command by key once 
 			};
 			await client.query("begin");
 			const before = await read();
-			// SAFETY: as above, over one client so the counters are this transaction's.
+			// Over one client, so the counters are this transaction's.
 			await writeStatus(drizzle({ client }), entries, null, "grown");
 			const after = await read();
 			await client.query("commit");
