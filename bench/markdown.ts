@@ -4,7 +4,7 @@
  * Every number comes from the file; nothing is computed but ratios.
  */
 import { readFileSync } from "node:fs";
-import { cell, COLUMNS, ratio, unitOf } from "./lib/columns.ts";
+import { cell, COLUMNS, DURABLE, ratio, unitOf } from "./lib/columns.ts";
 import type { Figure } from "./lib/results.ts";
 
 const file = process.argv[2];
@@ -26,18 +26,19 @@ const run = JSON.parse(readFileSync(file, "utf8")) as {
 const real = COLUMNS.findIndex((c) => c.system === "switchyard/real");
 const embedded = COLUMNS.findIndex((c) => c.system === "switchyard/embedded");
 const floor = COLUMNS.findIndex((c) => c.system === "floor");
+const durable = COLUMNS.findIndex((c) => c.system === `${DURABLE}/real`);
 const lines: string[] = [];
 lines.push(`Run of ${run.startedAt ?? "?"}${run.commit ? ` at commit ${run.commit}` : ""}${run.quick ? " (quick: small durations, a smoke run)" : ""} on ${run.machine?.cores ?? "?"} cores (${run.machine?.cpuModel ?? "?"}).`);
 if (run.note) lines.push("", `**${run.note}**`);
 lines.push(
 	"",
-	`| figure | unit | ${COLUMNS.map((c) => c.title).join(" | ")} | real PG ÷ floor | embedded PG ÷ floor |`,
-	`|---|---|${COLUMNS.map(() => "---").join("|")}|---|---|`,
+	`| figure | unit | ${COLUMNS.map((c) => c.title).join(" | ")} | real PG ÷ floor | embedded PG ÷ floor | durable floor (real PG) ÷ floor | real PG ÷ durable floor (real PG) |`,
+	`|---|---|${COLUMNS.map(() => "---").join("|")}|---|---|---|---|`,
 );
 for (const f of run.figures) {
 	const entries = COLUMNS.map((c) => c.pick(f));
 	lines.push(
-		`| ${f.title} | ${unitOf(f)} | ${entries.map((e, i) => cell(e, f, run.problems, COLUMNS[i]?.system ?? "")).join(" | ")} | ${ratio(entries[real], entries[floor])} | ${ratio(entries[embedded], entries[floor])} |`,
+		`| ${f.title} | ${unitOf(f)} | ${entries.map((e, i) => cell(e, f, run.problems, COLUMNS[i]?.system ?? "")).join(" | ")} | ${ratio(entries[real], entries[floor])} | ${ratio(entries[embedded], entries[floor])} | ${ratio(entries[durable], entries[floor])} | ${ratio(entries[real], entries[durable])} |`,
 	);
 }
 const systems = run.settings?.systems ?? {};

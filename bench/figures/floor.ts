@@ -1,18 +1,24 @@
 /**
  * The machine's limits, measured in the same run: a bare Durable Object
- * pushing to a socket (the floor for the push path) and raw single-row
- * INSERTs through the worker's driver and relay (the durability floor).
+ * pushing to a socket (the floor for the push path), raw single-row
+ * INSERTs through the worker's driver and relay (the durability floor),
+ * and the two together (the durable floor: the bare object with the row
+ * committed before the forward and completed on the result, floor/durable.ts).
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import pg from "pg";
 import type { Config } from "../config.ts";
-import { wranglerRoles, type Roles } from "../lib/cpu.ts";
+import { fixedRoles, joinRoles, wranglerRoles, type Roles } from "../lib/cpu.ts";
+import { startPgBouncer } from "../lib/pgbouncer.ts";
 import { freePort, runtimeWsBase, startWrangler, waitUntil, workerdOpenFiles, workerdRss, wranglerSettings } from "../lib/procs.ts";
 import type { Results } from "../lib/results.ts";
 import { spawnChild } from "../lib/rpc.ts";
 import { startEmbeddedPostgres } from "../../src/dev/embedded-postgres.ts";
+import { startRelay } from "../../src/dev/relay.ts";
+import { CREATE_TABLE, TABLE } from "../floor/durable.ts";
 import { freshDatabase } from "../lib/stack.ts";
 import { summarize } from "../lib/stats.ts";
 import { latencyFigure, latencyRun, measureSaturation, pollUntil, type Target, wants } from "./common.ts";
@@ -75,6 +81,83 @@ function floorTarget(wsBase: string, roles: Roles): Target {
 	};
 }
 
+/** The floor's own figures 1 and 2, for the bare floor and the durable one alike. */
+async function pushFigures(results: Results, cfg: Config, only: Set<string>, system: string, postgres: string | undefined, target: Target): Promise<void> {
+	const tag = system === "floor:bare-do" ? "floor" : "dfloor";
+	if (wants(only, "f1")) {
+		for (const agents of cfg.f1.agents) {
+			await results.measure(latencyFigure(results, agents), system, postgres, () =>
+				latencyRun(target, { tag: `${tag}-f1-${agents}`, agents, count: cfg.f1.count, rate: cfg.f1.rate }),
+			);
+		}
+	}
+	if (wants(only, "f2")) {
+		const f2 = { agents: cfg.f2.agents, durationMs: cfg.f2.durationMs };
+		await measureSaturation(results, system, postgres, target, { ...f2, tag: `${tag}-f2s`, sweep: cfg.f2.sweep });
+		await measureSaturation(results, system, postgres, target, { ...f2, tag: `${tag}-f2b`, sweep: cfg.f2.batchSweep, batch: cfg.f2.batch });
+	}
+}
+
+/**
+ * The durable floor on each Postgres kind, reached as Switchyard is: the
+ * relay, and for real PostgreSQL PgBouncer in front of it. Done when the
+ * rows say completed, as Switchyard's figure 2 is.
+ */
+async function durableDo(results: Results, cfg: Config, only: Set<string>): Promise<void> {
+	for (const db of ["embedded", "real"] as const) {
+		const persist = mkdtempSync(join(tmpdir(), "switchyard-bench-dfloor-"));
+		const embedded = db === "embedded" ? await startEmbeddedPostgres({}) : undefined;
+		const database = "switchyard_bench_durable_floor";
+		const url = embedded?.url ?? (await freshDatabase(database));
+		const bouncer = embedded ? undefined : await startPgBouncer(database);
+		const workerUrl = bouncer?.url ?? url;
+		const target = new URL(workerUrl);
+		const relay = await startRelay({ allow: (h, p) => h === target.hostname && p === Number(target.port || 5432) });
+		const check = new pg.Pool({ connectionString: url, max: 2 });
+		check.on("error", () => {});
+		const port = await freePort();
+		let w: ReturnType<typeof startWrangler> | undefined;
+		try {
+			await check.query(CREATE_TABLE);
+			w = startWrangler({ port, persistTo: persist, config: FLOOR_CONFIG, vars: { DATABASE_URL: workerUrl, NEON_WS_PROXY: relay.proxy } });
+			const base = `http://127.0.0.1:${port}`;
+			await waitUntil(async () => (await fetch(`${base}/v1/agents/x/none`).catch(() => undefined))?.status === 404, "durable floor worker", 120_000);
+			const pid = () => w?.child.pid ?? -1;
+			const roles = joinRoles(wranglerRoles(pid, port), fixedRoles({ pgbouncer: [bouncer?.pid], [embedded ? "harness (relay, PGlite, checks)" : "harness (relay, checks)"]: [process.pid] }));
+			const t: Target = {
+				...floorTarget(await runtimeWsBase(pid(), port), roles),
+				verify: async (action, expected, timeoutMs) => {
+					const doneAt = await pollUntil(async () => {
+						const { rows } = await check.query<{ status: string; n: string }>(`select status, count(*) as n from ${TABLE} where action = $1 group by status`, [action]);
+						const by = Object.fromEntries(rows.map((r) => [r.status, Number(r.n)]));
+						const total = rows.reduce((sum, r) => sum + Number(r.n), 0);
+						return {
+							done: (by.completed ?? 0) === expected && total === expected,
+							fail: total > expected ? `rows ${JSON.stringify(by)}, expected ${expected} completed` : undefined,
+							progress: JSON.stringify(by),
+						};
+					}, timeoutMs);
+					return { doneAt };
+				},
+			};
+			results.settings[`floor:durable-do/${db}`] = {
+				connectedTo: "the workerd runtime, past wrangler dev's proxy",
+				wrangler: wranglerSettings(),
+				postgres: embedded ? "embedded: PGlite, through the relay" : "real: the machine's PostgreSQL through the relay and PgBouncer, as Switchyard's",
+				durability: "the command's row INSERTed (Neon HTTP query) before the forward; the object UPDATEs it on the result (Neon Pool, one kept connection)",
+			};
+			await pushFigures(results, cfg, only, "floor:durable-do", db, t);
+		} finally {
+			await w?.stop();
+			await check.end().catch(() => {});
+			await relay.close();
+			await bouncer?.stop();
+			await embedded?.stop();
+			rmSync(persist, { recursive: true, force: true });
+		}
+	}
+}
+
 async function bareDo(results: Results, cfg: Config, only: Set<string>): Promise<void> {
 	const port = await freePort();
 	const persist = mkdtempSync(join(tmpdir(), "switchyard-bench-floor-"));
@@ -84,18 +167,7 @@ async function bareDo(results: Results, cfg: Config, only: Set<string>): Promise
 		await waitUntil(async () => (await fetch(`${base}/v1/agents/x/none`).catch(() => undefined))?.status === 404, "floor worker", 120_000);
 		const target = floorTarget(await runtimeWsBase(w.child.pid ?? -1, port), wranglerRoles(() => w.child.pid ?? -1, port));
 		results.settings["floor:bare-do"] = { connectedTo: "the workerd runtime, past wrangler dev's proxy", wrangler: wranglerSettings(), postgres: "none" };
-		if (wants(only, "f1")) {
-			for (const agents of cfg.f1.agents) {
-				await results.measure(latencyFigure(results, agents), "floor:bare-do", undefined, () =>
-					latencyRun(target, { tag: `floor-f1-${agents}`, agents, count: cfg.f1.count, rate: cfg.f1.rate }),
-				);
-			}
-		}
-		if (wants(only, "f2")) {
-			const f2 = { agents: cfg.f2.agents, durationMs: cfg.f2.durationMs };
-			await measureSaturation(results, "floor:bare-do", undefined, target, { ...f2, tag: "floor-f2s", sweep: cfg.f2.sweep });
-			await measureSaturation(results, "floor:bare-do", undefined, target, { ...f2, tag: "floor-f2b", sweep: cfg.f2.batchSweep, batch: cfg.f2.batch });
-		}
+		await pushFigures(results, cfg, only, "floor:bare-do", undefined, target);
 		if (only.has("f3")) {
 			const fig = results.figure("f3.memory.plain", "Resident memory per idle agent (workerd)", "KiB", true);
 			const stack = {
@@ -115,4 +187,5 @@ async function bareDo(results: Results, cfg: Config, only: Set<string>): Promise
 export async function runFloors(results: Results, cfg: Config, only: Set<string>): Promise<void> {
 	await insertFloor(results, cfg);
 	await bareDo(results, cfg, only);
+	await durableDo(results, cfg, only);
 }

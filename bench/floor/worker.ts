@@ -3,16 +3,26 @@
  * (`/v1/agents/:id/connect`, `POST /v1/agents/:id/commands`, `welcome`,
  * `command`), so the benchmark's agents and enqueuer drive it unchanged.
  * What it leaves out is exactly what Switchyard adds: Postgres, the SQLite
- * buffer and outbox, validation, tokens.
+ * buffer and outbox, validation, tokens. Given a DATABASE_URL it is the
+ * durable floor instead: Postgres put back, and nothing else (durable.ts).
  */
 import { DurableObject } from "cloudflare:workers";
+import { CommandBuffer, Completions, type DurableEnv, insertCommands, type Pushed, type Row } from "./durable";
 
 /** This worker's bindings, declared here: it is a benchmark fixture, not the product (no generated types). */
-interface FloorEnv {
+interface FloorEnv extends DurableEnv {
 	FLOOR: DurableObjectNamespace<FloorAgent>;
 }
 
 export class FloorAgent extends DurableObject<FloorEnv> {
+	private completions: Completions | undefined;
+	private readonly buffer: CommandBuffer | undefined;
+
+	constructor(ctx: DurableObjectState, env: FloorEnv) {
+		super(ctx, env);
+		if (env.DATABASE_URL) this.buffer = new CommandBuffer(ctx.storage.sql);
+	}
+
 	override async fetch(request: Request): Promise<Response> {
 		const pair = new WebSocketPair();
 		this.ctx.acceptWebSocket(pair[1]);
@@ -21,14 +31,23 @@ export class FloorAgent extends DurableObject<FloorEnv> {
 	}
 
 	/** Pushes command frames to every socket of this agent; returns how many sockets got them. */
-	push(...frames: string[]): number {
+	push(...commands: Pushed[]): number {
+		this.buffer?.take(commands);
 		const sockets = this.ctx.getWebSockets();
-		for (const ws of sockets) for (const frame of frames) ws.send(frame);
+		for (const ws of sockets) for (const { frame } of commands) ws.send(frame);
 		return sockets.length;
 	}
 
-	// Acks and results are read and dropped: the floor keeps no state.
-	override async webSocketMessage(): Promise<void> {}
+	// The bare floor reads acks and results and drops them; the durable one records results.
+	override async webSocketMessage(_ws: WebSocket, message: string | ArrayBuffer): Promise<void> {
+		const url = this.env.DATABASE_URL;
+		if (!url || typeof message !== "string") return;
+		const frame = JSON.parse(message) as { type?: string; id?: string; status?: string };
+		if (frame.type !== "result" || !frame.id || !frame.status) return;
+		this.buffer?.finish(frame.id, frame.status);
+		this.completions ??= new Completions({ ...this.env, DATABASE_URL: url });
+		await this.completions.complete(frame.id, frame.status);
+	}
 	override async webSocketClose(ws: WebSocket, code: number): Promise<void> {
 		ws.close(code === 1005 || code === 1006 ? 1000 : code);
 	}
@@ -39,20 +58,28 @@ function commandFrame(action: string, payload: unknown): { id: string; frame: st
 	return { id, frame: JSON.stringify({ type: "command", id, action, payload, sessionId: null, priority: 5, attempt: 1 }) };
 }
 
+/** The durable floor commits the rows before anything is forwarded; the bare one has none. */
+async function commit(env: FloorEnv, rows: Row[]): Promise<void> {
+	const url = env.DATABASE_URL;
+	if (url) await insertCommands({ ...env, DATABASE_URL: url }, rows);
+}
+
 /**
  * Batch enqueue, the same body as Switchyard's `POST /v1/commands/batch`:
  * one RPC per agent in the batch, carrying that agent's frames.
  */
 async function batch(request: Request, env: FloorEnv): Promise<Response> {
 	const body = await request.json<{ commands: { agentId: string; action: string; payload: unknown }[] }>();
-	const byAgent = new Map<string, string[]>();
-	const ids: string[] = [];
+	const byAgent = new Map<string, Pushed[]>();
+	const rows: Row[] = [];
 	for (const c of body.commands) {
 		const { id, frame } = commandFrame(c.action, c.payload);
-		ids.push(id);
-		byAgent.set(c.agentId, [...(byAgent.get(c.agentId) ?? []), frame]);
+		rows.push({ id, agentId: c.agentId, action: c.action, payload: c.payload });
+		byAgent.set(c.agentId, [...(byAgent.get(c.agentId) ?? []), { id, frame }]);
 	}
-	await Promise.all([...byAgent].map(([agentId, frames]) => env.FLOOR.get(env.FLOOR.idFromName(agentId)).push(...frames)));
+	await commit(env, rows);
+	const ids = rows.map((r) => r.id);
+	await Promise.all([...byAgent].map(([agentId, commands]) => env.FLOOR.get(env.FLOOR.idFromName(agentId)).push(...commands)));
 	return Response.json({ ids }, { status: 201 });
 }
 
@@ -73,7 +100,8 @@ export default {
 		}
 		const body = await request.json<{ action: string; payload: unknown }>();
 		const { id, frame } = commandFrame(body.action, body.payload);
-		const sent = await stub.push(frame);
+		await commit(env, [{ id, agentId, action: body.action, payload: body.payload }]);
+		const sent = await stub.push({ id, frame });
 		return Response.json({ id, sent }, { status: 201 });
 	},
 } satisfies ExportedHandler<FloorEnv>;

@@ -13,6 +13,9 @@ export interface Column {
 	pick(f: Figure): Entry | undefined;
 }
 
+/** The bare floor with Postgres put back: floor/durable.ts. */
+export const DURABLE = "floor:durable-do";
+
 const one = (system: string, postgres?: string) => (f: Figure) =>
 	f.entries.find((e) => e.system === system && (postgres === undefined || e.postgres === postgres));
 
@@ -21,7 +24,10 @@ export const COLUMNS: Column[] = [
 	{ title: "Switchyard, real PG", system: "switchyard/real", pick: one("switchyard", "real") },
 	{ title: "Switchyard via dev proxy, embedded PG", system: "switchyard:dev-proxy/embedded", pick: one("switchyard:dev-proxy", "embedded") },
 	{ title: "Switchyard via dev proxy, real PG", system: "switchyard:dev-proxy/real", pick: one("switchyard:dev-proxy", "real") },
-	{ title: "floor", system: "floor", pick: (f) => f.entries.find((e) => e.system.startsWith("floor") && e.postgres !== "embedded") },
+	// The bare object, or for the durability figures the INSERTs on real PostgreSQL.
+	{ title: "floor", system: "floor", pick: (f) => f.entries.find((e) => e.system.startsWith("floor") && !e.system.startsWith(DURABLE) && e.postgres !== "embedded") },
+	{ title: "durable floor, embedded PG", system: `${DURABLE}/embedded`, pick: one(DURABLE, "embedded") },
+	{ title: "durable floor, real PG", system: `${DURABLE}/real`, pick: one(DURABLE, "real") },
 	{ title: "NATS JetStream", system: "nats-jetstream", pick: one("nats-jetstream") },
 	{ title: "Fastify + BullMQ", system: "fastify-bullmq", pick: one("fastify-bullmq") },
 	{ title: "ws + pg", system: "ws-pg", pick: one("ws-pg") },
