@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import type { Config } from "../config.ts";
-import { fixedRoles, joinRoles, wranglerRoles, type Roles } from "../lib/cpu.ts";
+import { fixedRoles, joinRoles, postgresBackends, wranglerRoles, type Roles } from "../lib/cpu.ts";
 import { startPgBouncer } from "../lib/pgbouncer.ts";
 import { freePort, runtimeWsBase, startWrangler, waitUntil, workerdOpenFiles, workerdRss, wranglerSettings } from "../lib/procs.ts";
 import type { Results } from "../lib/results.ts";
@@ -98,33 +98,53 @@ async function pushFigures(results: Results, cfg: Config, only: Set<string>, sys
 	}
 }
 
+export interface RunningFloor {
+	target: Target;
+	settings: Record<string, unknown>;
+	stop(): Promise<void>;
+}
+
 /**
- * The durable floor on each Postgres kind, reached as Switchyard is: the
- * relay, and for real PostgreSQL PgBouncer in front of it. Done when the
- * rows say completed, as Switchyard's figure 2 is.
+ * The durable floor on one Postgres kind, reached as Switchyard is: the
+ * relay, and for real PostgreSQL PgBouncer in front of it. A command is
+ * done when its row says completed, as in Switchyard's figure 2.
  */
-async function durableDo(results: Results, cfg: Config, only: Set<string>): Promise<void> {
-	for (const db of ["embedded", "real"] as const) {
-		const persist = mkdtempSync(join(tmpdir(), "switchyard-bench-dfloor-"));
-		const embedded = db === "embedded" ? await startEmbeddedPostgres({}) : undefined;
-		const database = "switchyard_bench_durable_floor";
-		const url = embedded?.url ?? (await freshDatabase(database));
-		const bouncer = embedded ? undefined : await startPgBouncer(database);
-		const workerUrl = bouncer?.url ?? url;
-		const target = new URL(workerUrl);
-		const relay = await startRelay({ allow: (h, p) => h === target.hostname && p === Number(target.port || 5432) });
-		const check = new pg.Pool({ connectionString: url, max: 2 });
-		check.on("error", () => {});
-		const port = await freePort();
-		let w: ReturnType<typeof startWrangler> | undefined;
-		try {
-			await check.query(CREATE_TABLE);
-			w = startWrangler({ port, persistTo: persist, config: FLOOR_CONFIG, vars: { DATABASE_URL: workerUrl, NEON_WS_PROXY: relay.proxy } });
-			const base = `http://127.0.0.1:${port}`;
-			await waitUntil(async () => (await fetch(`${base}/v1/agents/x/none`).catch(() => undefined))?.status === 404, "durable floor worker", 120_000);
-			const pid = () => w?.child.pid ?? -1;
-			const roles = joinRoles(wranglerRoles(pid, port), fixedRoles({ pgbouncer: [bouncer?.pid], [embedded ? "harness (relay, PGlite, checks)" : "harness (relay, checks)"]: [process.pid] }));
-			const t: Target = {
+export async function startDurableFloor(db: "embedded" | "real"): Promise<RunningFloor> {
+	const persist = mkdtempSync(join(tmpdir(), "switchyard-bench-dfloor-"));
+	const embedded = db === "embedded" ? await startEmbeddedPostgres({}) : undefined;
+	const database = "switchyard_bench_durable_floor";
+	const url = embedded?.url ?? (await freshDatabase(database));
+	const bouncer = embedded ? undefined : await startPgBouncer(database);
+	const workerUrl = bouncer?.url ?? url;
+	const target = new URL(workerUrl);
+	const relay = await startRelay({ allow: (h, p) => h === target.hostname && p === Number(target.port || 5432) });
+	const check = new pg.Pool({ connectionString: url, max: 2, application_name: "switchyard-bench" });
+	check.on("error", () => {});
+	const port = await freePort();
+	let w: ReturnType<typeof startWrangler> | undefined;
+	const backends = embedded ? undefined : postgresBackends(check, database);
+	const stop = async () => {
+		backends?.stop();
+		await w?.stop();
+		await check.end().catch(() => {});
+		await relay.close();
+		await bouncer?.stop();
+		await embedded?.stop();
+		rmSync(persist, { recursive: true, force: true });
+	};
+	try {
+		await check.query(CREATE_TABLE);
+		w = startWrangler({ port, persistTo: persist, config: FLOOR_CONFIG, vars: { DATABASE_URL: workerUrl, NEON_WS_PROXY: relay.proxy } });
+		const base = `http://127.0.0.1:${port}`;
+		await waitUntil(async () => (await fetch(`${base}/v1/agents/x/none`).catch(() => undefined))?.status === 404, "durable floor worker", 120_000);
+		const pid = () => w?.child.pid ?? -1;
+		const roles = joinRoles(
+			wranglerRoles(pid, port),
+			fixedRoles({ pgbouncer: [bouncer?.pid], [embedded ? "harness (relay, PGlite, checks)" : "harness (relay, checks)"]: [process.pid] }),
+			backends?.roles ?? (() => ({})),
+		);
+		return {
+			target: {
 				...floorTarget(await runtimeWsBase(pid(), port), roles),
 				verify: async (action, expected, timeoutMs) => {
 					const doneAt = await pollUntil(async () => {
@@ -139,48 +159,76 @@ async function durableDo(results: Results, cfg: Config, only: Set<string>): Prom
 					}, timeoutMs);
 					return { doneAt };
 				},
-			};
-			results.settings[`floor:durable-do/${db}`] = {
+			},
+			settings: {
 				connectedTo: "the workerd runtime, past wrangler dev's proxy",
 				wrangler: wranglerSettings(),
 				postgres: embedded ? "embedded: PGlite, through the relay" : "real: the machine's PostgreSQL through the relay and PgBouncer, as Switchyard's",
-				durability: "the command's row INSERTed (Neon HTTP query) before the forward; the object UPDATEs it on the result (Neon Pool, one kept connection)",
-			};
-			await pushFigures(results, cfg, only, "floor:durable-do", db, t);
+				durability: "the command's row INSERTed (Neon HTTP query) before the forward, kept in the object's SQLite before the send; on the result the buffer row and the Postgres row (Neon Pool, one kept connection) UPDATEd",
+			},
+			stop,
+		};
+	} catch (err) {
+		await stop();
+		throw err;
+	}
+}
+
+/** The bare floor: no Postgres; a command is done when its agent received it. */
+export async function startBareFloor(): Promise<RunningFloor & { pid(): number; port: number }> {
+	const port = await freePort();
+	const persist = mkdtempSync(join(tmpdir(), "switchyard-bench-floor-"));
+	const w = startWrangler({ port, persistTo: persist, config: FLOOR_CONFIG, vars: {} });
+	const base = `http://127.0.0.1:${port}`;
+	const stop = async () => {
+		await w.stop();
+		rmSync(persist, { recursive: true, force: true });
+	};
+	try {
+		await waitUntil(async () => (await fetch(`${base}/v1/agents/x/none`).catch(() => undefined))?.status === 404, "floor worker", 120_000);
+		const pid = () => w.child.pid ?? -1;
+		return {
+			target: floorTarget(await runtimeWsBase(pid(), port), wranglerRoles(pid, port)),
+			settings: { connectedTo: "the workerd runtime, past wrangler dev's proxy", wrangler: wranglerSettings(), postgres: "none" },
+			stop,
+			pid,
+			port,
+		};
+	} catch (err) {
+		await stop();
+		throw err;
+	}
+}
+
+async function durableDo(results: Results, cfg: Config, only: Set<string>): Promise<void> {
+	for (const db of ["embedded", "real"] as const) {
+		const floor = await startDurableFloor(db);
+		try {
+			results.settings[`floor:durable-do/${db}`] = floor.settings;
+			await pushFigures(results, cfg, only, "floor:durable-do", db, floor.target);
 		} finally {
-			await w?.stop();
-			await check.end().catch(() => {});
-			await relay.close();
-			await bouncer?.stop();
-			await embedded?.stop();
-			rmSync(persist, { recursive: true, force: true });
+			await floor.stop();
 		}
 	}
 }
 
 async function bareDo(results: Results, cfg: Config, only: Set<string>): Promise<void> {
-	const port = await freePort();
-	const persist = mkdtempSync(join(tmpdir(), "switchyard-bench-floor-"));
-	const w = startWrangler({ port, persistTo: persist, config: FLOOR_CONFIG, vars: {} });
-	const base = `http://127.0.0.1:${port}`;
+	const floor = await startBareFloor();
 	try {
-		await waitUntil(async () => (await fetch(`${base}/v1/agents/x/none`).catch(() => undefined))?.status === 404, "floor worker", 120_000);
-		const target = floorTarget(await runtimeWsBase(w.child.pid ?? -1, port), wranglerRoles(() => w.child.pid ?? -1, port));
-		results.settings["floor:bare-do"] = { connectedTo: "the workerd runtime, past wrangler dev's proxy", wrangler: wranglerSettings(), postgres: "none" };
-		await pushFigures(results, cfg, only, "floor:bare-do", undefined, target);
+		results.settings["floor:bare-do"] = floor.settings;
+		await pushFigures(results, cfg, only, "floor:bare-do", undefined, floor.target);
 		if (only.has("f3")) {
 			const fig = results.figure("f3.memory.plain", "Resident memory per idle agent (workerd)", "KiB", true);
 			const stack = {
 				secret: "",
-				workerdRss: () => workerdRss(w.child.pid ?? -1),
-				workerdOpenFiles: () => workerdOpenFiles(w.child.pid ?? -1),
-				runtimeWsBase: () => runtimeWsBase(w.child.pid ?? -1, port),
+				workerdRss: () => workerdRss(floor.pid()),
+				workerdOpenFiles: () => workerdOpenFiles(floor.pid()),
+				runtimeWsBase: () => runtimeWsBase(floor.pid(), floor.port),
 			};
 			await results.measure(fig, "floor:bare-do", undefined, () => connectionRamp(stack, { tag: "floor-f3", steps: cfg.f3.steps, deflate: false, budgetMs: cfg.f3.budgetMs }));
 		}
 	} finally {
-		await w.stop();
-		rmSync(persist, { recursive: true, force: true });
+		await floor.stop();
 	}
 }
 
