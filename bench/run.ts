@@ -3,7 +3,7 @@
  * one run. Prints a table and writes bench/results/<date>.json.
  *
  *   npm run bench                     full run (figures 3 and 4 take most of it)
- *   npm run bench -- --only f1,f2,floor,peers   issue 14's goals, both Postgres kinds (~18 min)
+ *   npm run bench -- --only f1,f2,floor,peers   issue 14's goals, both Postgres kinds (~17 min)
  *   npm run bench -- --quick          small N smoke run (~3 min)
  *   npm run bench -- --only f1,floor  some figures: f1 f2 f3 f4 f5 floor peers
  *   npm run bench -- --only f2.single,f2.batch --sweep 64 --batch-sweep 4
