@@ -89,6 +89,7 @@ export async function latencyRun(t: Target, a: { tag: string; agents: number; co
 			if (d.received - d.duplicates < a.count) throw new Error(`lost commands: ${a.count} sent, ${d.received - d.duplicates} received`);
 			const v = await t.verify(a.tag, a.count, 120_000, fleet);
 			const s = summarize(d.latencies);
+			if (s.min < -1) throw new Error(`clocks disagree: a command received ${-s.min} ms before it was sent`);
 			return {
 				value: s.median,
 				samples: d.latencies,
@@ -152,6 +153,8 @@ export async function throughputStep(
 			const seconds = cpu.stop();
 			const d = await fleet.call<FleetDrain>("drain");
 			if (d.received - d.duplicates < sent.ok) throw new Error(`lost commands: ${sent.ok} accepted, ${d.received - d.duplicates} received`);
+			// The harness saw them done after the enqueuer's last send, or the two disagree on the time.
+			if (v.doneAt < sent.endedAt - 50) throw new Error(`clocks disagree: completion seen ${Math.round(sent.endedAt - v.doneAt)} ms before the last send`);
 			const perCommand = perCommandMs(seconds, sent.ok);
 			const serving = (t.serving ?? []).reduce((sum, role) => sum + (perCommand[role] ?? 0), 0);
 			return {

@@ -28,9 +28,24 @@ export function summarize(samples: number[]): Summary {
 	};
 }
 
-/** Wall-clock milliseconds with sub-millisecond precision, comparable across processes on one machine. */
+/** How far the system clock has stepped since this process started (see wallNow). */
+let stepped = 0;
+
+/**
+ * Wall-clock milliseconds with sub-millisecond precision, comparable across
+ * processes on one machine: one process stamps a send, another its receipt
+ * or completion. `performance.timeOrigin` is fixed when a process starts, so
+ * after a step of the system clock every process started before it would
+ * disagree with every one started after, for good (on 2026-12-04 this
+ * machine's clock stepped by about 9 s mid-run, and figure 2's rates on real
+ * PostgreSQL came out negative). The monotonic reading follows the system
+ * clock whenever the two part by more than Date.now()'s resolution.
+ */
 export function wallNow(): number {
-	return performance.timeOrigin + performance.now();
+	const t = performance.timeOrigin + performance.now() + stepped;
+	const drift = Date.now() - t;
+	if (drift > 2 || drift < -2) stepped += drift;
+	return performance.timeOrigin + performance.now() + stepped;
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
