@@ -110,34 +110,36 @@ export interface RunningFloor {
  * done when its row says completed, as in Switchyard's figure 2.
  */
 export async function startDurableFloor(db: "embedded" | "real"): Promise<RunningFloor> {
-	const persist = mkdtempSync(join(tmpdir(), "switchyard-bench-dfloor-"));
-	const embedded = db === "embedded" ? await startEmbeddedPostgres({}) : undefined;
-	const database = "switchyard_bench_durable_floor";
-	const url = embedded?.url ?? (await freshDatabase(database));
-	const bouncer = embedded ? undefined : await startPgBouncer(database);
-	const workerUrl = bouncer?.url ?? url;
-	const target = new URL(workerUrl);
-	const relay = await startRelay({ allow: (h, p) => h === target.hostname && p === Number(target.port || 5432) });
-	const check = new pg.Pool({ connectionString: url, max: 2, application_name: "switchyard-bench" });
-	check.on("error", () => {});
-	const port = await freePort();
-	let w: ReturnType<typeof startWrangler> | undefined;
-	const backends = embedded ? undefined : postgresBackends(check, database);
+	// Undone in reverse, also when a later part fails to start.
+	const undo: (() => unknown)[] = [];
 	const stop = async () => {
-		backends?.stop();
-		await w?.stop();
-		await check.end().catch(() => {});
-		await relay.close();
-		await bouncer?.stop();
-		await embedded?.stop();
-		rmSync(persist, { recursive: true, force: true });
+		for (const step of undo.splice(0).reverse()) await step();
 	};
 	try {
+		const persist = mkdtempSync(join(tmpdir(), "switchyard-bench-dfloor-"));
+		undo.push(() => rmSync(persist, { recursive: true, force: true }));
+		const embedded = db === "embedded" ? await startEmbeddedPostgres({}) : undefined;
+		if (embedded) undo.push(() => embedded.stop());
+		const database = "switchyard_bench_durable_floor";
+		const url = embedded?.url ?? (await freshDatabase(database));
+		const bouncer = embedded ? undefined : await startPgBouncer(database);
+		if (bouncer) undo.push(() => bouncer.stop());
+		const workerUrl = bouncer?.url ?? url;
+		const target = new URL(workerUrl);
+		const relay = await startRelay({ allow: (h, p) => h === target.hostname && p === Number(target.port || 5432) });
+		undo.push(() => relay.close());
+		const check = new pg.Pool({ connectionString: url, max: 2, application_name: "switchyard-bench" });
+		check.on("error", () => {});
+		undo.push(() => check.end().catch(() => {}));
 		await check.query(CREATE_TABLE);
-		w = startWrangler({ port, persistTo: persist, config: FLOOR_CONFIG, vars: { DATABASE_URL: workerUrl, NEON_WS_PROXY: relay.proxy } });
+		const backends = embedded ? undefined : postgresBackends(check, database);
+		if (backends) undo.push(() => backends.stop());
+		const port = await freePort();
+		const w = startWrangler({ port, persistTo: persist, config: FLOOR_CONFIG, vars: { DATABASE_URL: workerUrl, NEON_WS_PROXY: relay.proxy } });
+		undo.push(() => w.stop());
 		const base = `http://127.0.0.1:${port}`;
 		await waitUntil(async () => (await fetch(`${base}/v1/agents/x/none`).catch(() => undefined))?.status === 404, "durable floor worker", 120_000);
-		const pid = () => w?.child.pid ?? -1;
+		const pid = () => w.child.pid ?? -1;
 		const roles = joinRoles(
 			wranglerRoles(pid, port),
 			fixedRoles({ pgbouncer: [bouncer?.pid], [embedded ? "harness (relay, PGlite, checks)" : "harness (relay, checks)"]: [process.pid] }),
