@@ -38,6 +38,17 @@ export interface Row {
 	payload: unknown;
 }
 
+export interface Pushed {
+	id: string;
+	frame: string;
+}
+
+/**
+ * The local relay's settings for both of the driver's paths, as
+ * src/db/client.ts (configureDriver) and src/db/http.ts (configureFetch)
+ * set them for Switchyard; written again here so the floor runs none of
+ * Switchyard's modules.
+ */
 function useRelay(proxy: string | undefined): void {
 	if (!proxy) return;
 	neonConfig.fetchEndpoint = () => `http://${proxy.split("/")[0]}/sql`;
@@ -47,26 +58,31 @@ function useRelay(proxy: string | undefined): void {
 	neonConfig.pipelineConnect = false;
 }
 
-/** One INSERT for every row (a batch is one statement), committed before the caller forwards. */
-export async function insertCommands(env: Required<Pick<DurableEnv, "DATABASE_URL">> & DurableEnv, rows: Row[]): Promise<void> {
-	useRelay(env.NEON_WS_PROXY);
+/** The worker's part: one INSERT for every row (a batch is one statement), committed before the caller forwards. */
+export async function insertCommands(url: string, proxy: string | undefined, rows: Row[]): Promise<void> {
+	useRelay(proxy);
 	const params: unknown[] = [];
 	const values = rows.map((r) => {
 		params.push(r.id, r.agentId, r.action, JSON.stringify(r.payload));
 		const n = params.length;
 		return `($${n - 3}, $${n - 2}, $${n - 1}, $${n})`;
 	});
-	await neon(env.DATABASE_URL).query(`insert into ${TABLE} (id, agent_id, action, payload) values ${values.join(", ")}`, params);
+	await neon(url).query(`insert into ${TABLE} (id, agent_id, action, payload) values ${values.join(", ")}`, params);
 }
 
-export interface Pushed {
-	id: string;
-	frame: string;
-}
+/**
+ * The object's part: its buffer at its smallest (a row per command, its
+ * status set by the result) and one UPDATE of Postgres per result on one
+ * kept connection.
+ */
+export class ObjectDurability {
+	private pool: Pool | undefined;
 
-/** The object's buffer at its smallest: a row per command, its status set by the result. */
-export class CommandBuffer {
-	constructor(private readonly sql: SqlStorage) {
+	constructor(
+		private readonly sql: SqlStorage,
+		private readonly url: string,
+		private readonly proxy: string | undefined,
+	) {
 		sql.exec("create table if not exists buffer (id text primary key, frame text not null, status text not null default 'dispatched')");
 	}
 
@@ -75,21 +91,11 @@ export class CommandBuffer {
 		for (const c of commands) this.sql.exec("insert into buffer (id, frame) values (?, ?) on conflict (id) do nothing", c.id, c.frame);
 	}
 
-	finish(id: string, status: string): void {
+	async finish(id: string, status: string): Promise<void> {
 		this.sql.exec("update buffer set status = ? where id = ?", status, id);
-	}
-}
-
-/** An object's completions: one UPDATE per result on one kept connection. */
-export class Completions {
-	private pool: Pool | undefined;
-
-	constructor(private readonly env: Required<Pick<DurableEnv, "DATABASE_URL">> & DurableEnv) {}
-
-	async complete(id: string, status: string): Promise<void> {
 		if (!this.pool) {
-			useRelay(this.env.NEON_WS_PROXY);
-			this.pool = new Pool({ connectionString: this.env.DATABASE_URL, max: 1, idleTimeoutMillis: 10_000 });
+			useRelay(this.proxy);
+			this.pool = new Pool({ connectionString: this.url, max: 1, idleTimeoutMillis: 10_000 });
 		}
 		await this.pool.query(`update ${TABLE} set status = $2, completed_at = now() where id = $1`, [id, status]);
 	}

@@ -7,7 +7,7 @@
  * durable floor instead: Postgres put back, and nothing else (durable.ts).
  */
 import { DurableObject } from "cloudflare:workers";
-import { CommandBuffer, Completions, type DurableEnv, insertCommands, type Pushed, type Row } from "./durable";
+import { type DurableEnv, insertCommands, ObjectDurability, type Pushed, type Row } from "./durable";
 
 /** This worker's bindings, declared here: it is a benchmark fixture, not the product (no generated types). */
 interface FloorEnv extends DurableEnv {
@@ -15,12 +15,12 @@ interface FloorEnv extends DurableEnv {
 }
 
 export class FloorAgent extends DurableObject<FloorEnv> {
-	private completions: Completions | undefined;
-	private readonly buffer: CommandBuffer | undefined;
+	/** Set only for the durable floor. */
+	private readonly durable: ObjectDurability | undefined;
 
 	constructor(ctx: DurableObjectState, env: FloorEnv) {
 		super(ctx, env);
-		if (env.DATABASE_URL) this.buffer = new CommandBuffer(ctx.storage.sql);
+		if (env.DATABASE_URL) this.durable = new ObjectDurability(ctx.storage.sql, env.DATABASE_URL, env.NEON_WS_PROXY);
 	}
 
 	override async fetch(request: Request): Promise<Response> {
@@ -32,7 +32,7 @@ export class FloorAgent extends DurableObject<FloorEnv> {
 
 	/** Pushes command frames to every socket of this agent; returns how many sockets got them. */
 	push(...commands: Pushed[]): number {
-		this.buffer?.take(commands);
+		this.durable?.take(commands);
 		const sockets = this.ctx.getWebSockets();
 		for (const ws of sockets) for (const { frame } of commands) ws.send(frame);
 		return sockets.length;
@@ -40,13 +40,9 @@ export class FloorAgent extends DurableObject<FloorEnv> {
 
 	// The bare floor reads acks and results and drops them; the durable one records results.
 	override async webSocketMessage(_ws: WebSocket, message: string | ArrayBuffer): Promise<void> {
-		const url = this.env.DATABASE_URL;
-		if (!url || typeof message !== "string") return;
+		if (!this.durable || typeof message !== "string") return;
 		const frame = JSON.parse(message) as { type?: string; id?: string; status?: string };
-		if (frame.type !== "result" || !frame.id || !frame.status) return;
-		this.buffer?.finish(frame.id, frame.status);
-		this.completions ??= new Completions({ ...this.env, DATABASE_URL: url });
-		await this.completions.complete(frame.id, frame.status);
+		if (frame.type === "result" && frame.id && frame.status) await this.durable.finish(frame.id, frame.status);
 	}
 	override async webSocketClose(ws: WebSocket, code: number): Promise<void> {
 		ws.close(code === 1005 || code === 1006 ? 1000 : code);
@@ -60,8 +56,7 @@ function commandFrame(action: string, payload: unknown): { id: string; frame: st
 
 /** The durable floor commits the rows before anything is forwarded; the bare one has none. */
 async function commit(env: FloorEnv, rows: Row[]): Promise<void> {
-	const url = env.DATABASE_URL;
-	if (url) await insertCommands({ ...env, DATABASE_URL: url }, rows);
+	if (env.DATABASE_URL) await insertCommands(env.DATABASE_URL, env.NEON_WS_PROXY, rows);
 }
 
 /**
