@@ -104,42 +104,64 @@ export interface RunningFloor {
 	stop(): Promise<void>;
 }
 
+/** What a starter has started, stopped in reverse, also when a later part fails to start. */
+class Started {
+	private readonly undo: (() => unknown)[] = [];
+
+	add(stop: () => unknown): void {
+		this.undo.push(stop);
+	}
+
+	async stop(): Promise<void> {
+		for (const step of this.undo.splice(0).reverse()) await step();
+	}
+}
+
+/** The floor's worker under its own `wrangler dev`, once it answers. */
+async function startFloorWorker(started: Started, persistTo: string, vars: Record<string, string>): Promise<{ pid(): number; port: number }> {
+	const port = await freePort();
+	const w = startWrangler({ port, persistTo, config: FLOOR_CONFIG, vars });
+	started.add(() => w.stop());
+	const base = `http://127.0.0.1:${port}`;
+	await waitUntil(async () => (await fetch(`${base}/v1/agents/x/none`).catch(() => undefined))?.status === 404, "floor worker", 120_000);
+	return { pid: () => w.child.pid ?? -1, port };
+}
+
+function stateDir(started: Started, prefix: string): string {
+	const dir = mkdtempSync(join(tmpdir(), prefix));
+	started.add(() => rmSync(dir, { recursive: true, force: true }));
+	return dir;
+}
+
+/** Read when a floor starts: the settings come from the environment of that moment. */
+const runtimeSettings = () => ({ connectedTo: "the workerd runtime, past wrangler dev's proxy", wrangler: wranglerSettings() });
+
 /**
  * The durable floor on one Postgres kind, reached as Switchyard is: the
  * relay, and for real PostgreSQL PgBouncer in front of it. A command is
  * done when its row says completed, as in Switchyard's figure 2.
  */
 export async function startDurableFloor(db: "embedded" | "real"): Promise<RunningFloor> {
-	// Undone in reverse, also when a later part fails to start.
-	const undo: (() => unknown)[] = [];
-	const stop = async () => {
-		for (const step of undo.splice(0).reverse()) await step();
-	};
+	const started = new Started();
 	try {
-		const persist = mkdtempSync(join(tmpdir(), "switchyard-bench-dfloor-"));
-		undo.push(() => rmSync(persist, { recursive: true, force: true }));
+		const persist = stateDir(started, "switchyard-bench-dfloor-");
 		const embedded = db === "embedded" ? await startEmbeddedPostgres({}) : undefined;
-		if (embedded) undo.push(() => embedded.stop());
+		if (embedded) started.add(() => embedded.stop());
 		const database = "switchyard_bench_durable_floor";
 		const url = embedded?.url ?? (await freshDatabase(database));
 		const bouncer = embedded ? undefined : await startPgBouncer(database);
-		if (bouncer) undo.push(() => bouncer.stop());
+		if (bouncer) started.add(() => bouncer.stop());
 		const workerUrl = bouncer?.url ?? url;
 		const target = new URL(workerUrl);
 		const relay = await startRelay({ allow: (h, p) => h === target.hostname && p === Number(target.port || 5432) });
-		undo.push(() => relay.close());
+		started.add(() => relay.close());
 		const check = new pg.Pool({ connectionString: url, max: 2, application_name: "switchyard-bench" });
 		check.on("error", () => {});
-		undo.push(() => check.end().catch(() => {}));
+		started.add(() => check.end().catch(() => {}));
 		await check.query(CREATE_TABLE);
 		const backends = embedded ? undefined : postgresBackends(check, database);
-		if (backends) undo.push(() => backends.stop());
-		const port = await freePort();
-		const w = startWrangler({ port, persistTo: persist, config: FLOOR_CONFIG, vars: { DATABASE_URL: workerUrl, NEON_WS_PROXY: relay.proxy } });
-		undo.push(() => w.stop());
-		const base = `http://127.0.0.1:${port}`;
-		await waitUntil(async () => (await fetch(`${base}/v1/agents/x/none`).catch(() => undefined))?.status === 404, "durable floor worker", 120_000);
-		const pid = () => w.child.pid ?? -1;
+		if (backends) started.add(() => backends.stop());
+		const { pid, port } = await startFloorWorker(started, persist, { DATABASE_URL: workerUrl, NEON_WS_PROXY: relay.proxy });
 		const roles = joinRoles(
 			wranglerRoles(pid, port),
 			fixedRoles({ pgbouncer: [bouncer?.pid], [embedded ? "harness (relay, PGlite, checks)" : "harness (relay, checks)"]: [process.pid] }),
@@ -163,41 +185,32 @@ export async function startDurableFloor(db: "embedded" | "real"): Promise<Runnin
 				},
 			},
 			settings: {
-				connectedTo: "the workerd runtime, past wrangler dev's proxy",
-				wrangler: wranglerSettings(),
+				...runtimeSettings(),
 				postgres: embedded ? "embedded: PGlite, through the relay" : "real: the machine's PostgreSQL through the relay and PgBouncer, as Switchyard's",
 				durability: "the command's row INSERTed (Neon HTTP query) before the forward, kept in the object's SQLite before the send; on the result the buffer row and the Postgres row (Neon Pool, one kept connection) UPDATEd",
 			},
-			stop,
+			stop: () => started.stop(),
 		};
 	} catch (err) {
-		await stop();
+		await started.stop();
 		throw err;
 	}
 }
 
 /** The bare floor: no Postgres; a command is done when its agent received it. */
 export async function startBareFloor(): Promise<RunningFloor & { pid(): number; port: number }> {
-	const port = await freePort();
-	const persist = mkdtempSync(join(tmpdir(), "switchyard-bench-floor-"));
-	const w = startWrangler({ port, persistTo: persist, config: FLOOR_CONFIG, vars: {} });
-	const base = `http://127.0.0.1:${port}`;
-	const stop = async () => {
-		await w.stop();
-		rmSync(persist, { recursive: true, force: true });
-	};
+	const started = new Started();
 	try {
-		await waitUntil(async () => (await fetch(`${base}/v1/agents/x/none`).catch(() => undefined))?.status === 404, "floor worker", 120_000);
-		const pid = () => w.child.pid ?? -1;
+		const { pid, port } = await startFloorWorker(started, stateDir(started, "switchyard-bench-floor-"), {});
 		return {
 			target: floorTarget(await runtimeWsBase(pid(), port), wranglerRoles(pid, port)),
-			settings: { connectedTo: "the workerd runtime, past wrangler dev's proxy", wrangler: wranglerSettings(), postgres: "none" },
-			stop,
+			settings: { ...runtimeSettings(), postgres: "none" },
+			stop: () => started.stop(),
 			pid,
 			port,
 		};
 	} catch (err) {
-		await stop();
+		await started.stop();
 		throw err;
 	}
 }
